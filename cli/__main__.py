@@ -1,0 +1,5 @@
+import sys
+
+from mrgen.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,241 @@
+"""MRGen-DB on storage: Parquet shards plus ``index.json``, written last.
+
+Layout of a DB at ``URI``::
+
+    URI/index.json                 the current version: shard list with per-shard counts (written last, atomically)
+    URI/v<k>/part-<hash>.parquet   shards of version k (a shard holds whole volumes, or numbered parts of one)
+
+A shard's Parquet footer records the volumes it holds (``mrgen.volumes``), so a rerun of a build knows which
+volumes are done even when the previous run died before writing the index. New versions (e.g. after
+``annotate-regions``) go to a new ``v<k+1>/`` folder and become visible only when ``index.json`` is replaced.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import io
+import json
+import posixpath
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mrgen.datasets.schema import INDEX_COLUMNS, SCHEMA_VERSION, Column, SchemaError, arrow_schema, validate_slice_table
+from mrgen.platform import storage
+
+INDEX_FILE = "index.json"
+
+
+class NotADatabaseError(FileNotFoundError):
+    pass
+
+
+@dataclass
+class ShardInfo:
+    file: str  # relative to the DB root
+    rows: int
+    volumes: list[str]
+    values: dict[str, dict[str, int]]  # column -> value (as string) -> row count
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "rows": self.rows, "volumes": self.volumes, "values": self.values}
+
+
+@dataclass
+class DBIndex:
+    version: int = 1
+    shards: list[ShardInfo] = field(default_factory=list)
+    extra_columns: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        totals: dict[str, collections.Counter] = {c: collections.Counter() for c in INDEX_COLUMNS}
+        for shard in self.shards:
+            for column, values in shard.values.items():
+                totals.setdefault(column, collections.Counter()).update(values)
+        return {c: dict(sorted(v.items())) for c, v in totals.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, "version": self.version, "rows": self.rows,
+                "counts": self.counts(), "extra_columns": self.extra_columns, "meta": self.meta,
+                "shards": [s.to_json() for s in self.shards]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DBIndex:
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise SchemaError(f"index has schema_version {data.get('schema_version')}, this code reads {SCHEMA_VERSION}")
+        return cls(version=data["version"], shards=[ShardInfo(**s) for s in data["shards"]],
+                   extra_columns=data.get("extra_columns", []), meta=data.get("meta", {}))
+
+
+def _value_key(value: Any) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def shard_stats(table: pa.Table) -> dict[str, dict[str, int]]:
+    stats = {}
+    for column in INDEX_COLUMNS:
+        stats[column] = dict(collections.Counter(_value_key(v) for v in table.column(column).to_pylist()))
+    return stats
+
+
+def load_index(uri: str) -> DBIndex:
+    index_uri = storage.join(uri, INDEX_FILE)
+    if not storage.exists(index_uri):
+        raise NotADatabaseError(f"{uri}: no {INDEX_FILE}: not an MRGen-DB (build one with `mrgen db build` or `mrgen db phantom`)")
+    return DBIndex.from_json(json.loads(storage.read_text(index_uri)))
+
+
+def try_load_index(uri: str) -> DBIndex | None:
+    try:
+        return load_index(uri)
+    except NotADatabaseError:
+        return None
+
+
+def write_index(uri: str, index: DBIndex) -> None:
+    storage.write_text(storage.join(uri, INDEX_FILE), json.dumps(index.to_json(), indent=1))
+
+
+class ShardWriter:
+    """Writes slice tables as shards of version ``version`` under ``uri``; :meth:`commit` publishes the index.
+
+    Each shard is written atomically under a name derived from its volumes, so a retried write replaces
+    the same object instead of adding a duplicate.
+    """
+
+    def __init__(self, uri: str, version: int = 1, extra: tuple[Column, ...] = (), keep: Iterable[ShardInfo] = (),
+                 meta: dict[str, Any] | None = None):
+        self.uri, self.version, self.extra = uri, version, extra
+        self.schema = arrow_schema(extra)
+        self.shards: list[ShardInfo] = list(keep)
+        self.meta = meta or {}
+
+    def write(self, table: pa.Table, volumes: list[str]) -> ShardInfo:
+        table = table.select(list(self.schema.names)).cast(self.schema)
+        validate_slice_table(table, where=f"shard of {volumes[:3]}")
+        key = hashlib.sha1("\n".join(volumes).encode()).hexdigest()[:16]
+        rel = f"v{self.version}/part-{key}.parquet"
+        meta = dict(table.schema.metadata or {})
+        meta[b"mrgen.volumes"] = json.dumps(volumes).encode()
+        table = table.replace_schema_metadata(meta)
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd", row_group_size=256)
+        storage.write_bytes(storage.join(self.uri, rel), buf.getvalue())
+        info = ShardInfo(file=rel, rows=table.num_rows, volumes=volumes, values=shard_stats(table))
+        self.shards = [s for s in self.shards if s.file != rel] + [info]
+        return info
+
+    def commit(self) -> DBIndex:
+        index = DBIndex(version=self.version, shards=sorted(self.shards, key=lambda s: s.file),
+                        extra_columns=[c.name for c in self.extra], meta=self.meta)
+        write_index(self.uri, index)
+        return index
+
+
+def existing_shards(uri: str, version: int = 1) -> list[ShardInfo]:
+    """Shards present under ``v<version>/`` (from their footers), whether or not an index lists them."""
+    folder = storage.join(uri, f"v{version}")
+    shards = []
+    for name in storage.listdir(folder):
+        if not (name.startswith("part-") and name.endswith(".parquet")):
+            continue
+        fs, path = storage.filesystem(storage.join(folder, name))
+        with fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            volumes = json.loads((pf.schema_arrow.metadata or {}).get(b"mrgen.volumes", b"[]"))
+            table = pf.read(columns=list(INDEX_COLUMNS))
+        shards.append(ShardInfo(file=f"v{version}/{name}", rows=table.num_rows, volumes=volumes, values=shard_stats(table)))
+    return shards
+
+
+# ---------------------------------------------------------------- reading
+
+def _matches(shard: ShardInfo, filters: dict[str, Any]) -> bool:
+    for column, wanted in filters.items():
+        if column not in shard.values:
+            continue
+        allowed = {_value_key(v) for v in (wanted if isinstance(wanted, (list, tuple, set)) else [wanted])}
+        if not allowed & set(shard.values[column]):
+            return False
+    return True
+
+
+def select_shards(index: DBIndex, **filters: Any) -> list[ShardInfo]:
+    """Shards that may hold rows matching ``filters`` (column → value or list of values), by the index alone."""
+    unknown = set(filters) - set(INDEX_COLUMNS)
+    if unknown:
+        raise ValueError(f"cannot filter on {sorted(unknown)}: filterable columns are {INDEX_COLUMNS}")
+    return [s for s in index.shards if _matches(s, {k: v for k, v in filters.items() if v is not None})]
+
+
+def row_filter_expression(**filters: Any):
+    """The same filters as a pyarrow compute expression, to drop non-matching rows inside selected shards."""
+    import pyarrow.compute as pc
+
+    expr = None
+    for column, wanted in filters.items():
+        if wanted is None:
+            continue
+        values = list(wanted) if isinstance(wanted, (list, tuple, set)) else [wanted]
+        non_null = [v for v in values if v is not None]
+        term = pc.field(column).isin(non_null) if non_null else None
+        if None in values:
+            term = pc.field(column).is_null() if term is None else term | pc.field(column).is_null()
+        expr = term if expr is None else expr & term
+    return expr
+
+
+def shard_uris(uri: str, shards: list[ShardInfo]) -> list[str]:
+    return [storage.join(uri, *s.file.split("/")) for s in shards]
+
+
+def read_table(uri: str, columns: list[str] | None = None, **filters: Any) -> pa.Table:
+    """The matching rows as one in-memory pyarrow table (small DBs, tools and tests; jobs use :func:`read_slices`)."""
+    index = load_index(uri)
+    shards = select_shards(index, **filters)
+    expr = row_filter_expression(**filters)
+    tables = []
+    for shard_uri in shard_uris(uri, shards):
+        fs, path = storage.arrow_filesystem(shard_uri)
+        tables.append(pq.read_table(path, filesystem=fs, columns=columns, filters=expr))
+    if not tables:
+        return arrow_schema().empty_table() if columns is None else arrow_schema().empty_table().select(columns)
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def iter_rows(uri: str, columns: list[str] | None = None, **filters: Any) -> Iterator[dict[str, Any]]:
+    yield from read_table(uri, columns, **filters).to_pylist()
+
+
+def read_slices(uri: str, columns: list[str] | None = None, override_num_blocks: int | None = None, **filters: Any):
+    """A lazy Ray Dataset of the matching slices (``image``/``mask`` still bytes: see ``schema.decode_batch``).
+
+    Shards are pruned with the index before anything is read; rows inside them are filtered by Ray Data.
+    """
+    import ray.data
+
+    index = load_index(uri)
+    shards = select_shards(index, **filters)
+    if not shards:
+        raise ValueError(f"{uri}: no shard matches {filters}; the DB holds {index.counts()}")
+    fs, _ = storage.arrow_filesystem(uri)
+    paths = [storage.arrow_filesystem(u)[1] for u in shard_uris(uri, shards)]
+    kwargs: dict[str, Any] = {"filesystem": fs, "columns": columns}
+    expr = row_filter_expression(**filters)
+    if expr is not None:
+        kwargs["filter"] = expr
+    if override_num_blocks:
+        kwargs["override_num_blocks"] = override_num_blocks
+    return ray.data.read_parquet(paths, **kwargs)
+
+
+def volume_key(dataset: str, volume_id: str) -> str:
+    return posixpath.join(dataset, volume_id)

@@ -1,0 +1,56 @@
+"""Connecting to Ray: a local cluster on this machine, or an existing one by address (``ray://`` or ``auto``).
+
+Storage credentials travel to every worker through the runtime environment, because variables set in the
+driver after ``ray.init`` never reach them.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import Field
+
+from mrgen.platform.config import ConfigBase
+
+_DEFAULT_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+_FORWARDED = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
+              "MRGEN_S3_ENDPOINT", "HF_HUB_OFFLINE", "OMP_NUM_THREADS")
+
+
+class RayConfig(ConfigBase):
+    """Where jobs run."""
+
+    section = "ray"
+    address: str | None = Field(None, description="existing cluster ('auto', 'ray://host:10001'); None starts a local one")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local cluster (default: all)")
+    object_store_memory_mb: int | None = Field(None, ge=64, description="object store of a local cluster")
+    no_progress_timeout_s: float = Field(600.0, gt=0, description="Ray Data fails a dataset that makes no progress this long")
+
+
+def runtime_env_vars() -> dict[str, str]:
+    return {k: os.environ[k] for k in _FORWARDED if os.environ.get(k)}
+
+
+def init_ray(config: RayConfig | None = None, **overrides: Any):
+    """Start or join Ray once per process; returns the context (a no-op when already connected)."""
+    for key, value in _DEFAULT_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    if ray.is_initialized():
+        return ray.get_runtime_context()
+    config = config or RayConfig()
+    kwargs: dict[str, Any] = dict(
+        address=config.address,
+        runtime_env={"env_vars": runtime_env_vars()},
+        log_to_driver=os.environ.get("MRGEN_RAY_LOG_TO_DRIVER", "1") == "1",
+        ignore_reinit_error=True,
+    )
+    if config.address is None:
+        kwargs.update(include_dashboard=False, num_cpus=config.num_cpus)
+        if config.object_store_memory_mb:
+            kwargs["object_store_memory"] = config.object_store_memory_mb * 1024 * 1024
+    kwargs.update(overrides)
+    ctx = ray.init(**kwargs)
+    ray.data.DataContext.get_current().execution_no_progress_timeout_s = config.no_progress_timeout_s
+    return ctx

@@ -1,0 +1,152 @@
+"""Typed, validated configuration: pydantic sections, named presets, YAML files and `key=value` overrides.
+
+Every job owns one section class (``jobs/train/config.py`` and so on). A section is loaded from
+
+* a preset name (``tiny``, ``paper``) registered with :func:`preset`, or
+* a YAML file, either holding the section's fields at top level or under the section's key
+  (one file can then configure every job: ``db:``, ``train:``, ``synthesis:`` ...); a file may name
+  ``preset: tiny`` to start from a preset,
+
+then ``--set key.sub=value`` overrides are applied. A bad key or value raises :class:`ConfigError` naming it.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+C = TypeVar("C", bound="ConfigBase")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the key."""
+
+
+class ConfigBase(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    section: ClassVar[str] = ""
+    _presets: ClassVar[dict[str, Callable[[], dict[str, Any]]]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._presets = {}
+
+    @classmethod
+    def presets(cls) -> list[str]:
+        return sorted(cls._presets)
+
+    @classmethod
+    def from_preset(cls: type[C], name: str) -> C:
+        if name not in cls._presets:
+            raise ConfigError(f"unknown preset {name!r} for '{cls.section or cls.__name__}': choose from {cls.presets()}")
+        return _validate(cls, cls._presets[name](), source=f"preset {name!r}")
+
+    @classmethod
+    def load(cls: type[C], source: str | Path | None = None, overrides: Sequence[str] = ()) -> C:
+        """Preset name or YAML path (or None for the ``tiny`` preset), then ``key=value`` overrides."""
+        data = _source_dict(cls, source)
+        for item in overrides:
+            key, value = _split_override(item)
+            _set_path(data, key, value)
+        return _validate(cls, data, source=str(source or "tiny"))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump({self.section: self.model_dump(mode="json")} if self.section else self.model_dump(mode="json"), sort_keys=True)
+
+    def with_overrides(self: C, overrides: dict[str, Any]) -> C:
+        data = self.model_dump()
+        for key, value in overrides.items():
+            if value is not None:
+                _set_path(data, key, value)
+        return _validate(type(self), data, source="command-line flags")
+
+
+def preset(cls: type[ConfigBase], name: str) -> Callable[[Callable[[], dict[str, Any]]], Callable[[], dict[str, Any]]]:
+    """Register a function returning a section's values as preset ``name``: ``@preset(TrainConfig, "tiny")``."""
+
+    def register(fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+        cls._presets[name] = fn
+        return fn
+
+    return register
+
+
+def _source_dict(cls: type[ConfigBase], source: str | Path | None) -> dict[str, Any]:
+    if source is None:
+        source = "tiny" if "tiny" in cls._presets else None
+    if source is None:
+        return {}
+    if str(source) in cls._presets:
+        return cls._presets[str(source)]()
+    path = Path(source)
+    if not path.exists():
+        raise ConfigError(f"config {str(source)!r} is neither a preset {cls.presets()} nor an existing YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping, got {type(raw).__name__}")
+    if cls.section and cls.section in raw:
+        raw = raw[cls.section]
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: section '{cls.section}' must be a mapping")
+    elif cls.section and set(raw) & _KNOWN_SECTIONS - {cls.section}:
+        return cls.load("tiny").model_dump() if "tiny" in cls._presets else {}
+    base_name = raw.pop("preset", None)
+    data = cls._presets[base_name]() if base_name else {}
+    if base_name and base_name not in cls._presets:
+        raise ConfigError(f"{path}: unknown preset {base_name!r}: choose from {cls.presets()}")
+    _deep_update(data, raw)
+    return data
+
+
+_KNOWN_SECTIONS = {"db", "train", "synthesis", "serve", "segment", "experiment", "storage", "evaluate"}
+
+
+def _validate(cls: type[C], data: dict[str, Any], source: str) -> C:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "<root>"
+            problems.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+        section = f"'{cls.section}' " if cls.section else ""
+        raise ConfigError(f"invalid {section}config from {source}: " + "; ".join(problems)) from None
+
+
+def _split_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.sub=value")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def _set_path(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {key!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value

@@ -1,0 +1,206 @@
+"""Every location is a URI: a plain path, ``file://`` or ``s3://`` (any fsspec protocol works the same way).
+
+Credentials and endpoint come from :class:`StorageSettings` (config) or the standard AWS variables
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``).
+Writes are atomic: :func:`atomic_write` publishes a file only once it is complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import fsspec
+from pydantic import Field
+
+from mrgen.platform.config import ConfigBase
+
+
+class StorageSettings(ConfigBase):
+    """Object-storage access; empty fields fall back to the standard AWS environment variables."""
+
+    section = "storage"
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
+    access_key: str | None = Field(None, description="access key id")
+    secret_key: str | None = Field(None, description="secret access key")
+    region: str | None = Field(None, description="bucket region")
+    anon: bool = Field(False, description="anonymous access")
+
+    @classmethod
+    def from_env(cls) -> StorageSettings:
+        return cls(
+            endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MRGEN_S3_ENDPOINT"),
+            access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION"),
+        )
+
+    def resolved(self) -> StorageSettings:
+        env = StorageSettings.from_env()
+        return StorageSettings(**{k: getattr(self, k) if getattr(self, k) is not None else getattr(env, k) for k in type(self).model_fields})
+
+    def s3_options(self) -> dict[str, Any]:
+        s = self.resolved()
+        opts: dict[str, Any] = {"anon": s.anon}
+        if s.access_key:
+            opts["key"], opts["secret"] = s.access_key, s.secret_key
+        client: dict[str, Any] = {}
+        if s.endpoint_url:
+            client["endpoint_url"] = s.endpoint_url
+        if s.region:
+            client["region_name"] = s.region
+        if client:
+            opts["client_kwargs"] = client
+        return opts
+
+
+def protocol(uri: str) -> str:
+    return uri.split("://", 1)[0] if "://" in uri else "file"
+
+
+def is_local(uri: str) -> bool:
+    return protocol(uri) == "file"
+
+
+def local_path(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def filesystem(uri: str, settings: StorageSettings | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for ``uri`` and the path inside it."""
+    proto = protocol(uri)
+    if proto == "file":
+        return fsspec.filesystem("file"), str(Path(local_path(uri)).absolute())
+    if proto in ("s3", "s3a"):
+        fs = fsspec.filesystem("s3", **(settings or StorageSettings()).s3_options())
+        return fs, uri.split("://", 1)[1]
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs, path
+
+
+def arrow_filesystem(uri: str, settings: StorageSettings | None = None):
+    """A pyarrow filesystem (native S3 where possible) and path, for pyarrow and Ray Data readers/writers."""
+    import pyarrow.fs as pafs
+
+    proto = protocol(uri)
+    if proto == "file":
+        return pafs.LocalFileSystem(), str(Path(local_path(uri)).absolute())
+    if proto in ("s3", "s3a"):
+        s = (settings or StorageSettings()).resolved()
+        kwargs: dict[str, Any] = {"anonymous": s.anon}
+        if s.access_key:
+            kwargs.update(access_key=s.access_key, secret_key=s.secret_key)
+        if s.endpoint_url:
+            scheme, _, host = s.endpoint_url.partition("://")
+            kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+        kwargs["region"] = s.region or "us-east-1"
+        return pafs.S3FileSystem(**kwargs), uri.split("://", 1)[1]
+    fs, path = filesystem(uri, settings)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def join(uri: str, *parts: str) -> str:
+    if is_local(uri):
+        return str(Path(local_path(uri)).joinpath(*parts))
+    return posixpath.join(uri.rstrip("/"), *parts)
+
+
+def exists(uri: str, settings: StorageSettings | None = None) -> bool:
+    fs, path = filesystem(uri, settings)
+    return fs.exists(path)
+
+
+def makedirs(uri: str, settings: StorageSettings | None = None) -> None:
+    fs, path = filesystem(uri, settings)
+    if is_local(uri):
+        fs.makedirs(path, exist_ok=True)
+
+
+def listdir(uri: str, settings: StorageSettings | None = None) -> list[str]:
+    """Names (not paths) directly under ``uri``; empty when it does not exist."""
+    fs, path = filesystem(uri, settings)
+    if not fs.exists(path):
+        return []
+    fs.invalidate_cache(path)
+    return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
+
+
+def read_bytes(uri: str, settings: StorageSettings | None = None) -> bytes:
+    fs, path = filesystem(uri, settings)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def read_text(uri: str, settings: StorageSettings | None = None) -> str:
+    return read_bytes(uri, settings).decode()
+
+
+def remove(uri: str, settings: StorageSettings | None = None, recursive: bool = False) -> None:
+    fs, path = filesystem(uri, settings)
+    if fs.exists(path):
+        fs.rm(path, recursive=recursive)
+
+
+@contextlib.contextmanager
+def atomic_write(uri: str, mode: str = "wb", settings: StorageSettings | None = None) -> Iterator[IO]:
+    """Write ``uri`` so that readers see either nothing or the whole file.
+
+    Local files go to a hidden temporary name in the same folder, then ``os.replace``. Remote objects are
+    staged in a local temporary file and uploaded in one PUT on success (an S3 object appears only when its
+    upload completes); on an exception nothing is uploaded.
+    """
+    if is_local(uri):
+        target = Path(local_path(uri)).absolute()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, mode) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    fs, path = filesystem(uri, settings)
+    with tempfile.NamedTemporaryFile(mode, suffix=".part", delete=False) as f:
+        tmp_name = f.name
+    try:
+        with open(tmp_name, mode) as f:
+            yield f
+        fs.put_file(tmp_name, path)
+    finally:
+        os.unlink(tmp_name)
+
+
+def write_bytes(uri: str, data: bytes, settings: StorageSettings | None = None) -> None:
+    with atomic_write(uri, "wb", settings) as f:
+        f.write(data)
+
+
+def write_text(uri: str, text: str, settings: StorageSettings | None = None) -> None:
+    write_bytes(uri, text.encode(), settings)
+
+
+def upload_dir(local_dir: str | Path, uri: str, settings: StorageSettings | None = None) -> None:
+    """Copy a local folder to ``uri`` (a folder); each file is written atomically."""
+    local_dir = Path(local_dir)
+    for file in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+        rel = file.relative_to(local_dir).as_posix()
+        write_bytes(join(uri, *rel.split("/")), file.read_bytes(), settings)
+
+
+def download_dir(uri: str, local_dir: str | Path, settings: StorageSettings | None = None) -> Path:
+    """Copy the folder ``uri`` to ``local_dir`` and return it; a local URI is returned as it is."""
+    if is_local(uri):
+        return Path(local_path(uri))
+    fs, path = filesystem(uri, settings)
+    local_dir = Path(local_dir)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    fs.get(path.rstrip("/") + "/", str(local_dir), recursive=True)
+    return local_dir
