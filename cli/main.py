@@ -10,7 +10,7 @@ import os
 import sys
 
 # Subcommand modules, each with `register(subparsers)`; a handler is stored as `func` on the namespace.
-GROUPS = ["db", "train", "eval", "synthesize", "export", "segment", "serve", "generate", "experiment", "bench"]
+GROUPS = ["db", "train", "eval", "synthesize", "export", "segment", "serve", "generate", "experiment", "bench", "submit"]
 
 
 def build_parser() -> argparse.ArgumentParser:
