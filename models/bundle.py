@@ -1,0 +1,370 @@
+"""A model bundle: one folder in the diffusers layout, written to any URI and loaded back on any device.
+
+    BUNDLE/vae/          config.json + diffusion_pytorch_model.safetensors   (AutoencoderKL)
+    BUNDLE/unet/         config.json + diffusion_pytorch_model.safetensors   (UNet2DConditionModel)
+    BUNDLE/controlnet/   config.json + diffusion_pytorch_model.safetensors   (ControlNetModel; optional)
+    BUNDLE/text_encoder/ open_clip_config.json + open_clip_model.safetensors (TextEncoder)
+    BUNDLE/scheduler/    scheduler_config.json
+    BUNDLE/mrgen_manifest.json   versions, resolution, latent_scaling, run_id, created, sha256 of every file
+
+The official MRGen release layout (per-part ``config.json`` + ``.safetensors`` or ``.bin`` weights,
+``scheduler/scheduler_config.json``, no manifest, text encoder named by the caller) loads unchanged. No pickle:
+diffusers reads a ``.bin`` only through ``torch.load(weights_only=True)``.
+
+Writes are atomic: a local bundle is written to a hidden sibling folder and renamed into place; on object
+storage the manifest is uploaded last and is the commit marker (a folder without it is an unfinished save).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+
+from mrgen.models.autoencoder import build_autoencoder
+from mrgen.models.configs import model_config
+from mrgen.models.mask_controller import MaskController
+from mrgen.models.scheduler import default_scheduler_config
+from mrgen.models.text_encoder import TextEncoder
+from mrgen.models.unet import build_unet
+from mrgen.platform import storage
+
+MANIFEST = "mrgen_manifest.json"
+SCHEDULER_CONFIG = "scheduler_config.json"
+BUNDLE_FORMAT = 1
+DIFFUSERS_PARTS = {"vae": AutoencoderKL, "unet": UNet2DConditionModel, "controlnet": ControlNetModel}
+MODEL_PARTS = ("vae", "unet", "controlnet", "text_encoder")
+REQUIRED_PARTS = ("vae", "unet", "text_encoder", "scheduler")
+
+
+class BundleError(ValueError):
+    """A model bundle is missing a part or holds something unreadable; the message names part and path."""
+
+
+def _dataset_versions() -> dict[str, Any]:
+    from mrgen.datasets.modality import MODALITY_TABLE_VERSION
+    from mrgen.datasets.prompt import PROMPT_TEMPLATE_VERSION
+
+    return {"prompt_template_version": PROMPT_TEMPLATE_VERSION, "modality_table_version": MODALITY_TABLE_VERSION}
+
+
+def new_manifest(resolution: int, latent_scaling: float, run_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The manifest fields a trainer fills in; ``created`` and part hashes are added by :meth:`ModelBundle.save`."""
+    return {"format": BUNDLE_FORMAT, **_dataset_versions(), "resolution": int(resolution),
+            "latent_scaling": float(latent_scaling), "run_id": run_id, "mask_encoding": "ratio", **extra}
+
+
+@dataclass
+class ModelBundle:
+    """The parts of a trained MRGen model; any of the model parts may be ``None`` in a partial bundle."""
+
+    vae: AutoencoderKL | None
+    unet: UNet2DConditionModel | None
+    controlnet: ControlNetModel | None
+    text_encoder: TextEncoder | None
+    scheduler_config: dict[str, Any] = field(default_factory=default_scheduler_config)
+    manifest: dict[str, Any] = field(default_factory=dict)
+    uri: str | None = field(default=None, compare=False)
+
+    @property
+    def latent_scaling(self) -> float:
+        if "latent_scaling" in self.manifest:
+            return float(self.manifest["latent_scaling"])
+        if self.vae is not None:
+            return float(self.vae.config.scaling_factor)
+        raise BundleError("model bundle has neither a manifest latent_scaling nor a vae")
+
+    @property
+    def resolution(self) -> int:
+        if "resolution" in self.manifest:
+            return int(self.manifest["resolution"])
+        if self.vae is not None:
+            return int(self.vae.config.sample_size)
+        raise BundleError("model bundle has neither a manifest resolution nor a vae")
+
+    @property
+    def bundle_id(self) -> str:
+        """:func:`bundle_hash` of the saved/loaded bundle (``manifest['bundle_hash']``)."""
+        if "bundle_hash" in self.manifest:
+            return self.manifest["bundle_hash"]
+        if "parts" in self.manifest:
+            return _hash_of_parts(self.manifest["parts"])
+        if self.uri is not None:  # a folder without manifest (official layout): hash its files once
+            self.manifest["bundle_hash"] = bundle_hash(self.uri)
+            return self.manifest["bundle_hash"]
+        raise BundleError("this bundle was never saved or loaded: it has no hash yet")
+
+    def parts(self) -> dict[str, torch.nn.Module]:
+        return {name: getattr(self, name) for name in MODEL_PARTS if getattr(self, name) is not None}
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> ModelBundle:
+        for module in self.parts().values():
+            module.to(device=device, dtype=dtype)
+        return self
+
+    def eval(self) -> ModelBundle:
+        for module in self.parts().values():
+            module.eval()
+        return self
+
+    # ----- save ---------------------------------------------------------------------------------------------
+    def save(self, uri: str) -> str:
+        """Write the bundle to ``uri`` (local path, file:// or s3://) atomically; returns its :func:`bundle_hash`."""
+        if storage.is_local(uri):
+            target = Path(storage.local_path(uri)).absolute()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+            try:
+                manifest = self._write_folder(tmp)
+                _replace_dir(tmp, target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with tempfile.TemporaryDirectory(prefix="mrgen-bundle-") as tmp_root:
+                tmp = Path(tmp_root) / "bundle"
+                manifest = self._write_folder(tmp)
+                manifest_text = (tmp / MANIFEST).read_text()
+                (tmp / MANIFEST).unlink()
+                storage.remove(storage.join(uri, MANIFEST))  # the old bundle stops being complete first
+                storage.remove(uri, recursive=True)
+                storage.upload_dir(tmp, uri)
+                storage.write_text(storage.join(uri, MANIFEST), manifest_text)
+        self.manifest = manifest
+        self.uri = uri
+        return manifest["bundle_hash"]
+
+    def _write_folder(self, folder: Path) -> dict[str, Any]:
+        folder.mkdir(parents=True)
+        if self.vae is not None and "latent_scaling" in self.manifest:
+            # keep the diffusers config truthful, so tools that read only vae/config.json scale right
+            self.vae.register_to_config(scaling_factor=float(self.manifest["latent_scaling"]))
+        for name, module in self.parts().items():
+            if name == "text_encoder":
+                module.save_pretrained(folder / name)
+            else:
+                module.save_pretrained(folder / name, safe_serialization=True)
+        (folder / "scheduler").mkdir()
+        scheduler = {"_class_name": self.scheduler_config.get("_class_name", "DDIMScheduler"),
+                     "_diffusers_version": diffusers.__version__, **self.scheduler_config}
+        (folder / "scheduler" / SCHEDULER_CONFIG).write_text(json.dumps(scheduler, indent=2, sort_keys=True))
+        manifest = {"format": BUNDLE_FORMAT, **dict(self.manifest)}
+        if self.vae is not None:
+            manifest.setdefault("latent_scaling", float(self.vae.config.scaling_factor))
+            manifest.setdefault("resolution", int(self.vae.config.sample_size))
+        for key, value in _dataset_versions().items():
+            manifest.setdefault(key, value)
+        manifest.setdefault("run_id", None)
+        manifest.setdefault("mask_encoding", "ratio")  # how mask_to_condition turned organ ids into intensities
+        manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        manifest["parts"] = {part: _hash_folder(folder / part) for part in sorted(p.name for p in folder.iterdir())}
+        manifest["bundle_hash"] = _hash_of_parts(manifest["parts"])
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        return manifest
+
+    # ----- load ---------------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, uri: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+             parts: list[str] | tuple[str, ...] | None = None, text_encoder: str | None = None,
+             cache_dir: str | Path | None = None) -> ModelBundle:
+        """Load a bundle (ours or the official release layout) from a URI.
+
+        ``parts`` = which of vae / unet / controlnet / text_encoder / scheduler to load (default: vae, unet,
+        text_encoder, scheduler required; controlnet if present). ``text_encoder`` names an open_clip model
+        (``hf-hub:``, ``local-dir:`` or a folder) used when the bundle has no ``text_encoder/`` folder.
+        """
+        root = _local_copy(uri, cache_dir)
+        if not root.is_dir():
+            raise BundleError(f"model bundle {uri}: no such folder")
+        manifest_file = root / MANIFEST
+        manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+        wanted = list(parts) if parts is not None else list(REQUIRED_PARTS) + (
+            ["controlnet"] if (root / "controlnet").is_dir() else [])
+        unknown = set(wanted) - set(MODEL_PARTS) - {"scheduler"}
+        if unknown:
+            raise BundleError(f"unknown bundle parts {sorted(unknown)}: "
+                              f"choose from {list(MODEL_PARTS) + ['scheduler']}")
+        loaded: dict[str, Any] = {name: None for name in MODEL_PARTS}
+        for name in wanted:
+            if name == "scheduler":
+                continue
+            if name == "text_encoder":
+                loaded[name] = _load_text_encoder(root, uri, text_encoder, device, dtype)
+            else:
+                loaded[name] = _load_diffusers_part(name, root, uri, device, dtype)
+        scheduler_config = _load_scheduler(root, uri) if "scheduler" in wanted else default_scheduler_config()
+        if "latent_scaling" not in manifest:
+            manifest["latent_scaling"] = _vae_config(root, uri).get("scaling_factor", 1.0)
+        if "resolution" not in manifest:
+            manifest["resolution"] = _vae_config(root, uri).get("sample_size")
+        if "bundle_hash" not in manifest and "parts" in manifest:
+            manifest["bundle_hash"] = _hash_of_parts(manifest["parts"])
+        bundle = cls(scheduler_config=scheduler_config, manifest=manifest, uri=uri, **loaded)
+        return bundle.eval()
+
+
+def _load_diffusers_part(name: str, root: Path, uri: str, device, dtype) -> torch.nn.Module:
+    folder = root / name
+    if not (folder / "config.json").is_file():
+        raise BundleError(f"model bundle {uri}: part '{name}' missing (no {folder / 'config.json'})")
+    try:
+        model = DIFFUSERS_PARTS[name].from_pretrained(str(root), subfolder=name, torch_dtype=dtype,
+                                                      low_cpu_mem_usage=False)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise BundleError(f"model bundle {uri}: part '{name}' at {folder} could not be loaded: {exc}") from exc
+    return model.to(device).eval()
+
+
+def _load_text_encoder(root: Path, uri: str, name: str | None, device, dtype) -> TextEncoder:
+    folder = root / "text_encoder"
+    if (folder / "open_clip_config.json").is_file():
+        return TextEncoder.from_pretrained(folder, device=device, dtype=dtype)
+    if name:
+        return TextEncoder.from_pretrained(name, device=device, dtype=dtype)
+    raise BundleError(f"model bundle {uri}: part 'text_encoder' missing (no {folder / 'open_clip_config.json'}) "
+                      "and no text encoder name given (text_encoder='hf-hub:...' or a local open_clip folder)")
+
+
+def _load_scheduler(root: Path, uri: str) -> dict[str, Any]:
+    file = root / "scheduler" / SCHEDULER_CONFIG
+    if not file.is_file():
+        raise BundleError(f"model bundle {uri}: part 'scheduler' missing (no {file})")
+    try:
+        config = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"model bundle {uri}: {file} is not valid JSON: {exc}") from None
+    return {k: v for k, v in config.items() if k != "_diffusers_version"}
+
+
+def _vae_config(root: Path, uri: str) -> dict[str, Any]:
+    file = root / "vae" / "config.json"
+    if not file.is_file():
+        raise BundleError(f"model bundle {uri}: no manifest and part 'vae' missing (no {file}): "
+                          "cannot tell the latent scaling")
+    return json.loads(file.read_text())
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    """Move a finished folder into place; an existing bundle is swapped out, never merged with."""
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(target, old)
+        os.rename(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, target)
+
+
+def _cache_root(cache_dir: str | Path | None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    return Path(os.environ.get("MRGEN_CACHE_DIR", Path.home() / ".cache" / "mrgen")) / "bundles"
+
+
+def _local_copy(uri: str, cache_dir: str | Path | None) -> Path:
+    """The bundle as a local folder: itself when local, else a cached download (reused if its manifest matches)."""
+    if storage.is_local(uri):
+        return Path(storage.local_path(uri)).absolute()
+    manifest_uri = storage.join(uri, MANIFEST)
+    remote_manifest = storage.read_text(manifest_uri) if storage.exists(manifest_uri) else None
+    if remote_manifest is None and not storage.listdir(uri):
+        raise BundleError(f"model bundle {uri}: nothing there")
+    target = _cache_root(cache_dir) / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    cached = target / MANIFEST
+    if remote_manifest is not None and cached.is_file() and cached.read_text() == remote_manifest:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        storage.download_dir(uri, tmp)
+        if remote_manifest is not None and (tmp / MANIFEST).read_text() != remote_manifest:
+            raise BundleError(f"model bundle {uri} changed while it was being downloaded; try again")
+        if remote_manifest is not None and cached.is_file() and cached.read_text() == remote_manifest:
+            return target  # another process on this node finished the same download first: keep its copy
+        try:
+            _replace_dir(tmp, target)
+        except OSError:
+            if not (remote_manifest is not None and cached.is_file() and cached.read_text() == remote_manifest):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hash_folder(folder: Path) -> dict[str, Any]:
+    files = {p.relative_to(folder).as_posix(): _sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    digest = hashlib.sha256("".join(f"{k}:{v}\n" for k, v in sorted(files.items())).encode()).hexdigest()
+    return {"sha256": digest, "files": files}
+
+
+def _hash_of_parts(parts: dict[str, Any]) -> str:
+    return hashlib.sha256("".join(f"{k}:{v['sha256']}\n" for k, v in sorted(parts.items())).encode()).hexdigest()
+
+
+def bundle_hash(uri: str) -> str:
+    """sha256 over the manifest's part hashes; for a folder without a manifest, over every file's content."""
+    manifest_uri = storage.join(uri, MANIFEST)
+    if storage.exists(manifest_uri):
+        manifest = json.loads(storage.read_text(manifest_uri))
+        if "parts" in manifest:
+            return _hash_of_parts(manifest["parts"])
+    fs, path = storage.filesystem(uri)
+    files = sorted(fs.find(path))
+    if not files:
+        raise BundleError(f"model bundle {uri}: nothing there to hash")
+    h = hashlib.sha256()
+    for file in files:
+        rel = file[len(path.rstrip("/")) + 1:]
+        if rel.split("/")[0] == MANIFEST:
+            continue
+        with fs.open(file, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        h.update(f"{rel}:{digest}\n".encode())
+    return h.hexdigest()
+
+
+def build_random_bundle(name: str = "tiny", seed: int = 0) -> ModelBundle:
+    """Every part randomly initialised from ``seed`` (the global RNG is left alone), for tests.
+
+    The controller is re-initialised so that masks visibly change a random bundle's output (a fresh
+    ``from_unet`` controller has zero output convolutions and would ignore them).
+    """
+    cfg = model_config(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = build_autoencoder(cfg.vae)
+        unet = build_unet(cfg.unet)
+        controlnet = MaskController.from_unet(unet, cfg.controlnet)
+        _make_masks_matter(controlnet)
+        text_cfg = dict(cfg.text_encoder, seed=seed)
+        text_encoder = TextEncoder.from_config(text_cfg)
+    manifest = new_manifest(cfg.resolution, latent_scaling=1.0, run_id=f"random-{name}-{seed}", model_config=name)
+    return ModelBundle(vae=vae, unet=unet, controlnet=controlnet, text_encoder=text_encoder, manifest=manifest).eval()
+
+
+@torch.no_grad()
+def _make_masks_matter(controlnet: ControlNetModel) -> None:
+    embedding = controlnet.controlnet_cond_embedding
+    for conv in (embedding.conv_in, *embedding.blocks):
+        torch.nn.init.kaiming_normal_(conv.weight)
+        conv.bias.zero_()
+    embedding.conv_out.weight.normal_(0.0, 0.3)
+    for conv in (controlnet.controlnet_mid_block, *controlnet.controlnet_down_blocks):
+        conv.weight.normal_(0.0, 0.1)

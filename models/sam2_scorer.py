@@ -1,0 +1,224 @@
+"""SAM2 as the quality filter of generated candidates (paper §3.5, appendix C.2); pure PyTorch, no Ray.
+
+For each candidate image the SAM2 image embedding is computed once (``SAM2ImagePredictor.set_image_batch``),
+then every organ of the condition mask is prompted against that embedding in one mask-decoder call
+(one prompt per organ, the image embedding repeated, as SAM2's own batched-points path does). Per organ we
+record the IoU between SAM2's segmentation and the organ's condition mask, and SAM2's confidence (its
+predicted IoU of the mask it returns).
+
+Prompts (``prompt``): ``mask`` (default; the organ's condition mask as low-resolution logits),
+``box`` (the organ's bounding box) or ``mask+box``.
+
+Loading: the real ``sam2`` package, a config name (``configs/sam2.1/sam2.1_hiera_l.yaml`` for SAM2-Large,
+the paper's model), an image size (1024 at paper scale; smaller sizes re-size the predictor's feature maps),
+and a checkpoint file holding ``{"model": state_dict}`` (the official format; loaded ``weights_only``).
+Without a checkpoint the model is random and its scores mean nothing: that needs ``allow_random=True``.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mrgen.models.selection import CandidateScores, OrganScore
+
+PROMPTS = ("mask", "box", "mask+box")
+PAPER_CONFIG = "configs/sam2.1/sam2.1_hiera_l.yaml"
+TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+
+
+class Sam2LoadError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Sam2Settings:
+    config_name: str = TINY_CONFIG
+    checkpoint: str | None = None  # URI of a {"model": state_dict} file
+    image_size: int = 1024
+    prompt: str = "mask"
+    mask_logit: float = 10.0  # magnitude of the logits a binary organ mask is turned into
+    embed_batch: int = 4  # candidates embedded per encoder call
+    allow_random: bool = False
+    device: str = "cpu"
+
+    @property
+    def model_id(self) -> str:
+        """What the output records as the filter model."""
+        weights = self.checkpoint or "RANDOM-INIT"
+        return f"sam2:{os.path.basename(self.config_name)}@{self.image_size}:{weights}:{self.prompt}"
+
+
+def _local_checkpoint(uri: str) -> str:
+    from mrgen.platform import storage
+
+    if storage.is_local(uri):
+        path = storage.local_path(uri)
+        if not os.path.exists(path):
+            raise Sam2LoadError(f"SAM2 checkpoint {uri} does not exist")
+        return path
+    if not storage.exists(uri):
+        raise Sam2LoadError(f"SAM2 checkpoint {uri} does not exist")
+    fd, path = tempfile.mkstemp(suffix=".pt", prefix="sam2-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(storage.read_bytes(uri))
+    return path
+
+
+def build_sam2_model(settings: Sam2Settings) -> torch.nn.Module:
+    """``sam2.build_sam.build_sam2`` with Hydra's global state saved, set to SAM2's configs and restored."""
+    if settings.checkpoint is None and not settings.allow_random:
+        raise Sam2LoadError("no SAM2 checkpoint given: pass one (a {'model': state_dict} file), or ask for an "
+                            "untrained SAM2 explicitly (--sam2-random); its scores are then meaningless")
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    global_hydra = GlobalHydra.instance()
+    saved = global_hydra.hydra
+    global_hydra.clear()
+    try:
+        initialize_config_module("sam2", version_base="1.2")
+        from sam2.build_sam import build_sam2
+
+        overrides = [] if settings.image_size == 1024 else [f"++model.image_size={settings.image_size}"]
+        ckpt = _local_checkpoint(settings.checkpoint) if settings.checkpoint else None
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)  # an untrained SAM2 is the same in every actor and run
+                model = build_sam2(settings.config_name, ckpt_path=ckpt, device=settings.device,
+                                   hydra_overrides_extra=overrides)
+        except RuntimeError as exc:  # sam2 raises a bare RuntimeError on missing/unexpected keys
+            raise Sam2LoadError(f"SAM2 checkpoint {settings.checkpoint} does not match config {settings.config_name} "
+                                f"at image size {settings.image_size}: {exc or 'missing or unexpected keys'}") from exc
+        finally:
+            if ckpt and settings.checkpoint and ckpt != settings.checkpoint and ckpt.startswith(tempfile.gettempdir()):
+                os.unlink(ckpt)
+        return model
+    finally:
+        global_hydra.clear()
+        if saved is not None:
+            global_hydra.initialize(saved)
+
+
+def to_sam_image(image: np.ndarray) -> np.ndarray:
+    """Gray float [0,1] (H, W) → uint8 H×W×3, the RGB form SAM2's transforms expect."""
+    gray = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+    u8 = np.round(gray * 255.0).astype(np.uint8)
+    return np.repeat(u8[:, :, None], 3, axis=2)
+
+
+class Sam2Scorer:
+    """Loads SAM2 once; :meth:`score` rates candidates of one mask, :meth:`score_many` several masks."""
+
+    def __init__(self, settings: Sam2Settings):
+        if settings.prompt not in PROMPTS:
+            raise ValueError(f"unknown SAM2 prompt {settings.prompt!r}: choose from {PROMPTS}")
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        self.settings = settings
+        self.model = build_sam2_model(settings)
+        self.predictor = SAM2ImagePredictor(self.model)
+        s = settings.image_size
+        self.predictor._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
+        self.mask_input_size = tuple(self.model.sam_prompt_encoder.mask_input_size)
+        self.meaningful = settings.checkpoint is not None
+
+    # ------------------------------------------------------------ prompts
+    def _organ_prompts(self, mask: np.ndarray, organ_ids: Sequence[int]):
+        h, w = mask.shape
+        binary = torch.from_numpy(np.stack([(mask == i) for i in organ_ids]).astype(np.float32))  # [K,H,W]
+        masks = boxes = None
+        if "mask" in self.settings.prompt:
+            low = F.interpolate(binary[:, None], size=self.mask_input_size, mode="bilinear", align_corners=False)
+            masks = ((low > 0.5).float() * 2 - 1) * self.settings.mask_logit  # [K,1,s,s]
+        if "box" in self.settings.prompt:
+            rows = []
+            for k in range(binary.shape[0]):
+                ys, xs = np.nonzero(binary[k].numpy())
+                rows.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if len(xs) else [0, 0, w, h])
+            boxes = self.predictor._transforms.transform_boxes(torch.tensor(rows, dtype=torch.float32), normalize=True, orig_hw=(h, w))
+        return binary.bool(), masks, boxes
+
+    @torch.no_grad()
+    def _decode(self, img_idx: int, masks: torch.Tensor | None, boxes: torch.Tensor | None, hw: tuple[int, int]):
+        """All organ prompts against image ``img_idx``'s embedding in one decoder call."""
+        model = self.model
+        points = None
+        if boxes is not None:
+            labels = torch.tensor([[2, 3]], dtype=torch.int).repeat(boxes.shape[0], 1)
+            points = (boxes.reshape(-1, 2, 2), labels)
+        sparse, dense = model.sam_prompt_encoder(points=points, boxes=None, masks=masks)
+        feats = self.predictor._features
+        high_res = [level[img_idx].unsqueeze(0) for level in feats["high_res_feats"]]
+        low_res, iou_pred, _, _ = model.sam_mask_decoder(
+            image_embeddings=feats["image_embed"][img_idx].unsqueeze(0),
+            image_pe=model.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+            multimask_output=False, repeat_image=True, high_res_features=high_res)
+        full = self.predictor._transforms.postprocess_masks(low_res, hw)  # [K,1,H,W] logits
+        return full[:, 0] > self.predictor.mask_threshold, iou_pred[:, 0]
+
+    # ------------------------------------------------------------ scoring
+    def score(self, images: np.ndarray, mask: np.ndarray, organ_map: Mapping[int, str],
+              organs: Sequence[str] | None = None, start_index: int = 0) -> list[CandidateScores]:
+        """Scores of ``images`` [N,H,W] (candidates of one mask) against ``mask`` [H,W] (organ ids).
+
+        ``organs`` are the organs the slice names (default: those in the mask); a named organ without pixels is
+        recorded as absent (IoU and confidence 0) and the selection rule decides what that means.
+        """
+        mask = np.asarray(mask)
+        present_ids = [int(i) for i in np.unique(mask) if i != 0]
+        missing = [i for i in present_ids if i not in organ_map]
+        if missing:
+            raise KeyError(f"mask holds organ ids {missing} that the organ map {dict(organ_map)} does not name")
+        names = list(organs) if organs is not None else [organ_map[i] for i in present_ids]
+        ids_by_name = {organ_map[i]: i for i in present_ids}
+        scored_ids = [ids_by_name[n] for n in names if n in ids_by_name]
+        results: list[CandidateScores] = []
+        hw = tuple(mask.shape)
+        targets, prompt_masks, prompt_boxes = self._organ_prompts(mask, scored_ids) if scored_ids else (None, None, None)
+        for start in range(0, len(images), self.settings.embed_batch):
+            chunk = images[start:start + self.settings.embed_batch]
+            if scored_ids:
+                self.predictor.set_image_batch([to_sam_image(im) for im in chunk])
+            for j in range(len(chunk)):
+                per_organ: dict[int, tuple[float, float]] = {}
+                if scored_ids:
+                    pred, conf = self._decode(j, prompt_masks, prompt_boxes, hw)
+                    inter = (pred & targets).flatten(1).sum(1).float()
+                    union = (pred | targets).flatten(1).sum(1).float()
+                    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(union))
+                    per_organ = {oid: (float(iou[k]), float(conf[k])) for k, oid in enumerate(scored_ids)}
+                scores = []
+                for name in names:
+                    oid = ids_by_name.get(name)
+                    if oid is None:
+                        scores.append(OrganScore(name, 0.0, 0.0, present=False))
+                    else:
+                        scores.append(OrganScore(name, *per_organ[oid]))
+                results.append(CandidateScores(index=start_index + start + j, organs=scores))
+        return results
+
+    def score_reference(self, image: np.ndarray, mask: np.ndarray, organ_map: Mapping[int, str]) -> CandidateScores:
+        """The straightforward algorithm (benchmark baseline): ``set_image`` and ``predict`` once per organ."""
+        present_ids = [int(i) for i in np.unique(mask) if i != 0]
+        organ_scores = []
+        for oid in present_ids:
+            self.predictor.set_image(to_sam_image(image))
+            target = torch.from_numpy(mask == oid)
+            _, masks, _ = self._organ_prompts(mask, [oid])
+            box = None
+            if "box" in self.settings.prompt:
+                ys, xs = np.nonzero(mask == oid)
+                box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32)
+            pred, conf, _ = self.predictor.predict(mask_input=masks[0].numpy() if masks is not None else None, box=box,
+                                                   multimask_output=False)
+            pred_t = torch.from_numpy(pred[0] > 0)
+            inter, union = float((pred_t & target).sum()), float((pred_t | target).sum())
+            organ_scores.append(OrganScore(organ_map[oid], inter / union if union else 0.0, float(conf[0])))
+        return CandidateScores(index=0, organs=organ_scores)

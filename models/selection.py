@@ -1,0 +1,135 @@
+"""Choosing which generated candidates of one mask to keep (paper §3.5, appendix B.3 and C.2).
+
+Every candidate carries per-organ scores from the SAM2 filter: the IoU of SAM2's segmentation with the organ's
+condition mask and SAM2's own confidence (its predicted IoU). A candidate *passes* thresholds ``t`` when
+
+* every organ has ``iou >= t.organ_iou`` and ``conf >= t.organ_conf`` (τ_IoU = 0.70, τ_conf = 0.80), and
+* the means over organs reach ``t.mean_iou`` and ``t.mean_conf`` (τ̄_IoU = 0.80, τ̄_conf = 0.90).
+
+Two rules are offered:
+
+``paper`` (default; appendix B.3): among all candidates, keep the best ``keep`` that pass the strict thresholds,
+ranked by mean IoU. Only when *none* passes are all four thresholds relaxed by 0.10; then the single best
+candidate passing the relaxed ones is kept (flagged ``relaxed``). Otherwise nothing is kept. Organs named by
+the slice but absent from its mask count as failing (IoU and confidence 0): "∀ i" covers every organ.
+
+``official`` (the released code): candidates are first ranked by mean IoU and only the top 5 are considered;
+organs absent from the slice are ignored (they neither fail a candidate nor enter its means). Strict, then
+relaxed, as above.
+
+Ties are broken by mean confidence, then by the lower candidate index, so the choice is deterministic.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+RULES = ("paper", "official")
+
+# A candidate's fate, recorded in the audit table.
+KEPT = "kept"                      # passed the strict thresholds, among the best `keep`
+KEPT_RELAXED = "kept_relaxed"      # nothing passed strictly; best under thresholds relaxed by 0.10
+KEPT_UNFILTERED = "kept_unfiltered"  # no filter: the first `keep` candidates
+PASSED_NOT_KEPT = "passed_not_kept"  # passed, but `keep` better ones were kept
+REJECTED = "rejected"              # failed the thresholds in force
+NOT_RANKED = "not_ranked"          # official rule: outside the top 5 by mean IoU
+KEPT_FATES = (KEPT, KEPT_RELAXED, KEPT_UNFILTERED)
+_EPS = 1e-9  # thresholds are inclusive; absorbs float rounding of relaxed thresholds and means
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    organ_iou: float = 0.70
+    organ_conf: float = 0.80
+    mean_iou: float = 0.80
+    mean_conf: float = 0.90
+
+    def relaxed(self, by: float = 0.10) -> Thresholds:
+        return Thresholds(*(round(v - by, 9) for v in (self.organ_iou, self.organ_conf, self.mean_iou, self.mean_conf)))
+
+
+@dataclass
+class OrganScore:
+    organ: str
+    iou: float
+    conf: float
+    present: bool = True  # False: the organ is named for the slice but has no pixels in its mask
+
+
+@dataclass
+class CandidateScores:
+    index: int
+    organs: list[OrganScore] = field(default_factory=list)
+
+    def counted(self, rule: str) -> list[OrganScore]:
+        """The organs a rule looks at: all of them (paper) or only those present in the mask (official)."""
+        if rule == "official":
+            return [o for o in self.organs if o.present]
+        return [OrganScore(o.organ, o.iou if o.present else 0.0, o.conf if o.present else 0.0, o.present) for o in self.organs]
+
+    def mean_iou(self, rule: str = "paper") -> float:
+        organs = self.counted(rule)
+        return sum(o.iou for o in organs) / len(organs) if organs else math.nan
+
+    def mean_conf(self, rule: str = "paper") -> float:
+        organs = self.counted(rule)
+        return sum(o.conf for o in organs) / len(organs) if organs else math.nan
+
+    def passes(self, t: Thresholds, rule: str = "paper") -> bool:
+        organs = self.counted(rule)
+        if not organs:
+            return False
+        ok = lambda value, threshold: value >= threshold - _EPS  # noqa: E731  (0.6 + 0.8) / 2 must reach 0.7
+        return (all(ok(o.iou, t.organ_iou) and ok(o.conf, t.organ_conf) for o in organs)
+                and ok(self.mean_iou(rule), t.mean_iou) and ok(self.mean_conf(rule), t.mean_conf))
+
+
+@dataclass
+class Selection:
+    kept: list[int]            # candidate indices, best first
+    relaxed: bool              # the kept one came from the relaxed thresholds
+    fates: dict[int, str]      # candidate index → fate
+
+
+def _rank_key(c: CandidateScores, rule: str) -> tuple[float, float, int]:
+    mi, mc = c.mean_iou(rule), c.mean_conf(rule)
+    return (-(mi if not math.isnan(mi) else -1.0), -(mc if not math.isnan(mc) else -1.0), c.index)
+
+
+def select(candidates: Sequence[CandidateScores], keep: int = 2, rule: str = "paper",
+           thresholds: Thresholds = Thresholds(), relax_by: float = 0.10, top_k: int = 5) -> Selection:
+    """Apply ``rule`` to one mask's candidates; see the module docstring."""
+    if rule not in RULES:
+        raise ValueError(f"unknown selection rule {rule!r}: choose from {RULES}")
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    ranked = sorted(candidates, key=lambda c: _rank_key(c, rule))
+    fates = {c.index: REJECTED for c in candidates}
+    if rule == "official":
+        for c in ranked[top_k:]:
+            fates[c.index] = NOT_RANKED
+        ranked = ranked[:top_k]
+    strict = [c for c in ranked if c.passes(thresholds, rule)]
+    if strict:
+        kept = [c.index for c in strict[:keep]]
+        for c in strict:
+            fates[c.index] = KEPT if c.index in kept else PASSED_NOT_KEPT
+        return Selection(kept=kept, relaxed=False, fates=fates)
+    loose = [c for c in ranked if c.passes(thresholds.relaxed(relax_by), rule)]
+    if loose:
+        fates[loose[0].index] = KEPT_RELAXED
+        return Selection(kept=[loose[0].index], relaxed=True, fates=fates)
+    return Selection(kept=[], relaxed=False, fates=fates)
+
+
+def select_unfiltered(indices: Sequence[int], keep: int) -> Selection:
+    """No filter (``--filter none``): the first ``keep`` candidates by index."""
+    order = sorted(indices)
+    kept = order[:keep]
+    return Selection(kept=kept, relaxed=False, fates={i: KEPT_UNFILTERED if i in kept else REJECTED for i in order})
+
+
+def strict_passes(candidates: Sequence[CandidateScores], rule: str = "paper", thresholds: Thresholds = Thresholds()) -> int:
+    """How many candidates pass the strict thresholds (the adaptive budget stops at ``keep``)."""
+    return sum(c.passes(thresholds, rule) for c in candidates)
