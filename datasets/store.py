@@ -228,13 +228,32 @@ def read_slices(uri: str, columns: list[str] | None = None, override_num_blocks:
         raise ValueError(f"{uri}: no shard matches {filters}; the DB holds {index.counts()}")
     fs, _ = storage.arrow_filesystem(uri)
     paths = [storage.arrow_filesystem(u)[1] for u in shard_uris(uri, shards)]
-    kwargs: dict[str, Any] = {"filesystem": fs, "columns": columns}
-    expr = row_filter_expression(**filters)
-    if expr is not None:
-        kwargs["filter"] = expr
+    kwargs: dict[str, Any] = {"filesystem": fs}
     if override_num_blocks:
         kwargs["override_num_blocks"] = override_num_blocks
-    return ray.data.read_parquet(paths, **kwargs)
+    # Ray Data 2.60 refuses read_parquet(filter=..., columns=...): filter, then project, on the dataset.
+    ds = ray.data.read_parquet(paths, **kwargs)
+    expr = ray_filter_expression(**filters)
+    if expr is not None:
+        ds = ds.filter(expr=expr)
+    return ds.select_columns(columns) if columns is not None else ds
+
+
+def ray_filter_expression(**filters: Any):
+    """:func:`row_filter_expression` as a Ray Data predicate (``ray.data.expressions``), or None."""
+    from ray.data.expressions import col
+
+    expr = None
+    for column, wanted in filters.items():
+        if wanted is None:
+            continue
+        values = list(wanted) if isinstance(wanted, (list, tuple, set)) else [wanted]
+        non_null = [v for v in values if v is not None]
+        term = col(column).is_in(non_null) if non_null else None
+        if None in values:
+            term = col(column).is_null() if term is None else term | col(column).is_null()
+        expr = term if expr is None else expr & term
+    return expr
 
 
 def volume_key(dataset: str, volume_id: str) -> str:

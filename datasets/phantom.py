@@ -1,0 +1,264 @@
+"""The embedded default MRGen-DB: seeded synthetic abdominal MR volumes (`mrgen db phantom`).
+
+Three datasets mirror the paper's setting (§4, B.2):
+
+* ``phantom-src``  — the source modality (:data:`SOURCE_MODALITY`), every volume with organ masks, train + test;
+* ``phantom-tgt``  — the target modality (:data:`TARGET_MODALITY`): training volumes WITHOUT masks, test volumes
+  WITH masks (for evaluation only);
+* ``phantom-pool`` — unannotated volumes in other modalities (``pool_modalities``), for text-guided pretraining;
+  each pool body is rendered in every pool modality (registered, like multi-sequence studies).
+
+Anatomy comes from :mod:`phantom_anatomy`, signal from :mod:`phantom_mr`. Each slice's region is known from its
+height in the body. Preprocessing follows C.1 per dataset origin: the source and target datasets stand for
+annotated collections (clip to ``clip_percentiles`` of the volume, then [0, 1]; applied to the target's
+training volumes too so that its train and test intensities match); the pool stands for Radiopaedia-like
+data (min-max to [0, 1]).
+
+Volumes are rendered and written shard by shard: as Ray tasks in parallel when Ray is initialised, otherwise
+in this process. The result depends only on the config (a shard's content is a function of its volumes'
+seeds). Rebuilding into a DB that already holds the same phantom config is a no-op; a different config is
+written as the next version and published by replacing ``index.json``.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, field_validator, model_validator
+
+from mrgen.datasets.modality import MODALITY_TABLE_VERSION, UnknownModalityError, attributes_for
+from mrgen.datasets.phantom_anatomy import ORGAN_IDS, rasterise, region_of, sample_anatomy
+from mrgen.datasets.phantom_mr import render, sequence_for, tissue_maps
+from mrgen.datasets.prompt import PROMPT_TEMPLATE_VERSION, build_prompt
+from mrgen.datasets.schema import encode_image, encode_mask, encode_organ_map, slice_id
+from mrgen.datasets.store import DBIndex, ShardInfo, ShardWriter, try_load_index, volume_key
+from mrgen.platform.config import ConfigBase, preset
+from mrgen.platform.progress import Progress
+
+__all__ = ["ORGAN_IDS", "SOURCE_MODALITY", "TARGET_MODALITY", "PhantomConfig", "build_phantom_db", "plan_volumes",
+           "render_volume"]
+
+SOURCE_MODALITY = "T1 in-phase MRI"
+TARGET_MODALITY = "T2 SPIR MRI"
+SOURCE_DATASET, TARGET_DATASET, POOL_DATASET = "phantom-src", "phantom-tgt", "phantom-pool"
+_DATASET_CODES = {SOURCE_DATASET: 1, TARGET_DATASET: 2, POOL_DATASET: 3}
+
+
+class PhantomConfig(ConfigBase):
+    """Size and acquisition of the phantom DB."""
+
+    section = "phantom"
+    seed: int = Field(0, ge=0, description="everything (anatomy, noise, bias) derives from this seed")
+    resolution: int = Field(64, ge=32, le=1024, description="slices are resolution x resolution")
+    slices_per_volume: int = Field(20, ge=4, le=512, description="axial slices per volume, pelvis to lung bases")
+    volumes: int = Field(3, ge=2, description="volumes in each of phantom-src and phantom-tgt, and bodies in phantom-pool")
+    test_volumes: int = Field(1, ge=1, description="of `volumes`, how many form the test split (src and tgt)")
+    pool_test_volumes: int = Field(0, ge=0, description="of the pool bodies, how many form the pool's test split")
+    pool_modalities: list[str] = Field(default_factory=lambda: ["T1 MRI", "T2 MRI", "T1 out-of-phase MRI"],
+                                       description="modality labels rendered for phantom-pool")
+    source_modality: str = Field(SOURCE_MODALITY, description="modality of phantom-src (with masks)")
+    target_modality: str = Field(TARGET_MODALITY, description="modality of phantom-tgt (masks only on test volumes)")
+    fov_mm: float = Field(380.0, gt=0, description="in-plane field of view; pixel spacing = fov_mm / resolution")
+    noise: float = Field(0.02, ge=0, le=0.5, description="Rician noise std as a fraction of the 99th signal percentile")
+    bias: float = Field(0.25, ge=0, le=0.9, description="amplitude of the smooth multiplicative bias field")
+    clip_percentiles: tuple[float, float] = Field((0.5, 99.5), description="intensity clip of annotated datasets (C.1)")
+    shard_rows: int = Field(512, ge=1, description="target rows per shard (shards hold whole volumes of one dataset/split/modality)")
+
+    @model_validator(mode="after")
+    def _check(self) -> PhantomConfig:
+        if self.test_volumes >= self.volumes:
+            raise ValueError(f"test_volumes ({self.test_volumes}) must be < volumes ({self.volumes})")
+        if self.pool_test_volumes >= self.volumes:
+            raise ValueError(f"pool_test_volumes ({self.pool_test_volumes}) must be < volumes ({self.volumes})")
+        if not 0 <= self.clip_percentiles[0] < self.clip_percentiles[1] <= 100:
+            raise ValueError(f"clip_percentiles must satisfy 0 <= low < high <= 100, got {self.clip_percentiles}")
+        return self
+
+    @field_validator("source_modality", "target_modality", "pool_modalities")
+    @classmethod
+    def _renderable(cls, value: str | list[str]) -> str | list[str]:
+        for label in [value] if isinstance(value, str) else value:
+            try:
+                sequence_for(label)
+            except UnknownModalityError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+
+@preset(PhantomConfig, "tiny")
+def _tiny() -> dict:
+    return {"resolution": 64, "slices_per_volume": 16, "volumes": 3, "test_volumes": 1}
+
+
+@preset(PhantomConfig, "default")
+def _default() -> dict:
+    """The size `mrgen db phantom` and `mrgen demo` build: enough volumes to train and evaluate at 64x64."""
+    return {"resolution": 64, "slices_per_volume": 24, "volumes": 10, "test_volumes": 2, "pool_test_volumes": 1,
+            "pool_modalities": ["T1 MRI", "T2 MRI", "T1 out-of-phase MRI", "T1 fat-sat MRI", "T2 HASTE MRI",
+                                "PD MRI", "STIR MRI", "DWI MRI", "ADC MRI", "T1 C+ MRI"]}
+
+
+@preset(PhantomConfig, "paper")
+def _paper() -> dict:
+    """512², about CHAOS-MRI T2-SPIR's size per dataset (§B.2: 16 + 4 volumes, ~32 slices each)."""
+    return {**_default(), "resolution": 512, "slices_per_volume": 32, "volumes": 20, "test_volumes": 4,
+            "pool_test_volumes": 1, "shard_rows": 256}
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    dataset: str
+    volume_id: str
+    body: int  # index of the sampled body within the dataset (pool modalities share bodies)
+    modality: str
+    split: str
+    with_mask: bool
+    clip: bool
+
+
+def plan_volumes(config: PhantomConfig) -> list[VolumeSpec]:
+    n, n_test = config.volumes, config.test_volumes
+    specs = []
+    for dataset, modality, masks_on_train in ((SOURCE_DATASET, config.source_modality, True),
+                                              (TARGET_DATASET, config.target_modality, False)):
+        for i in range(n):
+            split = "test" if i >= n - n_test else "train"
+            specs.append(VolumeSpec(dataset, f"vol{i:03d}", i, modality, split, masks_on_train or split == "test", True))
+    for modality in config.pool_modalities:
+        for i in range(n):
+            split = "test" if i >= n - config.pool_test_volumes else "train"
+            specs.append(VolumeSpec(POOL_DATASET, f"vol{i:03d}-{_slug(modality)}", i, modality, split, False, False))
+    return specs
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", label.lower().replace("+", "plus")).strip("-")
+
+
+def _rng(config: PhantomConfig, *key: int | str) -> np.random.Generator:
+    words = [config.seed] + [k if isinstance(k, int) else int(hashlib.sha1(k.encode()).hexdigest()[:8], 16) for k in key]
+    return np.random.default_rng(np.random.SeedSequence(words))
+
+
+def preprocess(volume: np.ndarray, clip: bool, percentiles: tuple[float, float]) -> np.ndarray:
+    """C.1: clip to the percentiles then [0, 1] (annotated data), or min-max to [0, 1]."""
+    if clip:
+        lo, hi = np.percentile(volume, percentiles)
+        volume = np.clip(volume, lo, hi)
+    else:
+        lo, hi = float(volume.min()), float(volume.max())
+    return ((volume - lo) / max(hi - lo, 1e-8)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_body(seed: int, resolution: int, slices: int, code: int, body: int):
+    return _body(seed, resolution, slices, code, body)
+
+
+def _body(seed: int, resolution: int, slices: int, code: int, body: int):
+    """Organ labels, slice heights and tissue parameter maps of one sampled body."""
+    anatomy_rng = np.random.default_rng(np.random.SeedSequence([seed, code, body]))
+    anatomy = sample_anatomy(anatomy_rng)
+    tissue, labels, zeta = rasterise(anatomy, slices, resolution)
+    maps = tissue_maps(tissue, anatomy.liver_fat, anatomy.tissue_jitter, anatomy_rng)
+    return labels, zeta, maps
+
+
+def render_volume(config: PhantomConfig, spec: VolumeSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, bytes]:
+    """Preprocessed image float32 [Z,H,W], organ labels uint8 [Z,H,W], slice heights [Z], raw volume bytes."""
+    code = _DATASET_CODES[spec.dataset]
+    # Pool bodies are rendered once per modality: small ones are kept in memory between modalities.
+    small = config.resolution ** 2 * config.slices_per_volume <= 96 * 96 * 32
+    labels, zeta, maps = (_cached_body if small else _body)(config.seed, config.resolution, config.slices_per_volume, code, spec.body)
+    raw = render(maps, spec.modality, _rng(config, code, spec.body, spec.modality), config.noise, config.bias)
+    image = preprocess(raw, spec.clip, config.clip_percentiles)
+    return image, labels, zeta, raw.tobytes()
+
+
+def volume_table(config: PhantomConfig, spec: VolumeSpec) -> pa.Table:
+    image, labels, zeta, raw = render_volume(config, spec)
+    attributes = attributes_for(spec.modality)
+    spacing = [config.fov_mm / config.resolution] * 2
+    source_file = f"phantom://{spec.dataset}/{spec.volume_id}"
+    sha = hashlib.sha256(raw).hexdigest()
+    organ_map = encode_organ_map(ORGAN_IDS)
+    cols: dict[str, list[Any]] = {k: [] for k in (
+        "slice_id", "dataset", "volume_id", "slice_index", "split", "modality", "modality_attributes", "region",
+        "organs", "prompt", "height", "width", "image", "has_mask", "mask", "organ_map", "pixel_spacing",
+        "source_file", "source_sha256")}
+    for k in range(image.shape[0]):
+        region = region_of(float(zeta[k]))
+        present = [ORGAN_IDS[i] for i in sorted(ORGAN_IDS) if (labels[k] == i).any()] if spec.with_mask else []
+        row = {"slice_id": slice_id(spec.dataset, spec.volume_id, k), "dataset": spec.dataset,
+               "volume_id": spec.volume_id, "slice_index": k, "split": spec.split, "modality": spec.modality,
+               "modality_attributes": attributes, "region": region, "organs": present,
+               "prompt": build_prompt(spec.modality, attributes, region, present),
+               "height": config.resolution, "width": config.resolution, "image": encode_image(image[k]),
+               "has_mask": spec.with_mask, "mask": encode_mask(labels[k]) if spec.with_mask else None,
+               "organ_map": organ_map, "pixel_spacing": spacing, "source_file": source_file, "source_sha256": sha}
+        for key, value in row.items():
+            cols[key].append(value)
+    return pa.table(cols)
+
+
+def shard_plan(config: PhantomConfig) -> list[list[VolumeSpec]]:
+    """Volumes grouped by (dataset, split, modality, has_mask), chunked to about ``shard_rows`` rows."""
+    per_shard = max(1, config.shard_rows // config.slices_per_volume)
+    groups: dict[tuple, list[VolumeSpec]] = {}
+    for spec in plan_volumes(config):
+        groups.setdefault((spec.dataset, spec.split, spec.modality, spec.with_mask), []).append(spec)
+    return [g[i:i + per_shard] for g in groups.values() for i in range(0, len(g), per_shard)]
+
+
+def write_shard(uri: str, version: int, config: PhantomConfig, specs: list[VolumeSpec]) -> ShardInfo:
+    table = pa.concat_tables([volume_table(config, s) for s in specs])
+    return ShardWriter(uri, version).write(table, [volume_key(s.dataset, s.volume_id) for s in specs])
+
+
+def _meta(config: PhantomConfig) -> dict[str, Any]:
+    return {"generator": "phantom", "phantom": config.model_dump(mode="json"), "source_modality": config.source_modality,
+            "target_modality": config.target_modality, "source_dataset": SOURCE_DATASET, "target_dataset": TARGET_DATASET,
+            "pool_dataset": POOL_DATASET, "organ_map": {str(k): v for k, v in ORGAN_IDS.items()},
+            "modality_table_version": MODALITY_TABLE_VERSION, "prompt_template_version": PROMPT_TEMPLATE_VERSION}
+
+
+def build_phantom_db(out_uri: str, config: PhantomConfig | None = None, use_ray: bool | None = None) -> DBIndex:
+    """Render the phantom into an MRGen-DB at ``out_uri`` and publish its index; returns the index.
+
+    ``use_ray=None`` renders shards as Ray tasks when Ray is initialised in this process.
+    """
+    config = config or PhantomConfig.load("tiny")
+    meta = _meta(config)
+    previous = try_load_index(out_uri)
+    if previous is not None and previous.meta.get("phantom") == meta["phantom"] and previous.meta.get("generator") == "phantom":
+        print(f"[phantom] {out_uri} already holds this phantom (version {previous.version}, {previous.rows} slices)", flush=True)
+        return previous
+    version = previous.version + 1 if previous is not None else 1
+    plan = shard_plan(config)
+    progress = Progress("phantom volumes", total=sum(len(g) for g in plan))
+    if use_ray is None:
+        import ray
+
+        use_ray = ray.is_initialized()
+    shards: list[ShardInfo] = []
+    if use_ray:
+        import ray
+
+        task = ray.remote(num_cpus=1, max_retries=2)(write_shard)
+        pending = {task.remote(out_uri, version, config, group): len(group) for group in plan}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            shards.append(ray.get(done[0]))
+            progress.update(pending.pop(done[0]), shards=len(shards))
+    else:
+        for group in plan:
+            shards.append(write_shard(out_uri, version, config, group))
+            progress.update(len(group), shards=len(shards))
+    index = ShardWriter(out_uri, version, keep=shards, meta=meta).commit()
+    progress.close(slices=index.rows)
+    return index
