@@ -1,0 +1,51 @@
+"""`mrgen serve --model URI [--config FILE] [--host --port]`: run the generation service until Ctrl-C.
+
+`--print-config` writes the equivalent Ray Serve config file (for `serve deploy` / `serve run`) instead.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mrgen.cli.common import add_config_flags, load_config
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="online generation endpoint on Ray Serve",
+        description="Ingress (FastAPI) → batched, autoscaled generator → optional SAM2 filter. "
+                    "API: POST /v1/generate, GET /v1/modalities, /healthz, /readyz, /metrics, /openapi.json.")
+    parser.add_argument("--model", default=None, metavar="URI", help="model bundle (ModelBundle.save folder)")
+    parser.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
+    parser.add_argument("--token-env", default=None, metavar="VAR",
+                        help="require 'Authorization: Bearer $VAR' on /v1 routes")
+    parser.add_argument("--print-config", nargs="?", const="-", default=None, metavar="FILE",
+                        help="write the Ray Serve config YAML (to FILE, or stdout) and exit")
+    add_config_flags(parser)
+    parser.set_defaults(func=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from mrgen.serving.config import ServeConfig
+
+    config = load_config(ServeConfig, args, {"model": args.model, "host": args.host, "port": args.port,
+                                             "auth_token_env": args.token_env})
+    if args.print_config is not None:
+        from mrgen.platform.storage import write_text
+        from mrgen.serving.server import deploy_config_yaml
+
+        text = deploy_config_yaml(config)
+        if args.print_config == "-":
+            sys.stdout.write(text)
+        else:
+            write_text(args.print_config, text)
+            print(f"wrote {args.print_config}", file=sys.stderr)
+        return 0
+    if not config.model:
+        print("mrgen serve: --model URI is required (or serve.model in the config)", file=sys.stderr)
+        return 2
+    from mrgen.serving.server import run_service
+
+    run_service(config, ray_address=args.ray_address)
+    return 0

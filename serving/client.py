@@ -1,0 +1,130 @@
+"""Python client of the generation API (httpx), and the `mrgen generate` command's library side."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from mrgen.serving.inputs import mask_to_png_b64
+
+
+class GenerationError(RuntimeError):
+    """The service refused or failed a request; `status` and `detail` are the server's."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+@dataclass
+class GeneratedImage:
+    image: np.ndarray  # uint8 [H, W]
+    png: bytes
+    seed: int
+    score: float | None = None
+    organ_scores: dict | None = None
+    fate: str | None = None
+
+
+@dataclass
+class Generation:
+    images: list[GeneratedImage]
+    bundle_id: str
+    prompt: str
+    raw: dict
+
+
+class GeneratorClient:
+    def __init__(self, url: str, token: str | None = None, timeout_s: float = 300.0):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "GeneratorClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def generate(self, mask: str | os.PathLike | np.ndarray, modality: str, organ_map: dict[int | str, str] | None = None,
+                 n: int = 1, *, region: str | None = None, organs: list[str] | None = None, keep: int | None = None,
+                 steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
+                 seed: int | None = None) -> Generation:
+        """`mask`: a PNG file of organ ids or a uint8 [H, W] array. Raises `GenerationError` on a non-200."""
+        body = request_body(mask, modality, organ_map, n, region=region, organs=organs, keep=keep, steps=steps,
+                            guidance=guidance, sampler=sampler, seed=seed)
+        response = self.http.post("/v1/generate", json=body)
+        data = _json_or_raise(response)
+        images = []
+        for c in data["candidates"]:
+            png = base64.b64decode(c["image"])
+            images.append(GeneratedImage(image=np.asarray(Image.open(io.BytesIO(png))), png=png, seed=c["seed"],
+                                         score=c.get("score"), organ_scores=c.get("organ_scores"), fate=c.get("fate")))
+        return Generation(images=images, bundle_id=data["bundle_id"], prompt=data["prompt"], raw=data)
+
+    def modalities(self) -> list[dict]:
+        return _json_or_raise(self.http.get("/v1/modalities"))["modalities"]
+
+    def ready(self) -> bool:
+        try:
+            return self.http.get("/readyz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+def request_body(mask: str | os.PathLike | np.ndarray, modality: str, organ_map: dict | None = None, n: int = 1,
+                 **options: Any) -> dict[str, Any]:
+    if isinstance(mask, np.ndarray):
+        mask_b64 = mask_to_png_b64(mask)
+    else:
+        mask_b64 = base64.b64encode(Path(mask).read_bytes()).decode("ascii")
+    body = {"modality": modality, "mask": mask_b64, "organ_map": {str(k): v for k, v in (organ_map or {}).items()},
+            "n": n}
+    body.update({k: v for k, v in options.items() if v is not None})
+    return body
+
+
+def _json_or_raise(response: httpx.Response) -> dict:
+    if response.status_code != 200:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise GenerationError(response.status_code, str(detail))
+    return response.json()
+
+
+def write_generation(generation: Generation, out_dir: str | os.PathLike) -> list[Path]:
+    """PNG per candidate (`candidate_<i>_seed<seed>.png`) and `generation.json` (seeds, scores, bundle id)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, item in enumerate(generation.images):
+        path = out / f"candidate_{i:02d}_seed{item.seed}.png"
+        _atomic_write(path, item.png)
+        paths.append(path)
+    summary = {"bundle_id": generation.bundle_id, "prompt": generation.prompt,
+               "candidates": [{"file": p.name, "seed": item.seed, "score": item.score,
+                               "organ_scores": item.organ_scores, "fate": item.fate}
+                              for p, item in zip(paths, generation.images)],
+               "generated": generation.raw.get("generated"), "filter": generation.raw.get("filter")}
+    _atomic_write(out / "generation.json", json.dumps(summary, indent=2).encode())
+    return paths
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -1,0 +1,153 @@
+"""`ServeConfig`: the online generation service (section ``serve``), presets ``tiny`` (CPU) and ``paper`` (GPU)."""
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from mrgen.platform.config import ConfigBase, ConfigError, preset
+
+
+class AutoscalingSettings(ConfigBase):
+    """Replica count of the generator deployment (Ray Serve ``autoscaling_config``)."""
+
+    min_replicas: int = Field(1, ge=0, description="replicas kept when idle")
+    max_replicas: int = Field(1, ge=1, description="upper bound under load")
+    initial_replicas: int | None = Field(None, ge=0, description="replicas at start (default: min_replicas)")
+    target_ongoing_requests: float = Field(2.0, gt=0, description="ongoing requests per replica Serve aims for")
+    upscale_delay_s: float = Field(5.0, ge=0, description="load must stay high this long before adding a replica")
+    downscale_delay_s: float = Field(30.0, ge=0, description="load must stay low this long before removing one")
+    look_back_period_s: float = Field(10.0, gt=0, description="window over which ongoing requests are averaged")
+    metrics_interval_s: float | None = Field(
+        None, gt=0, description="how often replicas and handles push autoscaling metrics (Ray's default 10 s when "
+                                "unset); short values make tests react quickly")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingSettings":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
+        return self
+
+    def to_ray(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class BatchingSettings(ConfigBase):
+    """How the generator groups concurrent requests into one sampling batch (``@serve.batch``)."""
+
+    max_batch_size: int = Field(8, ge=1, description="requests per sampling batch; 1 turns batching off")
+    batch_wait_timeout_s: float = Field(0.05, ge=0, description="how long the first request waits for company")
+
+
+class ResourceSettings(ConfigBase):
+    """Resources of one replica."""
+
+    generator_cpus: float = Field(1.0, gt=0, description="CPUs per generator replica")
+    generator_gpus: float = Field(0.0, ge=0, description="GPUs per generator replica")
+    ingress_cpus: float = Field(0.5, ge=0, description="CPUs per ingress replica")
+    filter_cpus: float = Field(1.0, ge=0, description="CPUs per SAM2 filter replica")
+    filter_gpus: float = Field(0.0, ge=0, description="GPUs per SAM2 filter replica")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads in each replica")
+
+
+class LimitSettings(ConfigBase):
+    """Bounds on a request; anything outside is a 4xx naming the field."""
+
+    max_body_bytes: int = Field(2_000_000, ge=1024, description="largest request body")
+    max_n: int = Field(20, ge=1, le=20, description="most candidates per request (the paper's 20)")
+    max_steps: int = Field(100, ge=1, description="most sampling steps per request")
+    max_image_size: int = Field(512, ge=16, description="largest mask height or width in pixels")
+    max_guidance: float = Field(30.0, gt=0, description="largest classifier-free guidance scale")
+
+
+class Sam2FilterSettings(ConfigBase):
+    """Optional SAM2 filter deployment: scores candidates per organ and keeps those passing thresholds."""
+
+    enabled: bool = Field(False, description="deploy the filter; requests with `keep` need it")
+    model: str = Field("tiny", description="'tiny', 'large' or a SAM2 config name such as configs/sam2.1/sam2.1_hiera_l.yaml")
+    checkpoint: str | None = Field(None, description="SAM2 checkpoint URI ({'model': state_dict} file)")
+    allow_random: bool = Field(False, description="no checkpoint: run an untrained SAM2 (tests only; scores mean nothing)")
+    image_size: int | None = Field(None, ge=64, description="SAM2 input size override (256 for tiny CPU runs)")
+    rule: Literal["paper", "official"] = Field("paper", description="selection rule of mrgen.models.selection")
+    organ_iou: float = Field(0.70, ge=0, le=1, description="every organ's IoU must reach this")
+    organ_conf: float = Field(0.80, ge=0, le=1, description="every organ's SAM2 confidence must reach this")
+    mean_iou: float = Field(0.80, ge=0, le=1, description="mean IoU over organs must reach this")
+    mean_conf: float = Field(0.90, ge=0, le=1, description="mean confidence over organs must reach this")
+
+
+class ServeConfig(ConfigBase):
+    """The online generation endpoint: ingress (FastAPI) → generator (batched) → optional SAM2 filter."""
+
+    section = "serve"
+    model: str | None = Field(None, description="model bundle URI (folder written by ModelBundle.save)")
+    app_name: str = Field("mrgen", description="Serve application name")
+    route_prefix: str = Field("/", description="HTTP route prefix of the application")
+    host: str = Field("127.0.0.1", description="HTTP bind address of the Serve proxy")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port of the Serve proxy")
+    autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
+    max_ongoing_requests: int = Field(16, ge=1, description="requests a generator replica accepts at once")
+    max_queued_requests: int = Field(64, ge=-1, description="requests waiting for a replica before 503 (-1: no cap)")
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    resources: ResourceSettings = Field(default_factory=ResourceSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    default_steps: int = Field(50, ge=1, description="sampling steps when the request gives none")
+    default_guidance: float = Field(7.0, ge=0, description="guidance scale when the request gives none")
+    default_sampler: Literal["ddim", "dpm"] = Field("ddim", description="sampler when the request gives none")
+    modality_attributes: dict[str, str] = Field(
+        default_factory=dict, description="extra modality label → attributes (as db.modality_attributes at training)")
+    auth_token: str | None = Field(None, description="bearer token required on /v1 routes (None: open)")
+    auth_token_env: str | None = Field(None, description="name of an environment variable holding the token")
+    request_timeout_s: float = Field(120.0, gt=0, description="a request taking longer gets 504")
+    sam2: Sam2FilterSettings = Field(default_factory=Sam2FilterSettings)
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> "ServeConfig":
+        if self.max_ongoing_requests < self.batching.max_batch_size:
+            raise ValueError(f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= "
+                             f"batching.max_batch_size ({self.batching.max_batch_size}) or batches never fill")
+        if self.limits.max_steps < self.default_steps:
+            raise ValueError(f"default_steps ({self.default_steps}) > limits.max_steps ({self.limits.max_steps})")
+        return self
+
+    def resolve_token(self) -> str | None:
+        """The bearer token: ``auth_token``, else the variable ``auth_token_env`` names (which must be set)."""
+        if self.auth_token:
+            return self.auth_token
+        if self.auth_token_env:
+            value = os.environ.get(self.auth_token_env)
+            if not value:
+                raise ConfigError(f"serve.auth_token_env: environment variable {self.auth_token_env!r} is not set")
+            return value
+        return None
+
+
+@preset(ServeConfig, "tiny")
+def _tiny() -> dict[str, Any]:
+    return dict(
+        autoscaling=dict(min_replicas=1, max_replicas=2, target_ongoing_requests=2, upscale_delay_s=1.0,
+                         downscale_delay_s=5.0, look_back_period_s=2.0, metrics_interval_s=0.5),
+        max_ongoing_requests=8, max_queued_requests=64,
+        batching=dict(max_batch_size=8, batch_wait_timeout_s=0.05),
+        resources=dict(generator_cpus=0.25, ingress_cpus=0.25, filter_cpus=0.25, torch_threads=1),
+        limits=dict(max_body_bytes=1_000_000, max_n=20, max_steps=50, max_image_size=128),
+        default_steps=2, default_guidance=3.0, default_sampler="ddim",
+        request_timeout_s=60.0,
+        sam2=dict(enabled=False, model="tiny", image_size=256, allow_random=True),
+    )
+
+
+@preset(ServeConfig, "paper")
+def _paper() -> dict[str, Any]:
+    return dict(
+        autoscaling=dict(min_replicas=1, max_replicas=8, target_ongoing_requests=4, upscale_delay_s=10.0,
+                         downscale_delay_s=300.0, look_back_period_s=30.0),
+        max_ongoing_requests=16, max_queued_requests=256,
+        batching=dict(max_batch_size=8, batch_wait_timeout_s=0.1),
+        resources=dict(generator_cpus=4, generator_gpus=1, ingress_cpus=1, filter_cpus=2, filter_gpus=0.5,
+                       torch_threads=4),
+        limits=dict(max_body_bytes=4_000_000, max_n=20, max_steps=100, max_image_size=512),
+        default_steps=50, default_guidance=7.0, default_sampler="ddim",
+        request_timeout_s=600.0,
+        sam2=dict(enabled=True, model="large", image_size=1024),
+    )

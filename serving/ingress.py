@@ -1,0 +1,191 @@
+"""Ingress deployment: the FastAPI face of the service (routes, limits, auth, timeouts, metrics).
+
+It validates every request itself (`serving/inputs.py`), so bad input is a 4xx answered here and never reaches
+the generator; only valid jobs are forwarded. `/metrics` is this replica's prometheus-client registry; the
+generator and filter replicas report through `ray.serve.metrics` (Ray's own exporter).
+"""
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import ValidationError
+from ray import serve
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+from mrgen.datasets.modality import MODALITY_TABLE
+from mrgen.serving import http_metrics
+from mrgen.serving.config import ServeConfig
+from mrgen.serving.inputs import BadRequest, encode_png, parse_organ_map, parse_request
+from mrgen.serving.schemas import Candidate, GenerateRequest, GenerateResponse
+
+log = logging.getLogger("mrgen.serving")
+
+api = FastAPI(title="MRGen generation API", version="1",
+              description="Mask-conditioned MRI synthesis for a target modality (MRGen).")
+
+
+@api.middleware("http")
+async def _count_requests(request: Request, call_next):
+    start = time.perf_counter()
+    path = request.scope.get("path", "")
+    root = request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):] or "/"
+    status = 500
+    try:
+        response = await call_next(request)
+        status = response.status_code
+        return response
+    finally:
+        http_metrics.record_request(path, status, time.perf_counter() - start)
+
+
+def _error(status: int, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
+    body = {"detail": message}
+    if field:
+        body["field"] = field
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+_GENERATE_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": GenerateRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+
+
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, generator, sam2_filter, config: dict):
+        self.config = ServeConfig.model_validate(config)
+        self.token = self.config.resolve_token()
+        self.generator = generator
+        self.sam2_filter = sam2_filter
+        self._info: dict | None = None
+
+    async def _generator_info(self) -> dict:
+        if self._info is None:
+            self._info = await asyncio.wait_for(self.generator.info.remote(), timeout=30)
+        return self._info
+
+    def _unauthorized(self, request: Request) -> JSONResponse | None:
+        if not self.token:
+            return None
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            return _error(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
+                          headers={"WWW-Authenticate": "Bearer"})
+        return None
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self):
+        try:
+            info = await self._generator_info()
+        except Exception as exc:  # not ready yet: the generator is starting or gone
+            return _error(503, f"generator not ready: {type(exc).__name__}: {exc}")
+        return {"status": "ready", "bundle_id": info["bundle_id"], "sam2_filter": self.sam2_filter is not None}
+
+    @api.get("/metrics")
+    async def prometheus(self):
+        return PlainTextResponse(http_metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    @api.get("/v1/modalities")
+    async def modalities(self, request: Request):
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        table = {**MODALITY_TABLE, **self.config.modality_attributes}
+        return {"modalities": [{"label": k, "attributes": v} for k, v in table.items()],
+                "note": "other spellings and free text are mapped onto these labels; unknown ones get 422"}
+
+    @api.post("/v1/generate", response_model=GenerateResponse, openapi_extra=_GENERATE_BODY,
+              responses={401: {"description": "missing or wrong bearer token"},
+                         413: {"description": "body or image too large"}, 422: {"description": "invalid input"},
+                         503: {"description": "at capacity or not ready"}, 504: {"description": "timed out"}})
+    async def generate(self, request: Request):
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        http_metrics.inflight(1)
+        try:
+            return await self._generate(request)
+        except BadRequest as exc:
+            return _error(exc.status, str(exc), exc.field)
+        except (asyncio.TimeoutError, TimeoutError):
+            return _error(504, "generation did not finish in time (the request's timeout_s, at most "
+                               f"serve.request_timeout_s = {self.config.request_timeout_s} s)")
+        except BackPressureError:
+            return _error(503, "the generator is at capacity (serve.max_queued_requests); retry later",
+                          headers={"Retry-After": "1"})
+        except DeploymentUnavailableError as exc:
+            return _error(503, f"generator unavailable: {exc}", headers={"Retry-After": "5"})
+        except Exception as exc:  # a fault of the service, not of the request: logged, answered as JSON
+            log.exception("generate failed")
+            return _error(500, f"internal error ({type(exc).__name__}); see the service logs")
+        finally:
+            http_metrics.inflight(-1)
+
+    async def _generate(self, request: Request):
+        body = await self._read_body(request)
+        try:
+            payload = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BadRequest("body", f"not valid JSON: {exc}", status=400) from None
+        try:
+            req = GenerateRequest.model_validate(payload)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or "body"
+            extra = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
+            raise BadRequest(field, f"{err['msg']}{extra}") from None
+        if req.keep is not None and self.sam2_filter is None:
+            raise BadRequest("keep", "this service runs without the SAM2 filter (serve.sam2.enabled=false)")
+        start = time.perf_counter()
+        timeout_s = min(req.timeout_s or self.config.request_timeout_s, self.config.request_timeout_s)
+        async with asyncio.timeout(timeout_s):
+            info = await self._generator_info()
+            parsed = parse_request(req, self.config, size_multiple=info["size_multiple"])
+            result = await self.generator.generate.remote(parsed.job)
+            http_metrics.record_generation(result.batch_size, len(result.seeds))
+            order = list(range(len(result.seeds)))
+            scores: dict[int, dict] = {}
+            filter_id = None
+            if parsed.keep is not None:
+                organ_map = parse_organ_map(req.organ_map)
+                picked = await self.sam2_filter.select.remote(result.images, parsed.job.mask, organ_map,
+                                                              parsed.organs, parsed.keep)
+                order, filter_id = picked["kept"], picked["filter"]
+                scores = {row["index"]: row for row in picked["scores"]}
+        candidates = [Candidate(image=encode_png(result.images[i]), seed=result.seeds[i],
+                                score=scores[i]["mean_iou"] if i in scores else None,
+                                organ_scores=scores[i]["organs"] if i in scores else None,
+                                fate=scores[i]["fate"] if i in scores else None) for i in order]
+        http_metrics.record_returned(len(candidates))
+        return GenerateResponse(bundle_id=result.bundle_id, prompt=parsed.job.prompt,
+                                modality_attributes=parsed.attributes, organs=parsed.organs,
+                                candidates=candidates, generated=len(result.seeds), filter=filter_id,
+                                batch_size=result.batch_size, seconds=round(time.perf_counter() - start, 4))
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.config.limits.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise BadRequest("content-length", f"not a number: {declared!r}", status=400)
+            if int(declared) > limit:
+                raise BadRequest("body", f"{declared} bytes exceed the limit of {limit} (serve.limits.max_body_bytes)",
+                                 status=413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BadRequest("body", f"more than {limit} bytes (serve.limits.max_body_bytes)", status=413)
+            chunks.append(chunk)
+        if size == 0:
+            raise BadRequest("body", "empty; send a JSON object (see /openapi.json)", status=400)
+        return b"".join(chunks)

@@ -1,0 +1,186 @@
+"""A bounded load generator for the generation service, and the batching benchmark (`mrgen bench serve`).
+
+`run_load` drives N concurrent closed-loop clients against a loopback URL for a fixed duration and reports
+throughput, latency percentiles and errors. `benchmark` starts the service twice in one process (batching on,
+then off = max batch 1; same bundle, replicas and clients) and prints both runs and their ratio.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import httpx
+import numpy as np
+
+LOOPBACK_NAMES = {"localhost"}
+
+
+class LoadError(ValueError):
+    pass
+
+
+@dataclass
+class LoadResult:
+    label: str
+    clients: int
+    duration_s: float
+    latencies_s: list[float] = field(default_factory=list)
+    errors: Counter = field(default_factory=Counter)
+    batch_sizes: list[int] = field(default_factory=list)
+    images: int = 0
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies_s)
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    @property
+    def throughput(self) -> float:
+        """Successful requests per second."""
+        return self.ok / self.duration_s if self.duration_s else 0.0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_s, q)) if self.latencies_s else float("nan")
+
+    def summary(self) -> dict:
+        return {"label": self.label, "clients": self.clients, "seconds": round(self.duration_s, 2),
+                "requests_ok": self.ok, "errors": self.error_count, "error_kinds": dict(self.errors),
+                "req_per_s": round(self.throughput, 3), "images_per_s": round(self.images / self.duration_s, 3),
+                "p50_s": round(self.percentile(50), 4), "p95_s": round(self.percentile(95), 4),
+                "p99_s": round(self.percentile(99), 4),
+                "mean_batch": round(float(np.mean(self.batch_sizes)), 2) if self.batch_sizes else None}
+
+    def line(self) -> str:
+        s = self.summary()
+        return (f"{s['label']:<14} clients={s['clients']:<3} ok={s['requests_ok']:<5} errors={s['errors']:<3} "
+                f"throughput={s['req_per_s']:.2f} req/s ({s['images_per_s']:.2f} img/s)  p50={s['p50_s']:.3f}s "
+                f"p95={s['p95_s']:.3f}s p99={s['p99_s']:.3f}s  mean batch={s['mean_batch']}")
+
+
+def check_loopback(url: str) -> None:
+    """Refuse anything but a loopback address: this tool must never load someone else's service."""
+    host = urlparse(url).hostname or ""
+    if host in LOOPBACK_NAMES:
+        return
+    try:
+        address = ipaddress.ip_address(host if host else socket.gethostbyname(host))
+    except ValueError:
+        raise LoadError(f"{url}: the load generator only targets loopback addresses (127.0.0.1, ::1, localhost)") from None
+    if not address.is_loopback:
+        raise LoadError(f"{url}: {host} is not a loopback address; the load generator only targets this machine")
+
+
+async def _client(http: httpx.AsyncClient, body: dict, seed0: int, deadline: float, result: LoadResult,
+                  stop: threading.Event | None) -> None:
+    i = 0
+    while time.monotonic() < deadline and not (stop and stop.is_set()):
+        start = time.perf_counter()
+        try:
+            response = await http.post("/v1/generate", json={**body, "seed": seed0 + i})
+        except httpx.HTTPError as exc:
+            result.errors[type(exc).__name__] += 1
+        else:
+            if response.status_code == 200:
+                data = response.json()
+                result.latencies_s.append(time.perf_counter() - start)
+                result.batch_sizes.append(int(data["batch_size"]))
+                result.images += len(data["candidates"])
+            else:
+                result.errors[f"HTTP {response.status_code}"] += 1
+        i += 1
+
+
+def run_load(url: str, body: dict, clients: int = 8, duration_s: float = 20.0, token: str | None = None,
+             label: str = "load", stop: threading.Event | None = None, timeout_s: float = 120.0) -> LoadResult:
+    """`clients` closed-loop clients post `body` (seed varied per request) for `duration_s` seconds."""
+    check_loopback(url)
+    if not 1 <= clients <= 256:
+        raise LoadError(f"clients must be in 1..256, got {clients}")
+    if not 0 < duration_s <= 3600:
+        raise LoadError(f"duration_s must be in (0, 3600], got {duration_s}")
+    result = LoadResult(label=label, clients=clients, duration_s=duration_s)
+
+    async def main() -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s,
+                                     limits=limits) as http:
+            start = time.monotonic()
+            deadline = start + duration_s
+            await asyncio.gather(*(_client(http, body, 1_000_000 * (c + 1), deadline, result, stop)
+                                   for c in range(clients)))
+            result.duration_s = time.monotonic() - start
+
+    asyncio.run(main())
+    return result
+
+
+def benchmark(model: str | None = None, clients: int = 8, duration_s: float = 20.0, n: int = 1, steps: int = 4,
+              max_batch_size: int = 8, warmup_s: float = 3.0, config: str = "tiny", size: int = 64) -> dict:
+    """Batching on vs off (max batch 1) on this machine, one Serve instance, printed and returned."""
+    import tempfile
+
+    from ray import serve
+
+    from mrgen.platform.cluster import RayConfig, init_ray
+    from mrgen.serving.app import build_app_from_config
+    from mrgen.serving.client import request_body
+    from mrgen.serving.config import ServeConfig
+
+    tmp = None
+    if model is None:
+        from mrgen.models.bundle import build_random_bundle
+
+        tmp = tempfile.TemporaryDirectory(prefix="mrgen-serve-bench-")
+        model = f"{tmp.name}/bundle"
+        print(f"bench serve: no --model, using a random tiny bundle at {model}", flush=True)
+        build_random_bundle("tiny").save(model)
+    os.environ.setdefault("MRGEN_RAY_LOG_TO_DRIVER", "0")  # replica access logs would drown the figures
+    init_ray(RayConfig())
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = f"http://127.0.0.1:{port}"
+    base = ServeConfig.load(config).with_overrides({
+        "model": model, "autoscaling.min_replicas": 1, "autoscaling.max_replicas": 1,
+        "max_ongoing_requests": max(max_batch_size, clients), "limits.max_steps": max(steps, 1)})
+    mask = np.zeros((size, size), np.uint8)
+    mask[size // 8: size // 2, size // 8: size // 2] = 1
+    mask[size // 2: -size // 8, size // 2: -size // 6] = 2
+    body = request_body(mask, "T2 SPIR", {1: "liver", 2: "spleen"}, n=n, steps=steps)
+    results = {}
+    try:
+        for label, batch in (("batching on", max_batch_size), ("batching off", 1)):
+            cfg = base.with_overrides({"batching.max_batch_size": batch})
+            print(f"bench serve: deploying with max_batch_size={batch} ...", flush=True)
+            serve.run(build_app_from_config(cfg), name="mrgen-bench", route_prefix="/")
+            run_load(url, body, clients, warmup_s, label="warmup")
+            results[label] = run_load(url, body, clients, duration_s, label=label)
+            print(results[label].line(), flush=True)
+    finally:
+        serve.delete("mrgen-bench")
+        serve.shutdown()
+        if tmp is not None:
+            tmp.cleanup()
+    on, off = results["batching on"], results["batching off"]
+    ratio = on.throughput / off.throughput if off.throughput else float("inf")
+    p99_ratio = on.percentile(99) / off.percentile(99) if off.latencies_s else float("nan")
+    print(f"batching on / off: throughput ×{ratio:.2f}, p99 ×{p99_ratio:.2f}; errors {on.error_count + off.error_count} "
+          f"({clients} clients, {duration_s:.0f} s each, n={n}, steps={steps}, max batch {max_batch_size})", flush=True)
+    return {"on": on.summary(), "off": off.summary(), "throughput_ratio": round(ratio, 3),
+            "p99_ratio": round(p99_ratio, 3)}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,80 @@
+"""HTTP request/response models of the generation API and the job handed from ingress to generator.
+
+Bounds that depend on the deployment (n, steps, image size) are checked against `LimitSettings` in
+`serving/inputs.py`; the static ones live here so that OpenAPI shows them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class GenerateRequest(BaseModel):
+    """POST /v1/generate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    modality: str = Field(..., min_length=1, max_length=200,
+                          description="target modality: a label from GET /v1/modalities or free text")
+    mask: str = Field(..., min_length=1, description="PNG, base64; pixel values are organ ids (0 = background)")
+    organ_map: dict[str, str] = Field(default_factory=dict, max_length=255,
+                                      description='organ id → name, e.g. {"1": "liver"}; every id in the mask must appear')
+    region: str | None = Field(None, max_length=64, description="body region (one of the schema's REGIONS)")
+    organs: list[str] | None = Field(None, max_length=64,
+                                     description="organ names for the prompt; default: the organs present in the mask")
+    n: int = Field(1, ge=1, le=20, description="number of candidates")
+    keep: int | None = Field(None, ge=1, le=20,
+                             description="score candidates with SAM2 and return at most this many that pass")
+    steps: int | None = Field(None, ge=1, description="sampling steps (default from the service config)")
+    guidance: float | None = Field(None, ge=0, description="classifier-free guidance scale")
+    sampler: str | None = Field(None, pattern="^(ddim|dpm)$", description="ddim or dpm")
+    seed: int | None = Field(None, ge=0, lt=2**31, description="seed of the first candidate; candidate i uses seed+i")
+    timeout_s: float | None = Field(None, gt=0, description="give up (504) after this many seconds; at most the "
+                                                            "service's request_timeout_s")
+
+
+class Candidate(BaseModel):
+    image: str = Field(..., description="PNG (8-bit grayscale), base64")
+    seed: int
+    score: float | None = Field(None, description="SAM2 mean organ IoU (when keep was requested)")
+    organ_scores: dict[str, dict[str, float]] | None = Field(
+        None, description='per organ {"iou": .., "conf": ..} from SAM2 (when keep was requested)')
+    fate: str | None = Field(None, description="selection outcome, e.g. kept or kept_relaxed (when keep was requested)")
+
+
+class GenerateResponse(BaseModel):
+    bundle_id: str = Field(..., description="hash of the model bundle that generated the images")
+    prompt: str
+    modality_attributes: str
+    organs: list[str]
+    candidates: list[Candidate]
+    generated: int = Field(..., description="candidates sampled (before filtering)")
+    filter: str | None = Field(None, description="SAM2 filter model id when keep was requested")
+    batch_size: int = Field(..., description="requests sampled together with this one")
+    seconds: float
+
+
+@dataclass
+class GenerationJob:
+    """A validated request as the generator sees it. Jobs with equal `batch_key` share one sampling call."""
+
+    prompt: str
+    mask: np.ndarray  # uint8 [H, W]
+    seeds: list[int]
+    steps: int
+    guidance: float
+    sampler: str
+
+    @property
+    def batch_key(self) -> tuple:
+        return (self.steps, round(self.guidance, 6), self.sampler, self.mask.shape)
+
+
+@dataclass
+class GenerationResult:
+    images: np.ndarray  # float32 [n, H, W] in [0, 1]
+    seeds: list[int]
+    batch_size: int
+    bundle_id: str
