@@ -115,19 +115,12 @@ def parse_request(request: GenerateRequest, config: ServeConfig, size_multiple: 
     if any(not o or not o.strip() or len(o) > 64 for o in organs):
         raise BadRequest("organs", "organ names must be 1-64 characters")
 
-    prompt = build_prompt(_canonical(request.modality, config), attributes, request.region, organs)
+    # The label as given, as MRGen-DB and synthesis build prompts: the model saw the dataset's own labels.
+    prompt = build_prompt(request.modality.strip(), attributes, request.region, organs)
     seed = request.seed if request.seed is not None else secrets.randbelow(2**31 - 64)
     job = GenerationJob(prompt=prompt, mask=mask, seeds=[seed + i for i in range(request.n)], steps=steps,
                         guidance=float(guidance), sampler=request.sampler or config.default_sampler)
     return ParsedRequest(job=job, attributes=attributes, organs=list(organs), keep=request.keep)
-
-
-def _canonical(label: str, config: ServeConfig) -> str:
-    """The table's name for a label ("t2 fat sat" → "T2 SPIR"), so prompts match those seen in training."""
-    from mrgen.datasets import modality
-
-    canonical = getattr(modality, "canonical_modality", None)
-    return canonical(label, config.modality_attributes) if canonical else label.strip()
 
 
 def encode_png(image: np.ndarray) -> str:

@@ -35,7 +35,7 @@ def test_parse_request_builds_the_job():
     parsed = parse_request(_request(region="upper abdominal region"), config, size_multiple=16)
     assert parsed.organs == ["liver", "spleen"]  # from the mask, in id order; bladder is absent
     assert parsed.job.seeds == [40, 41, 42] and parsed.job.steps == config.default_steps
-    assert parsed.job.prompt.startswith("T2 SPIR") and "upper abdominal region" in parsed.job.prompt
+    assert parsed.job.prompt.startswith("T2-weighted fat sat; ") and "upper abdominal region" in parsed.job.prompt
     assert parsed.job.mask.dtype == np.uint8 and parsed.job.mask.shape == (32, 32)
     named = parse_request(_request(organs=["liver"]), config, size_multiple=16)
     assert named.organs == ["liver"]
@@ -66,3 +66,16 @@ def test_limits_name_the_field(changes, field):
     with pytest.raises(BadRequest) as info:
         parse_request(_request(**changes), config, size_multiple=16)
     assert info.value.field == field and 400 <= info.value.status < 500
+
+
+def test_served_prompt_matches_the_db_prompt_for_the_same_label():
+    """The model learnt the DB's prompts, so the service must build the very same text for a label."""
+    from mrgen.datasets.modality import attributes_for
+    from mrgen.datasets.prompt import build_prompt
+    from mrgen.serving.config import ServeConfig
+    from mrgen.serving.inputs import parse_request
+
+    parsed = parse_request(_request(modality="T2 SPIR MRI", region="upper abdominal region"), ServeConfig.load("tiny"),
+                           size_multiple=16)
+    expected = build_prompt("T2 SPIR MRI", attributes_for("T2 SPIR MRI"), "upper abdominal region", ["liver", "spleen"])
+    assert parsed.job.prompt == expected
