@@ -47,6 +47,32 @@ def build_db(ctx: DemoContext) -> None:
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [("build-db", build_db)]
 
 
+def experiment_steps() -> list[tuple[str, Callable[[DemoContext], None]]]:
+    """The paper's experiment after the DB (``jobs.experiment.run.STEPS``), each skipped when its output exists.
+
+    Its own build-db step runs too: a no-op when the DB already holds the experiment's phantom config.
+    """
+    from mrgen.jobs.experiment.config import ExperimentConfig
+    from mrgen.jobs.experiment.run import STEPS as EXPERIMENT_STEPS
+    from mrgen.jobs.experiment.run import Experiment
+
+    def adapt(step):
+        def run(ctx: DemoContext) -> None:
+            if "experiment" not in ctx.results:
+                config = ctx.results.get("experiment_config") or ExperimentConfig.from_preset("quick" if ctx.quick else "default")
+                ctx.results["experiment"] = Experiment(out=ctx.out, config=config, ray_address=ctx.ray_address)
+            exp = ctx.results["experiment"]
+            if step.done(exp):
+                print(f"   {step.name}: output exists, skipped", flush=True)
+                return
+            started = time.monotonic()
+            step.run(exp)
+            exp.results.setdefault("step_seconds", {})[step.name] = round(time.monotonic() - started, 1)
+        return run
+
+    return [(f"experiment:{s.name}", adapt(s)) for s in EXPERIMENT_STEPS]
+
+
 def run_demo(ctx: DemoContext, steps: list[tuple[str, Callable[[DemoContext], None]]] | None = None) -> DemoContext:
     from mrgen.platform.cluster import RayConfig, init_ray
 
@@ -60,7 +86,16 @@ def run_demo(ctx: DemoContext, steps: list[tuple[str, Callable[[DemoContext], No
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    run_demo(DemoContext(out=args.out, quick=args.quick, ray_address=args.ray_address))
+    from mrgen.jobs.experiment.config import ExperimentConfig
+    from mrgen.platform.config import ConfigError
+
+    ctx = DemoContext(out=args.out, quick=args.quick, ray_address=args.ray_address)
+    try:
+        ctx.results["experiment_config"] = ExperimentConfig.load(args.config or ("quick" if args.quick else "default"),
+                                                                 args.overrides)
+    except ConfigError as exc:
+        raise SystemExit(f"mrgen demo: {exc}") from None
+    run_demo(ctx, STEPS + ([] if args.db_only else experiment_steps()))
     return 0
 
 
@@ -71,4 +106,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder (path or URI)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds instead of minutes)")
     p.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
+    p.add_argument("--config", default=None, help="experiment preset (quick, default, paper) or YAML; default: "
+                                                  "quick with --quick, else default")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an experiment key, e.g. --set segment_overrides.epochs=20 (repeatable)")
+    p.add_argument("--db-only", action="store_true", help="only build the DB (skip the experiment's steps)")
     p.set_defaults(func=cmd_demo)

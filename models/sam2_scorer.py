@@ -142,7 +142,9 @@ class Sam2Scorer:
                 ys, xs = np.nonzero(binary[k].numpy())
                 rows.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if len(xs) else [0, 0, w, h])
             boxes = self.predictor._transforms.transform_boxes(torch.tensor(rows, dtype=torch.float32), normalize=True, orig_hw=(h, w))
-        return binary.bool(), masks, boxes
+        device = self.predictor.device
+        return (binary.bool().to(device), None if masks is None else masks.to(device),
+                None if boxes is None else boxes.to(device))
 
     @torch.no_grad()
     def _decode(self, img_idx: int, masks: torch.Tensor | None, boxes: torch.Tensor | None, hw: tuple[int, int]):
@@ -150,7 +152,7 @@ class Sam2Scorer:
         model = self.model
         points = None
         if boxes is not None:
-            labels = torch.tensor([[2, 3]], dtype=torch.int).repeat(boxes.shape[0], 1)
+            labels = torch.tensor([[2, 3]], dtype=torch.int, device=boxes.device).repeat(boxes.shape[0], 1)
             points = (boxes.reshape(-1, 2, 2), labels)
         sparse, dense = model.sam_prompt_encoder(points=points, boxes=None, masks=masks)
         feats = self.predictor._features
@@ -216,7 +218,7 @@ class Sam2Scorer:
             if "box" in self.settings.prompt:
                 ys, xs = np.nonzero(mask == oid)
                 box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32)
-            pred, conf, _ = self.predictor.predict(mask_input=masks[0].numpy() if masks is not None else None, box=box,
+            pred, conf, _ = self.predictor.predict(mask_input=masks[0].cpu().numpy() if masks is not None else None, box=box,
                                                    multimask_output=False)
             pred_t = torch.from_numpy(pred[0] > 0)
             inter, union = float((pred_t & target).sum()), float((pred_t | target).sum())

@@ -1,0 +1,51 @@
+"""`mrgen db annotate-regions URI`: zero-shot region labels, published as a new DB version (added by `cli/db.py`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mrgen.cli.common import add_config_flags
+
+EXIT_OK, EXIT_ERROR = 0, 2
+
+
+def add_annotate_parser(db_subparsers) -> argparse.ArgumentParser:
+    parser = db_subparsers.add_parser(
+        "annotate-regions", help="label each slice's body region with an open_clip model (BiomedCLIP)",
+        description="Zero-shot region classification (paper appendix B.1) in a Ray Data actor pool; slices below "
+                    "the confidence threshold stay unlabeled. Writes a new version of the DB; the index is replaced "
+                    "last, so readers never see half of it.")
+    parser.add_argument("uri", metavar="URI", help="MRGen-DB location: path, file:// or s3://")
+    parser.add_argument("--model", default=None,
+                        help="open_clip model: local-dir:/path (folder with open_clip_config.json + weights) or "
+                             "hf-hub:org/name (needs the hub); default db.region_model")
+    parser.add_argument("--threshold", type=float, default=None, help="minimum softmax confidence (db.region_threshold, 0.40)")
+    parser.add_argument("--actors", type=int, default=None, help="actor pool size (db.region_actors)")
+    parser.add_argument("--batch-size", type=int, default=32, help="slices per model batch")
+    add_config_flags(parser)
+    parser.set_defaults(func=run_annotate)
+    return parser
+
+
+def run_annotate(args: argparse.Namespace) -> int:
+    from mrgen.datasets.annotate_regions import RegionModelError, annotate_regions
+    from mrgen.datasets.config import DBConfig
+    from mrgen.datasets.store import NotADatabaseError
+    from mrgen.platform.cluster import RayConfig, init_ray
+    from mrgen.platform.config import ConfigError
+
+    try:
+        config = DBConfig.load(args.config, args.overrides).with_overrides(
+            {"region_model": args.model, "region_threshold": args.threshold, "region_actors": args.actors})
+    except ConfigError as exc:
+        print(f"mrgen db annotate-regions: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.ray_address:
+        init_ray(RayConfig(address=args.ray_address))
+    try:
+        annotate_regions(args.uri, config.region_model, threshold=config.region_threshold,
+                         actors=config.region_actors, batch_size=args.batch_size)
+    except (RegionModelError, NotADatabaseError) as exc:
+        print(f"mrgen db annotate-regions: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK

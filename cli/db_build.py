@@ -1,0 +1,59 @@
+"""`mrgen db build MANIFEST --out URI`: ingest source volumes into an MRGen-DB (added by `cli/db.py`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mrgen.cli.common import add_config_flags
+
+EXIT_OK, EXIT_ERROR, EXIT_SKIPPED = 0, 2, 3
+
+_EPILOG = """\
+MANIFEST is JSON Lines (.jsonl) or CSV, one row per volume: image, optional label, dataset, modality,
+labels (label value -> organ name; a JSON object in CSV), optional split (train/val/test), optional volume_id.
+Paths are relative to the manifest's folder. A rerun into the same URI skips volumes already written.
+The build report (file, row, reason of every skipped input) is written to URI/build_report.json.
+
+exit codes:
+  0  every input was built
+  3  some inputs were skipped (see the build report); the rest was built
+  2  usage or configuration error, an unreadable manifest, or --strict stopped at the first bad input
+"""
+
+
+def add_build_parser(db_subparsers) -> argparse.ArgumentParser:
+    parser = db_subparsers.add_parser(
+        "build", help="build an MRGen-DB from a manifest of NIfTI / DICOM / PNG volumes",
+        description="Ingest source volumes (C.1 preprocessing) into MRGen-DB shards, in parallel on Ray Data.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("manifest", metavar="MANIFEST", help="manifest file (.jsonl or .csv)")
+    parser.add_argument("--out", required=True, metavar="URI", help="DB location: path, file:// or s3://")
+    add_config_flags(parser)
+    parser.add_argument("--strict", action="store_true", default=None, help="stop at the first bad input (exit 2)")
+    parser.add_argument("--resolution", type=int, default=None, help="slice size in pixels (db.resolution)")
+    parser.add_argument("--shard-rows", type=int, default=None, help="target slices per shard (db.shard_rows)")
+    parser.set_defaults(func=run_build)
+    return parser
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from mrgen.datasets.config import DBConfig
+    from mrgen.datasets.ingest.build import BuildError, build_db
+    from mrgen.datasets.ingest.manifest import ManifestError
+    from mrgen.platform.cluster import RayConfig, init_ray
+    from mrgen.platform.config import ConfigError
+
+    try:
+        config = DBConfig.load(args.config, args.overrides).with_overrides(
+            {"strict": args.strict, "resolution": args.resolution, "shard_rows": args.shard_rows})
+    except ConfigError as exc:
+        print(f"mrgen db build: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.ray_address:
+        init_ray(RayConfig(address=args.ray_address))
+    try:
+        report = build_db(args.manifest, args.out, config)
+    except (BuildError, ManifestError) as exc:
+        print(f"mrgen db build: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_SKIPPED if report.skipped else EXIT_OK

@@ -1,0 +1,57 @@
+"""`mrgen eval <metric>`: `ae` (autoencoder PSNR / SSIM / MSE, here); `fid`, `clip` come from `cli/eval_gen.py`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_ae_parser(eval_subparsers) -> argparse.ArgumentParser:
+    parser = eval_subparsers.add_parser("ae", help="autoencoder reconstruction PSNR / SSIM / MSE (paper Table 4)",
+                                        description="Reconstruct a held-out split with a bundle's autoencoder.")
+    parser.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle URI")
+    parser.add_argument("--db", required=True, metavar="URI", help="MRGen-DB")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate")
+    parser.add_argument("--dataset", default=None, help="only this dataset of the DB")
+    parser.add_argument("--modality", default=None, help="only this modality")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many slices")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
+    parser.set_defaults(func=run_ae)
+    return parser
+
+
+def run_ae(args: argparse.Namespace) -> int:
+    from mrgen.jobs.train.eval_ae import evaluate_autoencoder
+    from mrgen.platform.cluster import RayConfig, init_ray
+
+    init_ray(RayConfig(address=args.ray_address))
+    filters = {k: v for k, v in {"dataset": args.dataset, "modality": args.modality}.items() if v}
+    try:
+        result = evaluate_autoencoder(args.model, args.db, args.split, args.batch_size, args.limit, **filters)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"mrgen eval ae: {exc}", file=sys.stderr)
+        return 2
+    print(f"{'split':<8}{'slices':>8}{'PSNR (dB)':>12}{'SSIM':>10}{'MSE':>12}")
+    print(f"{result['split']:<8}{result['slices']:>8}{result['psnr']:>12.2f}{result['ssim']:>10.4f}{result['mse']:>12.6f}")
+    print(json.dumps(result))
+    return 0
+
+
+# name -> function adding that `mrgen eval` subcommand
+EVAL_COMMANDS = {"ae": add_ae_parser}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("eval", help="evaluate models and synthetic data",
+                                   description="Evaluation metrics of MRGen models and data.")
+    eval_sub = parser.add_subparsers(dest="eval_command", metavar="METRIC", required=True)
+    for add in EVAL_COMMANDS.values():
+        add(eval_sub)
+    try:
+        from mrgen.cli.eval_gen import add_eval_parsers
+    except ModuleNotFoundError as exc:
+        if exc.name != "mrgen.cli.eval_gen":
+            raise
+    else:
+        add_eval_parsers(eval_sub)

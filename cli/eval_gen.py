@@ -1,0 +1,70 @@
+"""`mrgen eval fid` and `mrgen eval clip`: generation quality (paper §4.1, Tables 2 and 4).
+
+`cli/eval.py` (team TRAIN) calls :func:`add_eval_parsers` on its `eval` subparsers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _filters(p: argparse.ArgumentParser, prefix: str) -> None:
+    p.add_argument(f"--{prefix}-split", default=None, help=f"only this split of --{prefix}")
+    p.add_argument(f"--{prefix}-dataset", action="append", default=None, help=f"only these datasets of --{prefix}")
+    p.add_argument(f"--{prefix}-modality", action="append", default=None, help=f"only these modalities of --{prefix}")
+
+
+def add_eval_parsers(eval_subparsers: argparse._SubParsersAction) -> None:
+    f = eval_subparsers.add_parser("fid", help="Fréchet distance between real and synthetic image features")
+    f.add_argument("--real", required=True, help="MRGen-DB URI of real images")
+    f.add_argument("--synthetic", required=True, help="MRGen-DB URI of generated images")
+    f.add_argument("--extractor", choices=["resnet18", "inception"], default="resnet18",
+                   help="feature network (inception needs --weights for published-comparable FID)")
+    f.add_argument("--weights", default=None, help="local state-dict file of the extractor; none = fixed random init")
+    f.add_argument("--limit", type=int, default=None, help="at most N images per side")
+    _filters(f, "real")
+    _filters(f, "synthetic")
+    f.set_defaults(func=_fid)
+
+    c = eval_subparsers.add_parser("clip", help="CLIP-I / CLIP-T with a BiomedCLIP-compatible open_clip model")
+    c.add_argument("--model", required=True, help="local open_clip folder (open_clip_config.json + weights)")
+    c.add_argument("--synthetic", required=True, help="MRGen-DB URI of generated images")
+    c.add_argument("--real", default=None, help="MRGen-DB URI of real images (CLIP-I)")
+    c.add_argument("--text", choices=["prompt", "modality"], default="prompt", help="text for CLIP-T")
+    c.add_argument("--limit", type=int, default=None, help="at most N images per side")
+    _filters(c, "real")
+    _filters(c, "synthetic")
+    c.set_defaults(func=_clip)
+
+
+def _side(args: argparse.Namespace, prefix: str) -> dict:
+    from mrgen.jobs.evaluate.fid import summary_filters
+
+    return summary_filters(getattr(args, f"{prefix}_split"), getattr(args, f"{prefix}_dataset"),
+                           getattr(args, f"{prefix}_modality"))
+
+
+def _fid(args: argparse.Namespace) -> int:
+    from mrgen.jobs.evaluate.fid import compute_fid
+
+    try:
+        result = compute_fid(args.real, args.synthetic, args.extractor, args.weights, _side(args, "real"),
+                             _side(args, "synthetic"), args.limit)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"mrgen eval fid: {exc}")
+        return 2
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def _clip(args: argparse.Namespace) -> int:
+    from mrgen.jobs.evaluate.clip_score import compute_clip_scores
+
+    try:
+        result = compute_clip_scores(args.model, args.synthetic, args.real, args.text, _side(args, "real"),
+                                     _side(args, "synthetic"), args.limit)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"mrgen eval clip: {exc}")
+        return 2
+    print(json.dumps(result, indent=1))
+    return 0

@@ -1,0 +1,41 @@
+"""`mrgen export nnunet`: MRGen-DB (synthetic training slices, real test slices) → nnU-Net v2 raw dataset."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("export", help="export MRGen-DB data for other tools")
+    sub = p.add_subparsers(dest="export_format", metavar="FORMAT", required=True)
+    n = sub.add_parser("nnunet", help="nnU-Net v2 raw dataset (2-D PNG)")
+    n.add_argument("--synthetic", help="MRGen-DB URI whose masked slices become imagesTr/labelsTr")
+    n.add_argument("--out", required=True, help="nnUNet_raw folder (the dataset folder is created inside)")
+    n.add_argument("--dataset-id", type=int, required=True, help="nnU-Net dataset id (1..999)")
+    n.add_argument("--name", required=True, help="dataset name (letters, digits, '-')")
+    n.add_argument("--real", help="MRGen-DB URI whose masked slices become imagesTs/labelsTs")
+    n.add_argument("--split", default="test", help="split of --real to export (default test)")
+    n.add_argument("--real-dataset", action="append", default=None, help="only these datasets of --real (repeatable)")
+    n.add_argument("--real-modality", action="append", default=None, help="only these modalities of --real")
+    n.add_argument("--labels", default=None, help="comma-separated organ names in label order (default: from organ maps)")
+    n.add_argument("--verify", action="store_true", help="run nnU-Net's verify_dataset_integrity afterwards")
+    n.set_defaults(func=_nnunet)
+
+
+def _nnunet(args: argparse.Namespace) -> int:
+    from mrgen.jobs.export.nnunet import ExportError, export_nnunet
+
+    try:
+        summary = export_nnunet(args.out, args.dataset_id, args.name, synthetic=args.synthetic, real=args.real,
+                                real_split=args.split, real_datasets=args.real_dataset,
+                                real_modalities=args.real_modality,
+                                labels=args.labels.split(",") if args.labels else None)
+    except (ExportError, FileNotFoundError) as exc:
+        print(f"mrgen export nnunet: {exc}")
+        return 2
+    if args.verify:
+        from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+        verify_dataset_integrity(summary["folder"], num_processes=1)
+    print(json.dumps(summary, indent=1))
+    return 0

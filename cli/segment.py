@@ -1,0 +1,105 @@
+"""`mrgen segment train|eval`: nnU-Net v2 segmenters on MRGen-DB slices and their volumetric Dice."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mrgen.cli.common import add_config_flags, load_config
+
+_TRAIN_EPILOG = """\
+--dataset / --modality / --split select slices in every --train DB (a slice must match each given flag;
+repeat a flag for several values). Examples:
+  real source slices:  mrgen segment train --train DB --dataset phantom-src --out src-model
+  synthetic slices:    mrgen segment train --train SYN_DB --split train --out syn-model
+  both:                mrgen segment train --train DB --train SYN_DB --dataset phantom-src --dataset <syn name> ...
+--budget epochs=E,iterations=I,width=W[,batch=B,val_iterations=V] shrinks nnU-Net's schedule and network.
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("segment", help="train / evaluate nnU-Net v2 segmenters (downstream task)")
+    sub = parser.add_subparsers(dest="segment_command", metavar="ACTION", required=True)
+
+    t = sub.add_parser("train", help="train nnU-Net v2 (2d) on MRGen-DB slices in a Ray task",
+                       epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--train", dest="train_uris", action="append", required=True, metavar="URI",
+                   help="MRGen-DB with masked training slices (repeatable)")
+    t.add_argument("--out", required=True, metavar="URI", help="model folder to write (path, file:// or s3://)")
+    t.add_argument("--dataset", action="append", default=None, help="only these datasets (repeatable)")
+    t.add_argument("--modality", action="append", default=None, help="only these modality labels (repeatable)")
+    t.add_argument("--split", default="train", help="split to train on ('any' for all; default train)")
+    t.add_argument("--budget", default=None, metavar="K=V,...", help="epochs, iterations, width, batch, val_iterations")
+    t.add_argument("--gpus", type=float, default=None, help="GPUs of the training task (segment.num_gpus)")
+    add_config_flags(t)
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("eval", help="volumetric Dice of a segmenter on real test volumes")
+    e.add_argument("--model", required=True, metavar="URI", help="model folder written by `mrgen segment train`")
+    e.add_argument("--test", required=True, metavar="URI", help="MRGen-DB with masked test slices")
+    e.add_argument("--dataset", action="append", default=None, help="only these datasets (repeatable)")
+    e.add_argument("--modality", action="append", default=None, help="only these modality labels (repeatable)")
+    e.add_argument("--split", default="test", help="split to evaluate (default test)")
+    e.add_argument("--out", default=None, metavar="URI", help="write the report as JSON here")
+    e.add_argument("--predictions", default=None, metavar="URI", help="also save predicted volumes (.npz)")
+    e.add_argument("--mirroring", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time mirroring (segment.mirroring)")
+    e.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    add_config_flags(e)
+    e.set_defaults(func=_eval)
+
+
+def _config(args: argparse.Namespace, flags: dict):
+    from mrgen.jobs.segment.config import SegmentConfig, parse_budget
+    from mrgen.platform.config import ConfigError
+
+    try:
+        flags = {**flags, **parse_budget(getattr(args, "budget", None))}
+    except ConfigError as exc:
+        raise SystemExit(f"mrgen segment: {exc}") from None
+    return load_config(SegmentConfig, args, flags)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mrgen.datasets.store import NotADatabaseError
+    from mrgen.jobs.segment.train import SegmentInputError, TrainSource, train_segmenter
+
+    config = _config(args, {"num_gpus": args.gpus})
+    split = None if args.split == "any" else args.split
+    sources = [TrainSource(uri, tuple(args.dataset) if args.dataset else None,
+                           tuple(args.modality) if args.modality else None, split) for uri in args.train_uris]
+    try:
+        manifest = train_segmenter(config, sources, args.out, ray_address=args.ray_address)
+    except (SegmentInputError, NotADatabaseError, FileNotFoundError) as exc:
+        print(f"mrgen segment train: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"model": args.out, "training_cases": manifest["training_cases"], "labels": manifest["labels"],
+                      "final": manifest["final"], "timings": manifest["timings"]}, indent=1))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from mrgen.datasets.store import NotADatabaseError
+    from mrgen.jobs.segment.evaluate import evaluate_segmenter
+    from mrgen.jobs.segment.train import SegmentInputError
+
+    config = _config(args, {"mirroring": args.mirroring})
+    try:
+        report = evaluate_segmenter(config, args.model, args.test, out_uri=args.out, ray_address=args.ray_address,
+                                    split=args.split, datasets=args.dataset, modalities=args.modality,
+                                    predictions_uri=args.predictions)
+    except (SegmentInputError, NotADatabaseError, FileNotFoundError, ValueError) as exc:
+        print(f"mrgen segment eval: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=1))
+    else:
+        print(f"Dice (%) of {args.model} on {report['n_volumes']} volume(s), {report['n_slices']} slices of {args.test}")
+        print(report["table"])
+        if report["organs_not_in_model"]:
+            print(f"not scored (the model has no such label): {', '.join(report['organs_not_in_model'])}")
+        print("'-' = organ absent from reference and prediction (not scored); mean = mean over organs of the "
+              "per-organ mean over volumes")
+        if args.out:
+            print(f"report: {args.out}")
+    return 0

@@ -1,0 +1,47 @@
+"""`mrgen synthesize`: flags → SynthesisConfig → jobs.synthesis.run.main."""
+from __future__ import annotations
+
+import argparse
+
+from mrgen.cli.common import add_config_flags, load_config
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("synthesize", help="generate target-modality images from source masks, SAM2-filtered",
+                              description="Masks of a source MRGen-DB → candidates per target modality → SAM2 "
+                                          "filter → selection → synthetic MRGen-DB with an audit table.")
+    p.add_argument("--model", help="model bundle URI")
+    p.add_argument("--source", help="source MRGen-DB URI (slices with masks)")
+    p.add_argument("--target-modality", dest="target_modalities", action="append", default=None, metavar="LABEL",
+                   help="target modality label (repeatable: each mask is used once per label)")
+    p.add_argument("--out", help="output URI (synthetic MRGen-DB)")
+    p.add_argument("--candidates", type=int, help="candidates per mask (paper: 20)")
+    p.add_argument("--keep", type=int, help="candidates kept per mask (paper: 2)")
+    p.add_argument("--sampler", choices=["ddim", "dpm"], help="DDIM (paper) or DPM-Solver++")
+    p.add_argument("--steps", type=int, help="sampling steps (paper: 50)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance weight (paper: 7.0)")
+    p.add_argument("--filter", choices=["sam2", "none"], help="quality filter (default sam2)")
+    p.add_argument("--sam2-checkpoint", help="SAM2 checkpoint URI ({'model': state_dict})")
+    p.add_argument("--sam2-config", help="sam2 config name, e.g. configs/sam2.1/sam2.1_hiera_l.yaml")
+    p.add_argument("--sam2-image-size", type=int, help="SAM2 input size (1024 at paper scale)")
+    p.add_argument("--sam2-random", action="store_true", default=None,
+                   help="use an UNTRAINED SAM2 when no checkpoint is given (scores are then meaningless)")
+    p.add_argument("--seed", type=int, help="run seed")
+    p.add_argument("--rule", choices=["paper", "official"], help="selection rule (default paper)")
+    p.add_argument("--adaptive", action="store_true", default=None, help="candidates in waves; stop once `keep` pass")
+    p.add_argument("--max-masks", type=int, help="use only the first N masks")
+    add_config_flags(p)
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mrgen.jobs.synthesis.config import SynthesisConfig
+    from mrgen.jobs.synthesis.run import synthesize_entry
+
+    flags = {"model": args.model, "source": args.source, "target_modalities": args.target_modalities, "out": args.out,
+             "candidates": args.candidates, "keep": args.keep, "sampler": args.sampler, "steps": args.steps,
+             "guidance": args.guidance, "filter": args.filter, "sam2.checkpoint": args.sam2_checkpoint,
+             "sam2.config_name": args.sam2_config, "sam2.image_size": args.sam2_image_size,
+             "sam2.random": args.sam2_random, "seed": args.seed, "rule": args.rule, "adaptive": args.adaptive,
+             "max_masks": args.max_masks, "ray.address": args.ray_address}
+    return synthesize_entry(load_config(SynthesisConfig, args, flags))

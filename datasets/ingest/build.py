@@ -1,0 +1,267 @@
+"""`mrgen db build`: a manifest of source volumes → MRGen-DB shards, as a Ray Data job over volumes.
+
+Each volume is read and preprocessed in its own Ray task (``ray.data.from_items(rows).map(...)``), which
+returns the volume's slice table (Arrow IPC bytes) or an error record. The driver streams the results, writes
+shards holding whole volumes through :class:`ShardWriter` (a shard closes at a volume boundary once it holds
+``shard_rows`` slices), and commits the index last, merged with the shards already there.
+
+Resuming: volumes recorded in the footers of shards already under the URI (``existing_shards``) are skipped, so
+a rerun after a crash — even one that died before writing the index — only does the missing volumes.
+
+Bad input is reported, not fatal: each skipped volume or manifest row becomes an entry (file, row, reason) of
+``OUT/build_report.json`` (written atomically); with ``strict`` the first one raises :class:`BuildError`, after
+the shards already finished are kept and indexed.
+
+Source paths are read by the Ray workers, so on a multi-node cluster they must be on a filesystem every node
+sees; the output URI is written only by the driver.
+"""
+from __future__ import annotations
+
+import io
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mrgen.datasets.config import DBConfig
+from mrgen.datasets.ingest.manifest import ManifestRow, read_manifest
+from mrgen.datasets.ingest.preprocess import PreprocessError, preprocess_volume
+from mrgen.datasets.ingest.readers import ReadError, read_volume, source_sha256
+from mrgen.datasets.modality import UnknownModalityError, attributes_for
+from mrgen.datasets.prompt import build_prompt
+from mrgen.datasets.schema import arrow_schema, encode_image, encode_mask, encode_organ_map, slice_id
+from mrgen.datasets.store import ShardWriter, existing_shards, try_load_index
+from mrgen.platform import storage
+from mrgen.platform.progress import Progress
+
+REPORT_FILE = "build_report.json"
+
+
+@dataclass(frozen=True)
+class Skip:
+    file: str
+    row: int
+    reason: str
+    volume: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.file}: row {self.row}: {self.reason}"
+
+
+@dataclass
+class BuildReport:
+    manifest: str
+    out: str
+    skipped: list[Skip] = field(default_factory=list)
+    built_volumes: int = 0
+    rows: int = 0  # slices written by this run
+    already_present: int = 0  # volumes found in existing shards and not rebuilt
+    shards_written: int = 0
+    seconds: float = 0.0
+
+    @property
+    def slices_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["slices_per_second"] = round(self.slices_per_second, 2)
+        return data
+
+    def summary(self) -> str:
+        lines = [f"built {self.built_volumes} volumes ({self.rows} slices, {self.shards_written} shards) into {self.out} "
+                 f"in {self.seconds:.1f}s; {self.already_present} already present; {len(self.skipped)} skipped"]
+        lines += [f"  skipped: {s}" for s in self.skipped]
+        return "\n".join(lines)
+
+
+class BuildError(RuntimeError):
+    """A strict build met bad input (the message names file, row and reason), or the target DB does not fit."""
+
+    def __init__(self, message: str, skip: Skip | None = None):
+        super().__init__(message)
+        self.skip = skip
+
+
+class VolumeError(ValueError):
+    def __init__(self, file: str, reason: str):
+        super().__init__(reason)
+        self.file = file
+
+
+# ---------------------------------------------------------------- one volume (runs in a Ray task)
+
+def ingest_volume(row: ManifestRow, attributes: str, config: DBConfig) -> pa.Table:
+    """The slice table of one manifest row; raises :class:`VolumeError` naming the file at fault."""
+    try:
+        image = read_volume(row.image)
+    except ReadError as exc:
+        raise VolumeError(row.image, str(exc)) from None
+    mask = None
+    if row.label:
+        try:
+            mask = read_volume(row.label, label=True).array
+        except ReadError as exc:
+            raise VolumeError(row.label, str(exc)) from None
+        if mask.shape != image.shape:
+            raise VolumeError(row.label, f"image/label shape mismatch: image {image.shape}, label {mask.shape} (slices, rows, columns)")
+        unknown = sorted(set(np.unique(mask).tolist()) - {0} - set(row.labels))
+        if unknown:
+            raise VolumeError(row.label, f"label values {unknown[:10]} absent from 'labels' {json.dumps({str(k): v for k, v in row.labels.items()})}")
+    try:
+        prepared = preprocess_volume(image.array, mask, image.spacing, config.resolution, tuple(config.clip_percentiles))
+    except PreprocessError as exc:
+        raise VolumeError(row.image, str(exc)) from None
+    return _slice_table(row, attributes, prepared, source_sha256(row.image))
+
+
+def _slice_table(row: ManifestRow, attributes: str, prepared, sha256: str) -> pa.Table:
+    z, height, width = prepared.images.shape
+    organ_map = encode_organ_map(row.labels)
+    organs = [prepared.organs(i, row.labels) for i in range(z)]
+    columns = {
+        "slice_id": [slice_id(row.dataset, row.volume_id, i) for i in range(z)],
+        "dataset": [row.dataset] * z,
+        "volume_id": [row.volume_id] * z,
+        "slice_index": list(range(z)),
+        "split": [row.split] * z,
+        "modality": [row.modality] * z,
+        "modality_attributes": [attributes] * z,
+        "region": [None] * z,
+        "organs": organs,
+        "prompt": [build_prompt(row.modality, attributes, None, o) for o in organs],
+        "height": [height] * z,
+        "width": [width] * z,
+        "image": [encode_image(prepared.images[i]) for i in range(z)],
+        "has_mask": [prepared.masks is not None] * z,
+        "mask": [encode_mask(prepared.masks[i]) for i in range(z)] if prepared.masks is not None else [None] * z,
+        "organ_map": [organ_map] * z,
+        "pixel_spacing": [list(prepared.pixel_spacing)] * z,
+        "source_file": [row.image] * z,
+        "source_sha256": [sha256] * z,
+    }
+    return pa.table(columns, schema=arrow_schema())
+
+
+def _ingest_item(item: dict[str, Any]) -> dict[str, Any]:
+    """Ray Data map function: a manifest row (JSON) → its slice table as Arrow IPC bytes, or an error."""
+    import torch
+
+    torch.set_num_threads(1)
+    row = ManifestRow.from_json(json.loads(item["row"]))
+    config = DBConfig.model_validate_json(item["config"])
+    out = {"key": row.key, "row": row.row, "file": row.image, "error": "", "table": b"", "slices": 0}
+    try:
+        table = ingest_volume(row, item["attributes"], config)
+    except VolumeError as exc:
+        return {**out, "file": exc.file, "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - any other failure is reported against the volume, not the job
+        return {**out, "error": f"{type(exc).__name__}: {exc}"}
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return {**out, "table": sink.getvalue(), "slices": table.num_rows}
+
+
+# ---------------------------------------------------------------- the job
+
+class _ShardBuffer:
+    """Collects whole volumes and writes a shard once ``shard_rows`` slices are buffered."""
+
+    def __init__(self, writer: ShardWriter, shard_rows: int, report: BuildReport):
+        self.writer, self.shard_rows, self.report = writer, shard_rows, report
+        self.tables: list[pa.Table] = []
+        self.volumes: list[str] = []
+
+    def add(self, volume: str, table: pa.Table) -> None:
+        self.tables.append(table)
+        self.volumes.append(volume)
+        if sum(t.num_rows for t in self.tables) >= self.shard_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.tables:
+            return
+        table = pa.concat_tables(self.tables)
+        self.writer.write(table, list(self.volumes))
+        self.report.built_volumes += len(self.volumes)
+        self.report.rows += table.num_rows
+        self.report.shards_written += 1
+        self.tables, self.volumes = [], []
+
+
+def build_db(manifest_path: str | Path, out_uri: str, config: DBConfig) -> BuildReport:
+    """Build (or resume building) the MRGen-DB at ``out_uri`` from a manifest; see the module docstring."""
+    import ray.data
+
+    from mrgen.platform.cluster import init_ray
+
+    started = time.monotonic()
+    report = BuildReport(manifest=str(manifest_path), out=out_uri)
+    rows, problems = read_manifest(manifest_path)
+    writer, done = _open_writer(out_uri, config)
+    buffer = _ShardBuffer(writer, config.shard_rows, report)
+
+    def skip(entry: Skip) -> None:
+        report.skipped.append(entry)
+        if config.strict:
+            _finish(buffer, report, started)
+            raise BuildError(f"bad input (strict): {entry}", entry)
+
+    for problem in problems:
+        skip(Skip(problem.file, problem.row, problem.reason))
+    items = []
+    for row in rows:
+        if row.key in done:
+            report.already_present += 1
+            continue
+        try:
+            attributes = attributes_for(row.modality, config.modality_attributes)
+        except UnknownModalityError as exc:
+            skip(Skip(str(manifest_path), row.row, f"field 'modality': {exc}", row.key))
+            continue
+        items.append({"row": json.dumps(row.to_json()), "attributes": attributes, "config": config.model_dump_json()})
+
+    if items:
+        init_ray()
+        dataset = ray.data.from_items(items, override_num_blocks=len(items))
+        dataset = dataset.map(_ingest_item, num_cpus=config.cpus_per_task)
+        progress = Progress("db build", total=len(items))
+        for result in dataset.iter_rows():
+            if result["error"]:
+                progress.update(1, slices=report.rows, skipped=len(report.skipped) + 1)
+                skip(Skip(result["file"], int(result["row"]), result["error"], result["key"]))
+                continue
+            buffer.add(result["key"], pa.ipc.open_stream(result["table"]).read_all())
+            progress.update(1, slices=report.rows + sum(t.num_rows for t in buffer.tables), skipped=len(report.skipped))
+    _finish(buffer, report, started)
+    return report
+
+
+def _open_writer(out_uri: str, config: DBConfig) -> tuple[ShardWriter, set[str]]:
+    index = try_load_index(out_uri)
+    version = index.version if index else 1
+    if index and index.meta.get("resolution") not in (None, config.resolution):
+        raise BuildError(f"{out_uri} holds slices at resolution {index.meta['resolution']}; this build uses "
+                         f"{config.resolution} (set db.resolution={index.meta['resolution']} or build elsewhere)")
+    present = {s.file: s for s in (index.shards if index else [])}
+    present.update({s.file: s for s in existing_shards(out_uri, version)})
+    meta = dict(index.meta) if index else {}
+    meta.update(resolution=config.resolution, built_by="mrgen db build")
+    writer = ShardWriter(out_uri, version=version, keep=list(present.values()), meta=meta)
+    done = {volume for shard in present.values() for volume in shard.volumes}
+    return writer, done
+
+
+def _finish(buffer: _ShardBuffer, report: BuildReport, started: float) -> None:
+    buffer.flush()
+    if buffer.writer.shards:
+        buffer.writer.commit()
+    report.seconds = time.monotonic() - started
+    storage.write_text(storage.join(report.out, REPORT_FILE), json.dumps(report.to_json(), indent=1))
+    print(report.summary(), file=sys.stderr, flush=True)

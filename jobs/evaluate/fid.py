@@ -1,0 +1,161 @@
+"""Fréchet distance of image features (FID, paper §4.1 / Table 2), computed offline.
+
+Feature extractors (nothing is downloaded):
+
+* ``inception`` — torchvision Inception v3, 2048-d pool features, the standard FID network. Needs
+  ``weights``: a local state-dict file of torchvision's ``inception_v3`` (e.g. ``inception_v3_google-*.pth``).
+  With these weights the figures are comparable with published FIDs up to resize details.
+* ``resnet18`` — torchvision ResNet-18, 512-d pool features; ``weights`` = a local state dict if given.
+* Without ``weights`` the chosen network is **randomly initialised from a fixed seed** (default extractor:
+  ``resnet18``, seed 0). Random convolutional features still separate image distributions (they are
+  the cheap proxy used when no weights can be had), and the fixed seed makes numbers comparable between runs
+  of this code on the same torch version — but never with published FIDs. The report names the extractor.
+
+Gray [0,1] images are replicated to 3 channels, resized to the network's input size and ImageNet-normalised.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import linalg
+
+EXTRACTORS = {"inception": (299, 2048), "resnet18": (224, 512)}
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
+    """‖μ1−μ2‖² + Tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^½); an ε·I offset stabilises a singular product (pytorch-fid)."""
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError(f"feature sizes differ: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
+    diff = mu1 - mu2
+    covmean = _sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = _sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"imaginary component {np.max(np.abs(covmean.imag))} in the matrix square root")
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def _sqrtm(matrix: np.ndarray) -> np.ndarray:
+    out = linalg.sqrtm(matrix)
+    return out[0] if isinstance(out, tuple) else out  # older scipy returned (sqrtm, error) with disp=False
+
+
+def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    features = np.asarray(features, np.float64)
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ValueError(f"need at least 2 feature vectors [N, D], got shape {features.shape}")
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
+    """FID between two sets of feature vectors ``[N, D]`` and ``[M, D]``."""
+    return frechet_distance(*feature_stats(a), *feature_stats(b))
+
+
+class FeatureExtractor:
+    """A torchvision network up to its pooled features, from local weights or a fixed random init."""
+
+    def __init__(self, name: str = "resnet18", weights: str | None = None, seed: int = 0, batch_size: int = 32):
+        import torch
+        import torchvision
+
+        if name not in EXTRACTORS:
+            raise ValueError(f"unknown feature extractor {name!r}: choose from {sorted(EXTRACTORS)}")
+        self.name, self.weights, self.batch_size = name, weights, batch_size
+        self.size, self.dim = EXTRACTORS[name]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if name == "inception":
+                net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=True)
+            else:
+                net = torchvision.models.resnet18(weights=None)
+        if weights:
+            import io
+
+            from mrgen.platform import storage
+
+            state = torch.load(io.BytesIO(storage.read_bytes(weights)), map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+            missing, unexpected = net.load_state_dict(state, strict=False)
+            # the classifier heads are dropped anyway: a features-only state dict is fine
+            if [k for k in missing if not k.startswith(("AuxLogits", "fc."))] or unexpected:
+                raise ValueError(f"{weights}: not a torchvision {name} state dict (missing {missing[:3]}, "
+                                 f"unexpected {unexpected[:3]})")
+        net.fc = torch.nn.Identity()
+        if name == "inception":
+            net.aux_logits, net.AuxLogits = False, None
+        self.net = net.eval()
+        self.id = f"{name}:{weights or f'random-init-seed{seed}'}"
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Features ``[N, D]`` of gray images ``[N, H, W]`` in [0, 1]."""
+        import torch
+        import torch.nn.functional as F
+
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(images), self.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(images[start:start + self.batch_size], np.float32))[:, None]
+                x = F.interpolate(x.clamp(0, 1), size=(self.size, self.size), mode="bilinear", align_corners=False)
+                x = (x.repeat(1, 3, 1, 1) - mean) / std
+                out.append(self.net(x).reshape(x.shape[0], -1).numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
+def iter_images(uri: str, limit: int | None = None, **filters: Any) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+    """(row without pixels, image [H, W]) of an MRGen-DB's matching slices, shard by shard."""
+    import pyarrow.parquet as pq
+
+    from mrgen.datasets.schema import decode_image
+    from mrgen.datasets.store import load_index, row_filter_expression, select_shards, shard_uris
+    from mrgen.platform import storage
+
+    filters = {k: v for k, v in filters.items() if v is not None}
+    index = load_index(uri)
+    expr = row_filter_expression(**filters)
+    names = set(index.extra_columns)
+    columns = ["slice_id", "height", "width", "image", "prompt", "modality"] + (["source_slice_id"] if "source_slice_id" in names else [])
+    n = 0
+    for shard_uri in shard_uris(uri, select_shards(index, **filters)):
+        fs, path = storage.arrow_filesystem(shard_uri)
+        for row in pq.read_table(path, filesystem=fs, columns=columns, filters=expr).to_pylist():
+            if limit is not None and n >= limit:
+                return
+            image = decode_image(row.pop("image"), row["height"], row["width"])
+            n += 1
+            yield row, image
+
+
+def load_images(uri: str, limit: int | None = None, **filters: Any) -> tuple[list[dict[str, Any]], np.ndarray]:
+    rows, images = [], []
+    for row, image in iter_images(uri, limit, **filters):
+        rows.append(row)
+        images.append(image)
+    if not images:
+        raise ValueError(f"{uri}: no slices match {filters}")
+    return rows, np.stack(images)
+
+
+def compute_fid(real: str, synthetic: str, extractor: str = "resnet18", weights: str | None = None,
+                real_filters: dict[str, Any] | None = None, synthetic_filters: dict[str, Any] | None = None,
+                limit: int | None = None) -> dict[str, Any]:
+    net = FeatureExtractor(extractor, weights)
+    _, real_images = load_images(real, limit, **(real_filters or {}))
+    _, syn_images = load_images(synthetic, limit, **(synthetic_filters or {}))
+    value = fid_from_features(net(real_images), net(syn_images))
+    return {"fid": value, "n_real": len(real_images), "n_synthetic": len(syn_images), "extractor": net.id,
+            "comparable_with_published": extractor == "inception" and weights is not None}
+
+
+def summary_filters(split: str | None, datasets: Sequence[str] | None, modalities: Sequence[str] | None) -> dict[str, Any]:
+    return {"split": split, "dataset": list(datasets) if datasets else None,
+            "modality": list(modalities) if modalities else None}

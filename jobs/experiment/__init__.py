@@ -1,0 +1,1 @@
+"""The one-command experiment of the paper (cross-modality segmentation), as named resumable steps."""

@@ -1,0 +1,75 @@
+"""Budgets of the one-command experiment (section ``experiment``): which preset each job runs with, plus overrides.
+
+Each job keeps its own validated config; this section only names their presets and the few keys the
+experiment changes (``--set experiment.segment_overrides.epochs=20``).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from mrgen.platform.config import ConfigBase, preset
+
+
+class ExperimentConfig(ConfigBase):
+    """Paper §4 cross-modality experiment on the embedded phantom (or any MRGen-DB with the same layout)."""
+
+    section = "experiment"
+
+    phantom: str = Field("default", description="PhantomConfig preset of the DB (tiny / default / paper)")
+    phantom_overrides: dict[str, Any] = Field(default_factory=dict, description="PhantomConfig keys → values")
+    train: str = Field("tiny", description="TrainConfig preset of the generator (mrgen train all)")
+    train_overrides: dict[str, Any] = Field(default_factory=dict, description="TrainConfig keys → values, e.g. "
+                                                                              "{'unet.max_steps': 200}")
+    synthesis: str = Field("tiny", description="SynthesisConfig preset")
+    synthesis_overrides: dict[str, Any] = Field(default_factory=dict, description="SynthesisConfig keys → values")
+    filter: Literal["sam2", "sam2-random", "none"] = Field(
+        "none", description="synthesis filter. sam2: the paper's SAM2 filter, needs weights "
+                            "(synthesis_overrides: {sam2.checkpoint: URI}); sam2-random: an UNTRAINED SAM2 (runs the "
+                            "filter code, but its scores mean nothing and at the paper's thresholds it keeps nothing); "
+                            "none: the first `keep` candidates, unfiltered (the default here: no SAM2 weights offline)")
+    source_split: str = Field("train", description="split of the source masks used by both segmenters (real "
+                                                   "source slices and, through synthesis, synthetic ones)")
+    segment: str = Field("default", description="SegmentConfig preset of both segmenters")
+    segment_overrides: dict[str, Any] = Field(default_factory=dict, description="SegmentConfig keys → values")
+    parallel_segmenters: bool = Field(True, description="train / evaluate the two segmenters as concurrent Ray tasks")
+    fid_limit: int = Field(256, ge=2, description="images per set for FID")
+    fid_extractor: Literal["resnet18", "inception"] = Field("resnet18", description="FID feature network")
+    fid_weights: str | None = Field(None, description="local weights of the FID network (None: fixed random init)")
+    sheet_slices: int = Field(6, ge=1, le=24, description="test slices shown on the segmentation contact sheet")
+
+
+@preset(ExperimentConfig, "quick")
+def _quick() -> dict[str, Any]:
+    """CI's end-to-end run (`mrgen demo --quick`): every step, tiny budgets (a few minutes on 2 CPUs)."""
+    return {"phantom": "tiny", "train": "tiny",
+            "train_overrides": {"vae.max_steps": 12, "unet.max_steps": 12, "controlnet.max_steps": 12,
+                                "vae.warmup_steps": 1, "unet.warmup_steps": 1, "controlnet.warmup_steps": 1,
+                                "checkpoint_every": 12, "scaling_samples": 16},
+            "synthesis": "tiny", "synthesis_overrides": {"candidates": 2, "keep": 1, "steps": 3, "max_masks": 16},
+            "segment": "tiny", "segment_overrides": {"epochs": 2, "iterations": 8},
+            "fid_limit": 32, "sheet_slices": 4}
+
+
+@preset(ExperimentConfig, "tiny")
+def _tiny() -> dict[str, Any]:
+    return _quick()
+
+
+@preset(ExperimentConfig, "default")
+def _default() -> dict[str, Any]:
+    """`mrgen demo`: the embedded default (≤ 20 min on 2 CPUs)."""
+    return {"phantom": "default", "train": "tiny",
+            "train_overrides": {"vae.max_steps": 150, "unet.max_steps": 200, "controlnet.max_steps": 200,
+                                "checkpoint_every": 100},
+            "synthesis": "tiny", "synthesis_overrides": {"candidates": 4, "keep": 2, "steps": 10, "sampler": "dpm",
+                                                         "max_masks": 96},
+            "segment": "default", "fid_limit": 256}
+
+
+@preset(ExperimentConfig, "paper")
+def _paper() -> dict[str, Any]:
+    """Paper scale (GPU cluster): paper presets of every job; needs real SAM2 weights (filter sam2)."""
+    return {"phantom": "paper", "train": "paper", "synthesis": "paper", "filter": "sam2", "segment": "paper",
+            "fid_limit": 2000, "fid_extractor": "inception", "sheet_slices": 8}

@@ -1,0 +1,141 @@
+"""Evaluate a segmenter on real test volumes: volumetric Dice per organ and per volume (paper §4.1).
+
+In one Ray task: the test slices (masked, ``split``, optional dataset / modality filters) are exported with
+``export_nnunet`` using the model's own label order and channel name, so images are encoded exactly as in
+training; slices are grouped by volume, ordered by slice index, predicted with :class:`VolumePredictor`,
+stacked back into volumes and scored with :mod:`mrgen.jobs.segment.dice` (its docstring has the
+empty-organ convention). The report (JSON) holds per-volume and per-organ Dice and the paper's mean.
+"""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mrgen.jobs.segment.config import SegmentConfig
+from mrgen.jobs.segment.dice import DiceReport, dice_per_organ
+from mrgen.platform import storage
+
+
+def _test_organs(test_uri: str, filters: dict[str, Any]) -> list[str]:
+    from mrgen.datasets.store import read_table
+
+    table = read_table(test_uri, ["organs"], has_mask=True, **filters)
+    return sorted({name for organs in table.column("organs").to_pylist() for name in organs})
+
+
+def evaluate_in_process(config: SegmentConfig, model_uri: str, test_uri: str, split: str = "test",
+                        datasets: Sequence[str] | None = None, modalities: Sequence[str] | None = None,
+                        predictions_uri: str | None = None) -> dict[str, Any]:
+    """The body of the Ray task; returns the report (see :func:`evaluate_segmenter`)."""
+    from mrgen.jobs.segment.nnunet_env import prepare_process
+    from mrgen.jobs.segment.train import MANIFEST
+
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="mrgen-segment-eval-"))
+    try:
+        folders = prepare_process(workdir, config)
+        from mrgen.jobs.export.nnunet import ExportError, export_nnunet, volume_groups
+        from mrgen.jobs.segment.predict import VolumePredictor, stacked_volumes
+
+        model_dir = storage.download_dir(model_uri, workdir / "model")
+        manifest_file = Path(model_dir) / MANIFEST
+        manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
+        fold = manifest.get("fold", config.fold)
+        predictor = VolumePredictor(model_dir, fold=fold, device=config.resolved_device(), mirroring=config.mirroring)
+        labels = predictor.labels
+        organs = [labels[i] for i in sorted(labels)]
+        filters = {"split": split, "dataset": list(datasets) if datasets else None,
+                   "modality": list(modalities) if modalities else None}
+        try:
+            exported = export_nnunet(str(folders["raw"]), 1, "eval", real=test_uri, real_split=split,
+                                     real_datasets=datasets, real_modalities=modalities, labels=organs,
+                                     channel_name=predictor.dataset_json["channel_names"]["0"])
+        except ExportError as exc:
+            raise ValueError(f"--test {test_uri} ({filters}): {exc}") from None
+        groups = volume_groups(exported["folder"])
+        report = DiceReport(organs=organs)
+        saved: dict[str, np.ndarray] = {}
+        n_slices = 0
+        for i, (volume, indices, images, refs) in enumerate(stacked_volumes(exported["folder"], groups)):
+            pred = predictor.predict(images)
+            report.add(volume, dice_per_organ(pred, refs, labels))
+            n_slices += len(indices)
+            print(f"[segment eval] {volume}: {len(indices)} slices, mean Dice "
+                  f"{report.volume_mean(volume):.3f}", flush=True)
+            if predictions_uri:
+                saved.update({f"v{i}_pred": pred, f"v{i}_ref": refs, f"v{i}_image": images.astype(np.uint8),
+                              f"v{i}_slices": np.asarray(indices), f"v{i}_name": np.asarray(volume)})
+        present = _test_organs(test_uri, {k: v for k, v in filters.items() if v is not None})
+        result = {
+            "model": model_uri, "test": test_uri, "filters": {k: v for k, v in filters.items() if v is not None},
+            "n_volumes": len(groups), "n_slices": n_slices, "labels": {str(k): v for k, v in labels.items()},
+            "organs_not_in_model": [o for o in present if o not in organs],
+            "training": {k: manifest.get(k) for k in ("sources", "training_cases", "final", "timings")} if manifest else None,
+            "dice": report.to_json(), "mean_dice": report.to_json()["mean_dice"],
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        if predictions_uri:
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **saved)
+            storage.write_bytes(predictions_uri, buf.getvalue())
+            result["predictions"] = predictions_uri
+        result["table"] = report.table()
+        return result
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def load_predictions(uri: str) -> dict[str, dict[str, np.ndarray]]:
+    """The file written with ``predictions_uri``: volume → {pred, ref, image, slices} (image as 8-bit PNG values)."""
+    with np.load(io.BytesIO(storage.read_bytes(uri))) as data:
+        out: dict[str, dict[str, np.ndarray]] = {}
+        i = 0
+        while f"v{i}_name" in data:
+            out[str(data[f"v{i}_name"])] = {k: data[f"v{i}_{k}"] for k in ("pred", "ref", "image", "slices")}
+            i += 1
+    return out
+
+
+def submit_evaluation(config: SegmentConfig, model_uri: str, test_uri: str, **kwargs: Any):
+    """Start an evaluation in a Ray task (returns its ObjectRef; ``ray.get`` gives the report)."""
+    import ray
+
+    from mrgen.datasets.store import load_index
+    from mrgen.jobs.segment.train import SegmentInputError, load_manifest
+
+    load_index(test_uri)  # a clear error in the driver when --test is not an MRGen-DB
+    if not storage.exists(storage.join(model_uri, "plans.json")):
+        load_manifest(model_uri)  # raises naming the folder
+        raise SegmentInputError(f"{model_uri}: no plans.json: not an nnU-Net model folder")
+    task = ray.remote(max_calls=1)(evaluate_in_process)
+    return task.options(num_cpus=config.num_cpus, num_gpus=config.num_gpus,
+                        name="mrgen-segment-eval").remote(config, model_uri, test_uri, **kwargs)
+
+
+def evaluate_segmenter(config: SegmentConfig, model_uri: str, test_uri: str, out_uri: str | None = None,
+                       ray_address: str | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Dice report of ``model_uri`` on ``test_uri``; written as JSON to ``out_uri`` when given.
+
+    ``kwargs``: ``split`` (default "test"), ``datasets``, ``modalities``, ``predictions_uri``.
+    """
+    import ray
+
+    from mrgen.platform.cluster import RayConfig, init_ray
+
+    init_ray(RayConfig(address=ray_address))
+    report = ray.get(submit_evaluation(config, model_uri, test_uri, **kwargs))
+    if out_uri:
+        write_report(report, out_uri)
+    return report
+
+
+def write_report(report: dict[str, Any], out_uri: str) -> None:
+    storage.write_text(out_uri, json.dumps({k: v for k, v in report.items() if k != "table"}, indent=1))

@@ -1,0 +1,274 @@
+"""Train an nnU-Net v2 (2d) segmenter on MRGen-DB slices, in-process inside one Ray task.
+
+The task exports the selected masked slices to a temporary nnU-Net raw dataset (``export_nnunet``), then runs
+nnU-Net's own stages: ``extract_fingerprint_dataset`` → ``plan_experiment_dataset`` (widths / batch size of the
+plan shrunk to the budget) → ``preprocess_dataset`` → ``nnUNetTrainer.run_training``. The trained model folder
+(nnU-Net's layout, loadable by ``nnUNetPredictor.initialize_from_trained_model_folder``) is published to the
+output URI::
+
+    OUT/plans.json, dataset.json, dataset_fingerprint.json
+    OUT/fold_<f>/checkpoint_final.pth, training_log_*.txt, progress.png, debug.json
+    OUT/mrgen_segmenter.json      written last: sources, labels, budget, losses, timings (marks a finished model)
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mrgen.jobs.segment.config import SegmentConfig
+from mrgen.platform import storage
+
+MANIFEST = "mrgen_segmenter.json"
+DATASET_ID = 1
+TRAINER = "nnUNetTrainer"
+
+
+@dataclass(frozen=True)
+class TrainSource:
+    """Masked slices of one MRGen-DB; ``None`` filters select everything."""
+
+    uri: str
+    datasets: tuple[str, ...] | None = None
+    modalities: tuple[str, ...] | None = None
+    split: str | None = "train"
+
+    def filters(self) -> dict[str, Any]:
+        return {k: v for k, v in {"dataset": list(self.datasets) if self.datasets else None,
+                                  "modality": list(self.modalities) if self.modalities else None,
+                                  "split": self.split}.items() if v is not None}
+
+    def describe(self) -> str:
+        return f"{self.uri} ({', '.join(f'{k}={v}' for k, v in self.filters().items()) or 'all slices'})"
+
+
+class SegmentInputError(ValueError):
+    """A training source or model folder is unusable; the message names it."""
+
+
+def is_trained(uri: str) -> bool:
+    return storage.exists(storage.join(uri, MANIFEST))
+
+
+def load_manifest(uri: str) -> dict[str, Any]:
+    path = storage.join(uri, MANIFEST)
+    if not storage.exists(path):
+        raise SegmentInputError(f"{uri}: no {MANIFEST}: not a finished segmenter (train one with `mrgen segment train`)")
+    return json.loads(storage.read_text(path))
+
+
+def label_names(sources: Sequence[TrainSource]) -> list[str]:
+    """Organ names of the sources' masked slices, ordered by their smallest id in the organ maps, then name
+    (the order ``export_nnunet`` uses, extended to several DBs)."""
+    from mrgen.datasets.schema import decode_organ_map
+    from mrgen.datasets.store import read_table
+
+    first_id: dict[str, int] = {}
+    for source in sources:
+        table = read_table(source.uri, ["organ_map"], has_mask=True, **source.filters())
+        if table.num_rows == 0:
+            raise SegmentInputError(f"--train {source.describe()}: no slices with masks")
+        for text in set(table.column("organ_map").to_pylist()):
+            for oid, name in decode_organ_map(text).items():
+                first_id[name] = min(oid, first_id.get(name, oid))
+    return sorted(first_id, key=lambda n: (first_id[n], n))
+
+
+def export_training_set(sources: Sequence[TrainSource], raw_root: Path, labels: list[str], channel_name: str) -> dict[str, Any]:
+    """One nnU-Net raw dataset ``raw_root/Dataset001_mrgen`` holding every source's selected masked slices.
+
+    Each source is exported by ``export_nnunet`` (its training side, filtered, with the shared label order), so
+    the PNG encoding is exactly the one prediction sees; the cases are then merged under a per-source prefix.
+    """
+    from mrgen.jobs.export.nnunet import ExportError, dataset_folder_name, export_nnunet
+
+    folder = raw_root / dataset_folder_name(DATASET_ID, "mrgen")
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir(parents=True)
+    staging = raw_root.parent / "staging"
+    counts = []
+    for i, source in enumerate(sources):
+        try:
+            summary = export_nnunet(str(staging / f"s{i}"), 900, f"s{i}", synthetic=source.uri,
+                                    synthetic_filters=source.filters(), labels=labels, channel_name=channel_name)
+        except ExportError as exc:
+            raise SegmentInputError(f"--train {source.describe()}: {exc}") from None
+        part = Path(summary["folder"])
+        for sub in ("imagesTr", "labelsTr"):
+            for file in sorted((part / sub).iterdir()):
+                file.rename(folder / sub / f"s{i}-{file.name}")
+        counts.append(summary["train_cases"])
+    shutil.rmtree(staging, ignore_errors=True)
+    dataset_json = {"channel_names": {"0": channel_name},
+                    "labels": {"background": 0, **{name: i + 1 for i, name in enumerate(labels)}},
+                    "numTraining": sum(counts), "file_ending": ".png", "name": "mrgen",
+                    "mrgen": {"sources": [asdict(s) for s in sources], "cases_per_source": counts}}
+    # An explicit case list: without it nnU-Net lists the cases with a fork-based multiprocessing.Pool, which
+    # can deadlock in a process that already runs threads (a Ray worker does).
+    cases = sorted(p.name[:-len("_0000.png")] for p in (folder / "imagesTr").iterdir())
+    files = {c: {"images": [f"imagesTr/{c}_0000.png"], "label": f"labelsTr/{c}.png"} for c in cases}
+    (folder / "dataset.json").write_text(json.dumps({**dataset_json, "dataset": files}, indent=1))
+    return {"folder": folder, "dataset_json": dataset_json, "cases_per_source": counts}
+
+
+def plan_and_preprocess(config: SegmentConfig) -> dict[str, Any]:
+    """nnU-Net's fingerprint, plan and preprocessing of the 2d configuration, with the budget's widths/batch."""
+    import os
+
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprint_dataset,
+                                                                       plan_experiment_dataset, preprocess_dataset)
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+
+    extract_fingerprint_dataset(DATASET_ID, num_processes=config.processes, check_dataset_integrity=False,
+                                clean=True, verbose=False, show_progress_bar=False)
+    _, plans_identifier = plan_experiment_dataset(DATASET_ID)
+    plans_file = Path(str(nnUNet_preprocessed)) / convert_id_to_dataset_name(DATASET_ID) / f"{plans_identifier}.json"
+    plans = json.loads(plans_file.read_text())
+    if "2d" not in plans["configurations"]:
+        raise RuntimeError(f"nnU-Net planned no 2d configuration ({sorted(plans['configurations'])})")
+    plans["configurations"] = {"2d": plans["configurations"]["2d"]}
+    two_d = plans["configurations"]["2d"]
+    arch = two_d["architecture"]["arch_kwargs"]
+    arch["features_per_stage"] = config.features_per_stage(arch["n_stages"], arch["features_per_stage"])
+    if config.batch_size is not None:
+        two_d["batch_size"] = config.batch_size
+    plans_file.write_text(json.dumps(plans, indent=1))
+    preprocess_dataset(DATASET_ID, plans_identifier, ("2d",), [config.processes], verbose=False, show_progress_bar=False)
+    os.environ["nnUNet_n_proc_DA"] = str(config.augmentation_processes)
+    import torch
+
+    torch.set_num_threads(config.torch_threads)  # the planner changes it
+    return plans
+
+
+def run_trainer(plans: dict[str, Any], dataset_json: dict[str, Any], config: SegmentConfig):
+    """``nnUNetTrainer`` with the budget set on the instance; returns the trained trainer."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from mrgen.jobs.segment.nnunet_env import torch_device
+
+    plans = dict(plans, continue_training=False)  # what nnU-Net's run_training sets before building a trainer
+    trainer = nnUNetTrainer(plans, "2d", config.fold, dataset_json, torch_device(config))
+    trainer.num_epochs = config.epochs
+    trainer.num_iterations_per_epoch = config.iterations
+    trainer.num_val_iterations_per_epoch = config.val_iterations
+    trainer.save_every = config.epochs + 1  # no periodic checkpoint_latest: the final one is written at the end
+    # nnU-Net redraws progress.png with matplotlib after every epoch (seconds each on a small CPU): draw it once.
+    plot = trainer.logger.plot_progress_png
+    trainer.logger.plot_progress_png = lambda folder: None
+    trainer.run_training()
+    if config.progress_plot:
+        plot(trainer.output_folder)
+    return trainer
+
+
+def _last(trainer, key: str):
+    try:
+        value = trainer.logger.get_value(key, step=-1)
+    except (IndexError, KeyError):
+        return None
+    return [round(float(v), 6) for v in value] if isinstance(value, (list, tuple)) else round(float(value), 6)
+
+
+def train_in_process(config: SegmentConfig, sources: Sequence[TrainSource], out_uri: str) -> dict[str, Any]:
+    """The body of the Ray task: export → plan → preprocess → train → publish; returns the manifest."""
+    from mrgen.jobs.segment.nnunet_env import prepare_process
+
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="mrgen-segment-"))
+    try:
+        folders = prepare_process(workdir, config)
+        labels = label_names(sources)
+        exported = export_training_set(sources, folders["raw"], labels, config.channel_name())
+        n_cases = exported["dataset_json"]["numTraining"]
+        print(f"[segment train] {n_cases} slices from {len(sources)} source(s), labels {labels}", flush=True)
+        timings = {"export_s": time.monotonic() - started}
+        plans = plan_and_preprocess(config)
+        timings["plan_preprocess_s"] = time.monotonic() - started - timings["export_s"]
+        two_d = plans["configurations"]["2d"]
+        print(f"[segment train] plan: patch {two_d['patch_size']}, batch {two_d['batch_size']}, features "
+              f"{two_d['architecture']['arch_kwargs']['features_per_stage']}; training {config.epochs} epochs x "
+              f"{config.iterations} iterations", flush=True)
+        trained_at = time.monotonic()
+        trainer = run_trainer(plans, exported["dataset_json"], config)
+        timings["train_s"] = time.monotonic() - trained_at
+        model_dir = Path(trainer.output_folder_base)
+        fold_dir = Path(trainer.output_folder)
+        if not config.keep_best_checkpoint:
+            (fold_dir / "checkpoint_best.pth").unlink(missing_ok=True)
+        manifest = {
+            "format": "nnunetv2-model-folder", "trainer": TRAINER, "configuration": "2d", "fold": config.fold,
+            "checkpoint": "checkpoint_final.pth", "labels": exported["dataset_json"]["labels"],
+            "sources": [asdict(s) for s in sources], "cases_per_source": exported["cases_per_source"],
+            "training_cases": n_cases, "config": config.model_dump(mode="json"),
+            "plan": {"patch_size": two_d["patch_size"], "batch_size": two_d["batch_size"],
+                     "features_per_stage": two_d["architecture"]["arch_kwargs"]["features_per_stage"],
+                     "normalization": two_d["normalization_schemes"]},
+            "final": {"train_loss": _last(trainer, "train_losses"), "val_loss": _last(trainer, "val_losses"),
+                      "pseudo_dice": _last(trainer, "dice_per_class_or_region")},
+            "timings": {k: round(v, 1) for k, v in timings.items()},
+        }
+        publish_model(model_dir, out_uri, manifest)
+        print(f"[segment train] done in {time.monotonic() - started:.0f}s "
+              f"(train loss {manifest['final']['train_loss']}); model {out_uri}", flush=True)
+        return manifest
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def publish_model(model_dir: Path, out_uri: str, manifest: dict[str, Any]) -> None:
+    """Copy the model folder to ``out_uri`` and write the manifest last, so its presence means complete."""
+    if storage.exists(storage.join(out_uri, MANIFEST)):
+        storage.remove(storage.join(out_uri, MANIFEST))
+    if storage.is_local(out_uri):
+        target = Path(storage.local_path(out_uri)).absolute()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+        shutil.copytree(model_dir, tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    else:
+        storage.upload_dir(model_dir, out_uri)
+    storage.write_text(storage.join(out_uri, MANIFEST), json.dumps(manifest, indent=1))
+
+
+def check_sources(sources: Sequence[TrainSource]) -> None:
+    """Fail in the driver, before a task starts, when a source is not an MRGen-DB or selects nothing."""
+    from mrgen.datasets.store import load_index, select_shards
+
+    if not sources:
+        raise SegmentInputError("no training data: give at least one --train URI")
+    for source in sources:
+        index = load_index(source.uri)
+        if not select_shards(index, has_mask=True, **source.filters()):
+            raise SegmentInputError(f"--train {source.describe()}: no shard holds masked slices matching the filters; "
+                                    f"the DB holds {index.counts()}")
+
+
+def submit_training(config: SegmentConfig, sources: Sequence[TrainSource], out_uri: str):
+    """Start training in a Ray task (returns its ObjectRef; ``ray.get`` gives the manifest)."""
+    import ray
+
+    check_sources(sources)
+    task = ray.remote(max_calls=1)(train_in_process)
+    return task.options(num_cpus=config.num_cpus, num_gpus=config.num_gpus,
+                        name="mrgen-segment-train").remote(config, list(sources), out_uri)
+
+
+def train_segmenter(config: SegmentConfig, sources: Sequence[TrainSource], out_uri: str,
+                    ray_address: str | None = None) -> dict[str, Any]:
+    """Train and publish a segmenter; returns its manifest."""
+    import ray
+
+    from mrgen.platform.cluster import RayConfig, init_ray
+
+    init_ray(RayConfig(address=ray_address))
+    return ray.get(submit_training(config, sources, out_uri))

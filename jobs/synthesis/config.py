@@ -1,0 +1,121 @@
+"""Configuration of `mrgen synthesize`, section ``synthesis`` (paper §3.5, §4.1, appendix B.3 / C.2)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from mrgen.platform.cluster import RayConfig
+from mrgen.platform.config import ConfigBase, preset
+
+
+class StageResources(ConfigBase):
+    """Where one stage runs: CPUs/GPUs per worker, actor pool size and rows per batch."""
+
+    num_cpus: float = Field(0.25, gt=0, description="CPUs reserved per worker (fractional on small machines)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per worker (e.g. 1 on a GPU cluster)")
+    pool_min: int = Field(1, ge=1, description="smallest actor pool (actor stages only)")
+    pool_max: int = Field(1, ge=1, description="largest actor pool (actor stages only)")
+    batch_size: int = Field(1, ge=1, description="masks per call of the stage")
+
+    @model_validator(mode="after")
+    def _pool(self) -> StageResources:
+        if self.pool_max < self.pool_min:
+            raise ValueError(f"pool_max {self.pool_max} < pool_min {self.pool_min}")
+        return self
+
+
+class Sam2Config(ConfigBase):
+    config_name: str = Field("configs/sam2.1/sam2.1_hiera_t.yaml", description="sam2 config name (SAM2-Large: configs/sam2.1/sam2.1_hiera_l.yaml)")
+    checkpoint: str | None = Field(None, description="URI of a {'model': state_dict} checkpoint file")
+    random: bool = Field(False, description="allow an untrained SAM2 when no checkpoint is given (scores mean nothing)")
+    image_size: int = Field(1024, ge=64, description="SAM2 input size (1024 at paper scale; multiple of 16)")
+    prompt: Literal["mask", "box", "mask+box"] = Field("mask", description="how each organ is prompted")
+    embed_batch: int = Field(4, ge=1, description="candidates embedded per image-encoder call")
+
+    @model_validator(mode="after")
+    def _size(self) -> Sam2Config:
+        if self.image_size % 16:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of 16")
+        return self
+
+
+class ThresholdConfig(ConfigBase):
+    organ_iou: float = Field(0.70, ge=0, le=1, description="τ_IoU: every organ's IoU at least this")
+    organ_conf: float = Field(0.80, ge=0, le=1, description="τ_conf: every organ's SAM2 confidence at least this")
+    mean_iou: float = Field(0.80, ge=0, le=1, description="τ̄_IoU: mean IoU over organs at least this")
+    mean_conf: float = Field(0.90, ge=0, le=1, description="τ̄_conf: mean confidence over organs at least this")
+    relax_by: float = Field(0.10, ge=0, le=1, description="all thresholds lowered by this when no candidate passes")
+
+
+class SynthesisConfig(ConfigBase):
+    """Everything `mrgen synthesize` needs; flags override these fields."""
+
+    section = "synthesis"
+    model: str | None = Field(None, description="model bundle URI")
+    source: str | None = Field(None, description="MRGen-DB URI whose masked slices condition the generation")
+    out: str | None = Field(None, description="output URI: a synthetic MRGen-DB plus audit/, metrics.prom, report.json")
+    target_modalities: list[str] = Field(default_factory=list, description="modality labels to synthesise; each mask is used once per label")
+    source_datasets: list[str] = Field(default_factory=list, description="only masks of these source datasets (empty: all)")
+    source_splits: list[str] = Field(default_factory=list, description="only masks of these splits (empty: all; the paper uses train+test)")
+    max_masks: int | None = Field(None, ge=1, description="use only the first N masks (sorted by slice id)")
+    min_mask_area: float = Field(0.005, ge=0, lt=1, description="skip masks covering less than this fraction of the image (official code: 0.5 %)")
+    modality_attributes: dict[str, str] = Field(default_factory=dict, description="extra modality label → attribute text")
+
+    candidates: int = Field(20, ge=1, description="candidates generated per mask")
+    keep: int = Field(2, ge=1, description="candidates kept per mask")
+    sampler: Literal["ddim", "dpm"] = Field("ddim", description="DDIM (paper) or DPM-Solver++ (faster)")
+    steps: int = Field(50, ge=1, description="sampling steps (paper: DDIM 50; DPM-Solver++: 20)")
+    guidance: float = Field(7.0, ge=0, description="classifier-free guidance weight")
+    seed: int = Field(0, description="run seed; candidate seeds derive from it, the mask id, modality and index")
+    gen_batch_size: int | None = Field(None, ge=1, description="images per UNet forward (None: all candidates of the batch)")
+    torch_threads: int = Field(1, ge=1, description="torch threads per actor")
+
+    filter: Literal["sam2", "none"] = Field("sam2", description="quality filter")
+    sam2: Sam2Config = Field(default_factory=Sam2Config)
+    rule: Literal["paper", "official"] = Field("paper", description="selection rule (see models/selection.py)")
+    thresholds: ThresholdConfig = Field(default_factory=ThresholdConfig)
+    official_top_k: int = Field(5, ge=1, description="official rule: candidates ranked by mean IoU considered")
+    adaptive: bool = Field(False, description="generate in waves; stop a mask once `keep` candidates pass strictly")
+    wave_size: int = Field(4, ge=1, description="candidates per wave (adaptive)")
+
+    generator: StageResources = Field(default_factory=StageResources, description="generator stage resources")
+    sam2_filter: StageResources = Field(default_factory=StageResources, description="SAM2 filter stage resources")
+    light: StageResources = Field(default_factory=StageResources, description="prepare / selection / writer tasks")
+    masks_per_shard: int = Field(8, ge=1, description="masks written per output shard")
+    contact_sheet_masks: int = Field(4, ge=0, description="masks shown on the run's contact sheet")
+    dataset_suffix: str = Field("-mrgen", description="synthetic rows get dataset '<source dataset><suffix>'")
+    fault_marker: str | None = Field(None, description="TEST KNOB: a generator actor exits hard once (creating this file) on its 2nd batch")
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> SynthesisConfig:
+        if self.keep > self.candidates:
+            raise ValueError(f"keep ({self.keep}) > candidates ({self.candidates})")
+        if self.adaptive and self.filter == "none":
+            raise ValueError("adaptive budget needs a filter (filter=sam2)")
+        return self
+
+    def require_io(self) -> None:
+        missing = [name for name in ("model", "source", "out") if not getattr(self, name)]
+        if missing:
+            raise ValueError(f"synthesis needs {', '.join('--' + m for m in missing)}")
+        if not self.target_modalities:
+            raise ValueError("synthesis needs at least one --target-modality")
+
+
+@preset(SynthesisConfig, "tiny")
+def _tiny() -> dict:
+    return {"candidates": 4, "keep": 2, "steps": 4, "guidance": 7.0, "sam2": {"image_size": 256},
+            "masks_per_shard": 4, "contact_sheet_masks": 2,
+            "ray": {"num_cpus": 2, "object_store_memory_mb": 512, "no_progress_timeout_s": 300}}
+
+
+@preset(SynthesisConfig, "paper")
+def _paper() -> dict:
+    return {"candidates": 20, "keep": 2, "sampler": "ddim", "steps": 50, "guidance": 7.0,
+            "sam2": {"config_name": "configs/sam2.1/sam2.1_hiera_l.yaml", "image_size": 1024, "embed_batch": 4},
+            "gen_batch_size": 10, "masks_per_shard": 32, "contact_sheet_masks": 8,
+            "generator": {"num_cpus": 4, "num_gpus": 1, "pool_min": 1, "pool_max": 8, "batch_size": 1},
+            "sam2_filter": {"num_cpus": 2, "num_gpus": 0.5, "pool_min": 1, "pool_max": 4, "batch_size": 1},
+            "light": {"num_cpus": 1, "batch_size": 8}}

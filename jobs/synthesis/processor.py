@@ -1,0 +1,86 @@
+"""The synthesis processor: one config, ordered small stages, chained as lazy ``map_batches``.
+
+    prepare (tasks) → generator (actor pool) → sam2_filter (actor pool) → selection (tasks) → writer (tasks)
+
+With ``adaptive`` the generator and filter become one stage (waves need the filter's verdict); with
+``filter=none`` there is no filter stage. Calling the processor on a dataset of MRGen-DB slices returns the
+lazy dataset of per-mask summaries; nothing runs until it is consumed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mrgen.jobs.synthesis.config import StageResources, SynthesisConfig
+from mrgen.jobs.synthesis.stages.adaptive import AdaptiveUDF
+from mrgen.jobs.synthesis.stages.base import StageSpec
+from mrgen.jobs.synthesis.stages.generator import GeneratorUDF
+from mrgen.jobs.synthesis.stages.prepare import PrepareUDF
+from mrgen.jobs.synthesis.stages.sam2_filter import Sam2FilterUDF
+from mrgen.jobs.synthesis.stages.selection import SelectionUDF
+from mrgen.jobs.synthesis.stages.writer import WriterUDF
+
+
+@dataclass
+class RunContext:
+    """What the driver knows before the stages run."""
+
+    attributes: dict[str, str]          # target modality → attribute text
+    resolution: int                     # the bundle's image size
+    bundle_hash: str
+    filter_model: str
+    scores_meaningful: bool
+    wanted: list[str] | None = None     # source slice ids to use (None: all masked slices)
+    done: list[str] = field(default_factory=list)      # mask keys already finished in OUT
+    preview_keys: list[str] = field(default_factory=list)
+
+
+def _actors(udf, kwargs, res: StageResources) -> StageSpec:
+    return StageSpec(udf, kwargs, batch_size=res.batch_size, num_cpus=res.num_cpus, num_gpus=res.num_gpus,
+                     pool=(res.pool_min, res.pool_max))
+
+
+def _tasks(udf, kwargs, res: StageResources, batch_size: int | None = None) -> StageSpec:
+    return StageSpec(udf, kwargs, batch_size=batch_size or res.batch_size, num_cpus=res.num_cpus)
+
+
+def build_stages(config: SynthesisConfig, ctx: RunContext) -> list[StageSpec]:
+    thresholds = config.thresholds.model_dump()
+    relax_by = thresholds.pop("relax_by")
+    sam2 = config.sam2.model_dump()
+    sampling = dict(steps=config.steps, guidance=config.guidance, sampler=config.sampler, run_seed=config.seed,
+                    batch_size=config.gen_batch_size, torch_threads=config.torch_threads,
+                    fault_marker=config.fault_marker)
+    stages = [_tasks(PrepareUDF, dict(modalities=ctx.attributes, resolution=ctx.resolution,
+                                      min_area=config.min_mask_area, wanted=ctx.wanted, done=ctx.done), config.light, 16)]
+    if config.adaptive:
+        stages.append(_actors(AdaptiveUDF, dict(bundle_uri=config.model, candidates=config.candidates,
+                                                wave_size=config.wave_size, keep=config.keep, rule=config.rule,
+                                                thresholds=thresholds, sam2=sam2, **sampling), config.generator))
+    else:
+        stages.append(_actors(GeneratorUDF, dict(bundle_uri=config.model, candidates=config.candidates, **sampling),
+                              config.generator))
+        if config.filter == "sam2":
+            stages.append(_actors(Sam2FilterUDF, dict(sam2=sam2, torch_threads=config.torch_threads), config.sam2_filter))
+    stages.append(_tasks(SelectionUDF, dict(keep=config.keep, rule=config.rule, thresholds=thresholds,
+                                            relax_by=relax_by, top_k=config.official_top_k,
+                                            filtered=config.filter == "sam2"), config.light))
+    stages.append(_tasks(WriterUDF, dict(out=config.out, bundle_hash=ctx.bundle_hash, filter_model=ctx.filter_model,
+                                         scores_meaningful=ctx.scores_meaningful, rule=config.rule,
+                                         dataset_suffix=config.dataset_suffix, preview_keys=ctx.preview_keys),
+                         config.light, config.masks_per_shard))
+    return stages
+
+
+class SynthesisProcessor:
+    def __init__(self, config: SynthesisConfig, ctx: RunContext):
+        self.config, self.ctx = config, ctx
+        self.stages = build_stages(config, ctx)
+
+    def __call__(self, ds):
+        for stage in self.stages:
+            ds = stage.apply(ds)
+        return ds
+
+    def describe(self) -> list[str]:
+        return [f"{s.name}: {'actors ' + str(s.pool) if s.pool else 'tasks'}, batch {s.batch_size}, "
+                f"cpus {s.num_cpus}, gpus {s.num_gpus}" for s in self.stages]

@@ -1,0 +1,268 @@
+"""`mrgen synthesize`: masks of a source MRGen-DB → target-modality candidates → SAM2 filter → synthetic MRGen-DB.
+
+Everything that can be checked before Ray starts is checked first (modality labels, bundle parts, SAM2
+checkpoint, source DB), so bad input fails in seconds and leaves OUT untouched. Finished masks already in OUT
+are skipped; the index is committed at the end from the audit parts, so every mask appears exactly once.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+from mrgen.datasets.store import ShardWriter, existing_shards, load_index, read_table
+from mrgen.jobs.synthesis.config import SynthesisConfig
+from mrgen.jobs.synthesis.contact import load_preview, write_contact_sheet
+from mrgen.jobs.synthesis.keys import mask_key
+from mrgen.jobs.synthesis.processor import RunContext, SynthesisProcessor
+from mrgen.jobs.synthesis.stages.prepare import SOURCE_COLUMNS
+from mrgen.jobs.synthesis.stages.writer import SYNTH_COLUMNS, audit_parts, finished_masks, read_audit
+from mrgen.platform import storage
+from mrgen.platform.progress import Progress
+
+
+class SynthesisInputError(ValueError):
+    """Bad input found before anything ran; the message names the flag, file or field."""
+
+
+BUNDLE_PARTS = {"vae": "config.json", "unet": "config.json", "controlnet": "config.json",
+                "text_encoder": "open_clip_config.json", "scheduler": "scheduler_config.json"}
+
+
+def check_bundle(uri: str) -> tuple[str, int]:
+    """(bundle hash, resolution) of a bundle that has every part synthesis needs; else a clear error."""
+    from mrgen.models.bundle import MANIFEST, BundleError, bundle_hash
+
+    if not storage.exists(uri):
+        raise SynthesisInputError(f"--model {uri}: no such model bundle")
+    missing = [f"{part}/{file}" for part, file in BUNDLE_PARTS.items() if not storage.exists(storage.join(uri, part, file))]
+    if missing:
+        raise SynthesisInputError(f"--model {uri}: model bundle is missing {', '.join(missing)} "
+                                  "(synthesis needs vae, unet, controlnet, text_encoder and scheduler)")
+    manifest_uri = storage.join(uri, MANIFEST)
+    manifest = json.loads(storage.read_text(manifest_uri)) if storage.exists(manifest_uri) else {}
+    resolution = manifest.get("resolution") or json.loads(storage.read_text(storage.join(uri, "vae", "config.json"))).get("sample_size")
+    if not resolution:
+        raise SynthesisInputError(f"--model {uri}: neither the manifest nor vae/config.json gives the resolution")
+    try:
+        return bundle_hash(uri), int(resolution)
+    except BundleError as exc:
+        raise SynthesisInputError(f"--model {uri}: {exc}") from exc
+
+
+def resolve_modalities(config: SynthesisConfig) -> dict[str, str]:
+    from mrgen.datasets.modality import UnknownModalityError, attributes_for
+
+    out = {}
+    for label in config.target_modalities:
+        try:
+            out[label] = attributes_for(label, config.modality_attributes or None)
+        except UnknownModalityError as exc:
+            raise SynthesisInputError(f"--target-modality: {exc}") from None
+    return out
+
+
+def filter_identity(config: SynthesisConfig) -> tuple[str, bool]:
+    """(filter model id, whether its scores mean anything)."""
+    if config.filter == "none":
+        return "none", False
+    from mrgen.models.sam2_scorer import Sam2Settings
+
+    sam2 = config.sam2
+    if sam2.checkpoint is None and not sam2.random:
+        raise SynthesisInputError("--filter sam2 needs --sam2-checkpoint URI (a {'model': state_dict} file); an untrained "
+                                  "SAM2 is used only when asked explicitly with --sam2-random (its scores mean nothing)")
+    if sam2.checkpoint is not None and not storage.exists(sam2.checkpoint):
+        raise SynthesisInputError(f"--sam2-checkpoint {sam2.checkpoint}: no such file")
+    settings = Sam2Settings(config_name=sam2.config_name, checkpoint=sam2.checkpoint, image_size=sam2.image_size,
+                            prompt=sam2.prompt, allow_random=sam2.random)
+    return settings.model_id, sam2.checkpoint is not None
+
+
+def _source_filters(config: SynthesisConfig) -> dict[str, Any]:
+    return {"has_mask": True, "dataset": config.source_datasets or None, "split": config.source_splits or None}
+
+
+def wanted_slices(config: SynthesisConfig) -> list[str]:
+    try:
+        load_index(config.source)
+    except FileNotFoundError as exc:
+        raise SynthesisInputError(f"--source: {exc}") from None
+    ids = sorted(read_table(config.source, columns=["slice_id"], **_source_filters(config)).column("slice_id").to_pylist())
+    if not ids:
+        raise SynthesisInputError(f"--source {config.source}: no slice with a mask matches {_source_filters(config)}")
+    return ids[:config.max_masks] if config.max_masks else ids
+
+
+def read_masks(config: SynthesisConfig):
+    """Lazy dataset of the source shards that can hold matching masks (pruned by the index).
+
+    Rows are filtered by the prepare stage (``wanted`` slice ids), not by ``read_parquet(filter=...)``,
+    which Ray 2.60 rejects.
+    """
+    import ray.data
+
+    from mrgen.datasets.store import select_shards, shard_uris
+
+    shards = select_shards(load_index(config.source), **_source_filters(config))
+    fs, _ = storage.arrow_filesystem(config.source)
+    paths = [storage.arrow_filesystem(u)[1] for u in shard_uris(config.source, shards)]
+    return ray.data.read_parquet(paths, filesystem=fs, columns=SOURCE_COLUMNS,
+                                 ray_remote_args={"num_cpus": config.light.num_cpus})
+
+
+def commit(out: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """Publish the index from the audit parts: each mask once; shards without an audit part are dropped."""
+    parts = sorted(audit_parts(out), key=lambda p: p["file"])
+    seen: dict[str, str] = {}
+    duplicates = []
+    for part in parts:
+        for key in part["masks"]:
+            if key in seen:
+                duplicates.append(key)
+            seen[key] = part["file"]
+    referenced = {p["shard"] for p in parts if p["shard"]}
+    shards = existing_shards(out, version=1)
+    for shard in shards:
+        if shard.file not in referenced:
+            storage.remove(storage.join(out, *shard.file.split("/")))
+    infos = [s for s in shards if s.file in referenced]
+    index = ShardWriter(out, version=1, extra=SYNTH_COLUMNS, keep=infos, meta=meta).commit()
+    return {"masks_finished": len(seen), "duplicate_masks": duplicates, "shards": len(infos), "rows": index.rows}
+
+
+def _write_metrics(out: str, counts: dict[str, int]) -> None:
+    registry = CollectorRegistry()
+    docs = {"masks_done": "masks finished in this run (incl. skipped)",
+            "candidates_generated": "candidates generated in this run",
+            "candidates_kept": "candidates kept in this run", "masks_relaxed": "masks kept under relaxed thresholds",
+            "masks_skipped": "masks skipped (with a reason)", "masks_nothing_kept": "masks with no candidate kept"}
+    for name, doc in docs.items():
+        Counter(f"mrgen_synthesis_{name}", doc, registry=registry).inc(counts.get(name, 0))
+    storage.write_bytes(storage.join(out, "metrics.prom"), generate_latest(registry))
+
+
+def _summarise(audit) -> dict[str, Any]:
+    rows = audit.select(["mask_key", "candidate_index", "fate", "skip_reason"]).to_pylist()
+    masks = collections.defaultdict(list)
+    for r in rows:
+        masks[r["mask_key"]].append(r)
+    generated = sum(1 for r in rows if r["candidate_index"] >= 0)
+    kept = sum(1 for r in rows if r["fate"] in ("kept", "kept_relaxed", "kept_unfiltered"))
+    strict = sum(1 for r in rows if r["fate"] in ("kept", "passed_not_kept"))
+    skipped = {k: v[0]["skip_reason"] for k, v in masks.items() if v[0]["fate"] == "skipped"}
+    return {"masks": len(masks), "masks_skipped": len(skipped), "candidates_generated": generated,
+            "candidates_kept": kept, "strict_pass_rate": strict / generated if generated else None,
+            "candidates_per_kept": generated / kept if kept else None,
+            "masks_relaxed": sum(1 for v in masks.values() if any(r["fate"] == "kept_relaxed" for r in v)),
+            "masks_nothing_kept": sum(1 for k, v in masks.items() if k not in skipped
+                                      and not any(r["fate"].startswith("kept") for r in v)),
+            "skipped": skipped}
+
+
+RUN_SETTINGS = ("seed", "candidates", "keep", "sampler", "steps", "guidance", "filter", "rule", "thresholds",
+                "official_top_k", "adaptive", "wave_size", "min_mask_area", "dataset_suffix")
+
+
+def check_same_settings(config: SynthesisConfig, bundle_id: str, filter_model: str) -> None:
+    """OUT/run.json pins what decides a mask's outcome; a rerun into OUT (resume) must match it."""
+    settings = {"bundle_hash": bundle_id, "filter_model": filter_model,
+                **{k: v for k, v in config.model_dump(mode="json").items() if k in RUN_SETTINGS}}
+    uri = storage.join(config.out, "run.json")
+    if storage.exists(uri):
+        before = json.loads(storage.read_text(uri))
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        if changed:
+            raise SynthesisInputError(f"--out {config.out} holds a run with other settings ({', '.join(changed)}): "
+                                      "finished masks would mix them; use a new --out")
+    else:
+        storage.write_text(uri, json.dumps(settings, indent=1, sort_keys=True))
+
+
+def _spread(keys: list[str], n: int) -> list[str]:
+    """``n`` keys evenly spaced over ``keys`` (contact-sheet samples from the whole run, not just its start)."""
+    if n <= 0 or not keys:
+        return []
+    step = max(1, len(keys) // n)
+    return keys[::step][:n]
+
+
+def main(config: SynthesisConfig) -> dict[str, Any]:
+    started = time.monotonic()
+    try:
+        config.require_io()
+    except ValueError as exc:
+        raise SynthesisInputError(str(exc)) from None
+    attributes = resolve_modalities(config)
+    bundle_id, resolution = check_bundle(config.model)
+    filter_model, meaningful = filter_identity(config)
+    wanted = wanted_slices(config)
+
+    from mrgen.platform.cluster import init_ray
+
+    # a loaded machine can take minutes to start a worker that imports torch + SAM2; Ray's default 60 s
+    # registration timeout then kills and restarts actors in a loop (only used when this starts Ray)
+    os.environ.setdefault("RAY_worker_register_timeout_seconds", "600")
+    init_ray(config.ray)
+    check_same_settings(config, bundle_id, filter_model)
+    done = finished_masks(config.out)
+    todo_keys = [mask_key(sid, m) for sid in wanted for m in attributes if mask_key(sid, m) not in done]
+    ctx = RunContext(attributes=attributes, resolution=resolution, bundle_hash=bundle_id, filter_model=filter_model,
+                     scores_meaningful=meaningful, wanted=wanted, done=sorted(done),
+                     preview_keys=_spread(todo_keys, config.contact_sheet_masks))
+    processor = SynthesisProcessor(config, ctx)
+    counts: collections.Counter = collections.Counter()
+    previews = []
+    if todo_keys:
+        ds = processor(read_masks(config))
+        progress = Progress("synthesize", total=len(todo_keys))
+        for row in ds.iter_rows():
+            counts["masks_done"] += 1
+            counts["candidates_generated"] += int(row["n_candidates"])
+            counts["candidates_kept"] += int(row["n_kept"])
+            counts["masks_relaxed"] += int(bool(row["relaxed"]))
+            counts["masks_skipped"] += int(bool(row["skip_reason"]))
+            counts["masks_nothing_kept"] += int(not row["skip_reason"] and not row["n_kept"])
+            if row["preview"]:
+                previews.append(load_preview(row["preview"]))
+            progress.update(1, kept=counts["candidates_kept"], generated=counts["candidates_generated"])
+        progress.close()
+    meta = {"kind": "synthetic", "bundle_hash": bundle_id, "filter_model": filter_model,
+            "scores_meaningful": meaningful, "selection_rule": config.rule, "source": config.source,
+            "target_modalities": list(attributes), "config": config.model_dump(mode="json")}
+    committed = commit(config.out, meta)
+    _write_metrics(config.out, counts)
+    if previews:
+        previews.sort(key=lambda p: ctx.preview_keys.index(str(p["key"])))
+        write_contact_sheet(previews, storage.join(config.out, "contact_sheet.png"), meaningful)
+    totals = _summarise(read_audit(config.out))
+    expected = len(wanted) * len(attributes)
+    report = {"out": config.out, "this_run": dict(counts), "already_done": len(done & {mask_key(s, m) for s in wanted for m in attributes}),
+              "expected_masks": expected, "totals": totals, **committed,
+              "scores_meaningful": meaningful, "filter_model": filter_model, "bundle_hash": bundle_id,
+              "stages": processor.describe(), "seconds": round(time.monotonic() - started, 1),
+              "contact_sheet": storage.join(config.out, "contact_sheet.png") if previews else None}
+    if counts["candidates_kept"]:
+        report["this_run"]["candidates_per_kept"] = counts["candidates_generated"] / counts["candidates_kept"]
+    storage.write_text(storage.join(config.out, "report.json"), json.dumps(report, indent=1, default=str))
+    return report
+
+
+def synthesize_entry(config: SynthesisConfig) -> int:
+    try:
+        report = main(config)
+    except SynthesisInputError as exc:
+        print(f"mrgen synthesize: {exc}", flush=True)
+        return 2
+    t = report["totals"]
+    print(f"synthesized into {report['out']}: {t['masks']} masks ({t['masks_skipped']} skipped), "
+          f"{t['candidates_generated']} candidates, {t['candidates_kept']} kept, {t['masks_relaxed']} relaxed; "
+          f"{report['rows']} rows in {report['shards']} shards"
+          + ("" if report["scores_meaningful"] else "  [untrained/no filter: scores mean nothing]"), flush=True)
+    if report["contact_sheet"]:
+        print(f"contact sheet: {report['contact_sheet']}")
+    return 0

@@ -1,0 +1,111 @@
+"""A stage = a spec (UDF class, constructor kwargs, map_batches kwargs) apart from the callable that does the work.
+
+The callable (:class:`StageUDF`) loads its model once in ``__init__`` and, for every batch, checks that the
+columns it needs are there (naming the stage and the missing keys), runs :meth:`StageUDF.process`, and
+rejects outputs that drop or double rows. Batches stay columnar numpy (images as raw bytes columns).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+class StageInputError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def batch_rows(batch: dict[str, np.ndarray]) -> int:
+    return len(next(iter(batch.values()))) if batch else 0
+
+
+class StageUDF:
+    """Base of every stage callable. Subclasses set ``REQUIRED`` (column → description) and ``process``."""
+
+    NAME: ClassVar[str] = "stage"
+    REQUIRED: ClassVar[dict[str, str]] = {}
+    ONE_TO_ONE: ClassVar[bool] = True       # process() returns new columns for the same rows
+    DROP: ClassVar[tuple[str, ...]] = ()    # columns not passed on (large, no longer needed)
+
+    def required(self) -> dict[str, str]:
+        return self.REQUIRED
+
+    def check(self, batch: dict[str, np.ndarray]) -> None:
+        missing = [k for k in self.required() if k not in batch]
+        if missing:
+            wanted = "; ".join(f"{k}: {self.required()[k]}" for k in missing)
+            raise StageInputError(f"stage '{self.NAME}': batch lacks column(s) {missing} ({wanted}); "
+                                  f"it has {sorted(batch)}")
+
+    def process(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = batch_rows(batch)
+        if n == 0:
+            return batch
+        self.check(batch)
+        out = self.process(batch)
+        if not self.ONE_TO_ONE:
+            return out
+        for key, values in out.items():
+            if len(values) != n:
+                raise RuntimeError(f"stage '{self.NAME}': column '{key}' has {len(values)} rows for {n} input rows "
+                                   "(a stage must neither drop nor double rows)")
+        merged = {k: v for k, v in batch.items() if k not in self.DROP}
+        for key, values in out.items():
+            merged[key] = column(values)
+        return merged
+
+
+def column(values: Any) -> np.ndarray:
+    if isinstance(values, np.ndarray):
+        return values
+    values = list(values)
+    arr = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        arr[i] = v
+    if not values:
+        return arr
+    if all(isinstance(v, (bool, np.bool_)) for v in values):
+        return arr.astype(bool)
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        return arr.astype(np.int64)
+    if all(isinstance(v, (float, np.floating)) for v in values):
+        return arr.astype(np.float64)
+    return arr
+
+
+def _run_in_task(batch: dict[str, np.ndarray], udf_cls: type[StageUDF], kwargs: dict[str, Any]) -> dict[str, np.ndarray]:
+    return udf_cls(**kwargs)(batch)
+
+
+@dataclass
+class StageSpec:
+    """How a stage is mapped onto a dataset: actors (``pool`` = (min, max)) hold a model; tasks do not."""
+
+    udf: type[StageUDF]
+    ctor_kwargs: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 1
+    num_cpus: float = 0.25
+    num_gpus: float = 0.0
+    pool: tuple[int, int] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.udf.NAME
+
+    def apply(self, ds):
+        import ray.data
+
+        common: dict[str, Any] = dict(batch_size=self.batch_size, batch_format="numpy", num_cpus=self.num_cpus,
+                                      zero_copy_batch=False)
+        if self.num_gpus:
+            common["num_gpus"] = self.num_gpus
+        if self.pool is not None:
+            return ds.map_batches(self.udf, fn_constructor_kwargs=self.ctor_kwargs,
+                                  compute=ray.data.ActorPoolStrategy(min_size=self.pool[0], max_size=self.pool[1]),
+                                  **common)
+        return ds.map_batches(_run_in_task, fn_kwargs={"udf_cls": self.udf, "kwargs": self.ctor_kwargs}, **common)

@@ -1,0 +1,102 @@
+"""Generator stage: each actor loads the model bundle once and produces every candidate of a batch of masks.
+
+Candidates come from ``MRGenPipeline.generate`` with classifier-free guidance; candidate ``i`` of a mask has
+seed ``hash(run seed, mask id, modality, i)``, so a rerun (or a retried batch) reproduces it exactly.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from mrgen.jobs.synthesis.keys import candidate_seed
+from mrgen.jobs.synthesis.stages.base import StageUDF
+
+
+def encode_candidates(images: np.ndarray) -> bytes:
+    return np.ascontiguousarray(images, dtype="<f4").tobytes()
+
+
+def decode_candidates(data: bytes, n: int, h: int, w: int) -> np.ndarray:
+    return np.frombuffer(data, dtype="<f4").reshape(n, h, w) if n else np.zeros((0, h, w), np.float32)
+
+
+def decode_row_mask(batch: dict[str, np.ndarray], i: int) -> np.ndarray:
+    h, w = int(batch["height"][i]), int(batch["width"][i])
+    return np.frombuffer(batch["mask"][i], dtype=np.uint8).reshape(h, w)
+
+
+def pick_device() -> str:
+    """The GPU Ray assigned to this actor (num_gpus > 0), else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class _FaultKnob:
+    """Test knob: the first actor to reach its ``after``-th batch exits hard (once, recorded by a marker file)."""
+
+    def __init__(self, marker: str | None, after: int = 2):
+        self.marker, self.after, self.calls = marker, after, 0
+
+    def tick(self) -> None:
+        self.calls += 1
+        if self.marker and self.calls >= self.after and not os.path.exists(self.marker):
+            with open(self.marker, "w") as f:
+                f.write(str(os.getpid()))
+            os._exit(1)
+
+
+class Generator:
+    """The bundle and sampling settings, shared by the generator and adaptive stages."""
+
+    def __init__(self, bundle_uri: str, steps: int, guidance: float, sampler: str, run_seed: int,
+                 batch_size: int | None, torch_threads: int):
+        import torch
+
+        from mrgen.models.bundle import ModelBundle
+        from mrgen.models.pipeline import MRGenPipeline
+
+        torch.set_num_threads(torch_threads)
+        self.pipeline = MRGenPipeline(ModelBundle.load(bundle_uri, device=pick_device()))
+        self.steps, self.guidance, self.sampler, self.run_seed, self.batch_size = steps, guidance, sampler, run_seed, batch_size
+
+    def seeds(self, slice_id: str, modality: str, indices: range) -> list[int]:
+        return [candidate_seed(self.run_seed, slice_id, modality, i) for i in indices]
+
+    def generate(self, prompts: list[str], masks: np.ndarray, indices: range, seeds: list[int]) -> np.ndarray:
+        return self.pipeline.generate(prompts, masks, num_candidates=len(indices), steps=self.steps,
+                                      guidance=self.guidance, sampler=self.sampler, seeds=seeds,
+                                      batch_size=self.batch_size)
+
+
+class GeneratorUDF(StageUDF):
+    NAME = "generator"
+    REQUIRED = {"source_slice_id": "source slice id (seeds derive from it)", "modality": "target modality label",
+                "prompt": "text condition", "mask": "uint8 organ ids (raw bytes)", "height": "rows", "width": "columns",
+                "skip_reason": "non-empty: the mask is skipped"}
+
+    def __init__(self, bundle_uri: str, candidates: int, steps: int, guidance: float, sampler: str, run_seed: int,
+                 batch_size: int | None = None, torch_threads: int = 1, fault_marker: str | None = None):
+        self.gen = Generator(bundle_uri, steps, guidance, sampler, run_seed, batch_size, torch_threads)
+        self.candidates = candidates
+        self.fault = _FaultKnob(fault_marker)
+
+    def process(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        self.fault.tick()
+        n = len(batch["prompt"])
+        todo = [i for i in range(n) if not batch["skip_reason"][i]]
+        blobs, counts, seeds_json = [b""] * n, [0] * n, ["[]"] * n
+        if todo:
+            indices = range(self.candidates)
+            seeds = [self.gen.seeds(str(batch["source_slice_id"][i]), str(batch["modality"][i]), indices) for i in todo]
+            images = self.gen.generate([str(batch["prompt"][i]) for i in todo],
+                                       np.stack([decode_row_mask(batch, i) for i in todo]), indices,
+                                       [s for per_mask in seeds for s in per_mask])
+            for k, i in enumerate(todo):
+                blobs[i] = encode_candidates(images[k * self.candidates:(k + 1) * self.candidates])
+                counts[i] = self.candidates
+                seeds_json[i] = json.dumps(seeds[k])
+        return {"candidates": blobs, "n_candidates": counts, "seeds": seeds_json}

@@ -1,0 +1,1 @@
+"""Training of the three MRGen stages with Ray Train + DeepSpeed (paper §3.4)."""

@@ -1,0 +1,131 @@
+"""Training configuration: one ``train`` section with settings per stage (paper §3.4 and §4.1).
+
+Stages: ``vae`` (autoencoder reconstruction), ``unet`` (text-guided pretraining), ``controlnet``
+(mask-conditioned finetuning). ``--set unet.lr=1e-4`` changes one stage; the rest is shared.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mrgen.datasets.schema import INDEX_COLUMNS
+from mrgen.platform.config import ConfigBase, preset
+
+STAGES = ("vae", "unet", "controlnet")
+Stage = Literal["vae", "unet", "controlnet"]
+
+
+class StageSettings(BaseModel):
+    """What differs between the three stages."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    lr: float = Field(gt=0, description="peak learning rate (AdamW)")
+    batch_size: int = Field(8, ge=1, description="micro-batch per worker")
+    max_steps: int = Field(60, ge=1, description="optimizer steps of the run")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up before the cosine decay")
+    filters: dict[str, Any] = Field(default_factory=lambda: {"split": "train"},
+                                    description="MRGen-DB filters (dataset / modality / region / split) for this stage")
+
+
+class TrainConfig(ConfigBase):
+    """Ray Train + DeepSpeed training of the three MRGen stages."""
+
+    section = "train"
+
+    model: Literal["tiny", "paper"] = Field("tiny", description="model sizes (mrgen.models.configs.model_config)")
+    resolution: int = Field(64, ge=8, description="slice size the DB was built at; must match the model config")
+    vae: StageSettings = Field(default_factory=lambda: StageSettings(lr=1e-3))
+    unet: StageSettings = Field(default_factory=lambda: StageSettings(lr=1e-3))
+    controlnet: StageSettings = Field(default_factory=lambda: StageSettings(lr=1e-3))
+
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step (DeepSpeed gradient_accumulation_steps)")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    weight_decay: float = Field(1e-2, ge=0, description="AdamW decoupled weight decay")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of the peak lr")
+    grad_clip: float = Field(1.0, ge=0, description="gradient norm clip (0 = off)")
+    zero_stage: int = Field(2, ge=0, le=2, description="DeepSpeed ZeRO stage (0-2; stage 3 would shard the weights "
+                                                        "the sampling grid needs whole)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU")
+
+    checkpoint_every: int = Field(20, ge=1, description="save a checkpoint every K optimizer steps (and at the end)")
+    keep_checkpoints: int = Field(2, ge=2, description="latest k checkpoints kept (never 1: the newest may be in flight)")
+    sample_every: int = Field(0, ge=0, description="write a PNG sample grid every V steps (0 = only at the end)")
+    sample_count: int = Field(4, ge=1, le=16, description="images per sample grid")
+    sample_steps: int = Field(10, ge=1, description="DDIM steps for sample grids")
+    log_every: int = Field(5, ge=1, description="report metrics every N steps")
+
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (one DeepSpeed rank each)")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs per worker (0 = CPU training)")
+    cpus_per_worker: float = Field(0.5, gt=0, description="CPUs reserved per worker; leave some for Ray Data reads")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per CPU worker")
+    max_failures: int = Field(2, ge=0, description="worker-group restarts from the latest checkpoint before giving up")
+
+    prompt_drop_p: float = Field(0.1, ge=0, le=1, description="share of prompts replaced by '' (classifier-free guidance)")
+    augment_p: float = Field(0.2, ge=0, le=1, description="autoencoder augmentation probability (flips, rotations)")
+    kl_weight: float = Field(1e-4, ge=0, description="γ of the autoencoder loss")
+    unmasked_fraction: float = Field(0.3, ge=0, lt=1, description="controller stage: share of slices without a mask "
+                                                                   "(trained with an empty condition)")
+    data_repeat: int = Field(1, ge=1, description="passes over the stage's selection per data epoch (small DBs: "
+                                                   "fewer epoch restarts, less waiting for data)")
+    shuffle_buffer: int = Field(64, ge=0, description="rows in each worker's local shuffle buffer (0 = off)")
+    scaling_samples: int = Field(64, ge=1, description="slices used to measure the latent scaling factor")
+    seed: int = Field(0, description="base seed; each rank adds its rank")
+    fail_at_step: int | None = Field(None, ge=1, description="TESTS ONLY: rank 0 raises at this step of a run that "
+                                                             "did not start from a checkpoint")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.precision in ("bf16", "fp16") and self.gpus_per_worker == 0:
+            raise ValueError(f"precision {self.precision!r} needs GPUs (gpus_per_worker > 0); use fp32 or auto on CPU")
+        for name in STAGES:
+            s: StageSettings = getattr(self, name)
+            if s.warmup_steps >= s.max_steps:
+                raise ValueError(f"{name}.warmup_steps ({s.warmup_steps}) must be below {name}.max_steps ({s.max_steps})")
+            bad = set(s.filters) - (set(INDEX_COLUMNS) - {"has_mask"})
+            if bad:
+                raise ValueError(f"{name}.filters: cannot filter on {sorted(bad)}; use {sorted(set(INDEX_COLUMNS) - {'has_mask'})}")
+        from mrgen.models.configs import model_config
+
+        res = model_config(self.model).resolution
+        if res != self.resolution:
+            raise ValueError(f"resolution {self.resolution} does not match model {self.model!r} (built for {res})")
+        return self
+
+    def stage(self, name: str) -> StageSettings:
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r}: choose from {STAGES}")
+        return getattr(self, name)
+
+    def resolved_precision(self) -> str:
+        if self.precision != "auto":
+            return self.precision
+        return "bf16" if self.gpus_per_worker > 0 else "fp32"
+
+
+@preset(TrainConfig, "tiny")
+def _tiny() -> dict[str, Any]:
+    # CPU sizes for `mrgen train all` on the phantom DB (a few minutes on 2 cores); tests set fewer steps.
+    return {
+        "model": "tiny", "resolution": 64,
+        "vae": {"lr": 2e-3, "batch_size": 8, "max_steps": 200, "warmup_steps": 10},
+        "unet": {"lr": 2e-3, "batch_size": 8, "max_steps": 400, "warmup_steps": 10},
+        "controlnet": {"lr": 2e-3, "batch_size": 8, "max_steps": 400, "warmup_steps": 10},
+        "checkpoint_every": 100, "keep_checkpoints": 2, "sample_every": 100, "log_every": 10,
+        "num_workers": 1, "cpus_per_worker": 0.5, "scaling_samples": 64, "data_repeat": 4,
+    }
+
+
+@preset(TrainConfig, "paper")
+def _paper() -> dict[str, Any]:
+    # §4.1: 8 GPUs; AE lr 5e-5 batch 256 for 50K; UNet lr 1e-5 batch 256 for 200K; controller lr 1e-5 batch 128 for 40K.
+    return {
+        "model": "paper", "resolution": 512,
+        "vae": {"lr": 5e-5, "batch_size": 32, "max_steps": 50_000, "warmup_steps": 500},
+        "unet": {"lr": 1e-5, "batch_size": 32, "max_steps": 200_000, "warmup_steps": 1000},
+        "controlnet": {"lr": 1e-5, "batch_size": 16, "max_steps": 40_000, "warmup_steps": 500},
+        "checkpoint_every": 2000, "keep_checkpoints": 3, "sample_every": 2000, "log_every": 50,
+        "num_workers": 8, "gpus_per_worker": 1, "cpus_per_worker": 4, "torch_threads": 4, "scaling_samples": 256,
+    }

@@ -1,0 +1,251 @@
+"""The per-worker training loop: one DeepSpeed engine per Ray Train worker, the same code on CPU and GPU."""
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mrgen.jobs.train import checkpoint as ckpt
+from mrgen.jobs.train.config import TrainConfig
+from mrgen.jobs.train.data import BatchStream
+from mrgen.jobs.train.stages import StageTask, build_task, trained_model
+
+# What each stage takes from the previous stage's bundle.
+INIT_PARTS = {"vae": None, "unet": ("vae", "text_encoder", "scheduler"),
+              "controlnet": ("vae", "text_encoder", "unet", "scheduler")}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def deepspeed_config(config: TrainConfig, stage: str, world_size: int) -> dict[str, Any]:
+    s = config.stage(stage)
+    precision = config.resolved_precision()
+    return {
+        "train_micro_batch_size_per_gpu": s.batch_size,
+        "gradient_accumulation_steps": config.grad_accum,
+        "train_batch_size": s.batch_size * config.grad_accum * world_size,
+        # torch_adam: torch.optim.AdamW, which runs everywhere (DeepSpeed's fused Adam needs a CUDA build).
+        "optimizer": {"type": "AdamW", "params": {"lr": s.lr, "betas": list(config.adam_betas), "eps": config.adam_eps,
+                                                  "weight_decay": config.weight_decay, "torch_adam": True}},
+        "zero_optimization": {"stage": config.zero_stage},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
+        "gradient_clipping": config.grad_clip,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def cosine_lambda(warmup: int, total: int, floor: float):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+class Examples:
+    """A few rows kept from the first batches for sample grids (distinct prompts; masked rows for stage 3)."""
+
+    def __init__(self, stage: str, count: int):
+        self.stage, self.count = stage, count
+        self.rows: list[dict[str, Any]] = []
+        self._keys: set[str] = set()
+
+    @property
+    def full(self) -> bool:
+        return len(self.rows) >= self.count
+
+    def offer(self, batch: dict[str, Any]) -> None:
+        for i in range(len(batch["image"])):
+            if self.full:
+                return
+            if self.stage == "controlnet" and not batch["mask"][i].any():  # show masks with organs in them
+                continue
+            key = batch["prompt"][i].split(";")[0] if self.stage == "unet" else str(len(self.rows))
+            if key in self._keys:
+                continue
+            self._keys.add(key)
+            self.rows.append({k: v[i] for k, v in batch.items()})
+
+    def batch(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"image": np.stack([r["image"] for r in self.rows])}
+        if self.stage != "vae":
+            out["prompt"] = [r["prompt"] for r in self.rows]
+        if self.stage == "controlnet":
+            out["mask"] = np.stack([r["mask"] for r in self.rows])
+        return out
+
+
+class Metrics:
+    """Prometheus gauges of this run (rank 0), written to ``metrics.prom`` at the end."""
+
+    def __init__(self, stage: str):
+        from mrgen.platform import metrics
+
+        labels = ("stage",)
+        self.loss = metrics.gauge("mrgen_train_loss", "mean training loss of the last interval", labels).labels(stage)
+        self.lr = metrics.gauge("mrgen_train_learning_rate", "current learning rate", labels).labels(stage)
+        self.rate = metrics.gauge("mrgen_train_samples_per_second", "samples/s over all workers", labels).labels(stage)
+        self.wait = metrics.gauge("mrgen_train_data_wait_fraction", "share of step time waiting for data", labels).labels(stage)
+        self.steps = metrics.counter("mrgen_train_steps", "optimizer steps done", labels).labels(stage)
+
+    def update(self, m: dict[str, Any], steps: int) -> None:
+        self.loss.set(m["loss"])
+        self.lr.set(m["lr"])
+        self.rate.set(m["samples_per_s"])
+        self.wait.set(m["data_wait_fraction"])
+        self.steps.inc(steps)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train_loop_per_worker(args: dict[str, Any]) -> None:
+    """Ray Train entry: ``args`` = config (dict), stage, init bundle URI or None, run URI, run id."""
+    import deepspeed
+    import ray.train
+    import ray.train.torch
+
+    from mrgen.models.configs import model_config
+
+    config = TrainConfig.model_validate(args["config"])
+    stage, run_uri = args["stage"], args["run_uri"]
+    settings = config.stage(stage)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(config.torch_threads)
+    device = ray.train.torch.get_device()
+    dtype = DTYPES[config.resolved_precision()]
+
+    bundle = None
+    if args.get("init"):
+        from mrgen.models.bundle import ModelBundle
+
+        bundle = ModelBundle.load(args["init"], device="cpu", dtype=torch.float32, parts=INIT_PARTS[stage])
+    task: StageTask = build_task(stage, model_config(config.model), bundle, config.kl_weight, config.augment_p,
+                                 config.prompt_drop_p, seed=config.seed)
+    task.to(device, dtype)
+    frozen_at_start = task.frozen_hashes()
+
+    params = [p for p in task.trainable.parameters() if p.requires_grad]
+    engine, _, _, lr_schedule = deepspeed.initialize(
+        model=task.trainable, model_parameters=params, config=deepspeed_config(config, stage, world),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
+            opt, cosine_lambda(settings.warmup_steps, settings.max_steps, config.min_lr_ratio)))
+    model = trained_model(task)
+
+    stream = BatchStream(ray.train.get_dataset_shard("train"), settings.batch_size, config.shuffle_buffer,
+                         config.seed + rank)
+    state: dict[str, Any] = {"step": 0, "history": [], "restored_from": [], "run_id": args["run_id"], "stage": stage}
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as folder:
+            state, rank_state = ckpt.load(Path(folder), engine, rank)
+        state["restored_from"] = state.get("restored_from", []) + [state["step"]]
+        stream.skip_to(rank_state["position"])
+        ckpt.set_rng_state(rank_state["rng"])
+        if rank == 0:
+            print(f"[train {stage}] resumed from step {state['step']} (epoch {rank_state['position']['epoch']})",
+                  flush=True)
+    else:
+        _seed_all(config.seed * 1000 + rank + 1)
+
+    metrics = Metrics(stage) if rank == 0 else None
+    examples = Examples(stage, config.sample_count)
+    step = start_step = state["step"]
+    interval = {"loss": 0.0, "micro": 0, "steps": 0, "t0": time.perf_counter(), "wait0": stream.wait_s}
+    engine.train()
+    while step < settings.max_steps:
+        for _ in range(config.grad_accum):
+            batch = stream.next()
+            if rank == 0 and not examples.full:
+                examples.offer(batch)
+            loss, _parts = task.loss(engine, batch, device, dtype)
+            engine.backward(loss)
+            engine.step()
+            interval["loss"] += float(loss.detach())
+            interval["micro"] += 1
+        step += 1
+        interval["steps"] += 1
+        if config.fail_at_step is not None and step == config.fail_at_step and start_step == 0 and rank == 0:
+            raise RuntimeError(f"injected failure at step {step} (train.fail_at_step, tests only)")
+
+        last = step == settings.max_steps
+        do_log = step % config.log_every == 0 or last
+        do_ckpt = step % config.checkpoint_every == 0 or last
+        if config.sample_every and step % config.sample_every == 0 or last:
+            if rank == 0 and examples.rows:
+                grid_start = time.perf_counter()
+                _write_grid(stage, task, model, bundle, examples, config, run_uri, step)
+                interval["t0"] += time.perf_counter() - grid_start  # sampling is not training step time
+        if not (do_log or do_ckpt):
+            continue
+        report = _interval_metrics(interval, stream, lr_schedule, settings.batch_size * config.grad_accum * world,
+                                   device, world)
+        report.update(step=step, epoch=stream.epoch, prompt_drop_rate=task.dropped / max(1, task.prompts_seen),
+                      prompts_seen=task.prompts_seen)
+        state["step"] = step
+        state["history"].append(report)
+        if rank == 0:
+            metrics.update(report, interval["steps"])
+            print(f"[train {stage}] step {step}/{settings.max_steps} loss={report['loss']:.4f} lr={report['lr']:.3g} "
+                  f"samples/s={report['samples_per_s']:.1f} data_wait={report['data_wait_fraction']:.1%}", flush=True)
+        interval = {"loss": 0.0, "micro": 0, "steps": 0, "t0": time.perf_counter(), "wait0": stream.wait_s}
+        if last:
+            state["frozen_hashes"] = {"start": frozen_at_start, "end": task.frozen_hashes()}
+            state["prompt_drop"] = {"dropped": task.dropped, "seen": task.prompts_seen}
+            if rank == 0:
+                from mrgen.platform import metrics as prom
+                from mrgen.platform.storage import join
+
+                prom.write_metrics(join(run_uri, "metrics.prom"))
+        if do_ckpt:
+            folder = Path(tempfile.mkdtemp(prefix=f"mrgen-{stage}-ckpt-"))
+            try:
+                ckpt.save(folder, engine, rank, state, {"position": stream.position, "rng": ckpt.rng_state()},
+                          model, stage)
+                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+        else:
+            ray.train.report(report)
+        interval["t0"] = time.perf_counter()  # checkpoint and report time is not step time
+
+
+def _interval_metrics(interval: dict[str, Any], stream: BatchStream, lr_schedule, samples_per_step: int,
+                      device: torch.device, world: int) -> dict[str, Any]:
+    elapsed = max(1e-9, time.perf_counter() - interval["t0"])
+    loss = torch.tensor([interval["loss"] / max(1, interval["micro"])], dtype=torch.float64, device=device)
+    if world > 1:
+        torch.distributed.all_reduce(loss)
+        loss /= world
+    return {"loss": float(loss.item()), "lr": float(lr_schedule.get_last_lr()[0]),
+            "samples_per_s": samples_per_step * interval["steps"] / elapsed,
+            "data_wait_fraction": (stream.wait_s - interval["wait0"]) / elapsed}
+
+
+def _write_grid(stage: str, task: StageTask, model, bundle, examples: Examples, config: TrainConfig,
+                run_uri: str, step: int) -> None:
+    from mrgen.jobs.train.grid import sample_grid
+    from mrgen.platform.storage import join, write_bytes
+
+    try:
+        png = sample_grid(stage, task, model, bundle, examples.batch(), config.sample_steps, config.seed)
+    except ImportError as exc:  # the sampling pipeline may not be installed in a minimal deployment
+        print(f"[train {stage}] no sample grid at step {step}: {exc}", flush=True)
+        return
+    write_bytes(join(run_uri, "samples", f"step_{step:06d}.png"), png)
+    if os.environ.get("MRGEN_TRAIN_VERBOSE"):
+        print(f"[train {stage}] sample grid for step {step} written", flush=True)

@@ -1,0 +1,178 @@
+"""Driver of a training stage: a Ray Train ``TorchTrainer`` over the stage's data, then the model bundle.
+
+Output layout under ``OUT``::
+
+    OUT/<stage>/                  Ray Train run (checkpoints, latest k kept), samples/*.png, metrics.prom,
+                                  history.json
+    OUT/<stage>/bundle/           the bundle after this stage (stage 1: vae + text encoder; 2: + unet; 3: + controlnet)
+    OUT/bundle/                   the newest bundle (after ``mrgen train all``: the complete model)
+
+The same code runs 1 CPU worker, 2 CPU workers or N GPUs across nodes: only ``ScalingConfig`` changes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mrgen.jobs.train.config import STAGES, TrainConfig
+from mrgen.platform import storage
+
+PREVIOUS = {"unet": "vae", "controlnet": "unet"}
+
+
+@dataclass
+class TrainResult:
+    stage: str
+    run_uri: str
+    bundle_uri: str
+    steps: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_state: dict[str, Any] = field(default_factory=dict)
+    checkpoint_path: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def restarts(self) -> list[int]:
+        return list(self.train_state.get("restored_from", []))
+
+
+def default_init(out_uri: str, stage: str) -> str | None:
+    if stage not in PREVIOUS:
+        return None
+    return storage.join(out_uri, PREVIOUS[stage], "bundle")
+
+
+def _check_run_folder(run_uri: str, resume: bool) -> None:
+    existing = [n for n in storage.listdir(run_uri) if n not in ("samples",)]
+    if existing and not resume:
+        raise FileExistsError(f"{run_uri} already holds a training run ({', '.join(existing[:4])}): pass --resume to "
+                              "continue it, or choose another --out")
+
+
+def _storage(out_uri: str) -> tuple[str, Any]:
+    if storage.is_local(out_uri):
+        path = str(Path(storage.local_path(out_uri)).absolute())
+        Path(path).mkdir(parents=True, exist_ok=True)
+        return path, None
+    fs, path = storage.arrow_filesystem(out_uri)
+    return path, fs
+
+
+def main(config: TrainConfig, db_uri: str, out_uri: str, stage: str, resume: bool = False,
+         init: str | None = None, ray_address: str | None = None) -> TrainResult:
+    """Train one stage and write its bundle; returns what happened (history of reported metrics included)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from mrgen.jobs.train.data import build_dataset
+    from mrgen.jobs.train.loop import train_loop_per_worker
+    from mrgen.platform.cluster import RayConfig, init_ray
+
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}: choose from {STAGES}")
+    init = init or default_init(out_uri, stage)
+    if init is not None and not storage.exists(init):
+        raise FileNotFoundError(f"stage {stage!r} starts from the {PREVIOUS[stage]!r} stage's bundle, but {init} does "
+                                f"not exist: train that stage first (mrgen train {PREVIOUS[stage]}) or pass --init")
+    run_uri = storage.join(out_uri, stage)
+    _check_run_folder(run_uri, resume)
+    init_ray(RayConfig(address=ray_address))
+
+    started = time.monotonic()
+    settings = config.stage(stage)
+    run_id = f"{stage}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+    path, fs = _storage(out_uri)
+    gpus = config.gpus_per_worker
+    resources = {"CPU": config.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config.model_dump(mode="json"), "stage": stage, "init": init,
+                           "run_uri": run_uri, "run_id": run_id},
+        scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, use_gpu=gpus > 0,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=stage, storage_path=path, storage_filesystem=fs,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures)),
+        datasets={"train": build_dataset(db_uri, config, stage)},
+    )
+    print(f"[train {stage}] {config.num_workers} worker(s), {settings.max_steps} steps, batch "
+          f"{settings.batch_size}x{config.grad_accum} per worker, ZeRO {config.zero_stage}, "
+          f"{config.resolved_precision()} → {run_uri}", flush=True)
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"stage {stage!r} finished without a checkpoint under {run_uri}")
+
+    with result.checkpoint.as_directory() as folder:
+        folder = Path(folder)
+        train_state = json.loads((folder / "train_state.json").read_text())
+        bundle = _assemble_bundle(config, stage, folder / "model" / stage, init, db_uri, train_state["run_id"])
+    bundle_uri = storage.join(run_uri, "bundle")
+    bundle.save(bundle_uri)
+    bundle.save(storage.join(out_uri, "bundle"))
+    storage.write_text(storage.join(run_uri, "history.json"), json.dumps(train_state["history"], indent=1))
+    outcome = TrainResult(stage=stage, run_uri=run_uri, bundle_uri=bundle_uri, steps=int(train_state["step"]),
+                          history=train_state["history"], train_state=train_state,
+                          checkpoint_path=result.checkpoint.path, seconds=time.monotonic() - started)
+    last = outcome.history[-1] if outcome.history else {}
+    print(f"[train {stage}] done: {outcome.steps} steps in {outcome.seconds:.0f}s, loss {last.get('loss', float('nan')):.4f}; "
+          f"bundle {bundle_uri}", flush=True)
+    return outcome
+
+
+def _assemble_bundle(config: TrainConfig, stage: str, model_dir: Path, init: str | None, db_uri: str, run_id: str):
+    """The previous stage's bundle plus this stage's trained part (stage 1: a new bundle, scaling measured)."""
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+
+    from mrgen.models.bundle import ModelBundle, new_manifest
+    from mrgen.models.configs import model_config
+    from mrgen.models.text_encoder import TextEncoder
+
+    if stage == "vae":
+        mcfg = model_config(config.model)
+        vae = AutoencoderKL.from_pretrained(str(model_dir)).eval()
+        scaling = measure_scaling(vae, db_uri, config)
+        manifest = new_manifest(mcfg.resolution, scaling, run_id=run_id, model_config=config.model,
+                                stages={"vae": run_id})
+        return ModelBundle(vae=vae, unet=None, controlnet=None, text_encoder=TextEncoder.from_config(mcfg.text_encoder),
+                           manifest=manifest)
+    parts = ("vae", "text_encoder", "scheduler") + (("unet",) if stage == "controlnet" else ())
+    previous = ModelBundle.load(init, parts=parts)
+    manifest = {k: v for k, v in previous.manifest.items() if k not in ("parts", "bundle_hash", "created")}
+    manifest.update(run_id=run_id, stages={**manifest.get("stages", {}), stage: run_id})
+    if stage == "unet":
+        return dataclasses.replace(previous, unet=UNet2DConditionModel.from_pretrained(str(model_dir)).eval(),
+                                   controlnet=None, manifest=manifest)
+    return dataclasses.replace(previous, controlnet=ControlNetModel.from_pretrained(str(model_dir)).eval(),
+                               manifest=manifest)
+
+
+def measure_scaling(vae, db_uri: str, config: TrainConfig) -> float:
+    """1/std of the trained autoencoder's latents over up to ``scaling_samples`` training slices."""
+    import torch
+
+    from mrgen.jobs.train.data import decode, read_slices
+    from mrgen.models.autoencoder import measure_latent_scaling
+
+    filters = {k: v for k, v in config.vae.filters.items() if v is not None}
+    ds = read_slices(db_uri, ["height", "width", "image"], **filters).limit(config.scaling_samples)
+    images = torch.from_numpy(decode(ds.take_batch(config.scaling_samples, batch_format="numpy"))["image"])
+    return measure_latent_scaling(vae, images, generator=torch.Generator().manual_seed(config.seed))
+
+
+def run_all(config: TrainConfig, db_uri: str, out_uri: str, resume: bool = False,
+            ray_address: str | None = None) -> list[TrainResult]:
+    """The three stages in order, each starting from the previous one's bundle; a finished stage is skipped
+    when resuming."""
+    results = []
+    for stage in STAGES:
+        if resume and storage.exists(storage.join(out_uri, stage, "bundle", "mrgen_manifest.json")):
+            print(f"[train {stage}] already finished: {storage.join(out_uri, stage, 'bundle')}", flush=True)
+            continue
+        results.append(main(config, db_uri, out_uri, stage, resume=resume, ray_address=ray_address))
+    return results

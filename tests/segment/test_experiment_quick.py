@@ -1,0 +1,44 @@
+"""The one-command experiment, `--quick` budgets, end to end on the shared local Ray: every real step, then a
+rerun that resumes (skips every finished step)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session):
+    from mrgen.jobs.experiment.run import SEGMENTERS, run_experiment
+
+    out = tmp_path / "exp"
+    report = run_experiment(str(out), quick=True)
+
+    folder = out / "report"
+    for name in ("report.md", "report.json", "data.png", "segmentation.png"):
+        assert (folder / name).stat().st_size > 0, name
+    assert json.loads((folder / "report.json").read_text())["dice"].keys() == report["dice"].keys()
+
+    assert set(report["dice"]) == set(SEGMENTERS)
+    volumes = {n: set(d["per_volume"]) for n, d in report["dice"].items()}
+    assert volumes["source-only"] == volumes["mrgen"] and volumes["mrgen"]
+    assert all(v.startswith("phantom-tgt/") for v in volumes["mrgen"])  # evaluated on the real target modality
+    for d in report["dice"].values():
+        assert d["mean"] is None or 0.0 <= d["mean"] <= 1.0
+        assert d["training_slices"] > 0
+    fid = report["fid"]
+    for key in ("synthetic_vs_real_target", "source_vs_real_target"):
+        assert math.isfinite(fid[key]) and fid[key] >= -1e-6
+    md = (folder / "report.md").read_text()
+    assert "source-only" in md and "mrgen" in md and "FID" in md
+
+    seconds_first = report["step_seconds"]
+    assert {"train-generator", "synthesize", "train-segmenters", "evaluate", "fid"} <= set(seconds_first)
+
+    # a rerun resumes: nothing but the (idempotent) DB check and the report runs again
+    again = run_experiment(str(out), quick=True)
+    assert set(again["step_seconds"]) <= {"build-db", "report"}
+    assert again["dice"] == report["dice"]
+    assert Path(out / "segmenters" / "mrgen" / "mrgen_segmenter.json").exists()
