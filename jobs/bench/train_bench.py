@@ -8,6 +8,7 @@ step time the Ray Train worker spent waiting for data.
 """
 from __future__ import annotations
 
+import shutil
 import statistics
 import tempfile
 import time
@@ -74,7 +75,10 @@ def run_train_bench(db_uri: str | None = None, steps: int = 40, batch_size: int 
     bare = bare_loop(bundle_uri, data["image"], data["prompt"], steps, config.unet.lr, batch_size)
     print(f"[bench train] bare PyTorch loop: {bare:.1f} samples/s", flush=True)
 
-    result = main(config, db_uri, str(work / "out"), "unet", init=bundle_uri)
+    try:
+        result = main(config, db_uri, str(work / "out"), "unet", init=bundle_uri)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     steady = result.history[1:] or result.history
     ray_rate = statistics.median(h["samples_per_s"] for h in steady)
     wait = statistics.mean(h["data_wait_fraction"] for h in steady)
