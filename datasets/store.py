@@ -215,7 +215,8 @@ def iter_rows(uri: str, columns: list[str] | None = None, **filters: Any) -> Ite
     yield from read_table(uri, columns, **filters).to_pylist()
 
 
-def read_slices(uri: str, columns: list[str] | None = None, override_num_blocks: int | None = None, **filters: Any):
+def read_slices(uri: str, columns: list[str] | None = None, override_num_blocks: int | None = None,
+                ray_remote_args: dict[str, Any] | None = None, **filters: Any):
     """A lazy Ray Dataset of the matching slices (``image``/``mask`` still bytes: see ``schema.decode_batch``).
 
     Shards are pruned with the index before anything is read; rows inside them are filtered by Ray Data.
@@ -231,6 +232,8 @@ def read_slices(uri: str, columns: list[str] | None = None, override_num_blocks:
     kwargs: dict[str, Any] = {"filesystem": fs}
     if override_num_blocks:
         kwargs["override_num_blocks"] = override_num_blocks
+    if ray_remote_args:
+        kwargs["ray_remote_args"] = ray_remote_args
     # Ray Data 2.60 refuses read_parquet(filter=..., columns=...): filter, then project, on the dataset.
     ds = ray.data.read_parquet(paths, **kwargs)
     expr = ray_filter_expression(**filters)

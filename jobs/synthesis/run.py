@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from mrgen.datasets.store import ShardWriter, existing_shards, load_index, read_table
+from mrgen.datasets.store import ShardWriter, existing_shards, load_index, read_slices, read_table
 from mrgen.jobs.synthesis.config import SynthesisConfig
 from mrgen.jobs.synthesis.contact import load_preview, write_contact_sheet
 from mrgen.jobs.synthesis.keys import mask_key
@@ -99,20 +99,9 @@ def wanted_slices(config: SynthesisConfig) -> list[str]:
 
 
 def read_masks(config: SynthesisConfig):
-    """Lazy dataset of the source shards that can hold matching masks (pruned by the index).
-
-    Rows are filtered by the prepare stage (``wanted`` slice ids), not by ``read_parquet(filter=...)``,
-    which Ray 2.60 rejects.
-    """
-    import ray.data
-
-    from mrgen.datasets.store import select_shards, shard_uris
-
-    shards = select_shards(load_index(config.source), **_source_filters(config))
-    fs, _ = storage.arrow_filesystem(config.source)
-    paths = [storage.arrow_filesystem(u)[1] for u in shard_uris(config.source, shards)]
-    return ray.data.read_parquet(paths, filesystem=fs, columns=SOURCE_COLUMNS,
-                                 ray_remote_args={"num_cpus": config.light.num_cpus})
+    """Lazy dataset of the source slices with masks (shards pruned by the index, rows filtered by Ray Data)."""
+    return read_slices(config.source, columns=SOURCE_COLUMNS, ray_remote_args={"num_cpus": config.light.num_cpus},
+                       **_source_filters(config))
 
 
 def commit(out: str, meta: dict[str, Any]) -> dict[str, Any]:
