@@ -176,21 +176,26 @@ def select_shards(index: DBIndex, **filters: Any) -> list[ShardInfo]:
     return [s for s in index.shards if _matches(s, {k: v for k, v in filters.items() if v is not None})]
 
 
-def row_filter_expression(**filters: Any):
-    """The same filters as a pyarrow compute expression, to drop non-matching rows inside selected shards."""
-    import pyarrow.compute as pc
-
+def _filter_expression(filters: dict[str, Any], field, is_in: str):
+    """AND over columns of (column in values [OR column is null]); ``field`` builds a column reference."""
     expr = None
     for column, wanted in filters.items():
         if wanted is None:
             continue
         values = list(wanted) if isinstance(wanted, (list, tuple, set)) else [wanted]
         non_null = [v for v in values if v is not None]
-        term = pc.field(column).isin(non_null) if non_null else None
+        term = getattr(field(column), is_in)(non_null) if non_null else None
         if None in values:
-            term = pc.field(column).is_null() if term is None else term | pc.field(column).is_null()
+            term = field(column).is_null() if term is None else term | field(column).is_null()
         expr = term if expr is None else expr & term
     return expr
+
+
+def row_filter_expression(**filters: Any):
+    """The same filters as a pyarrow compute expression, to drop non-matching rows inside selected shards."""
+    import pyarrow.compute as pc
+
+    return _filter_expression(filters, pc.field, "isin")
 
 
 def shard_uris(uri: str, shards: list[ShardInfo]) -> list[str]:
@@ -246,17 +251,7 @@ def ray_filter_expression(**filters: Any):
     """:func:`row_filter_expression` as a Ray Data predicate (``ray.data.expressions``), or None."""
     from ray.data.expressions import col
 
-    expr = None
-    for column, wanted in filters.items():
-        if wanted is None:
-            continue
-        values = list(wanted) if isinstance(wanted, (list, tuple, set)) else [wanted]
-        non_null = [v for v in values if v is not None]
-        term = col(column).is_in(non_null) if non_null else None
-        if None in values:
-            term = col(column).is_null() if term is None else term | col(column).is_null()
-        expr = term if expr is None else expr & term
-    return expr
+    return _filter_expression(filters, col, "is_in")
 
 
 def volume_key(dataset: str, volume_id: str) -> str:
