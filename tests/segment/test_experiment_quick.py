@@ -10,6 +10,7 @@ import pytest
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes on a quiet 2-core machine; far longer when the machine is shared
 def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session):
     from mrgen.jobs.experiment.run import SEGMENTERS, run_experiment
 
