@@ -112,7 +112,7 @@ def _quick() -> dict[str, Any]:
 @preset(SegmentConfig, "default")
 def _default() -> dict[str, Any]:
     """`mrgen demo`: a few minutes per segmenter on one CPU."""
-    return {"epochs": 10, "iterations": 30, "val_iterations": 3, "width": 16, "max_width": 128, "batch_size": 12,
+    return {"epochs": 30, "iterations": 50, "val_iterations": 3, "width": 16, "max_width": 128, "batch_size": 12,
             "mirroring": True}
 
 

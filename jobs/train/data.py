@@ -33,30 +33,8 @@ def _filters(settings_filters: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_slices(db_uri: str, columns: list[str], **filters: Any):
-    """``store.read_slices``; while it passes ``filter=`` to ``read_parquet`` (refused by Ray Data 2.60), the same
-    shard pruning with a Ray Data predicate expression instead."""
-    try:
-        return store.read_slices(db_uri, columns=columns, **filters)
-    except ValueError as exc:
-        if "`filter=`" not in str(exc):
-            raise
-    import ray.data
-    from ray.data.expressions import col
-
-    from mrgen.platform import storage
-
-    shards = store.select_shards(store.load_index(db_uri), **filters)
-    fs, _ = storage.arrow_filesystem(db_uri)
-    paths = [storage.arrow_filesystem(u)[1] for u in store.shard_uris(db_uri, shards)]
-    ds = ray.data.read_parquet(paths, filesystem=fs)
-    expr = None
-    for column, wanted in filters.items():
-        values = list(wanted) if isinstance(wanted, (list, tuple, set)) else [wanted]
-        term = col(column).is_in(values)
-        expr = term if expr is None else expr & term
-    if expr is not None:
-        ds = ds.filter(expr=expr)
-    return ds.select_columns(columns)
+    """The DB's lazy Ray Dataset of ``columns`` for the rows matching ``filters``."""
+    return store.read_slices(db_uri, columns=columns, **filters)
 
 
 def _mask_counts(db_uri: str, filters: dict[str, Any]) -> tuple[int, int]:
