@@ -75,13 +75,13 @@ def test_generate_end_to_end(service, serve_bundle):
 
     with GeneratorClient(service, token=TOKEN) as client:
         assert client.ready()
-        first = client.generate(phantom_mask(), "t2 fat sat", ORGAN_MAP, n=3, steps=2, seed=123)
+        first = client.generate(phantom_mask(), "T2 SPIR", ORGAN_MAP, n=3, steps=2, seed=123)
         again = client.generate(phantom_mask(), "T2 SPIR", ORGAN_MAP, n=2, steps=2, seed=123)
         other = client.generate(phantom_mask(), "T2 SPIR", ORGAN_MAP, n=1, steps=2, seed=999)
     assert [im.seed for im in first.images] == [123, 124, 125]
     assert all(im.image.shape == (64, 64) and im.image.dtype == np.uint8 for im in first.images)
     assert first.bundle_id == bundle_hash(serve_bundle)
-    assert first.prompt.startswith("T2 SPIR") and "liver" in first.prompt and "spleen" in first.prompt
+    assert first.prompt.startswith("T2 SPIR; ") and "liver" in first.prompt and "spleen" in first.prompt
     assert first.raw["organs"] == ["liver", "spleen"]
     # a seed fixes its image, whatever else is generated alongside
     for a, b in zip(first.images[:2], again.images):
