@@ -69,9 +69,10 @@ def test_show_draws_sheet_with_overlays(tiny_db, tmp_path, capsys):
     assert main(["db", "show", tiny_db, "--out", str(tmp_path / "none.png"), "--dataset", "nope"]) == 1
 
 
-def test_demo_quick_builds_db_and_sheet(tmp_path, ray_session, capsys):
+def test_demo_db_step_builds_db_and_sheet(tmp_path, ray_session, capsys):
+    """The demo's first step alone; tests/segment/test_experiment_quick.py runs every step."""
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--quick"]) == 0
+    assert main(["demo", "--out", str(out), "--quick", "--db-only"]) == 0
     printed = capsys.readouterr().out
     assert "phantom-src" in printed and (out / "db_sheet.png").exists()
     assert load_index(str(out / "db")).rows > 0
