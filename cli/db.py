@@ -60,16 +60,6 @@ def register(subparsers) -> None:
         add_annotate_parser(sub)
 
 
-def summarize(index) -> str:
-    """The index's counts as text: total, version, then one block per indexed column."""
-    lines = [f"MRGen-DB version {index.version}: {index.rows} slices in {len(index.shards)} shards"]
-    for column, values in index.counts().items():
-        lines.append(f"  {column}:")
-        width = max((len(v) for v in values), default=0)
-        lines.extend(f"    {value:<{width}}  {count}" for value, count in values.items())
-    return "\n".join(lines)
-
-
 def cmd_phantom(args: argparse.Namespace) -> int:
     from mrgen.datasets.phantom import PhantomConfig, build_phantom_db
 
@@ -81,7 +71,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
         init_ray(RayConfig(address=args.ray_address))
     index = build_phantom_db(args.out, config)
-    print(summarize(index))
+    print(index.summary())
     return 0
 
 
@@ -93,7 +83,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     except NotADatabaseError as exc:
         print(f"mrgen db info: {exc}", file=sys.stderr)
         return 2
-    print(summarize(index))
+    print(index.summary())
     return 0
 
 

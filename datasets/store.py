@@ -62,6 +62,15 @@ class DBIndex:
                 totals.setdefault(column, collections.Counter()).update(values)
         return {c: dict(sorted(v.items())) for c, v in totals.items()}
 
+    def summary(self) -> str:
+        """The counts as text: total, version, then one block per indexed column."""
+        lines = [f"MRGen-DB version {self.version}: {self.rows} slices in {len(self.shards)} shards"]
+        for column, values in self.counts().items():
+            lines.append(f"  {column}:")
+            width = max((len(v) for v in values), default=0)
+            lines.extend(f"    {value:<{width}}  {count}" for value, count in values.items())
+        return "\n".join(lines)
+
     def to_json(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "version": self.version, "rows": self.rows,
                 "counts": self.counts(), "extra_columns": self.extra_columns, "meta": self.meta,

@@ -112,10 +112,17 @@ def segment_sources(exp: Experiment, name: str):
 # ---------------------------------------------------------------- steps
 
 def build_db(exp: Experiment) -> None:
+    from mrgen.datasets.contact_sheet import contact_sheet, items_from_rows
     from mrgen.datasets.phantom import build_phantom_db
+    from mrgen.datasets.store import read_table
 
     index = build_phantom_db(exp.db, phantom_config(exp))
-    exp.results["db"] = {"uri": exp.db, "rows": index.rows, "counts": index.counts()}
+    print(index.summary(), flush=True)
+    rows = [r for r in read_table(exp.db, has_mask=True).sort_by("slice_id").to_pylist() if r["organs"]]
+    sheet = exp.path("db_sheet.png")
+    contact_sheet(items_from_rows(rows[:: max(1, len(rows) // 16)][:16]), sheet, title=f"{exp.db}: annotated slices")
+    print(f"contact sheet: {sheet}", flush=True)
+    exp.results["db"] = {"uri": exp.db, "rows": index.rows, "counts": index.counts(), "sheet": sheet}
 
 
 def train_generator(exp: Experiment) -> None:
@@ -246,8 +253,8 @@ def run_steps(exp: Experiment, steps: list[Step] | None = None) -> Experiment:
 
 
 def run_experiment(out_dir: str, quick: bool = False, config: ExperimentConfig | None = None,
-                   ray_address: str | None = None) -> dict[str, Any]:
-    """Run (or resume) every step; returns the report (also in OUT/report/report.json)."""
+                   ray_address: str | None = None, db_only: bool = False) -> dict[str, Any]:
+    """Run (or resume) every step (only the DB with ``db_only``); returns the report (OUT/report/report.json)."""
     config = config or ExperimentConfig.from_preset("quick" if quick else "default")
-    exp = run_steps(Experiment(out=out_dir, config=config, ray_address=ray_address))
-    return exp.results["report"]
+    exp = run_steps(Experiment(out=out_dir, config=config, ray_address=ray_address), STEPS[:1] if db_only else None)
+    return exp.results["db"] if db_only else exp.results["report"]
