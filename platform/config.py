@@ -52,7 +52,7 @@ class ConfigBase(BaseModel):
         """Preset name or YAML path (or None for the ``tiny`` preset), then ``key=value`` overrides."""
         data = _source_dict(cls, source)
         for item in overrides:
-            key, value = _split_override(item)
+            key, value = split_override(item)
             _set_path(data, key, value)
         return _validate(cls, data, source=str(source or "tiny"))
 
@@ -122,7 +122,18 @@ def _validate(cls: type[C], data: dict[str, Any], source: str) -> C:
         raise ConfigError(f"invalid {section}config from {source}: " + "; ".join(problems)) from None
 
 
-def _split_override(item: str) -> tuple[str, Any]:
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"vae": {"max_steps": 5}}`` → ``{"vae.max_steps": 5}``: as overrides, each replaces one key, never a section."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def split_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like key.sub=value")
     key, text = item.split("=", 1)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
 
+from mrgen.platform.config import flatten, split_override
 from mrgen.serving.config import ServeConfig
 from mrgen.serving.generator import Generator
 from mrgen.serving.ingress import Ingress
@@ -36,10 +36,10 @@ class GeneratorAppArgs(BaseModel):
             data = dict(self.config.get("serve", self.config))
             preset_name = data.pop("preset", None)
             base = ServeConfig.load(preset_name) if preset_name else ServeConfig()
-            config = base.with_overrides(_flatten(data))
+            config = base.with_overrides(flatten(data))
         else:
             config = ServeConfig.load(self.config)
-        config = config.with_overrides({**_parse_overrides(self.overrides), "model": self.model})
+        config = config.with_overrides({**dict(map(split_override, self.overrides)), "model": self.model})
         if not config.model:
             raise ValueError("no model bundle: give GeneratorAppArgs.model (mrgen serve --model URI) or serve.model")
         return config
@@ -84,21 +84,3 @@ def _runtime_env(config: ServeConfig) -> dict[str, Any]:
     return {"runtime_env": {"env_vars": {name: str(interval) for name in _METRIC_INTERVAL_VARS}}}
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _parse_overrides(items: list[str]) -> dict[str, Any]:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key.sub=value")
-        key, text = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(text) if text else ""
-    return out

@@ -21,6 +21,7 @@ from typing import Any
 
 from mrgen.jobs.experiment.config import ExperimentConfig
 from mrgen.platform import storage
+from mrgen.platform.config import flatten
 
 SEGMENTERS = ("source-only", "mrgen")
 
@@ -58,27 +59,16 @@ class Experiment:
 
 # ---------------------------------------------------------------- job configs from the experiment's budgets
 
-def flat(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"vae": {"max_steps": 5}}`` → ``{"vae.max_steps": 5}``: an override replaces one key, never a section."""
-    out: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if isinstance(value, dict) and value:
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def phantom_config(exp: Experiment):
     from mrgen.datasets.phantom import PhantomConfig
 
-    return PhantomConfig.from_preset(exp.config.phantom).with_overrides(flat(exp.config.phantom_overrides))
+    return PhantomConfig.from_preset(exp.config.phantom).with_overrides(flatten(exp.config.phantom_overrides))
 
 
 def train_config(exp: Experiment):
     from mrgen.jobs.train.config import TrainConfig
 
-    return TrainConfig.from_preset(exp.config.train).with_overrides(flat(exp.config.train_overrides))
+    return TrainConfig.from_preset(exp.config.train).with_overrides(flatten(exp.config.train_overrides))
 
 
 def synthesis_config(exp: Experiment):
@@ -88,7 +78,7 @@ def synthesis_config(exp: Experiment):
     overrides = {"model": exp.bundle, "source": exp.db, "out": exp.synthetic, "target_modalities": [TARGET_MODALITY],
                  "source_datasets": [SOURCE_DATASET], "source_splits": [exp.config.source_split],
                  "filter": "none" if exp.config.filter == "none" else "sam2",
-                 "sam2.random": exp.config.filter == "sam2-random", **flat(exp.config.synthesis_overrides)}
+                 "sam2.random": exp.config.filter == "sam2-random", **flatten(exp.config.synthesis_overrides)}
     if exp.ray_address:
         overrides["ray.address"] = exp.ray_address
     return SynthesisConfig.from_preset(exp.config.synthesis).with_overrides(overrides)
@@ -97,7 +87,7 @@ def synthesis_config(exp: Experiment):
 def segment_config(exp: Experiment):
     from mrgen.jobs.segment.config import SegmentConfig
 
-    return SegmentConfig.from_preset(exp.config.segment).with_overrides(flat(exp.config.segment_overrides))
+    return SegmentConfig.from_preset(exp.config.segment).with_overrides(flatten(exp.config.segment_overrides))
 
 
 def segment_sources(exp: Experiment, name: str):
