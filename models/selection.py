@@ -25,6 +25,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from pydantic import Field
+
+from mrgen.platform.config import ConfigBase
+
 RULES = ("paper", "official")
 
 # A candidate's fate, recorded in the audit table.
@@ -47,6 +51,19 @@ class Thresholds:
 
     def relaxed(self, by: float = 0.10) -> Thresholds:
         return Thresholds(*(round(v - by, 9) for v in (self.organ_iou, self.organ_conf, self.mean_iou, self.mean_conf)))
+
+
+class ThresholdConfig(ConfigBase):
+    """The thresholds as configuration (`mrgen synthesize` and the serve filter both declare theirs with this)."""
+
+    organ_iou: float = Field(0.70, ge=0, le=1, description="τ_IoU: every organ's IoU at least this")
+    organ_conf: float = Field(0.80, ge=0, le=1, description="τ_conf: every organ's SAM2 confidence at least this")
+    mean_iou: float = Field(0.80, ge=0, le=1, description="τ̄_IoU: mean IoU over organs at least this")
+    mean_conf: float = Field(0.90, ge=0, le=1, description="τ̄_conf: mean confidence over organs at least this")
+    relax_by: float = Field(0.10, ge=0, le=1, description="all thresholds lowered by this when no candidate passes")
+
+    def thresholds(self) -> Thresholds:
+        return Thresholds(self.organ_iou, self.organ_conf, self.mean_iou, self.mean_conf)
 
 
 @dataclass

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from mrgen.models.selection import ThresholdConfig
 from mrgen.platform.config import ConfigBase, ConfigError, preset
 
 
@@ -61,7 +62,7 @@ class LimitSettings(ConfigBase):
     max_guidance: float = Field(30.0, gt=0, description="largest classifier-free guidance scale")
 
 
-class Sam2FilterSettings(ConfigBase):
+class Sam2FilterSettings(ThresholdConfig):
     """Optional SAM2 filter deployment: scores candidates per organ and keeps those passing thresholds."""
 
     enabled: bool = Field(False, description="deploy the filter; requests with `keep` need it")
@@ -70,10 +71,6 @@ class Sam2FilterSettings(ConfigBase):
     allow_random: bool = Field(False, description="no checkpoint: run an untrained SAM2 (tests only; scores mean nothing)")
     image_size: int | None = Field(None, ge=64, description="SAM2 input size override (256 for tiny CPU runs)")
     rule: Literal["paper", "official"] = Field("paper", description="selection rule of mrgen.models.selection")
-    organ_iou: float = Field(0.70, ge=0, le=1, description="every organ's IoU must reach this")
-    organ_conf: float = Field(0.80, ge=0, le=1, description="every organ's SAM2 confidence must reach this")
-    mean_iou: float = Field(0.80, ge=0, le=1, description="mean IoU over organs must reach this")
-    mean_conf: float = Field(0.90, ge=0, le=1, description="mean confidence over organs must reach this")
 
 
 class ServeConfig(ConfigBase):

@@ -19,13 +19,12 @@ class Sam2Filter:
         import torch
 
         from mrgen.models.sam2_scorer import Sam2Scorer, Sam2Settings
-        from mrgen.models.selection import Thresholds
         from mrgen.serving.config import Sam2FilterSettings
 
         torch.set_num_threads(torch_threads)
         cfg = Sam2FilterSettings.model_validate(settings)
         self.rule = cfg.rule
-        self.thresholds = Thresholds(cfg.organ_iou, cfg.organ_conf, cfg.mean_iou, cfg.mean_conf)
+        self.thresholds, self.relax_by = cfg.thresholds(), cfg.relax_by
         self.scorer = Sam2Scorer(Sam2Settings(
             config_name=_CONFIGS.get(cfg.model, cfg.model), checkpoint=cfg.checkpoint,
             image_size=cfg.image_size or 1024, allow_random=cfg.allow_random,
@@ -41,7 +40,8 @@ class Sam2Filter:
         from mrgen.models.selection import KEPT_FATES, select
 
         scores = self.scorer.score(images, mask, organ_map, organs)
-        selection = select(scores, keep=keep, rule=self.rule, thresholds=self.thresholds)
+        selection = select(scores, keep=keep, rule=self.rule, thresholds=self.thresholds,
+                           relax_by=self.relax_by)
         for fate in selection.fates.values():
             self._scored.inc(tags={"fate": fate})
         rows = []

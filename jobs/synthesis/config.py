@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from mrgen.models.selection import ThresholdConfig
 from mrgen.platform.cluster import RayConfig
 from mrgen.platform.config import ConfigBase, preset
 
@@ -38,14 +39,6 @@ class Sam2Config(ConfigBase):
         if self.image_size % 16:
             raise ValueError(f"image_size {self.image_size} must be a multiple of 16")
         return self
-
-
-class ThresholdConfig(ConfigBase):
-    organ_iou: float = Field(0.70, ge=0, le=1, description="τ_IoU: every organ's IoU at least this")
-    organ_conf: float = Field(0.80, ge=0, le=1, description="τ_conf: every organ's SAM2 confidence at least this")
-    mean_iou: float = Field(0.80, ge=0, le=1, description="τ̄_IoU: mean IoU over organs at least this")
-    mean_conf: float = Field(0.90, ge=0, le=1, description="τ̄_conf: mean confidence over organs at least this")
-    relax_by: float = Field(0.10, ge=0, le=1, description="all thresholds lowered by this when no candidate passes")
 
 
 class SynthesisConfig(ConfigBase):
