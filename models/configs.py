@@ -80,7 +80,7 @@ def tiny() -> ModelConfig:
         name="tiny", resolution=resolution,
         vae=_vae((16, 32, 64, 64), layers=1, groups=8, resolution=resolution),
         unet=_unet((32, 64), cross_attn=1, layers=1, groups=16, cross_dim=64, heads=4, sample_size=resolution // 8),
-        controlnet={"conditioning_channels": 1, "conditioning_embedding_out_channels": [8, 16, 16, 32]},
+        controlnet={"conditioning_channels": 1, "conditioning_embedding_out_channels": [16, 32, 64, 64]},
         text_encoder={
             "width": 64, "seed": 0,
             "model_cfg": {

@@ -61,7 +61,7 @@ def _tiny() -> dict[str, Any]:
 def _default() -> dict[str, Any]:
     """`mrgen demo`: the embedded default (≤ 20 min on 2 CPUs)."""
     return {"phantom": "default", "train": "tiny",
-            "train_overrides": {"vae.max_steps": 400, "unet.max_steps": 1500, "controlnet.max_steps": 1000,
+            "train_overrides": {"vae.max_steps": 400, "unet.max_steps": 1500, "controlnet.max_steps": 2000,
                                 "checkpoint_every": 500},
             "synthesis": "tiny", "synthesis_overrides": {"candidates": 4, "keep": 2, "steps": 20, "sampler": "dpm",
                                                          "max_masks": 192},

@@ -112,7 +112,7 @@ def _tiny() -> dict[str, Any]:
         "model": "tiny", "resolution": 64,
         "vae": {"lr": 2e-3, "batch_size": 8, "max_steps": 200, "warmup_steps": 10},
         "unet": {"lr": 2e-3, "batch_size": 8, "max_steps": 400, "warmup_steps": 10},
-        "controlnet": {"lr": 2e-3, "batch_size": 8, "max_steps": 400, "warmup_steps": 10},
+        "controlnet": {"lr": 3e-3, "batch_size": 8, "max_steps": 400, "warmup_steps": 50},
         "checkpoint_every": 100, "keep_checkpoints": 2, "sample_every": 100, "log_every": 10,
         "num_workers": 1, "cpus_per_worker": 0.5, "scaling_samples": 64, "data_repeat": 4,
     }

@@ -32,6 +32,33 @@ def test_from_unet_copies_encoder_weights(unet, controller):
     assert all(torch.count_nonzero(p) == 0 for p in controller.controlnet_down_blocks.parameters())
 
 
+def _hidden(embedding, cond):
+    x = torch.nn.functional.silu(embedding.conv_in(cond))
+    for block in embedding.blocks:
+        x = torch.nn.functional.silu(block(x))
+    return x
+
+
+def test_mask_signal_survives_the_condition_embedding(unet, controller):
+    """A mask must change the embedding's last hidden layer by a useful fraction of its size (diffusers'
+    default init leaves ~1e-3 of it, and a trained controller then ignored its masks)."""
+    mask = np.zeros((2, 64, 64), np.uint8)
+    mask[:, 16:40, 12:44] = 1
+    mask[:, 44:52, 20:30] = 3
+    with torch.no_grad():
+        organ = _hidden(controller.controlnet_cond_embedding, mask_to_condition(mask))
+        empty = _hidden(controller.controlnet_cond_embedding, mask_to_condition(np.zeros_like(mask)))
+        default = MaskController.model_class.from_unet(unet, conditioning_channels=1,
+                                                        conditioning_embedding_out_channels=(16, 32, 64, 64))
+        d_organ = _hidden(default.controlnet_cond_embedding, mask_to_condition(mask))
+        d_empty = _hidden(default.controlnet_cond_embedding, mask_to_condition(np.zeros_like(mask)))
+    ratio = float((organ - empty).abs().mean() / mask_to_condition(mask).abs().mean())
+    default_ratio = float((d_organ - d_empty).abs().mean() / mask_to_condition(mask).abs().mean())
+    assert ratio > 0.02, ratio  # 0.06 measured
+    assert default_ratio < ratio / 20, (default_ratio, ratio)  # 1.5e-4 measured: what the re-init is for
+    assert torch.count_nonzero(controller.controlnet_cond_embedding.conv_out.weight) == 0
+
+
 def test_condition_embedding_downsamples_by_the_autoencoder_factor(unet, controller):
     cond = mask_to_condition(np.ones((2, 64, 64), np.uint8))
     with torch.no_grad():
@@ -41,7 +68,7 @@ def test_condition_embedding_downsamples_by_the_autoencoder_factor(unet, control
         down, mid = controller(latents, t, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False)
         out = unet(latents, t, encoder_hidden_states=text, down_block_additional_residuals=down,
                    mid_block_additional_residual=mid).sample
-    assert emb.shape == (2, 32, 8, 8)
+    assert emb.shape == (2, 32, 8, 8)  # the UNet's first width
     assert out.shape == latents.shape
 
 
