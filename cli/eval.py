@@ -1,4 +1,5 @@
-"""`mrgen eval <metric>`: `ae` (autoencoder PSNR / SSIM / MSE, here); `fid`, `clip` come from `cli/eval_gen.py`."""
+"""`mrgen eval <metric>`: `ae` (autoencoder PSNR / SSIM / MSE) and `mask` (does the controller use its masks),
+here; `fid`, `clip` come from `cli/eval_gen.py`."""
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,40 @@ def run_ae(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_mask_parser(eval_subparsers) -> argparse.ArgumentParser:
+    parser = eval_subparsers.add_parser(
+        "mask", help="does the mask controller follow its masks? (loss with own vs other slices' masks)",
+        description="Denoising loss of UNet + mask controller on held-out masked slices with each slice's own mask, "
+                    "an empty condition and another slice's mask (same noise and timesteps). gain = 1 - own/other; "
+                    "0 means the controller ignores its masks.")
+    parser.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle URI (with a controlnet)")
+    parser.add_argument("--db", required=True, metavar="URI", help="MRGen-DB")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate")
+    parser.add_argument("--dataset", default=None, help="only this dataset of the DB")
+    parser.add_argument("--limit", type=int, default=64, help="at most this many masked slices")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fixed noise")
+    parser.set_defaults(func=run_mask)
+    return parser
+
+
+def run_mask(args: argparse.Namespace) -> int:
+    from mrgen.jobs.train.eval_mask import evaluate_mask_dependence
+
+    filters = {"dataset": args.dataset} if args.dataset else {}
+    try:
+        r = evaluate_mask_dependence(args.model, args.db, args.split, args.limit, seed=args.seed, **filters)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"mrgen eval mask: {exc}", file=sys.stderr)
+        return 2
+    print(f"{'split':<8}{'slices':>8}{'own mask':>11}{'empty':>10}{'other':>10}{'gain':>8}")
+    print(f"{r['split']:<8}{r['slices']:>8}{r['mse_true']:>11.4f}{r['mse_empty']:>10.4f}{r['mse_shuffled']:>10.4f}"
+          f"{r['gain']:>+8.3f}")
+    print(json.dumps(r))
+    return 0
+
+
 # name -> function adding that `mrgen eval` subcommand
-EVAL_COMMANDS = {"ae": add_ae_parser}
+EVAL_COMMANDS = {"ae": add_ae_parser, "mask": add_mask_parser}
 
 
 def register(subparsers) -> None:

@@ -343,8 +343,8 @@ def bundle_hash(uri: str) -> str:
 def build_random_bundle(name: str = "tiny", seed: int = 0) -> ModelBundle:
     """Every part randomly initialised from ``seed`` (the global RNG is left alone), for tests.
 
-    The controller is re-initialised so that masks visibly change a random bundle's output (a fresh
-    ``from_unet`` controller has zero output convolutions and would ignore them).
+    The controller's zero convolutions are drawn at random so that masks visibly change a random bundle's
+    output (a fresh ``from_unet`` controller has zero output convolutions and would ignore them).
     """
     cfg = model_config(name)
     with torch.random.fork_rng(devices=[]):
@@ -361,10 +361,6 @@ def build_random_bundle(name: str = "tiny", seed: int = 0) -> ModelBundle:
 
 @torch.no_grad()
 def _make_masks_matter(controlnet: ControlNetModel) -> None:
-    embedding = controlnet.controlnet_cond_embedding
-    for conv in (embedding.conv_in, *embedding.blocks):
-        torch.nn.init.kaiming_normal_(conv.weight)
-        conv.bias.zero_()
-    embedding.conv_out.weight.normal_(0.0, 0.3)
+    controlnet.controlnet_cond_embedding.conv_out.weight.normal_(0.0, 0.3)
     for conv in (controlnet.controlnet_mid_block, *controlnet.controlnet_down_blocks):
         conv.weight.normal_(0.0, 0.1)

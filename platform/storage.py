@@ -71,6 +71,15 @@ def local_path(uri: str) -> str:
     return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
+def absolute(uri: str) -> str:
+    """``uri`` with a relative local path made absolute: Ray workers and Ray Train's controller run in other
+    working directories, so a relative path handed to them would point somewhere else."""
+    if not is_local(uri):
+        return uri
+    path = os.path.abspath(os.path.expanduser(local_path(uri)))
+    return f"file://{path}" if uri.startswith("file://") else path
+
+
 def filesystem(uri: str, settings: StorageSettings | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem for ``uri`` and the path inside it."""
     proto = protocol(uri)

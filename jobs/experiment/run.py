@@ -2,6 +2,7 @@
 
     build-db            phantom MRGen-DB (source modality with masks, target modality masks only on test volumes)
     train-generator     `mrgen train all`: autoencoder → text-guided UNet → mask controller
+    check-controller    `mrgen eval mask`: denoising loss with each test slice's own mask vs another's
     synthesize          target-modality images from the source-modality training masks, with the filter
     train-segmenters    nnU-Net (1) on real source-modality slices, (2) on the synthetic target-modality slices
     evaluate            volumetric Dice of both on the held-out real target-modality test volumes
@@ -9,7 +10,7 @@
     report              OUT/report/: report.md, report.json, contact sheets
 
 Each step skips when its output exists, so rerunning the command resumes after the last finished step.
-Layout under OUT: db/, generator/, synthetic/, segmenters/{source-only,mrgen}/, eval/*.json, fid.json, report/.
+Layout under OUT: db/, generator/ (with mask_dependence.json), synthetic/, segmenters/{source-only,mrgen}/, eval/*.json, fid.json, report/.
 """
 from __future__ import annotations
 
@@ -49,6 +50,10 @@ class Experiment:
     @property
     def synthetic(self) -> str:
         return self.path("synthetic")
+
+    @property
+    def mask_check(self) -> str:
+        return self.path("generator", "mask_dependence.json")
 
     def segmenter(self, name: str) -> str:
         return self.path("segmenters", name)
@@ -122,6 +127,17 @@ def train_generator(exp: Experiment) -> None:
     exp.results["generator"] = {"bundle": exp.bundle, "stages": [
         {"stage": r.stage, "steps": r.steps, "seconds": round(r.seconds, 1),
          "final_loss": r.history[-1].get("loss") if r.history else None} for r in results]}
+
+
+def check_controller(exp: Experiment) -> None:
+    from mrgen.datasets.phantom import SOURCE_DATASET
+    from mrgen.jobs.train.eval_mask import evaluate_mask_dependence
+
+    result = evaluate_mask_dependence(exp.bundle, exp.db, split="test", dataset=SOURCE_DATASET)
+    storage.write_text(exp.mask_check, json.dumps(result, indent=1))
+    print(f"[experiment] mask controller on {result['slices']} held-out source slices: loss with own mask "
+          f"{result['mse_true']:.4f}, empty {result['mse_empty']:.4f}, another slice's {result['mse_shuffled']:.4f} "
+          f"(gain {result['gain']:+.3f})", flush=True)
 
 
 def synthesize(exp: Experiment) -> None:
@@ -216,6 +232,7 @@ STEPS: list[Step] = [
     Step("build-db", build_db, lambda e: False),
     Step("train-generator", train_generator,
          lambda e: _all_exist(storage.join(e.path("generator"), "controlnet", "bundle", "mrgen_manifest.json"))),
+    Step("check-controller", check_controller, lambda e: _all_exist(e.mask_check)),
     Step("synthesize", synthesize, lambda e: _all_exist(storage.join(e.synthetic, "report.json"))),
     Step("train-segmenters", train_segmenters,
          lambda e: _all_exist(*(storage.join(e.segmenter(n), "mrgen_segmenter.json") for n in SEGMENTERS))),
@@ -246,5 +263,5 @@ def run_experiment(out_dir: str, quick: bool = False, config: ExperimentConfig |
                    ray_address: str | None = None, db_only: bool = False) -> dict[str, Any]:
     """Run (or resume) every step (only the DB with ``db_only``); returns the report (OUT/report/report.json)."""
     config = config or ExperimentConfig.from_preset("quick" if quick else "default")
-    exp = run_steps(Experiment(out=out_dir, config=config, ray_address=ray_address), STEPS[:1] if db_only else None)
+    exp = run_steps(Experiment(out=storage.absolute(out_dir), config=config, ray_address=ray_address), STEPS[:1] if db_only else None)
     return exp.results["db"] if db_only else exp.results["report"]

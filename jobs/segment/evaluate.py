@@ -111,6 +111,9 @@ def submit_evaluation(config: SegmentConfig, model_uri: str, test_uri: str, **kw
     from mrgen.datasets.store import load_index
     from mrgen.jobs.segment.train import SegmentInputError, load_manifest
 
+    model_uri, test_uri = storage.absolute(model_uri), storage.absolute(test_uri)
+    if kwargs.get("predictions_uri"):
+        kwargs["predictions_uri"] = storage.absolute(kwargs["predictions_uri"])
     load_index(test_uri)  # a clear error in the driver when --test is not an MRGen-DB
     if not storage.exists(storage.join(model_uri, "plans.json")):
         load_manifest(model_uri)  # raises naming the folder

@@ -18,7 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +258,8 @@ def submit_training(config: SegmentConfig, sources: Sequence[TrainSource], out_u
     import ray
 
     check_sources(sources)
+    sources = [replace(s, uri=storage.absolute(s.uri)) for s in sources]
+    out_uri = storage.absolute(out_uri)
     task = ray.remote(max_calls=1)(train_in_process)
     return task.options(num_cpus=config.num_cpus, num_gpus=config.num_gpus,
                         name="mrgen-segment-train").remote(config, list(sources), out_uri)

@@ -186,6 +186,7 @@ def main(config: SynthesisConfig) -> dict[str, Any]:
         config.require_io()
     except ValueError as exc:
         raise SynthesisInputError(str(exc)) from None
+    config = config.model_copy(update={k: storage.absolute(getattr(config, k)) for k in ("model", "source", "out")})
     attributes = resolve_modalities(config)
     bundle_id, resolution = check_bundle(config.model)
     filter_model, meaningful = filter_identity(config)

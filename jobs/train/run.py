@@ -75,7 +75,8 @@ def main(config: TrainConfig, db_uri: str, out_uri: str, stage: str, resume: boo
 
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}: choose from {STAGES}")
-    init = init or default_init(out_uri, stage)
+    db_uri, out_uri = storage.absolute(db_uri), storage.absolute(out_uri)
+    init = storage.absolute(init) if init else default_init(out_uri, stage)
     if init is not None and not storage.exists(init):
         raise FileNotFoundError(f"stage {stage!r} starts from the {PREVIOUS[stage]!r} stage's bundle, but {init} does "
                                 f"not exist: train that stage first (mrgen train {PREVIOUS[stage]}) or pass --init")

@@ -11,11 +11,13 @@ import pytest
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # minutes on a quiet 2-core machine; far longer when the machine is shared
-def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session):
+def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session, monkeypatch):
     from mrgen.jobs.experiment.run import SEGMENTERS, run_experiment
 
+    # a relative OUT, as `make demo` gives (runs/demo): Ray Train's controller and Ray tasks run elsewhere
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "exp"
-    report = run_experiment(str(out), quick=True)
+    report = run_experiment("exp", quick=True)
 
     folder = out / "report"
     for name in ("report.md", "report.json", "data.png", "segmentation.png"):
@@ -36,10 +38,13 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session):
     assert "source-only" in md and "mrgen" in md and "FID" in md
 
     seconds_first = report["step_seconds"]
-    assert {"train-generator", "synthesize", "train-segmenters", "evaluate", "fid"} <= set(seconds_first)
+    assert {"train-generator", "check-controller", "synthesize", "train-segmenters", "evaluate", "fid"} <= set(seconds_first)
+    check = report["mask_dependence"]
+    assert check["slices"] >= 2 and check["gain"] == 1 - check["mse_true"] / check["mse_shuffled"]
+    assert "## Mask controller" in md and f"{check['gain']:+.3f}" in md
 
     # a rerun resumes: nothing but the (idempotent) DB check and the report runs again
-    again = run_experiment(str(out), quick=True)
+    again = run_experiment("exp", quick=True)
     assert set(again["step_seconds"]) <= {"build-db", "report"}
     assert again["dice"] == report["dice"]
     assert Path(out / "segmenters" / "mrgen" / "mrgen_segmenter.json").exists()

@@ -1,4 +1,5 @@
-"""Autoscaling of the generator: 1 → 2 replicas under bounded loopback load, and back to 1 when it stops.
+"""Capacity of the generator: 503 beyond `max_queued_requests`; autoscaling 1 → 2 replicas under bounded
+loopback load, and back to 1 when it stops.
 
 Short metric push intervals reach the replicas through their runtime_env (`autoscaling.metrics_interval_s`),
 so this works on the shared Ray session that started before this module.
@@ -69,6 +70,38 @@ def test_generator_scales_up_under_load_and_back(serve_port, serve_bundle):
         print(f"back to 1 replica {time.monotonic() - t0:.1f} s after the load stopped")
     finally:
         serve.delete("mrgen-scale")
+
+
+def test_requests_beyond_the_queue_get_503_and_the_service_recovers(serve_port, serve_bundle):
+    import concurrent.futures
+
+    import httpx
+    from ray import serve
+
+    from mrgen.serving.app import GeneratorAppArgs, build_app
+    from mrgen.serving.client import request_body
+
+    app = build_app(GeneratorAppArgs(model=serve_bundle, config="tiny", overrides=[
+        "autoscaling.min_replicas=1", "autoscaling.max_replicas=1", "max_ongoing_requests=1",
+        "max_queued_requests=1", "batching.max_batch_size=1", "default_steps=30"]))
+    serve.run(app, name="mrgen-capacity", route_prefix="/capacity")
+    url = f"http://127.0.0.1:{serve_port}/capacity/v1/generate"
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:40, 8:40] = 1
+    body = request_body(mask, "T1", {1: "liver"}, n=2)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(lambda _: httpx.post(url, json=body, timeout=120), range(8)))
+        codes = sorted(r.status_code for r in responses)
+        print(codes)
+        refused = [r for r in responses if r.status_code == 503]
+        assert refused and set(codes) <= {200, 503}, codes  # 1 running + 1 queued at a time; the rest refused
+        assert codes.count(200) >= 2, codes
+        assert all("max_queued_requests" in r.json()["detail"] and r.headers.get("retry-after") for r in refused)
+        again = httpx.post(url, json=body, timeout=120)
+        assert again.status_code == 200, again.text
+    finally:
+        serve.delete("mrgen-capacity")
 
 
 def test_loadgen_refuses_non_loopback():

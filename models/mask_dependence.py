@@ -1,0 +1,56 @@
+"""Does a mask controller use its masks? Denoising loss with the true masks against other slices' masks.
+
+For held-out masked slices the noise and timesteps are fixed (timesteps spread evenly over the schedule) and
+the ε-prediction MSE of UNet + controller is computed three times: with each slice's own mask, with an empty
+condition, and with the masks rolled by one slice (another slice's organs). A controller that follows its
+masks has ``mse_true`` clearly below ``mse_shuffled``; ``gain`` = 1 − true / shuffled. One that ignores them
+gives identical numbers.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from mrgen.models.autoencoder import encode_latents
+from mrgen.models.bundle import ModelBundle
+from mrgen.models.mask_controller import mask_to_condition
+from mrgen.models.scheduler import build_scheduler
+
+
+@torch.no_grad()
+def mask_dependence(bundle: ModelBundle, images: np.ndarray, masks: np.ndarray, prompts: Sequence[str],
+                    seed: int = 0, batch_size: int = 32) -> dict[str, float]:
+    """``images`` float [N,H,W] in [0,1], ``masks`` uint8 organ ids [N,H,W] (N ≥ 2), one prompt each."""
+    if bundle.controlnet is None:
+        raise ValueError("mask_dependence needs a bundle with a controlnet part")
+    n = len(images)
+    if n < 2 or len(masks) != n or len(prompts) != n:
+        raise ValueError(f"need >= 2 slices with one mask and prompt each, got {n} images, {len(masks)} masks, "
+                         f"{len(prompts)} prompts")
+    device, dtype = bundle.unet.device, bundle.unet.dtype
+    scheduler = build_scheduler("ddpm", bundle.scheduler_config)
+    total_t = scheduler.config.num_train_timesteps
+    encoding = bundle.manifest.get("mask_encoding", "ratio")
+    variants = {"true": masks, "empty": np.zeros_like(masks), "shuffled": np.roll(masks, 1, axis=0)}
+    sums = dict.fromkeys(variants, 0.0)
+    for start in range(0, n, batch_size):
+        sl = slice(start, min(n, start + batch_size))
+        latents = encode_latents(bundle.vae, torch.from_numpy(np.asarray(images[sl])).to(device),
+                                 bundle.latent_scaling, sample=False).float()
+        noise = torch.stack([torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(seed + i))
+                             for i in range(sl.start, sl.stop)]).to(device)  # per slice: batching changes nothing
+        t = ((torch.arange(sl.start, sl.stop) + 0.5) * (total_t / n)).long().to(device)
+        noisy = scheduler.add_noise(latents, noise, t).to(dtype)
+        text = bundle.text_encoder.encode(list(prompts[sl])).to(device, dtype)
+        for name, variant in variants.items():
+            cond = mask_to_condition(variant[sl], encoding=encoding).to(device, dtype)
+            down, mid = bundle.controlnet(noisy, t, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False)
+            pred = bundle.unet(noisy, t, encoder_hidden_states=text, down_block_additional_residuals=down,
+                               mid_block_additional_residual=mid).sample
+            sums[name] += float(((pred.float() - noise) ** 2).mean(dim=(1, 2, 3)).sum())
+    result = {f"mse_{k}": v / n for k, v in sums.items()}
+    result["gain"] = 1 - result["mse_true"] / result["mse_shuffled"]
+    result["slices"] = n
+    return result
