@@ -37,6 +37,7 @@ from mrgen.datasets.phantom_mr import render, sequence_for, tissue_maps
 from mrgen.datasets.prompt import PROMPT_TEMPLATE_VERSION, build_prompt
 from mrgen.datasets.schema import encode_image, encode_mask, encode_organ_map, slice_id
 from mrgen.datasets.store import DBIndex, ShardInfo, ShardWriter, try_load_index, volume_key
+from mrgen.platform import storage
 from mrgen.platform.config import ConfigBase, preset
 from mrgen.platform.progress import Progress
 
@@ -233,6 +234,7 @@ def build_phantom_db(out_uri: str, config: PhantomConfig | None = None, use_ray:
     ``use_ray=None`` renders shards as Ray tasks when Ray is initialised in this process.
     """
     config = config or PhantomConfig.load("tiny")
+    out_uri = storage.absolute(out_uri)  # shards are written by Ray tasks, which run in other directories
     meta = _meta(config)
     previous = try_load_index(out_uri)
     if previous is not None and previous.meta.get("phantom") == meta["phantom"] and previous.meta.get("generator") == "phantom":

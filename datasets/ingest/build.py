@@ -202,6 +202,7 @@ def build_db(manifest_path: str | Path, out_uri: str, config: DBConfig) -> Build
     from mrgen.platform.cluster import init_ray
 
     started = time.monotonic()
+    out_uri = storage.absolute(out_uri)  # volumes are read and written by Ray tasks in other directories
     report = BuildReport(manifest=str(manifest_path), out=out_uri)
     rows, problems = read_manifest(manifest_path)
     writer, done = _open_writer(out_uri, config)

@@ -64,3 +64,13 @@ def test_settings_from_config_beat_environment(monkeypatch):
     opts = storage.StorageSettings(endpoint_url="http://cfg:2").s3_options()
     assert opts["client_kwargs"]["endpoint_url"] == "http://cfg:2"
     assert storage.StorageSettings().s3_options()["client_kwargs"]["endpoint_url"] == "http://env:1"
+
+
+def test_absolute_makes_local_paths_absolute_and_leaves_object_storage(tmp_path, monkeypatch):
+    from mrgen.platform.storage import absolute
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute("runs/demo") == str(tmp_path / "runs" / "demo")
+    assert absolute("file://runs/x") == f"file://{tmp_path}/runs/x"
+    assert absolute("/already/absolute") == "/already/absolute"
+    assert absolute("s3://bucket/runs/demo") == "s3://bucket/runs/demo"
