@@ -14,9 +14,12 @@ from mrgen.platform.config import ConfigBase
 
 # Ray Data 2.60's default Parquet reader (datasource V2) spends ~30 s before the first batch of a small DB
 # (measured by `mrgen bench db`: 512 slices in ~30 s vs 0.9 s with V1); MRGen-DB reads use V1.
+# RAY_TRAIN_HEALTH_CHECK_INTERVAL_S: Ray Train's controller collects a worker's ray.train.report only when it
+# polls (default every 2 s, result queue of 1), so each report blocked its worker up to 2 s (measured: 2.0 s per
+# back-to-back report; half the wall time of a stage reporting every 10 steps).
 _DEFAULT_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-                "RAY_DATA_USE_DATASOURCE_V2": "0"}
-_FORWARDED = ("RAY_DATA_USE_DATASOURCE_V2", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
+                "RAY_DATA_USE_DATASOURCE_V2": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+_FORWARDED = ("RAY_DATA_USE_DATASOURCE_V2", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
               "MRGEN_S3_ENDPOINT", "HF_HUB_OFFLINE", "OMP_NUM_THREADS")
 
 

@@ -61,10 +61,12 @@ def _tiny() -> dict[str, Any]:
 def _default() -> dict[str, Any]:
     """`mrgen demo`: the embedded default (≤ 20 min on 2 CPUs)."""
     return {"phantom": "default", "train": "tiny",
-            "train_overrides": {"vae.max_steps": 400, "unet.max_steps": 1500, "controlnet.max_steps": 2000,
+            "train_overrides": {"vae.max_steps": 300, "unet.max_steps": 1500, "controlnet.max_steps": 1500,
                                 "checkpoint_every": 500},
+            # guidance 2: the tiny generator's samples break into blobs at the paper's 7 (a CFG sweep, 1-7, on
+            # the demo's own bundle showed body outlines only up to ~2)
             "synthesis": "tiny", "synthesis_overrides": {"candidates": 4, "keep": 2, "steps": 20, "sampler": "dpm",
-                                                         "max_masks": 192},
+                                                         "guidance": 2.0, "max_masks": 192},
             "segment": "default", "fid_limit": 256}
 
 

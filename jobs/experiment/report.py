@@ -131,10 +131,12 @@ def write_report_folder(exp) -> dict[str, Any]:
         + ("" if fid.get("comparable_with_published") else " — not comparable with published FIDs (no Inception "
            "weights offline); both figures use the same network, so they compare with each other."), "",
         "## Mask controller", "",
-        (f"Denoising loss on {mask_check['slices']} held-out source slices (fixed noise and timesteps) with each "
-         f"slice's own mask {mask_check['mse_true']:.4f}, an empty condition {mask_check['mse_empty']:.4f}, another "
-         f"slice's mask {mask_check['mse_shuffled']:.4f}: gain {mask_check['gain']:+.3f} (0 = masks ignored)."
-         if mask_check else "not measured"), "",
+        "Denoising loss of UNet + controller (fixed noise and timesteps) with each source slice's own mask, an empty "
+        "condition and another slice's mask; gain = 1 - own/other (0: the masks are ignored). Synthesis uses the "
+        f"`{exp.config.source_split}` masks; `test` masks were never seen in training.", "",
+        "| masks | slices | own | empty | other | gain |", "|---|---|---|---|---|---|",
+        *(f"| {split} | {c['slices']} | {c['mse_true']:.4f} | {c['mse_empty']:.4f} | {c['mse_shuffled']:.4f} | "
+          f"{c['gain']:+.3f} |" for split, c in mask_check.items()), "",
         "## Synthesis", "",
         f"{totals.get('masks', '-')} masks, {totals.get('candidates_generated', '-')} candidates, "
         f"{totals.get('candidates_kept', '-')} kept; filter `{synthesis.get('filter_model', '-')}`"

@@ -2,7 +2,7 @@
 
     build-db            phantom MRGen-DB (source modality with masks, target modality masks only on test volumes)
     train-generator     `mrgen train all`: autoencoder → text-guided UNet → mask controller
-    check-controller    `mrgen eval mask`: denoising loss with each test slice's own mask vs another's
+    check-controller    `mrgen eval mask`: denoising loss with each slice's own mask vs another's (train and test masks)
     synthesize          target-modality images from the source-modality training masks, with the filter
     train-segmenters    nnU-Net (1) on real source-modality slices, (2) on the synthetic target-modality slices
     evaluate            volumetric Dice of both on the held-out real target-modality test volumes
@@ -130,14 +130,18 @@ def train_generator(exp: Experiment) -> None:
 
 
 def check_controller(exp: Experiment) -> None:
+    """Mask dependence on the source masks synthesis uses (its split) and on held-out ones (generalisation)."""
     from mrgen.datasets.phantom import SOURCE_DATASET
     from mrgen.jobs.train.eval_mask import evaluate_mask_dependence
 
-    result = evaluate_mask_dependence(exp.bundle, exp.db, split="test", dataset=SOURCE_DATASET)
+    splits = dict.fromkeys((exp.config.source_split, "test"))
+    result = {split: evaluate_mask_dependence(exp.bundle, exp.db, split=split, dataset=SOURCE_DATASET)
+              for split in splits}
     storage.write_text(exp.mask_check, json.dumps(result, indent=1))
-    print(f"[experiment] mask controller on {result['slices']} held-out source slices: loss with own mask "
-          f"{result['mse_true']:.4f}, empty {result['mse_empty']:.4f}, another slice's {result['mse_shuffled']:.4f} "
-          f"(gain {result['gain']:+.3f})", flush=True)
+    for split, r in result.items():
+        print(f"[experiment] mask controller on {r['slices']} {split} source slices: loss with own mask "
+              f"{r['mse_true']:.4f}, empty {r['mse_empty']:.4f}, another slice's {r['mse_shuffled']:.4f} "
+              f"(gain {r['gain']:+.3f})", flush=True)
 
 
 def synthesize(exp: Experiment) -> None:

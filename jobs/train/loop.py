@@ -220,8 +220,9 @@ def train_loop_per_worker(args: dict[str, Any]) -> None:
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
         else:
-            ray.train.report(report)
-        interval["t0"] = time.perf_counter()  # checkpoint and report time is not step time
+            ray.train.report(report)  # its time counts in the next interval's samples/s: it is paid every interval
+        if do_ckpt:
+            interval["t0"] = time.perf_counter()  # checkpoint time is not step time
 
 
 def _interval_metrics(interval: dict[str, Any], stream: BatchStream, lr_schedule, samples_per_step: int,

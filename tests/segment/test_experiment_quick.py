@@ -39,9 +39,12 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session, monkeypat
 
     seconds_first = report["step_seconds"]
     assert {"train-generator", "check-controller", "synthesize", "train-segmenters", "evaluate", "fid"} <= set(seconds_first)
-    check = report["mask_dependence"]
-    assert check["slices"] >= 2 and check["gain"] == 1 - check["mse_true"] / check["mse_shuffled"]
-    assert "## Mask controller" in md and f"{check['gain']:+.3f}" in md
+    checks = report["mask_dependence"]
+    assert set(checks) == {"train", "test"}
+    for check in checks.values():
+        assert check["slices"] >= 2 and check["gain"] == 1 - check["mse_true"] / check["mse_shuffled"]
+        assert f"{check['gain']:+.3f}" in md
+    assert "## Mask controller" in md
 
     # a rerun resumes: nothing but the (idempotent) DB check and the report runs again
     again = run_experiment("exp", quick=True)

@@ -44,6 +44,22 @@ def test_export_passes_nnunet_verify_and_keeps_volumes(tiny_db, tmp_path):
         assert all((folder / "labelsTs" / f"{case}.png").exists() for _, case in slices)
 
 
+def test_export_to_object_storage(tiny_db, tmp_path, s3_server):
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    from mrgen.platform import storage
+
+    uri = f"s3://{s3_server['bucket']}/exports/{tmp_path.name}"
+    summary = export_nnunet(uri, 502, "phantom-s3", synthetic=tiny_db, real=tiny_db, real_split="test",
+                            real_datasets=["phantom-tgt"])
+    assert summary["folder"] == f"{uri}/Dataset502_phantom-s3"
+    assert storage.listdir(uri) == ["Dataset502_phantom-s3"]  # no temporary folder left behind
+    local = storage.download_dir(summary["folder"], tmp_path / "Dataset502_phantom-s3")
+    verify_dataset_integrity(str(local), num_processes=1)
+    assert len(list((local / "labelsTr").iterdir())) == summary["train_cases"] > 0
+    assert len(list((local / "imagesTs").iterdir())) == summary["test_cases"] > 0
+
+
 def test_export_errors(tiny_db, tmp_path):
     with pytest.raises(ExportError, match="999"):
         export_nnunet(str(tmp_path), 1000, "x", synthetic=tiny_db)
