@@ -67,7 +67,7 @@ def _default() -> dict[str, Any]:
             # the demo's own bundle showed body outlines only up to ~2)
             "synthesis": "tiny", "synthesis_overrides": {"candidates": 4, "keep": 2, "steps": 20, "sampler": "dpm",
                                                          "guidance": 2.0, "max_masks": 192},
-            "segment": "default", "fid_limit": 256}
+            "segment": "default", "segment_overrides": {"epochs": 25}, "fid_limit": 256}
 
 
 @preset(ExperimentConfig, "paper")

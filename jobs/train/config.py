@@ -70,6 +70,11 @@ class TrainConfig(ConfigBase):
                                                                    "(trained with an empty condition)")
     data_repeat: int = Field(1, ge=1, description="passes over the stage's selection per data epoch (small DBs: "
                                                    "fewer epoch restarts, less waiting for data)")
+    shuffle: Literal["blocks", "global"] = Field(
+        "blocks", description="order of each data pass: blocks = randomize_block_order (cheap; rows then mix in the "
+                              "local buffer), global = Ray Data random_shuffle (an all-to-all exchange per pass; needs "
+                              "spare CPUs beside the trainers). Without either the stream runs shard by shard: one "
+                              "modality, or all masked rows then all unmasked ones, for long stretches")
     shuffle_buffer: int = Field(64, ge=0, description="rows in each worker's local shuffle buffer (0 = off)")
     scaling_samples: int = Field(64, ge=1, description="slices used to measure the latent scaling factor")
     seed: int = Field(0, description="base seed; each rank adds its rank")
@@ -128,4 +133,5 @@ def _paper() -> dict[str, Any]:
         "controlnet": {"lr": 1e-5, "batch_size": 16, "max_steps": 40_000, "warmup_steps": 500},
         "checkpoint_every": 2000, "keep_checkpoints": 3, "sample_every": 2000, "log_every": 50,
         "num_workers": 8, "gpus_per_worker": 1, "cpus_per_worker": 4, "torch_threads": 4, "scaling_samples": 256,
+        "shuffle_buffer": 1024,
     }
