@@ -12,7 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
 
-from mrgen.platform import storage
 from mrgen.platform.config import flatten, split_override
 from mrgen.serving.config import ServeConfig
 from mrgen.serving.generator import Generator
@@ -43,7 +42,7 @@ class GeneratorAppArgs(BaseModel):
         config = config.with_overrides({**dict(map(split_override, self.overrides)), "model": self.model})
         if not config.model:
             raise ValueError("no model bundle: give GeneratorAppArgs.model (mrgen serve --model URI) or serve.model")
-        return config.with_overrides({"model": storage.absolute(config.model)})
+        return config
 
 
 def build_app(args: GeneratorAppArgs | dict[str, Any]) -> Application:

@@ -38,11 +38,14 @@ def run_service(config: ServeConfig, ray_address: str | None = None, block: bool
     """Start Serve on ``config.host:port``, deploy the app, and (``block``) wait until Ctrl-C. Returns the URL."""
     from ray import serve
 
+    from mrgen.platform import storage
     from mrgen.platform.cluster import RayConfig, init_ray
     from mrgen.serving.app import build_app_from_config
 
     if not config.model:
         raise ValueError("no model bundle: pass --model URI or set serve.model")
+    # replicas run in other directories: a relative path means one relative to where `mrgen serve` was started
+    config = config.with_overrides({"model": storage.absolute(config.model)})
     init_ray(RayConfig(address=ray_address))
     serve.start(http_options={"host": config.host, "port": config.port,
                               "request_timeout_s": config.request_timeout_s + 10})
