@@ -55,7 +55,8 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, default=8, help="concurrent closed-loop clients (loopback only)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per run")
     parser.add_argument("--n", type=int, default=1, help="candidates per request")
-    parser.add_argument("--steps", type=int, default=4, help="sampling steps per request")
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps per request (20 as DPM-Solver++; at 4 the "
+                        "proxy and ingress, not sampling, dominate a request)")
     parser.add_argument("--max-batch-size", type=int, default=8, help="max batch of the 'batching on' run")
 
 
