@@ -87,7 +87,7 @@ def write_report_folder(exp) -> dict[str, Any]:
     folder = exp.path("report")
     evals = {n: ev for n in SEGMENTERS if (ev := _json(exp.evaluation(n)))}
     fid = _json(exp.path("fid.json")) or {}
-    mask_check = _json(storage.join(exp.out, "generator", "mask_dependence.json")) or {}
+    mask_check = _json(exp.mask_check) or {}
     synthesis = _json(storage.join(exp.synthetic, "report.json")) or {}
     trained_on = {"source-only": "real source-modality slices", "mrgen": "MRGen synthetic target-modality slices"}
     manifests = {n: _json(storage.join(exp.segmenter(n), "mrgen_segmenter.json")) or {} for n in SEGMENTERS}

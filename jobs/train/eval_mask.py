@@ -9,8 +9,8 @@ import numpy as np
 def evaluate_mask_dependence(bundle_uri: str, db_uri: str, split: str = "test", limit: int = 64,
                              min_area: float = 0.02, seed: int = 0, **filters: Any) -> dict[str, Any]:
     """Masked slices of ``split`` covering at least ``min_area`` of the image (the first ``limit`` by slice id)."""
+    from mrgen.datasets.schema import decode_batch
     from mrgen.datasets.store import read_table
-    from mrgen.jobs.train.data import decode
     from mrgen.models.bundle import ModelBundle
     from mrgen.models.mask_dependence import mask_dependence
 
@@ -18,9 +18,7 @@ def evaluate_mask_dependence(bundle_uri: str, db_uri: str, split: str = "test", 
                        split=split, has_mask=True, **filters).sort_by("slice_id")
     if table.num_rows < 2:
         raise ValueError(f"{db_uri}: {table.num_rows} masked slices in split {split!r} {filters or ''}; need >= 2")
-    cols = table.to_pydict()
-    batch = decode({k: np.asarray(v, dtype=object) if k in ("image", "mask", "prompt") else np.asarray(v)
-                    for k, v in cols.items()})
+    batch = decode_batch(table.to_pydict())
     keep = np.flatnonzero((batch["mask"] > 0).mean(axis=(1, 2)) >= min_area)[:limit]
     if len(keep) < 2:
         raise ValueError(f"{db_uri}: fewer than 2 masked slices in split {split!r} cover {min_area:.0%} of the image")
