@@ -61,7 +61,9 @@ def _tiny() -> dict[str, Any]:
 def _default() -> dict[str, Any]:
     """`mrgen demo`: the embedded default (≤ 20 min on 2 CPUs)."""
     return {"phantom": "default", "train": "tiny",
-            "train_overrides": {"vae.max_steps": 300, "unet.max_steps": 1500, "controlnet.max_steps": 1500,
+            # UNet steps over controller steps: with an undertrained UNet the controller spends its capacity on
+            # mask-independent corrections (`mrgen eval mask`: loss with an empty mask ≈ own mask ≪ UNet alone)
+            "train_overrides": {"vae.max_steps": 300, "unet.max_steps": 2000, "controlnet.max_steps": 1000,
                                 "checkpoint_every": 500},
             # guidance 2: the tiny generator's samples break into blobs at the paper's 7 (a CFG sweep, 1-7, on
             # the demo's own bundle showed body outlines only up to ~2)

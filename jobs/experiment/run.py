@@ -140,8 +140,8 @@ def check_controller(exp: Experiment) -> None:
     storage.write_text(exp.mask_check, json.dumps(result, indent=1))
     for split, r in result.items():
         print(f"[experiment] mask controller on {r['slices']} {split} source slices: loss with own mask "
-              f"{r['mse_true']:.4f}, empty {r['mse_empty']:.4f}, another slice's {r['mse_shuffled']:.4f} "
-              f"(gain {r['gain']:+.3f})", flush=True)
+              f"{r['mse_true']:.4f}, empty {r['mse_empty']:.4f}, another slice's {r['mse_shuffled']:.4f}, UNet alone "
+              f"{r['mse_unet']:.4f} (gain {r['gain']:+.3f})", flush=True)
 
 
 def synthesize(exp: Experiment) -> None:

@@ -8,7 +8,8 @@ import numpy as np
 
 def evaluate_mask_dependence(bundle_uri: str, db_uri: str, split: str = "test", limit: int = 64,
                              min_area: float = 0.02, seed: int = 0, **filters: Any) -> dict[str, Any]:
-    """Masked slices of ``split`` covering at least ``min_area`` of the image (the first ``limit`` by slice id)."""
+    """Masked slices of ``split`` covering at least ``min_area`` of the image: ``limit`` of them, evenly spread over
+    the split in slice-id order (every volume, not the first one or two)."""
     from mrgen.datasets.schema import decode_batch
     from mrgen.datasets.store import read_table
     from mrgen.models.bundle import ModelBundle
@@ -19,7 +20,8 @@ def evaluate_mask_dependence(bundle_uri: str, db_uri: str, split: str = "test", 
     if table.num_rows < 2:
         raise ValueError(f"{db_uri}: {table.num_rows} masked slices in split {split!r} {filters or ''}; need >= 2")
     batch = decode_batch(table.to_pydict())
-    keep = np.flatnonzero((batch["mask"] > 0).mean(axis=(1, 2)) >= min_area)[:limit]
+    keep = np.flatnonzero((batch["mask"] > 0).mean(axis=(1, 2)) >= min_area)
+    keep = keep[np.unique(np.linspace(0, len(keep) - 1, min(limit, len(keep))).round().astype(int))]
     if len(keep) < 2:
         raise ValueError(f"{db_uri}: fewer than 2 masked slices in split {split!r} cover {min_area:.0%} of the image")
     bundle = ModelBundle.load(bundle_uri, parts=("vae", "unet", "controlnet", "text_encoder", "scheduler"))

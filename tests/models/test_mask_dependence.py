@@ -33,6 +33,20 @@ def test_a_fresh_controller_ignores_masks_exactly():
     result = mask_dependence(bundle, *_slices())
     assert result["mse_true"] == result["mse_shuffled"] == result["mse_empty"]
     assert result["gain"] == 0
+    # zero-initialised outputs add nothing: the controller's losses are the UNet's own
+    assert abs(result["mse_unet"] - result["mse_true"]) < 1e-6
+
+
+def test_other_masks_come_from_the_far_half_of_the_set():
+    """Slices in slice-id order: neighbours share near-identical masks, so "another slice's mask" must come from
+    the other half (a roll by one would compare a mask mostly with itself)."""
+    bundle = build_random_bundle("tiny", seed=0)
+    images, masks, prompts = _slices()
+    masks[1:3], masks[4:6] = masks[0], masks[3]  # two "volumes" of three identical masks each
+    a = mask_dependence(bundle, images, masks, prompts)
+    swapped = np.concatenate([masks[3:], masks[:3]])
+    b = mask_dependence(bundle, images, swapped, prompts)
+    assert abs(a["mse_shuffled"] - b["mse_true"]) < 1e-6 and a["mse_true"] != a["mse_shuffled"]
 
 
 def test_is_deterministic_and_independent_of_batch_size():
