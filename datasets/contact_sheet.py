@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from scipy.ndimage import binary_erosion
 
 from mrgen.platform import storage
 
@@ -30,8 +31,9 @@ def organ_colour(organ_id: int) -> tuple[int, int, int]:
     return tuple(int(c) for c in rng.integers(64, 256, 3))
 
 
-def overlay(image: np.ndarray, mask: np.ndarray | None, alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8 [H, W, 3] of a grey image with each organ id tinted in its colour."""
+def overlay(image: np.ndarray, mask: np.ndarray | None, alpha: float = 0.45, outline: bool = False) -> np.ndarray:
+    """RGB uint8 [H, W, 3] of a grey image with each organ id tinted in its colour (``outline``: only each organ's
+    boundary, drawn opaque, so the image inside stays visible)."""
     grey = np.clip(np.nan_to_num(np.asarray(image, np.float32)), 0, 1)
     rgb = np.repeat(grey[..., None] * 255, 3, axis=2)
     if mask is not None:
@@ -41,7 +43,10 @@ def overlay(image: np.ndarray, mask: np.ndarray | None, alpha: float = 0.45) -> 
         for organ_id in np.unique(mask):
             if organ_id:
                 sel = mask == organ_id
-                rgb[sel] = (1 - alpha) * rgb[sel] + alpha * np.array(organ_colour(int(organ_id)), np.float32)
+                a = alpha
+                if outline:
+                    sel, a = sel & ~binary_erosion(sel, border_value=0), 1.0
+                rgb[sel] = (1 - a) * rgb[sel] + a * np.array(organ_colour(int(organ_id)), np.float32)
     return rgb.round().astype(np.uint8)
 
 
@@ -93,7 +98,8 @@ def contact_sheet(items: Sequence[Mapping[str, Any]], out_uri: str | None = None
             raise ValueError(f"contact_sheet: item {n} has no 'image'")
         x = pad + (n % columns) * (cell + pad)
         y = title_h + pad + (n // columns) * (cell + caption_h + pad)
-        tile = Image.fromarray(overlay(item["image"], item.get("mask"))).resize((cell, cell), Image.NEAREST)
+        tile = Image.fromarray(overlay(item["image"], item.get("mask"), outline=bool(item.get("outline"))))
+        tile = tile.resize((cell, cell), Image.NEAREST)
         sheet.paste(tile, (x, y))
         if item.get("border"):
             draw.rectangle([x - 2, y - 2, x + cell + 1, y + cell + 1], outline=item["border"], width=3)

@@ -55,6 +55,33 @@ def _data_sheet(exp, uri: str, n: int) -> None:
                   title="rows: real source-modality | MRGen synthetic target-modality | real target-modality test")
 
 
+def _mask_following_sheet(exp, uri: str, n: int) -> None:
+    """Stage-3 samples at the same seed with a source slice's own mask and with another slice's mask, organ
+    outlines drawn on both: a controller that follows its masks puts organs inside the outlines."""
+    from mrgen.datasets.contact_sheet import contact_sheet
+    from mrgen.datasets.phantom import SOURCE_DATASET
+    from mrgen.jobs.experiment.run import synthesis_config
+    from mrgen.jobs.train.eval_mask import spread_masked_slices
+    from mrgen.models.bundle import ModelBundle
+    from mrgen.models.pipeline import MRGenPipeline
+
+    slices = spread_masked_slices(exp.db, exp.config.source_split, n, 0.05, dataset=SOURCE_DATASET)
+    masks, count = slices["mask"], len(slices["mask"])
+    others = np.roll(masks, count // 2, axis=0)
+    cfg = synthesis_config(exp)
+    pipe = MRGenPipeline(ModelBundle.load(exp.bundle))
+    kwargs = {"steps": cfg.steps, "guidance": cfg.guidance, "sampler": cfg.sampler, "seeds": list(range(count))}
+    own, other = pipe.generate(slices["prompt"], masks, **kwargs), pipe.generate(slices["prompt"], others, **kwargs)
+    items = []
+    for k in range(count):
+        items += [{"image": slices["image"][k], "mask": masks[k], "outline": True,
+                   "caption": f"real {slices['slice_id'][k]}"},
+                  {"image": own[k], "mask": masks[k], "outline": True, "caption": f"its mask, seed {k}"},
+                  {"image": other[k], "mask": others[k], "outline": True, "caption": f"another slice's mask, seed {k}"}]
+    contact_sheet(items, uri, columns=3, cell=160, caption_lines=2,
+                  title=f"mask following: own prompt, {cfg.sampler} {cfg.steps} steps, guidance {cfg.guidance}")
+
+
 def _segmentation_sheet(exp, uri: str, n: int) -> bool:
     from mrgen.datasets.contact_sheet import contact_sheet
     from mrgen.jobs.segment.evaluate import load_predictions
@@ -109,6 +136,11 @@ def write_report_folder(exp) -> dict[str, Any]:
         sheets["data"] = "data.png"
     except (ValueError, FileNotFoundError) as exc:
         print(f"[experiment] data contact sheet skipped: {exc}", flush=True)
+    try:
+        _mask_following_sheet(exp, storage.join(folder, "mask_following.png"), exp.config.sheet_slices)
+        sheets["mask_following"] = "mask_following.png"
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"[experiment] mask-following sheet skipped: {exc}", flush=True)
     if _segmentation_sheet(exp, storage.join(folder, "segmentation.png"), exp.config.sheet_slices):
         sheets["segmentation"] = "segmentation.png"
     result["sheets"] = sheets

@@ -27,6 +27,15 @@ def test_overlay_tints_each_organ_in_its_colour():
         overlay(item["image"], np.zeros((4, 4), np.uint8))
 
 
+def test_outline_draws_only_the_boundary_opaque():
+    item = _item(organ_id=1)
+    rgb = overlay(item["image"], item["mask"], outline=True)
+    grey = np.round(item["image"] * 255).astype(int)
+    assert tuple(rgb[8, 12]) == PALETTE[0] and tuple(rgb[15, 15]) == PALETTE[0]  # edge pixels: the organ's colour
+    assert np.all(rgb[12, 12] == grey[12, 12]) and np.all(rgb[7, 12] == grey[7, 12])  # inside and outside: the image
+    assert (np.all(rgb == np.array(PALETTE[0]), axis=-1)).sum() == 8 * 8 - 6 * 6
+
+
 def test_sheet_layout_caption_border_and_atomic_save(tmp_path):
     items = [_item(1, "a long caption " * 20), _item(3), {"image": np.zeros((32, 32)), "caption": "no mask"},
              _item(5, border="lime")]

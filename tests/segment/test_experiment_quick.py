@@ -20,7 +20,7 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session, monkeypat
     report = run_experiment("exp", quick=True)
 
     folder = out / "report"
-    for name in ("report.md", "report.json", "data.png", "segmentation.png"):
+    for name in ("report.md", "report.json", "data.png", "mask_following.png", "segmentation.png"):
         assert (folder / name).stat().st_size > 0, name
     assert json.loads((folder / "report.json").read_text())["dice"].keys() == report["dice"].keys()
 
