@@ -5,7 +5,8 @@ Reusable by any job that wants to look at slices (DB rows, synthetic candidates,
     contact_sheet([{"image": img, "mask": mask, "caption": prompt, "border": "lime"}, ...], "sheet.png")
 
 Each item: ``image`` float [H, W] in [0, 1]; optional ``mask`` uint8 [H, W] of organ ids (0 = background);
-``caption`` text; optional ``border`` colour (a PIL colour name or RGB tuple), e.g. to mark kept samples.
+``caption`` text; optional ``border`` colour (a PIL colour name or RGB tuple), e.g. to mark kept samples;
+optional ``outline`` (true: draw only each organ's boundary, so the image under the mask stays visible).
 """
 from __future__ import annotations
 
