@@ -51,23 +51,39 @@ def add_mask_parser(eval_subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default=None, help="only this dataset of the DB")
     parser.add_argument("--limit", type=int, default=64, help="at most this many masked slices")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fixed noise")
+    parser.add_argument("--sheet", default=None, metavar="PNG", help="also sample --following-slices slices at the "
+                        "same seeds with their own and another slice's mask, report how well the samples' organ "
+                        "contrast follows the mask, and write --sheet-slices of them to this contact sheet")
+    parser.add_argument("--following-slices", type=int, default=24, help="slices sampled for --sheet")
+    parser.add_argument("--sheet-slices", type=int, default=6, help="slices on the --sheet contact sheet")
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps for --sheet")
+    parser.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance for --sheet")
+    parser.add_argument("--sampler", default="dpm", choices=["ddim", "dpm"], help="sampler for --sheet")
     parser.set_defaults(func=run_mask)
     return parser
 
 
 def run_mask(args: argparse.Namespace) -> int:
-    from mrgen.jobs.train.eval_mask import evaluate_mask_dependence
+    from mrgen.jobs.train.eval_mask import evaluate_mask_dependence, evaluate_mask_following
+    from mrgen.models.bundle import ModelBundle
 
     filters = {"dataset": args.dataset} if args.dataset else {}
     try:
-        r = evaluate_mask_dependence(args.model, args.db, args.split, args.limit, seed=args.seed, **filters)
+        bundle = ModelBundle.load(args.model)
+        r = evaluate_mask_dependence(bundle, args.db, args.split, args.limit, seed=args.seed, **filters)
+        f = evaluate_mask_following(bundle, args.db, args.sheet, args.split, args.following_slices,
+                                    args.sheet_slices, steps=args.steps,
+                                    guidance=args.guidance, sampler=args.sampler, **filters) if args.sheet else None
     except (FileNotFoundError, ValueError) as exc:
         print(f"mrgen eval mask: {exc}", file=sys.stderr)
         return 2
-    print(f"{'split':<8}{'slices':>8}{'own mask':>11}{'empty':>10}{'other':>10}{'gain':>8}")
+    print(f"{'split':<8}{'slices':>8}{'own mask':>11}{'empty':>10}{'other':>10}{'UNet alone':>12}{'gain':>8}")
     print(f"{r['split']:<8}{r['slices']:>8}{r['mse_true']:>11.4f}{r['mse_empty']:>10.4f}{r['mse_shuffled']:>10.4f}"
-          f"{r['gain']:>+8.3f}")
-    print(json.dumps(r))
+          f"{r['mse_unet']:>12.4f}{r['gain']:>+8.3f}")
+    if f:
+        print(f"samples: organ contrast error own mask {f['error_own']:.4f}, other mask {f['error_other']:.4f} at "
+              f"{f['organs']} organs (following {f['following']:+.3f}); sheet {f['sheet']}")
+    print(json.dumps({**r, "samples": f} if f else r))
     return 0
 
 

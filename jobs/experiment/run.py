@@ -2,7 +2,8 @@
 
     build-db            phantom MRGen-DB (source modality with masks, target modality masks only on test volumes)
     train-generator     `mrgen train all`: autoencoder → text-guided UNet → mask controller
-    check-controller    `mrgen eval mask`: denoising loss with each slice's own mask vs another's (train and test masks)
+    check-controller    `mrgen eval mask`: denoising loss with each slice's own mask vs another's (train and test
+                        masks), same-seed samples with own and other masks (generator/mask_following.png)
     synthesize          target-modality images from the source-modality training masks, with the filter
     train-segmenters    nnU-Net (1) on real source-modality slices, (2) on the synthetic target-modality slices
     evaluate            volumetric Dice of both on the held-out real target-modality test volumes
@@ -10,7 +11,7 @@
     report              OUT/report/: report.md, report.json, contact sheets
 
 Each step skips when its output exists, so rerunning the command resumes after the last finished step.
-Layout under OUT: db/, generator/ (with mask_dependence.json), synthetic/, segmenters/{source-only,mrgen}/, eval/*.json, fid.json, report/.
+Layout under OUT: db/, generator/ (with mask_dependence.json, mask_following.png), synthetic/, segmenters/{source-only,mrgen}/, eval/*.json, fid.json, report/.
 """
 from __future__ import annotations
 
@@ -54,6 +55,10 @@ class Experiment:
     @property
     def mask_check(self) -> str:
         return self.path("generator", "mask_dependence.json")
+
+    @property
+    def mask_following_sheet(self) -> str:
+        return self.path("generator", "mask_following.png")
 
     def segmenter(self, name: str) -> str:
         return self.path("segmenters", name)
@@ -130,18 +135,28 @@ def train_generator(exp: Experiment) -> None:
 
 
 def check_controller(exp: Experiment) -> None:
-    """Mask dependence on the source masks synthesis uses (its split) and on held-out ones (generalisation)."""
+    """Mask dependence on the source masks synthesis uses (its split) and on held-out ones (generalisation), and
+    same-seed samples with own and other masks (``generator/mask_following.png``), all from one loaded bundle."""
     from mrgen.datasets.phantom import SOURCE_DATASET
-    from mrgen.jobs.train.eval_mask import evaluate_mask_dependence
+    from mrgen.jobs.train.eval_mask import evaluate_mask_dependence, evaluate_mask_following
+    from mrgen.models.bundle import ModelBundle
 
+    bundle = ModelBundle.load(exp.bundle)
     splits = dict.fromkeys((exp.config.source_split, "test"))
-    result = {split: evaluate_mask_dependence(exp.bundle, exp.db, split=split, dataset=SOURCE_DATASET)
-              for split in splits}
-    storage.write_text(exp.mask_check, json.dumps(result, indent=1))
-    for split, r in result.items():
+    loss = {split: evaluate_mask_dependence(bundle, exp.db, split=split, dataset=SOURCE_DATASET) for split in splits}
+    for split, r in loss.items():
         print(f"[experiment] mask controller on {r['slices']} {split} source slices: loss with own mask "
               f"{r['mse_true']:.4f}, empty {r['mse_empty']:.4f}, another slice's {r['mse_shuffled']:.4f}, UNet alone "
               f"{r['mse_unet']:.4f} (gain {r['gain']:+.3f})", flush=True)
+    cfg = synthesis_config(exp)
+    follow = evaluate_mask_following(
+        bundle, exp.db, exp.mask_following_sheet, split=exp.config.source_split, limit=exp.config.following_slices,
+        sheet_slices=exp.config.sheet_slices,
+        steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler, dataset=SOURCE_DATASET)
+    print(f"[experiment] samples at {follow['organs']} organs of {follow['slices']} {follow['split']} masks: organ "
+          f"contrast error with own mask {follow['error_own']:.4f}, with another slice's {follow['error_other']:.4f} "
+          f"(following {follow['following']:+.3f}); sheet {follow['sheet']}", flush=True)
+    storage.write_text(exp.mask_check, json.dumps({"loss": loss, "samples": follow}, indent=1))
 
 
 def synthesize(exp: Experiment) -> None:
@@ -236,7 +251,7 @@ STEPS: list[Step] = [
     Step("build-db", build_db, lambda e: False),
     Step("train-generator", train_generator,
          lambda e: _all_exist(storage.join(e.path("generator"), "controlnet", "bundle", "mrgen_manifest.json"))),
-    Step("check-controller", check_controller, lambda e: _all_exist(e.mask_check)),
+    Step("check-controller", check_controller, lambda e: _all_exist(e.mask_check, e.mask_following_sheet)),
     Step("synthesize", synthesize, lambda e: _all_exist(storage.join(e.synthetic, "report.json"))),
     Step("train-segmenters", train_segmenters,
          lambda e: _all_exist(*(storage.join(e.segmenter(n), "mrgen_segmenter.json") for n in SEGMENTERS))),

@@ -1,4 +1,5 @@
-"""`mrgen eval mask`: how much a bundle's mask controller relies on its masks (``models.mask_dependence``)."""
+"""`mrgen eval mask`: how much a bundle's mask controller relies on its masks — in its denoising loss
+(``models.mask_dependence``) and in its samples (``models.mask_following``, with a contact sheet)."""
 from __future__ import annotations
 
 from typing import Any
@@ -25,14 +26,49 @@ def spread_masked_slices(db_uri: str, split: str, limit: int, min_area: float, *
             "image": batch["image"][keep], "mask": batch["mask"][keep]}
 
 
-def evaluate_mask_dependence(bundle_uri: str, db_uri: str, split: str = "test", limit: int = 64,
-                             min_area: float = 0.02, seed: int = 0, **filters: Any) -> dict[str, Any]:
-    """:func:`mask_dependence` on :func:`spread_masked_slices`."""
+def _bundle(bundle):
     from mrgen.models.bundle import ModelBundle
+
+    if isinstance(bundle, ModelBundle):
+        return bundle
+    return ModelBundle.load(bundle, parts=("vae", "unet", "controlnet", "text_encoder", "scheduler"))
+
+
+def evaluate_mask_dependence(bundle, db_uri: str, split: str = "test", limit: int = 64,
+                             min_area: float = 0.02, seed: int = 0, **filters: Any) -> dict[str, Any]:
+    """:func:`mask_dependence` on :func:`spread_masked_slices`; ``bundle``: a URI or a loaded ``ModelBundle``."""
     from mrgen.models.mask_dependence import mask_dependence
 
     slices = spread_masked_slices(db_uri, split, limit, min_area, **filters)
-    bundle = ModelBundle.load(bundle_uri, parts=("vae", "unet", "controlnet", "text_encoder", "scheduler"))
+    bundle = _bundle(bundle)
     result = mask_dependence(bundle, slices["image"], slices["mask"], slices["prompt"], seed=seed)
-    result.update(split=split, bundle=bundle_uri, db=db_uri)
+    result.update(split=split, bundle=bundle.uri, db=db_uri)
     return result
+
+
+def evaluate_mask_following(bundle, db_uri: str, sheet_uri: str | None, split: str = "train", limit: int = 24,
+                            sheet_slices: int = 6, min_area: float = 0.05, steps: int = 20, guidance: float = 2.0,
+                            sampler: str = "dpm", **filters: Any) -> dict[str, Any]:
+    """:func:`mask_following` on ``limit`` :func:`spread_masked_slices`, and a contact sheet of ``sheet_slices``
+    of them at ``sheet_uri``: per slice the real slice, the sample with its mask and the same-seed sample with
+    another slice's mask, organ outlines on all three."""
+    from mrgen.datasets.contact_sheet import contact_sheet
+    from mrgen.models.mask_following import mask_following
+
+    slices = spread_masked_slices(db_uri, split, limit, min_area, **filters)
+    bundle = _bundle(bundle)
+    run = mask_following(bundle, slices["image"], slices["mask"], slices["prompt"], steps, guidance, sampler)
+    scores = run["scores"]
+    if sheet_uri:
+        items = []
+        for k in np.unique(np.linspace(0, len(run["own"]) - 1, min(sheet_slices, len(run["own"]))).round().astype(int)):
+            sid = slices["slice_id"][k]
+            items += [{"image": slices["image"][k], "mask": slices["mask"][k], "outline": True, "caption": f"real {sid}"},
+                      {"image": run["own"][k], "mask": slices["mask"][k], "outline": True,
+                       "caption": f"its mask, seed {k}"},
+                      {"image": run["other"][k], "mask": run["other_masks"][k], "outline": True,
+                       "caption": f"another slice's mask, seed {k}"}]
+        contact_sheet(items, sheet_uri, columns=3, cell=160, caption_lines=2,
+                      title=f"mask following ({split} masks, own prompt, {sampler} {steps} steps, guidance {guidance}): "
+                            f"following {scores['following']:+.2f}")
+    return {**scores, "split": split, "bundle": bundle.uri, "db": db_uri, "sheet": sheet_uri}

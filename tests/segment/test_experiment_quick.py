@@ -45,6 +45,10 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session, monkeypat
         assert check["slices"] >= 2 and check["gain"] == 1 - check["mse_true"] / check["mse_shuffled"]
         assert f"{check['gain']:+.3f}" in md
     assert "## Mask controller" in md
+    following = report["mask_following"]
+    assert following["slices"] == 4 and following["organs"] >= 1 and (out / "generator" / "mask_following.png").exists()
+    assert following["following"] == 1 - following["error_own"] / following["error_other"]
+    assert f"following **{following['following']:+.3f}**" in md
 
     # a rerun resumes: nothing but the (idempotent) DB check and the report runs again
     again = run_experiment("exp", quick=True)

@@ -104,3 +104,22 @@ def test_eval_ae_reports_psnr_ssim_mse(chain, tiny_db, capsys):
     result = json.loads(lines[-1])
     assert "PSNR" in lines[0] and result["slices"] > 0 and result["psnr"] > 5 and 0 < result["ssim"] <= 1
     assert result["mse"] == pytest.approx(result["mse"]) and result["mse"] < 0.3
+
+
+def test_eval_mask_reports_losses_and_writes_the_following_sheet(chain, tiny_db, tmp_path, capsys):
+    from PIL import Image
+
+    from mrgen.cli.main import main as cli
+
+    out, _ = chain
+    sheet = tmp_path / "following.png"
+    assert cli(["eval", "mask", "--model", str(Path(out) / "bundle"), "--db", tiny_db, "--split", "train",
+                "--limit", "8", "--sheet", str(sheet), "--following-slices", "4", "--sheet-slices", "2",
+                "--steps", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert "UNet alone" in lines[0] and result["gain"] == 1 - result["mse_true"] / result["mse_shuffled"]
+    samples = result["samples"]
+    assert samples["slices"] == 4 and samples["steps"] == 2 and samples["sheet"] == str(sheet)
+    assert samples["following"] == 1 - samples["error_own"] / samples["error_other"]
+    assert 3 * 160 <= Image.open(sheet).size[0] < 4 * 160  # real | own mask | another slice's mask

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+import torch
+
+from mrgen.models.bundle import build_random_bundle
+from mrgen.models.mask_following import following_errors, mask_following, organ_contrasts
+
+torch.set_num_threads(1)
+
+
+def _drawn(masks: np.ndarray, levels: dict[int, float], background: float = 0.5) -> np.ndarray:
+    """Images in which each organ id is painted at its level on a flat background."""
+    images = np.full(masks.shape, background, np.float32)
+    for organ, level in levels.items():
+        images[masks == organ] = level
+    return images
+
+
+def _masks(n=4, size=32) -> np.ndarray:
+    masks = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        masks[i, 4 + 5 * i:12 + 5 * i, 6:14] = 1  # a box moving down the image
+        masks[i, 20:26, 18 + i:24 + i] = 2
+    return masks
+
+
+def test_contrast_is_inside_minus_ring_around_excluding_other_organs():
+    mask = np.zeros((1, 16, 16), np.uint8)
+    mask[0, 4:8, 4:8] = 1
+    mask[0, 4:8, 8:10] = 2  # touches organ 1: its pixels must not count as organ 1's surroundings
+    image = np.full((1, 16, 16), 0.1, np.float32)
+    image[0, 4:8, 4:8] = 0.9
+    image[0, 4:8, 8:10] = 0.5
+    image[0, 12:, 12:] = 1.0  # far outside both rings
+    (c,) = organ_contrasts(image, mask, ring=2)
+    assert c == {1: pytest.approx(0.8), 2: pytest.approx(0.4)}
+
+
+def test_samples_that_draw_organs_at_their_mask_follow_and_ones_that_ignore_it_do_not():
+    masks = _masks()
+    levels = {1: 0.9, 2: 0.2}
+    real = _drawn(masks, levels)
+    others = np.roll(masks, len(masks) // 2, axis=0)
+    following = following_errors(real, _drawn(masks, levels), _drawn(others, levels), masks)
+    assert following["error_own"] == pytest.approx(0.0, abs=1e-6) and following["error_other"] > 0.1
+    assert following["following"] == pytest.approx(1.0)
+    assert following["organs"] == 2 * len(masks)
+    same = _drawn(masks[:1].repeat(len(masks), 0), levels)  # one image whatever the mask
+    ignoring = following_errors(real, same, same, masks)
+    assert ignoring["following"] == 0.0
+
+
+def test_no_organ_to_measure_is_an_error():
+    empty = np.zeros((2, 16, 16), np.uint8)
+    images = np.zeros((2, 16, 16), np.float32)
+    with pytest.raises(ValueError, match="no organ"):
+        following_errors(images, images, images, empty)
+
+
+def test_mask_following_samples_same_seeds_with_own_and_rolled_masks():
+    bundle = build_random_bundle("tiny", seed=0)
+    masks = np.zeros((4, 64, 64), np.uint8)
+    for i in range(4):
+        masks[i, 8 + 10 * i:24 + 10 * i, 10:40] = 1 + i % 2
+    images = _drawn(masks, {1: 0.8, 2: 0.3})
+    run = mask_following(bundle, images, masks, ["T1 MRI"] * 4, steps=2, guidance=1.5, sampler="ddim")
+    assert run["own"].shape == run["other"].shape == (4, 64, 64)
+    np.testing.assert_array_equal(run["other_masks"], np.roll(masks, 2, axis=0))
+    assert not np.array_equal(run["own"], run["other"])  # a random controller reacts to the mask
+    scores = run["scores"]
+    assert scores["slices"] == 4 and scores["organs"] == 4
+    assert scores["following"] == 1 - scores["error_own"] / scores["error_other"]
