@@ -82,7 +82,8 @@ def run_mask(args: argparse.Namespace) -> int:
           f"{r['mse_unet']:>12.4f}{r['gain']:>+8.3f}")
     if f:
         print(f"samples: organ contrast error own mask {f['error_own']:.4f}, other mask {f['error_other']:.4f} at "
-              f"{f['organs']} organs (following {f['following']:+.3f}); sheet {f['sheet']}")
+              f"{f['organs']} organs (following {f['following']:+.3f}; autoencoder ceiling "
+              f"{f['autoencoder_ceiling']:+.3f}); sheet {f['sheet']}")
     print(json.dumps({**r, "samples": f} if f else r))
     return 0
 

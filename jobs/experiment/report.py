@@ -63,7 +63,9 @@ def _following_lines(f: dict[str, Any] | None) -> list[str]:
             f"{f['organs']} organs of {f['slices']} {f['split']} masks, the organ contrast (inside minus a "
             f"{f['ring']}-pixel ring around) differs from the real slice's by {f['error_own']:.4f} in the sample drawn with "
             f"that mask and by {f['error_other']:.4f} in the same-seed sample drawn with another slice's mask: "
-            f"following **{f['following']:+.3f}** (1 − own/other; 0: the samples ignore their masks).", ""]
+            f"following **{f['following']:+.3f}** (1 − own/other; 0: the samples ignore their masks). Ceiling set by "
+            f"the autoencoder (the real slices' reconstructions scored the same way): {f['autoencoder_ceiling']:+.3f}.",
+            ""]
 
 
 def _segmentation_sheet(exp, uri: str, n: int) -> bool:

@@ -155,7 +155,8 @@ def check_controller(exp: Experiment) -> None:
         steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler, dataset=SOURCE_DATASET)
     print(f"[experiment] samples at {follow['organs']} organs of {follow['slices']} {follow['split']} masks: organ "
           f"contrast error with own mask {follow['error_own']:.4f}, with another slice's {follow['error_other']:.4f} "
-          f"(following {follow['following']:+.3f}); sheet {follow['sheet']}", flush=True)
+          f"(following {follow['following']:+.3f}; the autoencoder's reconstructions of the real slices would score "
+          f"{follow['autoencoder_ceiling']:+.3f}); sheet {follow['sheet']}", flush=True)
     storage.write_text(exp.mask_check, json.dumps({"loss": loss, "samples": follow}, indent=1))
 
 

@@ -60,15 +60,16 @@ def evaluate_mask_following(bundle, db_uri: str, sheet_uri: str | None, split: s
     run = mask_following(bundle, slices["image"], slices["mask"], slices["prompt"], steps, guidance, sampler)
     scores = run["scores"]
     if sheet_uri:
+        n = len(run["own"])
         items = []
-        for k in np.unique(np.linspace(0, len(run["own"]) - 1, min(sheet_slices, len(run["own"]))).round().astype(int)):
-            sid = slices["slice_id"][k]
-            items += [{"image": slices["image"][k], "mask": slices["mask"][k], "outline": True, "caption": f"real {sid}"},
-                      {"image": run["own"][k], "mask": slices["mask"][k], "outline": True,
-                       "caption": f"its mask, seed {k}"},
-                      {"image": run["other"][k], "mask": run["other_masks"][k], "outline": True,
+        for k in np.unique(np.linspace(0, n - 1, min(sheet_slices, n)).round().astype(int)):
+            mask, other = slices["mask"][k], run["other_masks"][k]
+            items += [{"image": slices["image"][k], "mask": mask, "outline": True,
+                       "caption": f"real {slices['slice_id'][k]}"},
+                      {"image": run["own"][k], "mask": mask, "outline": True, "caption": f"its mask, seed {k}"},
+                      {"image": run["other"][k], "mask": other, "outline": True,
                        "caption": f"another slice's mask, seed {k}"}]
         contact_sheet(items, sheet_uri, columns=3, cell=160, caption_lines=2,
-                      title=f"mask following ({split} masks, own prompt, {sampler} {steps} steps, guidance {guidance}): "
-                            f"following {scores['following']:+.2f}")
+                      title=f"{split} masks, {sampler} {steps} steps, cfg {guidance}: following "
+                            f"{scores['following']:+.2f}, autoencoder ceiling {scores['autoencoder_ceiling']:+.2f}")
     return {**scores, "split": split, "bundle": bundle.uri, "db": db_uri, "sheet": sheet_uri}
