@@ -151,8 +151,8 @@ def check_controller(exp: Experiment) -> None:
     cfg = synthesis_config(exp)
     follow = evaluate_mask_following(
         bundle, exp.db, exp.mask_following_sheet, split=exp.config.source_split, limit=exp.config.following_slices,
-        sheet_slices=exp.config.sheet_slices,
-        steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler, dataset=SOURCE_DATASET)
+        sheet_slices=exp.config.sheet_slices, steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler,
+        dataset=SOURCE_DATASET)
     print(f"[experiment] samples at {follow['organs']} organs of {follow['slices']} {follow['split']} masks: organ "
           f"contrast error with own mask {follow['error_own']:.4f}, with another slice's {follow['error_other']:.4f} "
           f"(following {follow['following']:+.3f}; the autoencoder's reconstructions of the real slices would score "
