@@ -22,21 +22,32 @@ from mrgen.models.mask_controller import mask_to_condition
 from mrgen.models.scheduler import build_scheduler
 
 
-@torch.no_grad()
-def mask_dependence(bundle: ModelBundle, images: np.ndarray, masks: np.ndarray, prompts: Sequence[str],
-                    seed: int = 0, batch_size: int = 32) -> dict[str, float]:
-    """``images`` float [N,H,W] in [0,1], ``masks`` uint8 organ ids [N,H,W] (N ≥ 2), one prompt each."""
+def other_slices(x: np.ndarray) -> np.ndarray:
+    """Slice ``i`` gets slice ``i + N/2``'s entry (another volume or a distant level, not a near-identical
+    neighbour): how "another slice's mask" is chosen here and in ``mask_following``."""
+    return np.roll(x, len(x) // 2, axis=0)
+
+
+def check_slices(bundle: ModelBundle, images: np.ndarray, masks: np.ndarray, prompts: Sequence[str], who: str) -> None:
     if bundle.controlnet is None:
-        raise ValueError("mask_dependence needs a bundle with a controlnet part")
+        raise ValueError(f"{who} needs a bundle with a controlnet part")
     n = len(images)
     if n < 2 or len(masks) != n or len(prompts) != n:
         raise ValueError(f"need >= 2 slices with one mask and prompt each, got {n} images, {len(masks)} masks, "
                          f"{len(prompts)} prompts")
+
+
+@torch.no_grad()
+def mask_dependence(bundle: ModelBundle, images: np.ndarray, masks: np.ndarray, prompts: Sequence[str],
+                    seed: int = 0, batch_size: int = 32) -> dict[str, float]:
+    """``images`` float [N,H,W] in [0,1], ``masks`` uint8 organ ids [N,H,W] (N ≥ 2), one prompt each."""
+    check_slices(bundle, images, masks, prompts, "mask_dependence")
+    n = len(images)
     device, dtype = bundle.unet.device, bundle.unet.dtype
     scheduler = build_scheduler("ddpm", bundle.scheduler_config)
     total_t = scheduler.config.num_train_timesteps
     encoding = bundle.manifest.get("mask_encoding", "ratio")
-    variants = {"true": masks, "empty": np.zeros_like(masks), "shuffled": np.roll(masks, n // 2, axis=0)}
+    variants = {"true": masks, "empty": np.zeros_like(masks), "shuffled": other_slices(masks)}
     sums = dict.fromkeys([*variants, "unet"], 0.0)
     for start in range(0, n, batch_size):
         sl = slice(start, min(n, start + batch_size))

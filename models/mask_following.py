@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from scipy.ndimage import binary_dilation
 
-from mrgen.models.autoencoder import decode_latents, encode_latents
+from mrgen.models.autoencoder import reconstruct
 from mrgen.models.bundle import ModelBundle
+from mrgen.models.mask_dependence import check_slices, other_slices
 from mrgen.models.pipeline import MRGenPipeline
 
 RING_PX = 3  # width of the ring around an organ that contrast is measured against
@@ -60,29 +61,15 @@ def mask_following(bundle: ModelBundle, images: np.ndarray, masks: np.ndarray, p
                    steps: int = 20, guidance: float = 2.0, sampler: str = "dpm") -> dict:
     """Same-seed samples for each slice's own mask and for the mask rolled by half the set, and their
     :func:`following_errors`. ``images`` float [N,H,W] in [0,1], ``masks`` uint8 [N,H,W], N ≥ 2."""
+    check_slices(bundle, images, masks, prompts, "mask_following")
     n = len(images)
-    if n < 2 or len(masks) != n or len(prompts) != n:
-        raise ValueError(f"need >= 2 slices with one mask and prompt each, got {n} images, {len(masks)} masks, "
-                         f"{len(prompts)} prompts")
-    if bundle.controlnet is None:
-        raise ValueError("mask_following needs a bundle with a controlnet part")
-    others = np.roll(masks, n // 2, axis=0)
+    others = other_slices(masks)
     pipe = MRGenPipeline(bundle)
     kwargs = {"steps": steps, "guidance": guidance, "sampler": sampler, "seeds": list(range(n))}
     own, other = pipe.generate(list(prompts), masks, **kwargs), pipe.generate(list(prompts), others, **kwargs)
-    recon = reconstruct(bundle, images)
-    ceiling = following_errors(images, recon, np.roll(recon, n // 2, axis=0), masks)["following"]
+    recon = reconstruct(bundle.vae, torch.from_numpy(np.asarray(images, np.float32)))[:, 0].numpy()
+    ceiling = following_errors(images, recon, other_slices(recon), masks)["following"]
     return {"own": own, "other": other, "other_masks": others,
             "scores": {**following_errors(images, own, other, masks), "autoencoder_ceiling": ceiling, "slices": n,
                        "ring": RING_PX, "steps": steps, "guidance": guidance, "sampler": sampler}}
 
-
-@torch.no_grad()
-def reconstruct(bundle: ModelBundle, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """The autoencoder's reconstructions (posterior mode) of ``images`` [N,H,W] in [0,1]."""
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.asarray(images[start:start + batch_size], np.float32)).to(bundle.vae.device)
-        z = encode_latents(bundle.vae, x, bundle.latent_scaling, sample=False)
-        out.append(decode_latents(bundle.vae, z, bundle.latent_scaling)[:, 0].cpu().numpy())
-    return np.concatenate(out)

@@ -36,18 +36,11 @@ def psnr(mse: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     return 10 * torch.log10(data_range**2 / mse.clamp_min(1e-12))
 
 
-@torch.no_grad()
-def reconstruct(vae, images: torch.Tensor) -> torch.Tensor:
-    from mrgen.models.autoencoder import from_model_range, to_model_range
-
-    x = to_model_range(images).to(device=vae.device, dtype=vae.dtype)
-    return from_model_range(vae.decode(vae.encode(x).latent_dist.mode()).sample.float()).cpu()
-
-
 def evaluate_autoencoder(bundle_uri: str, db_uri: str, split: str = "test", batch_size: int = 16,
                          limit: int | None = None, **filters: Any) -> dict[str, Any]:
     """Mean PSNR (dB), SSIM and MSE over the ``split`` slices of ``db_uri`` (per-image metrics, then averaged)."""
     from mrgen.jobs.train.data import decode, read_slices
+    from mrgen.models.autoencoder import reconstruct
     from mrgen.models.bundle import ModelBundle
 
     vae = ModelBundle.load(bundle_uri, parts=("vae",)).vae.eval()

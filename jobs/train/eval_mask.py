@@ -7,6 +7,11 @@ from typing import Any
 import numpy as np
 
 
+def spread(n: int, count: int) -> np.ndarray:
+    """``count`` indices (at most ``n``) evenly spread over ``range(n)``, first and last included."""
+    return np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int))
+
+
 def spread_masked_slices(db_uri: str, split: str, limit: int, min_area: float, **filters: Any) -> dict[str, Any]:
     """Decoded masked slices of ``split`` whose organs cover at least ``min_area`` of the image: ``limit`` of them,
     evenly spread over the split in slice-id order (every volume, not the first one or two)."""
@@ -21,7 +26,7 @@ def spread_masked_slices(db_uri: str, split: str, limit: int, min_area: float, *
     keep = np.flatnonzero((batch["mask"] > 0).mean(axis=(1, 2)) >= min_area)
     if len(keep) < 2:
         raise ValueError(f"{db_uri}: fewer than 2 masked slices in split {split!r} cover {min_area:.0%} of the image")
-    keep = keep[np.unique(np.linspace(0, len(keep) - 1, min(limit, len(keep))).round().astype(int))]
+    keep = keep[spread(len(keep), limit)]
     return {"slice_id": [batch["slice_id"][i] for i in keep], "prompt": [batch["prompt"][i] for i in keep],
             "image": batch["image"][keep], "mask": batch["mask"][keep]}
 
@@ -60,9 +65,8 @@ def evaluate_mask_following(bundle, db_uri: str, sheet_uri: str | None, split: s
     run = mask_following(bundle, slices["image"], slices["mask"], slices["prompt"], steps, guidance, sampler)
     scores = run["scores"]
     if sheet_uri:
-        n = len(run["own"])
         items = []
-        for k in np.unique(np.linspace(0, n - 1, min(sheet_slices, n)).round().astype(int)):
+        for k in spread(len(run["own"]), sheet_slices):
             mask, other = slices["mask"][k], run["other_masks"][k]
             items += [{"image": slices["image"][k], "mask": mask, "outline": True,
                        "caption": f"real {slices['slice_id'][k]}"},

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from mrgen.models.autoencoder import from_model_range, to_model_range
+from mrgen.models.autoencoder import reconstruct
 
 
 def grid_png(columns: list[list[np.ndarray]], titles: list[str] | None = None, pad: int = 2) -> bytes:
@@ -47,8 +47,7 @@ def sample_grid(stage: str, task, model: torch.nn.Module, bundle, examples: dict
         vae = model
         was_training = vae.training
         vae.eval()
-        x = to_model_range(torch.from_numpy(images)).to(device=vae.device, dtype=vae.dtype)
-        recon = from_model_range(vae.decode(vae.encode(x).latent_dist.mode()).sample.float()).cpu().numpy()[:, 0]
+        recon = reconstruct(vae, torch.from_numpy(images)).numpy()[:, 0]
         vae.train(was_training)
         return grid_png([list(images), list(recon)], ["input", "recon"])
     from mrgen.models.pipeline import MRGenPipeline
