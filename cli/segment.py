@@ -44,6 +44,11 @@ def register(subparsers) -> None:
     e.add_argument("--predictions", default=None, metavar="URI", help="also save predicted volumes (.npz)")
     e.add_argument("--mirroring", action=argparse.BooleanOptionalAction, default=None,
                    help="test-time mirroring (segment.mirroring)")
+    e.add_argument("--pooled", action="store_true",
+                   help="score the selected slices as one stack (Dice pooled over slices) instead of per volume: "
+                        "synthetic DBs, whose candidates share slice positions, and fit to a model's training slices")
+    e.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="with --pooled: at most N slices, evenly spread in slice-id order")
     e.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     add_config_flags(e)
     e.set_defaults(func=_eval)
@@ -84,17 +89,20 @@ def _eval(args: argparse.Namespace) -> int:
     from mrgen.jobs.segment.train import SegmentInputError
 
     config = _config(args, {"mirroring": args.mirroring})
+    if args.limit is not None and (not args.pooled or args.limit < 1):
+        raise SystemExit("mrgen segment eval: --limit needs --pooled and N >= 1")
     try:
         report = evaluate_segmenter(config, args.model, args.test, out_uri=args.out, ray_address=args.ray_address,
                                     split=args.split, datasets=args.dataset, modalities=args.modality,
-                                    predictions_uri=args.predictions)
+                                    predictions_uri=args.predictions, pooled=args.pooled, limit=args.limit)
     except (SegmentInputError, NotADatabaseError, FileNotFoundError, ValueError) as exc:
         print(f"mrgen segment eval: {exc}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=1))
     else:
-        print(f"Dice (%) of {args.model} on {report['n_volumes']} volume(s), {report['n_slices']} slices of {args.test}")
+        scope = "pooled" if report["pooled"] else f"{report['n_volumes']} volume(s),"
+        print(f"Dice (%) of {args.model} on {scope} {report['n_slices']} slices of {args.test}")
         print(report["table"])
         if report["organs_not_in_model"]:
             print(f"not scored (the model has no such label): {', '.join(report['organs_not_in_model'])}")

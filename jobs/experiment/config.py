@@ -39,6 +39,8 @@ class ExperimentConfig(ConfigBase):
     fid_weights: str | None = Field(None, description="local weights of the FID network (None: fixed random init)")
     sheet_slices: int = Field(6, ge=1, le=24, description="slices shown on the segmentation and mask-following "
                                                           "contact sheets")
+    fit_slices: int = Field(96, ge=0, description="training slices per segmenter scored for fit (Dice pooled over "
+                                                  "them; 0 = skip): tells no learning from no transfer")
     following_slices: int = Field(24, ge=2, description="source masks sampled (own and another's, same seeds) to "
                                                         "score whether samples follow their masks")
 
@@ -52,7 +54,7 @@ def _quick() -> dict[str, Any]:
                                 "checkpoint_every": 12, "scaling_samples": 16},
             "synthesis": "tiny", "synthesis_overrides": {"candidates": 2, "keep": 1, "steps": 3, "max_masks": 16},
             "segment": "tiny", "segment_overrides": {"epochs": 2, "iterations": 8},
-            "fid_limit": 32, "sheet_slices": 4, "following_slices": 4}
+            "fid_limit": 32, "sheet_slices": 4, "following_slices": 4, "fit_slices": 16}
 
 
 @preset(ExperimentConfig, "tiny")

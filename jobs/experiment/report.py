@@ -1,6 +1,6 @@
 """The experiment's report folder: report.md (tables + notes), report.json, and PNG contact sheets.
 
-    OUT/report/report.md          Dice table (target-modality test volumes), FID table, what ran, caveats
+    OUT/report/report.md          Dice tables (target-modality test volumes; own training slices), FID, what ran
     OUT/report/report.json        the same numbers, machine-readable
     OUT/report/data.png           real source slices | synthetic target slices | real target test slices
     OUT/report/mask_following.png the check-controller step's same-seed samples with own and other masks
@@ -68,6 +68,17 @@ def _following_lines(f: dict[str, Any] | None) -> list[str]:
             ""]
 
 
+def _fit_lines(fits: dict[str, dict[str, Any]], trained_on: dict[str, str]) -> list[str]:
+    if not fits:
+        return []
+    slices = ", ".join(f"{n} {ev['n_slices']}" for n, ev in fits.items())
+    return ["## Dice (%) on each segmenter's own training slices", "",
+            f"Pooled over evenly spread training slices ({slices}). Low here means the segmenter did not learn "
+            "what it was given (budget, or images that do not show their masks' organs); high here but low above "
+            "means it learnt and did not transfer to the real target modality.", "",
+            dice_table(fits, trained_on), ""]
+
+
 def _segmentation_sheet(exp, uri: str, n: int) -> bool:
     from mrgen.datasets.contact_sheet import contact_sheet
     from mrgen.jobs.segment.evaluate import load_predictions
@@ -99,6 +110,7 @@ def write_report_folder(exp) -> dict[str, Any]:
 
     folder = exp.path("report")
     evals = {n: ev for n in SEGMENTERS if (ev := _json(exp.evaluation(n)))}
+    fits = {n: ev for n in SEGMENTERS if (ev := _json(exp.fit(n)))}
     fid = _json(exp.path("fid.json")) or {}
     mask_check = _json(exp.mask_check) or {}
     mask_loss, following = mask_check.get("loss", {}), mask_check.get("samples")
@@ -113,6 +125,8 @@ def write_report_folder(exp) -> dict[str, Any]:
                      "training_slices": manifests[n].get("training_cases"), "trained_on": trained_on[n]}
                  for n, ev in evals.items()},
         "dice_ratio_mrgen_over_source_only": ratio,
+        "fit": {n: {"mean": ev["mean_dice"], "per_organ": ev["dice"]["per_organ"], "slices": ev["n_slices"]}
+                for n, ev in fits.items()},
         "fid": fid, "mask_dependence": mask_loss, "mask_following": following, "synthesis": {k: synthesis.get(k) for k in ("totals", "rows", "scores_meaningful", "filter_model")},
         "step_seconds": exp.results.get("step_seconds", {}),
         "paper": {"source_only": 10.5, "mrgen": 44.7, "note": "Table 3 averages, DSC %"},
@@ -143,6 +157,7 @@ def write_report_folder(exp) -> dict[str, Any]:
         "## Dice (%) on real target-modality test volumes", "", table, "",
         f"MRGen / source-only mean Dice ratio: {ratio:.2f}" if ratio is not None else "MRGen / source-only ratio: n/a",
         f"(paper, Table 3 average: 44.7 vs 10.5, ratio 4.3)", "",
+        *_fit_lines(fits, trained_on),
         "## FID", "", *fid_lines, "",
         f"Features: `{fid.get('extractor', '-')}`"
         + ("" if fid.get("comparable_with_published") else " — not comparable with published FIDs (no Inception "

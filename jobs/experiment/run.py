@@ -6,12 +6,14 @@
                         masks), same-seed samples with own and other masks (generator/mask_following.png)
     synthesize          target-modality images from the source-modality training masks, with the filter
     train-segmenters    nnU-Net (1) on real source-modality slices, (2) on the synthetic target-modality slices
-    evaluate            volumetric Dice of both on the held-out real target-modality test volumes
+    evaluate            volumetric Dice of both on the held-out real target-modality test volumes; each one's Dice
+                        pooled over its own training slices (did it learn what it was given?)
     fid                 FID of synthetic-vs-real-target beside source-vs-real-target
     report              OUT/report/: report.md, report.json, contact sheets
 
 Each step skips when its output exists, so rerunning the command resumes after the last finished step.
-Layout under OUT: db/, generator/ (with mask_dependence.json, mask_following.png), synthetic/, segmenters/{source-only,mrgen}/, eval/*.json, fid.json, report/.
+Layout under OUT: db/, generator/ (with mask_dependence.json, mask_following.png), synthetic/,
+segmenters/{source-only,mrgen}/, eval/{name}.json and eval/{name}-fit.json, fid.json, report/.
 """
 from __future__ import annotations
 
@@ -65,6 +67,9 @@ class Experiment:
 
     def evaluation(self, name: str) -> str:
         return self.path("eval", f"{name}.json")
+
+    def fit(self, name: str) -> str:
+        return self.path("eval", f"{name}-fit.json")
 
 
 # ---------------------------------------------------------------- job configs from the experiment's budgets
@@ -190,26 +195,40 @@ def train_segmenters(exp: Experiment) -> None:
               f"{manifest['timings']}", flush=True)
 
 
+def evaluations(exp: Experiment) -> dict[str, dict[str, Any]]:
+    """Report URI → evaluation: each segmenter on the real target test volumes, and (``fit_slices``) pooled over
+    its own training slices, which tells a segmenter that learnt nothing from one that learnt but did not transfer."""
+    from mrgen.datasets.phantom import TARGET_DATASET
+
+    jobs = {exp.evaluation(n): {"name": n, "test_uri": exp.db, "split": "test", "datasets": [TARGET_DATASET],
+                                "predictions_uri": exp.path("eval", f"{n}-predictions.npz")} for n in SEGMENTERS}
+    if exp.config.fit_slices:
+        for n in SEGMENTERS:
+            (source,) = segment_sources(exp, n)
+            jobs[exp.fit(n)] = {"name": n, "test_uri": source.uri, "split": source.split, "datasets": source.datasets,
+                                "modalities": source.modalities, "pooled": True, "limit": exp.config.fit_slices}
+    return jobs
+
+
 def evaluate(exp: Experiment) -> None:
     import ray
 
-    from mrgen.datasets.phantom import TARGET_DATASET
     from mrgen.jobs.segment.evaluate import submit_evaluation, write_report
 
     config = segment_config(exp)
-    todo = [n for n in SEGMENTERS if not storage.exists(exp.evaluation(n))]
-    kwargs = {"split": "test", "datasets": [TARGET_DATASET]}
-    submit = {n: (lambda n=n: submit_evaluation(config, exp.segmenter(n), exp.db,
-                                                predictions_uri=exp.path("eval", f"{n}-predictions.npz"), **kwargs))
-              for n in todo}
+    todo = {uri: job for uri, job in evaluations(exp).items() if not storage.exists(uri)}
+    submit = {uri: (lambda job=job: submit_evaluation(config, exp.segmenter(job["name"]), **{
+        k: v for k, v in job.items() if k != "name"})) for uri, job in todo.items()}
     if exp.config.parallel_segmenters:
-        refs = {n: f() for n, f in submit.items()}
-        reports = {n: ray.get(r) for n, r in refs.items()}
+        refs = {uri: f() for uri, f in submit.items()}
+        reports = {uri: ray.get(r) for uri, r in refs.items()}
     else:
-        reports = {n: ray.get(f()) for n, f in submit.items()}
-    for name, report in reports.items():
-        write_report(report, exp.evaluation(name))
-        print(f"[experiment] {name} on real {TARGET_DATASET} test volumes:\n{report['table']}", flush=True)
+        reports = {uri: ray.get(f()) for uri, f in submit.items()}
+    for uri, report in reports.items():
+        write_report(report, uri)
+        what = (f"its own {report['n_slices']} training slices (pooled)" if report["pooled"]
+                else f"real target test volumes ({report['n_volumes']})")
+        print(f"[experiment] {todo[uri]['name']} on {what}:\n{report['table']}", flush=True)
 
 
 def fid(exp: Experiment) -> None:
@@ -256,7 +275,7 @@ STEPS: list[Step] = [
     Step("synthesize", synthesize, lambda e: _all_exist(storage.join(e.synthetic, "report.json"))),
     Step("train-segmenters", train_segmenters,
          lambda e: _all_exist(*(storage.join(e.segmenter(n), "mrgen_segmenter.json") for n in SEGMENTERS))),
-    Step("evaluate", evaluate, lambda e: _all_exist(*(e.evaluation(n) for n in SEGMENTERS))),
+    Step("evaluate", evaluate, lambda e: _all_exist(*evaluations(e))),
     Step("fid", fid, lambda e: _all_exist(e.path("fid.json"))),
     Step("report", report, lambda e: False),
 ]

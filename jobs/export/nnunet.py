@@ -84,15 +84,21 @@ def _remap(row: dict[str, Any], label_ids: dict[str, int]) -> np.ndarray:
     return lut[mask]
 
 
+def encode_case(row: dict[str, Any], label_ids: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A masked row as the exported case holds it: 8-bit image ``round(x * 255)`` and the dataset's label ids."""
+    image = np.round(np.clip(decode_image(row["image"], row["height"], row["width"]), 0, 1) * 255).astype(np.uint8)
+    return image, _remap(row, label_ids)
+
+
 def _write_case(folder: Path, images_dir: str, labels_dir: str, case: str, row: dict[str, Any],
                 label_ids: dict[str, int], size: tuple[int, int] | None) -> tuple[int, int]:
     h, w = row["height"], row["width"]
     if size is not None and (h, w) != size:
         raise ExportError(f"row {row['slice_id']}: {h}x{w} slice, but the dataset's slices are {size[0]}x{size[1]} "
                           "(nnU-Net's 2-D PNG datasets need one pixel size)")
-    image = np.round(np.clip(decode_image(row["image"], h, w), 0, 1) * 255).astype(np.uint8)
+    image, label = encode_case(row, label_ids)
     Image.fromarray(image, mode="L").save(folder / images_dir / f"{case}_0000.png")
-    Image.fromarray(_remap(row, label_ids), mode="L").save(folder / labels_dir / f"{case}.png")
+    Image.fromarray(label, mode="L").save(folder / labels_dir / f"{case}.png")
     return h, w
 
 

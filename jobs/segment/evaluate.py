@@ -5,6 +5,9 @@ In one Ray task: the test slices (masked, ``split``, optional dataset / modality
 training; slices are grouped by volume, ordered by slice index, predicted with :class:`VolumePredictor`,
 stacked back into volumes and scored with :mod:`mrgen.jobs.segment.dice` (its docstring has the
 empty-organ convention). The report (JSON) holds per-volume and per-organ Dice and the paper's mean.
+
+``pooled=True`` scores the selected slices as one stack instead (:func:`pooled_stack`): Dice pooled over slices,
+for DBs whose slices are not volumes (synthetic ones) and for a segmenter's fit to its own training slices.
 """
 from __future__ import annotations
 
@@ -31,9 +34,27 @@ def _test_organs(test_uri: str, filters: dict[str, Any]) -> list[str]:
     return sorted({name for organs in table.column("organs").to_pylist() for name in organs})
 
 
-def evaluate_in_process(config: SegmentConfig, model_uri: str, test_uri: str, split: str = "test",
+def pooled_stack(test_uri: str, filters: dict[str, Any], label_ids: dict[str, int], limit: int | None
+                 ) -> tuple[str, list[int], np.ndarray, np.ndarray]:
+    """The selected masked slices (``limit`` of them, evenly spread in slice-id order) as one stack, encoded as the
+    exported cases are: for slices that are not volumes (synthetic candidates share a slice position) and for
+    training-fit checks, where Dice pooled over the slices is what is asked."""
+    from mrgen.jobs.export.nnunet import encode_case, iter_rows
+    from mrgen.jobs.train.eval_mask import spread
+
+    rows = sorted(iter_rows(test_uri, **filters), key=lambda r: r["slice_id"])
+    if not rows:
+        raise ValueError(f"--test {test_uri} ({filters}): no masked slices")
+    if limit:
+        rows = [rows[i] for i in spread(len(rows), limit)]
+    images, refs = zip(*(encode_case(r, label_ids) for r in rows))
+    return f"pooled ({len(rows)} slices)", list(range(len(rows))), np.stack(images).astype(np.float32), np.stack(refs)
+
+
+def evaluate_in_process(config: SegmentConfig, model_uri: str, test_uri: str, split: str | None = "test",
                         datasets: Sequence[str] | None = None, modalities: Sequence[str] | None = None,
-                        predictions_uri: str | None = None) -> dict[str, Any]:
+                        predictions_uri: str | None = None, pooled: bool = False,
+                        limit: int | None = None) -> dict[str, Any]:
     """The body of the Ray task; returns the report (see :func:`evaluate_segmenter`)."""
     from mrgen.jobs.segment.nnunet_env import prepare_process
     from mrgen.jobs.segment.train import MANIFEST
@@ -54,17 +75,21 @@ def evaluate_in_process(config: SegmentConfig, model_uri: str, test_uri: str, sp
         organs = [labels[i] for i in sorted(labels)]
         filters = {"split": split, "dataset": list(datasets) if datasets else None,
                    "modality": list(modalities) if modalities else None}
-        try:
-            exported = export_nnunet(str(folders["raw"]), 1, "eval", real=test_uri, real_split=split,
-                                     real_datasets=datasets, real_modalities=modalities, labels=organs,
-                                     channel_name=predictor.dataset_json["channel_names"]["0"])
-        except ExportError as exc:
-            raise ValueError(f"--test {test_uri} ({filters}): {exc}") from None
-        groups = volume_groups(exported["folder"])
+        if pooled:
+            volumes = [pooled_stack(test_uri, {k: v for k, v in filters.items() if v is not None},
+                                    {name: i for i, name in labels.items()}, limit)]
+        else:
+            try:
+                exported = export_nnunet(str(folders["raw"]), 1, "eval", real=test_uri, real_split=split,
+                                         real_datasets=datasets, real_modalities=modalities, labels=organs,
+                                         channel_name=predictor.dataset_json["channel_names"]["0"])
+            except ExportError as exc:
+                raise ValueError(f"--test {test_uri} ({filters}): {exc}") from None
+            volumes = stacked_volumes(exported["folder"], volume_groups(exported["folder"]))
         report = DiceReport(organs=organs)
         saved: dict[str, np.ndarray] = {}
         n_slices = 0
-        for i, (volume, indices, images, refs) in enumerate(stacked_volumes(exported["folder"], groups)):
+        for i, (volume, indices, images, refs) in enumerate(volumes):
             pred = predictor.predict(images)
             report.add(volume, dice_per_organ(pred, refs, labels))
             n_slices += len(indices)
@@ -76,7 +101,7 @@ def evaluate_in_process(config: SegmentConfig, model_uri: str, test_uri: str, sp
         present = _test_organs(test_uri, {k: v for k, v in filters.items() if v is not None})
         result = {
             "model": model_uri, "test": test_uri, "filters": {k: v for k, v in filters.items() if v is not None},
-            "n_volumes": len(groups), "n_slices": n_slices, "labels": {str(k): v for k, v in labels.items()},
+            "pooled": pooled, "n_volumes": len(report.per_volume), "n_slices": n_slices, "labels": {str(k): v for k, v in labels.items()},
             "organs_not_in_model": [o for o in present if o not in organs],
             "training": {k: manifest.get(k) for k in ("sources", "training_cases", "final", "timings")} if manifest else None,
             "dice": report.to_json(), "mean_dice": report.to_json()["mean_dice"],
@@ -127,7 +152,7 @@ def evaluate_segmenter(config: SegmentConfig, model_uri: str, test_uri: str, out
                        ray_address: str | None = None, **kwargs: Any) -> dict[str, Any]:
     """Dice report of ``model_uri`` on ``test_uri``; written as JSON to ``out_uri`` when given.
 
-    ``kwargs``: ``split`` (default "test"), ``datasets``, ``modalities``, ``predictions_uri``.
+    ``kwargs``: ``split`` (default "test"), ``datasets``, ``modalities``, ``predictions_uri``, ``pooled``, ``limit``.
     """
     import ray
 

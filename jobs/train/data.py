@@ -53,10 +53,13 @@ def _mask_counts(db_uri: str, filters: dict[str, Any]) -> tuple[int, int]:
 
 
 def build_dataset(db_uri: str, config: TrainConfig, stage: str):
-    """The lazy Ray Dataset a stage trains on: ``data_repeat`` passes over the stage's selection per epoch
-    (each epoch restarts the read, which on a small DB would otherwise stall the workers every few steps)."""
+    """The Ray Dataset a stage trains on: ``data_repeat`` passes over the stage's selection per epoch (each epoch
+    restarts the read, which on a small DB would otherwise stall the workers every few steps); lazy, or with
+    ``cache_data`` read once into the object store, so later epochs start without reading. The rows are the same
+    either way (every pass's seeds are fixed); the order of blocks within an epoch may differ."""
     passes = [_one_pass(db_uri, config, stage, seed=config.seed + i) for i in range(config.data_repeat)]
-    return passes[0].union(*passes[1:]) if len(passes) > 1 else passes[0]
+    ds = passes[0].union(*passes[1:]) if len(passes) > 1 else passes[0]
+    return ds.materialize() if config.cache_data else ds
 
 
 def _one_pass(db_uri: str, config: TrainConfig, stage: str, seed: int):

@@ -50,6 +50,16 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session, monkeypat
     assert following["following"] == 1 - following["error_own"] / following["error_other"]
     assert f"following **{following['following']:+.3f}**" in md
 
+    fit = report["fit"]
+    assert set(fit) == set(SEGMENTERS) and all(f["slices"] == 16 for f in fit.values())
+    assert fit["source-only"]["per_organ"].keys() == report["dice"]["source-only"]["per_organ"].keys()
+    saved = {n: json.loads((out / "eval" / f"{n}-fit.json").read_text()) for n in SEGMENTERS}
+    assert all(s["pooled"] for s in saved.values())
+    # each on its own training data: real source slices of the source split, all synthetic slices
+    assert saved["source-only"]["test"] == str(out / "db") and saved["mrgen"]["test"] == str(out / "synthetic")
+    assert saved["source-only"]["filters"] == {"split": "train", "dataset": ["phantom-src"]}
+    assert "own training slices" in md
+
     # a rerun resumes: nothing but the (idempotent) DB check and the report runs again
     again = run_experiment("exp", quick=True)
     assert set(again["step_seconds"]) <= {"build-db", "report"}

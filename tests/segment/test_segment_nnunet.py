@@ -161,3 +161,57 @@ def test_budget_flag_parsing():
         parse_budget("lr=3")
     with pytest.raises(ConfigError, match="epochs"):
         parse_budget("epochs=many")
+
+
+def _candidates_db(tiny_db: str, out: str) -> list[str]:
+    """The source test slices written twice, as synthesis writes candidates: two rows per volume position."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from mrgen.datasets.store import ShardWriter, volume_key
+
+    table = read_table(tiny_db, dataset=SRC, split="test", has_mask=True)
+    copies = [table.set_column(table.schema.get_field_index("slice_id"), "slice_id",
+                               pc.binary_join_element_wise(table["slice_id"], pa.scalar(f"-c{c:02d}"), ""))
+              for c in range(2)]
+    writer = ShardWriter(out)
+    both = pa.concat_tables(copies)
+    writer.write(both, sorted({volume_key(SRC, v) for v in both["volume_id"].to_pylist()}))
+    writer.commit()
+    return sorted(both["slice_id"].to_pylist())
+
+
+def test_pooled_eval_scores_candidate_slices_as_one_stack(trained, tiny_db, tmp_path, ray_session):
+    """Synthetic DBs hold several candidates per slice position: per-volume stacking refuses them, --pooled
+    scores the selected slices (evenly spread, slice-id order) as one stack, encoded as the exported cases."""
+    from mrgen.jobs.segment.evaluate import evaluate_segmenter, load_predictions
+
+    model, _, config = trained
+    db = str(tmp_path / "candidates")
+    slice_ids = _candidates_db(tiny_db, db)
+    with pytest.raises(ValueError, match="map to one case"):
+        evaluate_segmenter(config, model, db, split="test")
+    limit = len(slice_ids) - 3
+    report = evaluate_segmenter(config, model, db, split="test", pooled=True, limit=limit,
+                                predictions_uri=str(tmp_path / "pred.npz"))
+    assert report["pooled"] and report["n_volumes"] == 1 and report["n_slices"] == limit
+    (name, arrays), = load_predictions(str(tmp_path / "pred.npz")).items()
+    rows = {r["slice_id"]: r for r in read_table(db, has_mask=True).to_pylist()}
+    chosen = [slice_ids[i] for i in np.unique(np.linspace(0, len(slice_ids) - 1, limit).round().astype(int))]
+    assert chosen[0] == slice_ids[0] and chosen[-1] == slice_ids[-1]
+    expected = np.stack([np.round(np.clip(decode_image(rows[s]["image"], rows[s]["height"], rows[s]["width"]), 0, 1)
+                                  * 255) for s in chosen]).astype(np.uint8)
+    np.testing.assert_array_equal(arrays["image"], expected)
+    labels = {int(k): v for k, v in report["labels"].items()}
+    for organ, value in dice_per_organ(arrays["pred"], arrays["ref"], labels).items():
+        got = report["dice"]["per_organ"][organ]
+        assert (got is None) == math.isnan(value)
+        if got is not None:
+            assert got == pytest.approx(value, abs=1e-6)
+
+
+def test_cli_limit_needs_pooled(trained, tiny_db):
+    from mrgen.cli.main import main
+
+    with pytest.raises(SystemExit, match="--limit needs --pooled"):
+        main(["segment", "eval", "--model", trained[0], "--test", tiny_db, "--limit", "4"])

@@ -1,0 +1,26 @@
+"""The stage datasets Ray Train streams: the controller's masked / unmasked mixture, and the cached variant."""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+
+from mrgen.jobs.train.config import TrainConfig
+from mrgen.jobs.train.data import build_dataset
+
+
+def _rows(ds) -> Counter:
+    return Counter((hashlib.sha1(r["image"]).hexdigest(), bool(r["has_mask"])) for r in ds.iter_rows())
+
+
+def test_cached_stage_data_holds_the_streamed_rows(tiny_db):
+    config = TrainConfig.load("tiny", ["cache_data=false", "data_repeat=2", "unmasked_fraction=0.5"])
+    streamed = build_dataset(tiny_db, config, "controlnet")
+    cached = build_dataset(tiny_db, config.with_overrides({"cache_data": True}), "controlnet")
+    assert type(streamed).__name__ == "Dataset" and type(cached).__name__ == "MaterializedDataset"
+    rows = _rows(streamed)
+    assert rows == _rows(cached)
+    # two passes, each every masked train slice once plus a sample of unmasked ones near half the pass
+    masked = sum(n for (_, has_mask), n in rows.items() if has_mask)
+    unmasked = sum(rows.values()) - masked
+    assert masked % 2 == 0 and all(n % 2 == 0 for (_, has_mask), n in rows.items() if has_mask)
+    assert 0.3 < unmasked / (masked + unmasked) < 0.7
