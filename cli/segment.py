@@ -13,7 +13,8 @@ repeat a flag for several values). Examples:
   real source slices:  mrgen segment train --train DB --dataset phantom-src --out src-model
   synthetic slices:    mrgen segment train --train SYN_DB --split train --out syn-model
   both:                mrgen segment train --train DB --train SYN_DB --dataset phantom-src --dataset <syn name> ...
---budget epochs=E,iterations=I,width=W[,batch=B,val_iterations=V] shrinks nnU-Net's schedule and network.
+--budget epochs=E,iterations=I,width=W[,batch=B,val_iterations=V,minutes=M] shrinks nnU-Net's schedule and network;
+minutes=M fits the run in M minutes of wall time by giving later epochs fewer iterations.
 """
 
 
@@ -29,7 +30,7 @@ def register(subparsers) -> None:
     t.add_argument("--dataset", action="append", default=None, help="only these datasets (repeatable)")
     t.add_argument("--modality", action="append", default=None, help="only these modality labels (repeatable)")
     t.add_argument("--split", default="train", help="split to train on ('any' for all; default train)")
-    t.add_argument("--budget", default=None, metavar="K=V,...", help="epochs, iterations, width, batch, val_iterations")
+    t.add_argument("--budget", default=None, metavar="K=V,...", help="epochs, iterations, width, batch, val_iterations, minutes")
     t.add_argument("--gpus", type=float, default=None, help="GPUs of the training task (segment.num_gpus)")
     add_config_flags(t)
     t.set_defaults(func=_train)

@@ -7,9 +7,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mrgen.platform.config import ConfigBase, preset
+
+
+# Measured in the default run on the slowest machine seen (2.4x slower than the fastest): a generator stage's
+# start-up (Ray Train, data, bundle) ~60 s; synthesis of 192 masks x 2 candidates ~150 s; evaluation of four reports,
+# FID on 3 x 256 images.
+RESERVE_SECONDS = {"stage_startup": 60.0, "check-controller": 20.0, "synthesize": 150.0, "segmenter_startup": 45.0,
+                   "evaluate": 60.0, "fid": 80.0, "report": 15.0}
 
 
 class ExperimentConfig(ConfigBase):
@@ -43,6 +50,29 @@ class ExperimentConfig(ConfigBase):
                                                   "them; 0 = skip): tells no learning from no transfer")
     following_slices: int = Field(24, ge=2, description="source masks sampled (own and another's, same seeds) to "
                                                         "score whether samples follow their masks")
+    minutes: float | None = Field(None, gt=0, description="wall-time budget of the run: the generator's training loops "
+                                                          "and the segmenters get what the other steps leave "
+                                                          "(reserve_seconds) and plan fewer steps / iterations when "
+                                                          "theirs do not fit; None: the step counts alone")
+    reserve_seconds: dict[str, float] = Field(
+        default_factory=lambda: dict(RESERVE_SECONDS),
+        description="seconds kept back (with minutes) for the steps without a budget of their own, and the "
+                    "start-up of each generator stage and of the segmenters")
+    generator_share: float = Field(0.6, gt=0, lt=1, description="(with minutes) the generator's training loops' "
+                                                                "share of the budgeted time; the segmenters get the "
+                                                                "rest and whatever the steps between leave")
+    stage_shares: dict[str, float] = Field(default_factory=lambda: {"vae": 0.35, "unet": 0.39, "controlnet": 0.26},
+                                           description="(with minutes) split of the generator's time between its "
+                                                       "stages")
+
+    @field_validator("stage_shares")
+    @classmethod
+    def _shares(cls, value: dict[str, float]) -> dict[str, float]:
+        from mrgen.jobs.train.config import STAGES
+
+        if set(value) != set(STAGES) or any(v <= 0 for v in value.values()):
+            raise ValueError(f"stage_shares needs a positive share for each of {list(STAGES)}, got {value}")
+        return value
 
 
 @preset(ExperimentConfig, "quick")
@@ -54,7 +84,9 @@ def _quick() -> dict[str, Any]:
                                 "checkpoint_every": 12, "scaling_samples": 16},
             "synthesis": "tiny", "synthesis_overrides": {"candidates": 2, "keep": 1, "steps": 3, "max_masks": 16},
             "segment": "tiny", "segment_overrides": {"epochs": 2, "iterations": 8},
-            "fid_limit": 32, "sheet_slices": 4, "following_slices": 4, "fit_slices": 16}
+            "fid_limit": 32, "sheet_slices": 4, "following_slices": 4, "fit_slices": 16,
+            # generous: runs the budget's plumbing end to end; binds nothing at these step counts
+            "minutes": 30}
 
 
 @preset(ExperimentConfig, "tiny")
@@ -64,7 +96,8 @@ def _tiny() -> dict[str, Any]:
 
 @preset(ExperimentConfig, "default")
 def _default() -> dict[str, Any]:
-    """`mrgen demo`: the embedded default (≤ 20 min on 2 CPUs)."""
+    """`mrgen demo`: the embedded default, in 20 minutes on 2 CPUs: the step counts below are what a fast machine
+    fits; a slower one plans fewer (experiment.minutes)."""
     return {"phantom": "default", "train": "tiny",
             # UNet steps over controller steps: with an undertrained UNet the controller spends its capacity on
             # mask-independent corrections (`mrgen eval mask`: loss with an empty mask ≈ own mask ≪ UNet alone).
@@ -74,10 +107,11 @@ def _default() -> dict[str, Any]:
                                 "checkpoint_every": 500},
             # guidance 2: the tiny generator's samples break into blobs at the paper's 7 (a CFG sweep, 1-7, on
             # the demo's own bundle showed body outlines only up to ~2)
-            "synthesis": "tiny", "synthesis_overrides": {"candidates": 4, "keep": 2, "steps": 20, "sampler": "dpm",
+            # 2 candidates, 2 kept: without a filter (SAM2 weights are not available offline) more would be thrown
+            # away unscored
+            "synthesis": "tiny", "synthesis_overrides": {"candidates": 2, "keep": 2, "steps": 20, "sampler": "dpm",
                                                          "guidance": 2.0, "max_masks": 192},
-            # 20 epochs (was 25) pay for the autoencoder's extra 300 steps within the 20 minutes
-            "segment": "default", "segment_overrides": {"epochs": 20}, "fid_limit": 256}
+            "segment": "default", "segment_overrides": {"epochs": 20}, "fid_limit": 256, "minutes": 20}
 
 
 @preset(ExperimentConfig, "paper")

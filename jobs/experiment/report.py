@@ -79,6 +79,33 @@ def _fit_lines(fits: dict[str, dict[str, Any]], trained_on: dict[str, str]) -> l
             dice_table(fits, trained_on), ""]
 
 
+def trained_amounts(exp, manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Steps each generator stage ran and iterations each segmenter ran (fewer than configured under a budget)."""
+    from mrgen.jobs.experiment.run import train_config
+    from mrgen.jobs.train.config import STAGES
+
+    config = train_config(exp)
+    steps = {}
+    for stage in STAGES:
+        history = _json(exp.path("generator", stage, "history.json")) or []
+        steps[stage] = {"steps": history[-1]["step"] if history else None, "max_steps": config.stage(stage).max_steps}
+    return {"generator": steps,
+            "segmenters": {n: {"iterations": m.get("iterations"),
+                               "max_iterations": (m.get("config") or {}).get("epochs", 0)
+                               * (m.get("config") or {}).get("iterations", 0) or None}
+                           for n, m in manifests.items()}}
+
+
+def _budget_lines(exp, trained: dict[str, Any]) -> list[str]:
+    gen = ", ".join(f"{s} {t['steps']}" + (f" of {t['max_steps']}" if t["max_steps"] else "")
+                    for s, t in trained["generator"].items())
+    seg = ", ".join(f"{n} {t['iterations']}" + (f" of {t['max_iterations']}" if t["max_iterations"] else "")
+                    for n, t in trained["segmenters"].items())
+    budget = (f"Wall-time budget {exp.config.minutes:g} min: each training loop planned the steps that fit in its "
+              f"share, so slower machines train less. " if exp.config.minutes else "")
+    return [f"{budget}Steps trained: {gen}. Segmenter iterations: {seg}.", ""]
+
+
 def _segmentation_sheet(exp, uri: str, n: int) -> bool:
     from mrgen.datasets.contact_sheet import contact_sheet
     from mrgen.jobs.segment.evaluate import load_predictions
@@ -129,6 +156,8 @@ def write_report_folder(exp) -> dict[str, Any]:
                 for n, ev in fits.items()},
         "fid": fid, "mask_dependence": mask_loss, "mask_following": following, "synthesis": {k: synthesis.get(k) for k in ("totals", "rows", "scores_meaningful", "filter_model")},
         "step_seconds": exp.results.get("step_seconds", {}),
+        "budget": {"minutes": exp.config.minutes, **exp.results.get("budget", {}),
+                   "trained": trained_amounts(exp, manifests)},
         "paper": {"source_only": 10.5, "mrgen": 44.7, "note": "Table 3 averages, DSC %"},
     }
     sheets = {}
@@ -182,6 +211,7 @@ def write_report_folder(exp) -> dict[str, Any]:
         "training slices: " + ", ".join(f"{n} {manifests[n].get('training_cases', '-')}" for n in SEGMENTERS) + ". "
         "Small budgets train neither the generator nor the segmenters to convergence: read the Dice figures as "
         "what this run measured, not as the paper's effect.", "",
+        *_budget_lines(exp, result["budget"]["trained"]),
         "## Steps (seconds)", "",
         ", ".join(f"{k} {v:.0f}" for k, v in result["step_seconds"].items()) or "(all steps resumed)", "",
         *(f"![{k}]({v})" for k, v in sheets.items()),

@@ -25,6 +25,7 @@ from typing import Any
 
 from mrgen.jobs.experiment.config import ExperimentConfig
 from mrgen.platform import storage
+from mrgen.platform.budget import TimeBudget
 from mrgen.platform.config import flatten
 
 SEGMENTERS = ("source-only", "mrgen")
@@ -38,6 +39,7 @@ class Experiment:
     config: ExperimentConfig
     ray_address: str | None = None
     results: dict[str, Any] = field(default_factory=dict)
+    budget: TimeBudget | None = None  # experiment.minutes, counted from the start of this invocation
 
     def path(self, *parts: str) -> str:
         return storage.join(self.out, *parts)
@@ -131,9 +133,19 @@ def build_db(exp: Experiment) -> None:
 
 
 def train_generator(exp: Experiment) -> None:
+    from mrgen.jobs.experiment.budget import generator_minutes
+    from mrgen.jobs.train.config import STAGES
     from mrgen.jobs.train.run import run_all
 
-    results = run_all(train_config(exp), exp.db, exp.path("generator"), resume=True, ray_address=exp.ray_address)
+    config = train_config(exp)
+    if exp.budget is not None:
+        todo = tuple(s for s in STAGES if not storage.exists(exp.path("generator", s, "bundle", "mrgen_manifest.json")))
+        minutes = generator_minutes(exp.config, exp.budget.remaining(), todo)
+        exp.results.setdefault("budget", {})["generator_minutes"] = {s: round(m, 2) for s, m in minutes.items()}
+        print(f"[experiment] {exp.budget.remaining() / 60:.1f} of {exp.config.minutes:g} min left; training loops "
+              f"get " + ", ".join(f"{s} {m:.1f} min" for s, m in minutes.items()), flush=True)
+        config = config.with_overrides({f"{s}.max_minutes": m for s, m in minutes.items()})
+    results = run_all(config, exp.db, exp.path("generator"), resume=True, ray_address=exp.ray_address)
     exp.results["generator"] = {"bundle": exp.bundle, "stages": [
         {"stage": r.stage, "steps": r.steps, "seconds": round(r.seconds, 1),
          "final_loss": r.history[-1].get("loss") if r.history else None} for r in results]}
@@ -184,6 +196,14 @@ def train_segmenters(exp: Experiment) -> None:
     from mrgen.jobs.segment.train import is_trained, submit_training
 
     config = segment_config(exp)
+    if exp.budget is not None:
+        from mrgen.jobs.experiment.budget import segmenter_minutes
+
+        minutes = segmenter_minutes(exp.config, exp.budget.remaining())
+        exp.results.setdefault("budget", {})["segmenter_minutes"] = round(minutes, 2)
+        print(f"[experiment] {exp.budget.remaining() / 60:.1f} of {exp.config.minutes:g} min left; each segmenter "
+              f"gets {minutes:.1f} min", flush=True)
+        config = config.with_overrides({"max_minutes": minutes})
     todo = [n for n in SEGMENTERS if not is_trained(exp.segmenter(n))]
     if exp.config.parallel_segmenters:
         refs = {n: submit_training(config, segment_sources(exp, n), exp.segmenter(n)) for n in todo}
@@ -284,6 +304,8 @@ STEPS: list[Step] = [
 def run_steps(exp: Experiment, steps: list[Step] | None = None) -> Experiment:
     from mrgen.platform.cluster import RayConfig, init_ray
 
+    if exp.config.minutes is not None and exp.budget is None:
+        exp.budget = TimeBudget.minutes(exp.config.minutes)
     init_ray(RayConfig(address=exp.ray_address))
     timings = exp.results.setdefault("step_seconds", {})
     for step in steps or STEPS:

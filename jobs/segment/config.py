@@ -14,7 +14,8 @@ from mrgen.platform.config import ConfigBase, ConfigError, preset
 # nnU-Net's channel names select its intensity normalisation (map_channel_name_to_normalization.py).
 NORMALIZATION_CHANNELS = {"zscore": "MRI", "rgb_to_0_1": "rgb_to_0_1"}
 BUDGET_KEYS = {"epochs": "epochs", "iterations": "iterations", "val_iterations": "val_iterations", "width": "width",
-               "batch": "batch_size", "batch_size": "batch_size"}
+               "batch": "batch_size", "batch_size": "batch_size", "minutes": "max_minutes"}
+FLOAT_BUDGET_KEYS = {"max_minutes"}
 
 
 class SegmentConfig(ConfigBase):
@@ -25,6 +26,11 @@ class SegmentConfig(ConfigBase):
     epochs: int = Field(1000, ge=1, description="training epochs (nnU-Net's num_epochs)")
     iterations: int = Field(250, ge=1, description="training iterations per epoch (num_iterations_per_epoch)")
     val_iterations: int = Field(50, ge=1, description="validation iterations per epoch (pseudo-Dice only)")
+    max_minutes: float | None = Field(None, gt=0, description="wall-time budget of the training task (export, "
+                                                              "planning, training): after each epoch the next "
+                                                              "epochs get the iterations that still fit (never above "
+                                                              "`iterations`, at least 1); the epochs stay, so the "
+                                                              "learning rate still decays to its end")
     width: int | None = Field(None, ge=4, description="features of the first stage, doubling per stage up to "
                                                        "max_width; None keeps nnU-Net's planned widths (32 … 512)")
     max_width: int | None = Field(None, ge=4, description="cap of the per-stage features (default 8 x width)")
@@ -76,7 +82,8 @@ class SegmentConfig(ConfigBase):
 
 
 def parse_budget(text: str | None) -> dict[str, Any]:
-    """``"epochs=2,iterations=10,width=16"`` → config overrides; unknown keys raise ConfigError naming them."""
+    """``"epochs=2,iterations=10,width=16,minutes=5"`` → config overrides; unknown keys raise ConfigError naming
+    them."""
     if not text:
         return {}
     out: dict[str, Any] = {}
@@ -88,10 +95,12 @@ def parse_budget(text: str | None) -> dict[str, Any]:
         key = key.strip()
         if not sep or key not in BUDGET_KEYS:
             raise ConfigError(f"--budget item {item!r}: use key=value with key in {sorted(BUDGET_KEYS)}")
+        field = BUDGET_KEYS[key]
+        kind = float if field in FLOAT_BUDGET_KEYS else int
         try:
-            out[BUDGET_KEYS[key]] = int(value)
+            out[field] = kind(value)
         except ValueError:
-            raise ConfigError(f"--budget {key}={value!r}: expected an integer") from None
+            raise ConfigError(f"--budget {key}={value!r}: expected {'a number' if kind is float else 'an integer'}") from None
     return out
 
 

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from mrgen.jobs.segment.config import SegmentConfig
+from mrgen.jobs.segment.epoch_budget import EpochBudget
 from mrgen.platform import storage
+from mrgen.platform.budget import TimeBudget
 
 MANIFEST = "mrgen_segmenter.json"
 DATASET_ID = 1
@@ -148,8 +150,10 @@ def plan_and_preprocess(config: SegmentConfig) -> dict[str, Any]:
     return plans
 
 
-def run_trainer(plans: dict[str, Any], dataset_json: dict[str, Any], config: SegmentConfig):
-    """``nnUNetTrainer`` with the budget set on the instance; returns the trained trainer."""
+def run_trainer(plans: dict[str, Any], dataset_json: dict[str, Any], config: SegmentConfig,
+                budget: TimeBudget | None = None):
+    """``nnUNetTrainer`` with the budget set on the instance; returns the trained trainer and each epoch's
+    training iterations (fewer than ``config.iterations`` where ``budget`` asked for it)."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     from mrgen.jobs.segment.nnunet_env import torch_device
@@ -163,10 +167,11 @@ def run_trainer(plans: dict[str, Any], dataset_json: dict[str, Any], config: Seg
     # nnU-Net redraws progress.png with matplotlib after every epoch (seconds each on a small CPU): draw it once.
     plot = trainer.logger.plot_progress_png
     trainer.logger.plot_progress_png = lambda folder: None
+    fitted = EpochBudget(trainer, budget, config.iterations) if budget is not None else None
     trainer.run_training()
     if config.progress_plot:
         plot(trainer.output_folder)
-    return trainer
+    return trainer, fitted.iterations if fitted else [config.iterations] * config.epochs
 
 
 def _last(trainer, key: str):
@@ -182,6 +187,7 @@ def train_in_process(config: SegmentConfig, sources: Sequence[TrainSource], out_
     from mrgen.jobs.segment.nnunet_env import prepare_process
 
     started = time.monotonic()
+    budget = TimeBudget.minutes(config.max_minutes)
     workdir = Path(tempfile.mkdtemp(prefix="mrgen-segment-"))
     try:
         folders = prepare_process(workdir, config)
@@ -195,9 +201,10 @@ def train_in_process(config: SegmentConfig, sources: Sequence[TrainSource], out_
         two_d = plans["configurations"]["2d"]
         print(f"[segment train] plan: patch {two_d['patch_size']}, batch {two_d['batch_size']}, features "
               f"{two_d['architecture']['arch_kwargs']['features_per_stage']}; training {config.epochs} epochs x "
-              f"{config.iterations} iterations", flush=True)
+              f"{config.iterations} iterations" + (f" (fewer if they do not fit in {config.max_minutes:.1f} min)"
+                                                   if budget else ""), flush=True)
         trained_at = time.monotonic()
-        trainer = run_trainer(plans, exported["dataset_json"], config)
+        trainer, iterations = run_trainer(plans, exported["dataset_json"], config, budget)
         timings["train_s"] = time.monotonic() - trained_at
         model_dir = Path(trainer.output_folder_base)
         fold_dir = Path(trainer.output_folder)
@@ -208,6 +215,7 @@ def train_in_process(config: SegmentConfig, sources: Sequence[TrainSource], out_
             "checkpoint": "checkpoint_final.pth", "labels": exported["dataset_json"]["labels"],
             "sources": [asdict(s) for s in sources], "cases_per_source": exported["cases_per_source"],
             "training_cases": n_cases, "config": config.model_dump(mode="json"),
+            "iterations_per_epoch": iterations, "iterations": sum(iterations),
             "plan": {"patch_size": two_d["patch_size"], "batch_size": two_d["batch_size"],
                      "features_per_stage": two_d["architecture"]["arch_kwargs"]["features_per_stage"],
                      "normalization": two_d["normalization_schemes"]},

@@ -7,6 +7,7 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from mrgen.jobs.train import checkpoint as ckpt
 from mrgen.jobs.train.config import TrainConfig
 from mrgen.jobs.train.data import BatchStream
 from mrgen.jobs.train.stages import StageTask, build_task, trained_model
+from mrgen.platform.budget import TimeBudget, units_that_fit
 
 # What each stage takes from the previous stage's bundle.
 INIT_PARTS = {"vae": None, "unet": ("vae", "text_encoder", "scheduler"),
@@ -43,13 +45,42 @@ def deepspeed_config(config: TrainConfig, stage: str, world_size: int) -> dict[s
     }
 
 
-def cosine_lambda(warmup: int, total: int, floor: float):
+def cosine_lambda(warmup: int, total: int | Callable[[], int], floor: float):
+    """Linear warm-up, then cosine decay to ``floor`` at step ``total`` (a callable when a time budget moves it)."""
+    steps = total if callable(total) else lambda: total
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        progress = min(1.0, (step - warmup) / max(1, steps() - warmup))
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     return factor
+
+
+class StepPlan:
+    """The run's last step: ``max_steps``, or fewer when a time budget says so. Replanned at log intervals from the
+    mean step time since the first step (checkpoints and sample grids included); all ranks take the smallest plan."""
+
+    def __init__(self, max_steps: int, budget: TimeBudget | None):
+        self.max_steps, self.budget = max_steps, budget
+        self.total = max_steps
+        self._first: tuple[int, float] | None = None  # (step, time) after the first step of this attempt
+
+    def started(self, step: int) -> None:
+        if self._first is None:
+            self._first = (step, time.monotonic())
+
+    def replan(self, step: int, device: torch.device, world: int) -> int:
+        if self.budget is None or self._first is None or step <= self._first[0]:
+            return self.total
+        per_step = (time.monotonic() - self._first[1]) / (step - self._first[0])
+        planned = min(self.max_steps, step + units_that_fit(self.budget.remaining(), per_step))
+        if world > 1:
+            value = torch.tensor([planned], dtype=torch.int64, device=device)
+            torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+            planned = int(value.item())
+        self.total = planned
+        return planned
 
 
 class Examples:
@@ -125,6 +156,7 @@ def train_loop_per_worker(args: dict[str, Any]) -> None:
     settings = config.stage(stage)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    budget = TimeBudget.minutes(settings.max_minutes)
     torch.set_num_threads(config.torch_threads)
     device = ray.train.torch.get_device()
     dtype = DTYPES[config.resolved_precision()]
@@ -139,11 +171,12 @@ def train_loop_per_worker(args: dict[str, Any]) -> None:
     task.to(device, dtype)
     frozen_at_start = task.frozen_hashes()
 
+    plan = StepPlan(settings.max_steps, budget)
     params = [p for p in task.trainable.parameters() if p.requires_grad]
     engine, _, _, lr_schedule = deepspeed.initialize(
         model=task.trainable, model_parameters=params, config=deepspeed_config(config, stage, world),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
-            opt, cosine_lambda(settings.warmup_steps, settings.max_steps, config.min_lr_ratio)))
+            opt, cosine_lambda(settings.warmup_steps, lambda: plan.total, config.min_lr_ratio)))
     model = trained_model(task)
 
     stream = BatchStream(ray.train.get_dataset_shard("train"), settings.batch_size, config.shuffle_buffer,
@@ -154,6 +187,9 @@ def train_loop_per_worker(args: dict[str, Any]) -> None:
         with restored.as_directory() as folder:
             state, rank_state = ckpt.load(Path(folder), engine, rank)
         state["restored_from"] = state.get("restored_from", []) + [state["step"]]
+        plan.total = state.get("planned_steps", plan.total)
+        if budget is not None:
+            budget.spent_before = state.get("train_seconds", 0.0)
         stream.skip_to(rank_state["position"])
         ckpt.set_rng_state(rank_state["rng"])
         if rank == 0:
@@ -167,7 +203,7 @@ def train_loop_per_worker(args: dict[str, Any]) -> None:
     step = start_step = state["step"]
     interval = {"loss": 0.0, "micro": 0, "steps": 0, "t0": time.perf_counter(), "wait0": stream.wait_s}
     engine.train()
-    while step < settings.max_steps:
+    while step < plan.total:
         for _ in range(config.grad_accum):
             batch = stream.next()
             if rank == 0 and not examples.full:
@@ -179,10 +215,13 @@ def train_loop_per_worker(args: dict[str, Any]) -> None:
             interval["micro"] += 1
         step += 1
         interval["steps"] += 1
+        plan.started(step)
         if config.fail_at_step is not None and step == config.fail_at_step and start_step == 0 and rank == 0:
             raise RuntimeError(f"injected failure at step {step} (train.fail_at_step, tests only)")
 
-        last = step == settings.max_steps
+        if step % config.log_every == 0 and step < plan.total:
+            plan.replan(step, device, world)
+        last = step >= plan.total
         do_log = step % config.log_every == 0 or last
         do_ckpt = step % config.checkpoint_every == 0 or last
         if config.sample_every and step % config.sample_every == 0 or last:
@@ -197,10 +236,13 @@ def train_loop_per_worker(args: dict[str, Any]) -> None:
         report.update(step=step, epoch=stream.epoch, prompt_drop_rate=task.dropped / max(1, task.prompts_seen),
                       prompts_seen=task.prompts_seen)
         state["step"] = step
+        state["planned_steps"] = plan.total
+        if budget is not None:
+            state["train_seconds"] = budget.elapsed()
         state["history"].append(report)
         if rank == 0:
             metrics.update(report, interval["steps"])
-            print(f"[train {stage}] step {step}/{settings.max_steps} loss={report['loss']:.4f} lr={report['lr']:.3g} "
+            print(f"[train {stage}] step {step}/{plan.total} loss={report['loss']:.4f} lr={report['lr']:.3g} "
                   f"samples/s={report['samples_per_s']:.1f} data_wait={report['data_wait_fraction']:.1%}", flush=True)
         interval = {"loss": 0.0, "micro": 0, "steps": 0, "t0": time.perf_counter(), "wait0": stream.wait_s}
         if last:

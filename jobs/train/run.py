@@ -102,7 +102,8 @@ def main(config: TrainConfig, db_uri: str, out_uri: str, stage: str, resume: boo
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures)),
         datasets={"train": build_dataset(db_uri, config, stage)},
     )
-    print(f"[train {stage}] {config.num_workers} worker(s), {settings.max_steps} steps, batch "
+    budget = f" (fewer if they do not fit in {settings.max_minutes:.1f} min)" if settings.max_minutes else ""
+    print(f"[train {stage}] {config.num_workers} worker(s), {settings.max_steps} steps{budget}, batch "
           f"{settings.batch_size}x{config.grad_accum} per worker, ZeRO {config.zero_stage}, "
           f"{config.resolved_precision()} → {run_uri}", flush=True)
     result = trainer.fit()

@@ -64,6 +64,16 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session, monkeypat
     assert saved["source-only"]["filters"] == {"split": "train", "dataset": ["phantom-src"]}
     assert "own training slices" in md
 
+    budget = report["budget"]
+    assert budget["minutes"] == 30 and set(budget["generator_minutes"]) == {"vae", "unet", "controlnet"}
+    assert budget["segmenter_minutes"] > 0
+    saved_config = json.loads((out / "segmenters" / "mrgen" / "mrgen_segmenter.json").read_text())["config"]
+    assert saved_config["max_minutes"] == budget["segmenter_minutes"]  # what the step handed the task
+    # 30 minutes fit the quick step counts whole
+    assert {s: t["steps"] for s, t in budget["trained"]["generator"].items()} == dict.fromkeys(budget["generator_minutes"], 12)
+    assert all(t["iterations"] == t["max_iterations"] == 16 for t in budget["trained"]["segmenters"].values())
+    assert "Steps trained: vae 12 of 12" in md
+
     # a rerun resumes: nothing but the (idempotent) DB check and the report runs again
     again = run_experiment("exp", quick=True)
     assert set(again["step_seconds"]) <= {"build-db", "report"}

@@ -24,7 +24,8 @@ SRC = "phantom-src"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_db):
     out = str(tmp_path_factory.mktemp("segmenter") / "model")
-    config = SegmentConfig.load("tiny")
+    # a budget spent before training starts: epoch 1 runs whole, the budget then cuts epoch 2 to 1 iteration
+    config = SegmentConfig.load("tiny", ["max_minutes=0.001"])
     manifest = train_segmenter(config, [TrainSource(tiny_db, datasets=(SRC,))], out)
     return out, manifest, config
 
@@ -79,6 +80,7 @@ def test_model_folder_is_nnunet_layout_with_manifest(trained, tiny_db):
     assert set(manifest["labels"]) == organ_names | {"background"}
     assert sorted(manifest["labels"].values()) == list(range(len(manifest["labels"])))
     assert math.isfinite(manifest["final"]["train_loss"])
+    assert manifest["iterations_per_epoch"] == [6, 1] and manifest["iterations"] == 7
 
 
 def test_checkpoint_loads_in_nnunet_predictor(trained):
@@ -155,8 +157,8 @@ def test_budget_flag_parsing():
     from mrgen.jobs.segment.config import parse_budget
     from mrgen.platform.config import ConfigError
 
-    assert parse_budget("epochs=3, iterations=7,width=16,batch=4") == {"epochs": 3, "iterations": 7, "width": 16,
-                                                                       "batch_size": 4}
+    assert parse_budget("epochs=3, iterations=7,width=16,batch=4,minutes=2.5") == {
+        "epochs": 3, "iterations": 7, "width": 16, "batch_size": 4, "max_minutes": 2.5}
     with pytest.raises(ConfigError, match="lr"):
         parse_budget("lr=3")
     with pytest.raises(ConfigError, match="epochs"):

@@ -1,0 +1,27 @@
+"""A stage under a wall-time budget, through Ray Train + DeepSpeed on 2 CPU workers: it plans fewer steps than
+max_steps, both ranks stop at the same step, and the learning-rate schedule still ends at its floor."""
+from __future__ import annotations
+
+import pytest
+
+from mrgen.jobs.train.config import TrainConfig
+from mrgen.jobs.train.run import main
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def test_budgeted_stage_plans_fewer_steps_and_ends_its_schedule(tiny_db, tmp_path):
+    budget_s = 20.0
+    config = TrainConfig.load("tiny", [
+        "num_workers=2", "vae.max_steps=5000", f"vae.max_minutes={budget_s / 60}", "vae.warmup_steps=2",
+        "log_every=5", "checkpoint_every=5000", "sample_every=0", "sample_count=2", "sample_steps=2"])
+    result = main(config, tiny_db, str(tmp_path / "out"), "vae")
+    state = result.train_state
+
+    assert 5 < result.steps < 5000
+    assert state["planned_steps"] == result.steps == result.history[-1]["step"]
+    peak = config.vae.lr
+    assert result.history[0]["lr"] > 0.5 * peak  # a 5000-step cosine would still be near its peak here,
+    assert result.history[-1]["lr"] < 1e-3 * peak  # the planned one has decayed to its floor (0)
+    # the loop kept to its budget: it replans every 5 steps from the mean step time
+    assert state["train_seconds"] < 1.5 * budget_s
