@@ -140,8 +140,8 @@ def train_generator(exp: Experiment) -> None:
     config = train_config(exp)
     if exp.budget is not None:
         todo = tuple(s for s in STAGES if not storage.exists(exp.path("generator", s, "bundle", "mrgen_manifest.json")))
-        minutes = generator_minutes(exp.config, exp.budget.remaining(), todo)
-        exp.results.setdefault("budget", {})["generator_minutes"] = {s: round(m, 2) for s, m in minutes.items()}
+        minutes = {s: round(m, 2) for s, m in generator_minutes(exp.config, exp.budget.remaining(), todo).items()}
+        exp.results.setdefault("budget", {})["generator_minutes"] = minutes
         print(f"[experiment] {exp.budget.remaining() / 60:.1f} of {exp.config.minutes:g} min left; training loops "
               f"get " + ", ".join(f"{s} {m:.1f} min" for s, m in minutes.items()), flush=True)
         config = config.with_overrides({f"{s}.max_minutes": m for s, m in minutes.items()})
@@ -199,8 +199,8 @@ def train_segmenters(exp: Experiment) -> None:
     if exp.budget is not None:
         from mrgen.jobs.experiment.budget import segmenter_minutes
 
-        minutes = segmenter_minutes(exp.config, exp.budget.remaining())
-        exp.results.setdefault("budget", {})["segmenter_minutes"] = round(minutes, 2)
+        minutes = round(segmenter_minutes(exp.config, exp.budget.remaining()), 2)
+        exp.results.setdefault("budget", {})["segmenter_minutes"] = minutes
         print(f"[experiment] {exp.budget.remaining() / 60:.1f} of {exp.config.minutes:g} min left; each segmenter "
               f"gets {minutes:.1f} min", flush=True)
         config = config.with_overrides({"max_minutes": minutes})

@@ -24,7 +24,8 @@ class StageSettings(BaseModel):
     lr: float = Field(gt=0, description="peak learning rate (AdamW)")
     batch_size: int = Field(8, ge=1, description="micro-batch per worker")
     max_steps: int = Field(60, ge=1, description="optimizer steps of the run")
-    max_minutes: float | None = Field(None, gt=0, description="wall-time budget of the stage's training loop: at "
+    max_minutes: float | None = Field(None, gt=0, description="wall-time budget of the stage's training loop (from "
+                                                              "its start; model and data start-up not counted): at "
                                                               "each log interval the run plans the steps that still "
                                                               "fit (never above max_steps) and the learning-rate "
                                                               "schedule ends at the planned step. None: max_steps")

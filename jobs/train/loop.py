@@ -58,15 +58,21 @@ def cosine_lambda(warmup: int, total: int | Callable[[], int], floor: float):
 
 
 class StepPlan:
-    """The run's last step: ``max_steps``, or fewer when a time budget says so. Replanned at log intervals from the
-    mean step time since the first step (checkpoints and sample grids included); all ranks take the smallest plan."""
+    """The run's last step: ``max_steps``, or fewer when the stage's ``max_minutes`` say so. The budget counts from
+    the loop's start (start-up before it is the caller's to allow for); replanned at log intervals from the mean step
+    time since the first step (checkpoints and sample grids included); all ranks take the smallest plan."""
 
-    def __init__(self, max_steps: int, budget: TimeBudget | None):
-        self.max_steps, self.budget = max_steps, budget
+    def __init__(self, max_steps: int, minutes: float | None):
+        self.max_steps, self.minutes = max_steps, minutes
         self.total = max_steps
+        self.spent_before = 0.0  # budget seconds spent before a restart of this run
+        self.budget: TimeBudget | None = None
         self._first: tuple[int, float] | None = None  # (step, time) after the first step of this attempt
 
-    def started(self, step: int) -> None:
+    def start(self) -> None:
+        self.budget = TimeBudget.minutes(self.minutes, self.spent_before)
+
+    def stepped(self, step: int) -> None:
         if self._first is None:
             self._first = (step, time.monotonic())
 
@@ -81,6 +87,10 @@ class StepPlan:
             planned = int(value.item())
         self.total = planned
         return planned
+
+    def saved(self, run_id: str) -> dict[str, Any]:
+        return {"run_id": run_id, "steps": self.total,
+                "train_seconds": self.budget.elapsed() if self.budget is not None else None}
 
 
 class Examples:
@@ -156,7 +166,6 @@ def train_loop_per_worker(args: dict[str, Any]) -> None:
     settings = config.stage(stage)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    budget = TimeBudget.minutes(settings.max_minutes)
     torch.set_num_threads(config.torch_threads)
     device = ray.train.torch.get_device()
     dtype = DTYPES[config.resolved_precision()]
@@ -171,7 +180,7 @@ def train_loop_per_worker(args: dict[str, Any]) -> None:
     task.to(device, dtype)
     frozen_at_start = task.frozen_hashes()
 
-    plan = StepPlan(settings.max_steps, budget)
+    plan = StepPlan(settings.max_steps, settings.max_minutes)
     params = [p for p in task.trainable.parameters() if p.requires_grad]
     engine, _, _, lr_schedule = deepspeed.initialize(
         model=task.trainable, model_parameters=params, config=deepspeed_config(config, stage, world),
@@ -187,9 +196,9 @@ def train_loop_per_worker(args: dict[str, Any]) -> None:
         with restored.as_directory() as folder:
             state, rank_state = ckpt.load(Path(folder), engine, rank)
         state["restored_from"] = state.get("restored_from", []) + [state["step"]]
-        plan.total = state.get("planned_steps", plan.total)
-        if budget is not None:
-            budget.spent_before = state.get("train_seconds", 0.0)
+        saved_plan = state.get("plan", {})
+        if saved_plan.get("run_id") == args["run_id"]:  # Ray Train restarted this run: same plan, budget partly spent
+            plan.total, plan.spent_before = saved_plan["steps"], saved_plan["train_seconds"] or 0.0
         stream.skip_to(rank_state["position"])
         ckpt.set_rng_state(rank_state["rng"])
         if rank == 0:
@@ -203,6 +212,7 @@ def train_loop_per_worker(args: dict[str, Any]) -> None:
     step = start_step = state["step"]
     interval = {"loss": 0.0, "micro": 0, "steps": 0, "t0": time.perf_counter(), "wait0": stream.wait_s}
     engine.train()
+    plan.start()
     while step < plan.total:
         for _ in range(config.grad_accum):
             batch = stream.next()
@@ -215,7 +225,7 @@ def train_loop_per_worker(args: dict[str, Any]) -> None:
             interval["micro"] += 1
         step += 1
         interval["steps"] += 1
-        plan.started(step)
+        plan.stepped(step)
         if config.fail_at_step is not None and step == config.fail_at_step and start_step == 0 and rank == 0:
             raise RuntimeError(f"injected failure at step {step} (train.fail_at_step, tests only)")
 
@@ -236,9 +246,8 @@ def train_loop_per_worker(args: dict[str, Any]) -> None:
         report.update(step=step, epoch=stream.epoch, prompt_drop_rate=task.dropped / max(1, task.prompts_seen),
                       prompts_seen=task.prompts_seen)
         state["step"] = step
-        state["planned_steps"] = plan.total
-        if budget is not None:
-            state["train_seconds"] = budget.elapsed()
+        # `mrgen train --resume` starts a new run (new run id) from the checkpoint: new max_steps, fresh budget
+        state["plan"] = plan.saved(args["run_id"])
         state["history"].append(report)
         if rank == 0:
             metrics.update(report, interval["steps"])

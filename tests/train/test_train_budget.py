@@ -11,17 +11,18 @@ pytestmark = pytest.mark.timeout(900)
 
 
 def test_budgeted_stage_plans_fewer_steps_and_ends_its_schedule(tiny_db, tmp_path):
-    budget_s = 20.0
+    budget_s = 30.0
     config = TrainConfig.load("tiny", [
         "num_workers=2", "vae.max_steps=5000", f"vae.max_minutes={budget_s / 60}", "vae.warmup_steps=2",
         "log_every=5", "checkpoint_every=5000", "sample_every=0", "sample_count=2", "sample_steps=2"])
     result = main(config, tiny_db, str(tmp_path / "out"), "vae")
     state = result.train_state
 
-    assert 5 < result.steps < 5000
-    assert state["planned_steps"] == result.steps == result.history[-1]["step"]
+    assert 10 < result.steps < 5000  # replanned more than once
+    assert state["plan"]["steps"] == result.steps == result.history[-1]["step"]
     peak = config.vae.lr
     assert result.history[0]["lr"] > 0.5 * peak  # a 5000-step cosine would still be near its peak here,
-    assert result.history[-1]["lr"] < 1e-3 * peak  # the planned one has decayed to its floor (0)
-    # the loop kept to its budget: it replans every 5 steps from the mean step time
-    assert state["train_seconds"] < 1.5 * budget_s
+    # the planned one has decayed to (near) its floor, 0: the last replan may still move the end by a few steps
+    assert result.history[-1]["lr"] < 0.05 * peak
+    # the loop (from its first step; start-up is not counted) kept to its budget: it replans every 5 steps
+    assert state["plan"]["train_seconds"] < 1.5 * budget_s
