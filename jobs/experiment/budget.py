@@ -37,10 +37,10 @@ def generator_minutes(config: Any, remaining_s: float, stages: tuple[str, ...] =
     reserve = config.reserve_seconds
     left = _left(remaining_s - len(stages) * reserve.get("stage_startup", 0.0), reserve, AFTER_GENERATOR,
                  "the generator")
-    share = config.generator_share * sum(config.stage_shares[s] for s in stages) / sum(config.stage_shares.values())
+    todo = sum(config.stage_shares[s] for s in stages)
+    share = config.generator_share * todo / sum(config.stage_shares.values())
     loops = left * share / (share + 1 - config.generator_share)
-    total = sum(config.stage_shares[s] for s in stages)
-    return {s: max(LEAST_MINUTES, loops * config.stage_shares[s] / total / 60) for s in stages}
+    return {s: max(LEAST_MINUTES, loops * config.stage_shares[s] / todo / 60) for s in stages}
 
 
 def segmenter_minutes(config: Any, remaining_s: float) -> float:

@@ -89,11 +89,12 @@ def trained_amounts(exp, manifests: dict[str, dict[str, Any]]) -> dict[str, Any]
     for stage in STAGES:
         history = _json(exp.path("generator", stage, "history.json")) or []
         steps[stage] = {"steps": history[-1]["step"] if history else None, "max_steps": config.stage(stage).max_steps}
-    return {"generator": steps,
-            "segmenters": {n: {"iterations": m.get("iterations"),
-                               "max_iterations": (m.get("config") or {}).get("epochs", 0)
-                               * (m.get("config") or {}).get("iterations", 0) or None}
-                           for n, m in manifests.items()}}
+    segmenters = {}
+    for name, manifest in manifests.items():
+        planned = manifest.get("config") or {}
+        segmenters[name] = {"iterations": manifest.get("iterations"),
+                            "max_iterations": planned.get("epochs", 0) * planned.get("iterations", 0) or None}
+    return {"generator": steps, "segmenters": segmenters}
 
 
 def _budget_lines(exp, trained: dict[str, Any]) -> list[str]:

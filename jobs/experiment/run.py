@@ -132,18 +132,23 @@ def build_db(exp: Experiment) -> None:
     exp.results["db"] = {"uri": exp.db, "rows": index.rows, "counts": index.counts(), "sheet": sheet}
 
 
+def _hand_out(exp: Experiment, key: str, minutes: Any, what: str) -> None:
+    """Record (report.json ``budget``) and show the minutes a budgeted step hands its jobs."""
+    exp.results.setdefault("budget", {})[key] = minutes
+    print(f"[experiment] {exp.budget.remaining() / 60:.1f} of {exp.config.minutes:g} min left; {what}", flush=True)
+
+
 def train_generator(exp: Experiment) -> None:
     from mrgen.jobs.experiment.budget import generator_minutes
     from mrgen.jobs.train.config import STAGES
-    from mrgen.jobs.train.run import run_all
+    from mrgen.jobs.train.run import is_finished, run_all
 
     config = train_config(exp)
     if exp.budget is not None:
-        todo = tuple(s for s in STAGES if not storage.exists(exp.path("generator", s, "bundle", "mrgen_manifest.json")))
+        todo = tuple(s for s in STAGES if not is_finished(exp.path("generator"), s))
         minutes = {s: round(m, 2) for s, m in generator_minutes(exp.config, exp.budget.remaining(), todo).items()}
-        exp.results.setdefault("budget", {})["generator_minutes"] = minutes
-        print(f"[experiment] {exp.budget.remaining() / 60:.1f} of {exp.config.minutes:g} min left; training loops "
-              f"get " + ", ".join(f"{s} {m:.1f} min" for s, m in minutes.items()), flush=True)
+        _hand_out(exp, "generator_minutes", minutes,
+                  "training loops get " + ", ".join(f"{s} {m:.1f} min" for s, m in minutes.items()))
         config = config.with_overrides({f"{s}.max_minutes": m for s, m in minutes.items()})
     results = run_all(config, exp.db, exp.path("generator"), resume=True, ray_address=exp.ray_address)
     exp.results["generator"] = {"bundle": exp.bundle, "stages": [
@@ -200,9 +205,7 @@ def train_segmenters(exp: Experiment) -> None:
         from mrgen.jobs.experiment.budget import segmenter_minutes
 
         minutes = round(segmenter_minutes(exp.config, exp.budget.remaining()), 2)
-        exp.results.setdefault("budget", {})["segmenter_minutes"] = minutes
-        print(f"[experiment] {exp.budget.remaining() / 60:.1f} of {exp.config.minutes:g} min left; each segmenter "
-              f"gets {minutes:.1f} min", flush=True)
+        _hand_out(exp, "segmenter_minutes", minutes, f"each segmenter gets {minutes:.1f} min")
         config = config.with_overrides({"max_minutes": minutes})
     todo = [n for n in SEGMENTERS if not is_trained(exp.segmenter(n))]
     if exp.config.parallel_segmenters:
@@ -282,6 +285,12 @@ class Step:
     done: Callable[[Experiment], bool]
 
 
+def _generator_trained(exp: Experiment) -> bool:
+    from mrgen.jobs.train.run import is_finished
+
+    return is_finished(exp.path("generator"), "controlnet")
+
+
 def _all_exist(*uris: str) -> bool:
     return all(storage.exists(u) for u in uris)
 
@@ -289,8 +298,7 @@ def _all_exist(*uris: str) -> bool:
 STEPS: list[Step] = [
     # build_phantom_db is a no-op when the DB already holds this phantom config, so it always runs.
     Step("build-db", build_db, lambda e: False),
-    Step("train-generator", train_generator,
-         lambda e: _all_exist(storage.join(e.path("generator"), "controlnet", "bundle", "mrgen_manifest.json"))),
+    Step("train-generator", train_generator, _generator_trained),
     Step("check-controller", check_controller, lambda e: _all_exist(e.mask_check, e.mask_following_sheet)),
     Step("synthesize", synthesize, lambda e: _all_exist(storage.join(e.synthetic, "report.json"))),
     Step("train-segmenters", train_segmenters,

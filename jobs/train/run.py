@@ -167,13 +167,18 @@ def measure_scaling(vae, db_uri: str, config: TrainConfig) -> float:
     return measure_latent_scaling(vae, images, generator=torch.Generator().manual_seed(config.seed))
 
 
+def is_finished(out_uri: str, stage: str) -> bool:
+    """Whether ``out_uri`` holds the stage's finished bundle (its manifest is written last)."""
+    return storage.exists(storage.join(out_uri, stage, "bundle", "mrgen_manifest.json"))
+
+
 def run_all(config: TrainConfig, db_uri: str, out_uri: str, resume: bool = False,
             ray_address: str | None = None) -> list[TrainResult]:
     """The three stages in order, each starting from the previous one's bundle; a finished stage is skipped
     when resuming."""
     results = []
     for stage in STAGES:
-        if resume and storage.exists(storage.join(out_uri, stage, "bundle", "mrgen_manifest.json")):
+        if resume and is_finished(out_uri, stage):
             print(f"[train {stage}] already finished: {storage.join(out_uri, stage, 'bundle')}", flush=True)
             continue
         results.append(main(config, db_uri, out_uri, stage, resume=resume, ray_address=ray_address))
