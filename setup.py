@@ -17,4 +17,6 @@ def _packages() -> tuple[list[str], dict[str, str]]:
 
 
 packages, package_dir = _packages()
-setup(packages=packages, package_dir=package_dir, package_data={"": ["*.yaml", "*.json"]})
+# the embedded trained bundle ships inside mrgen.models (models/embedded/tiny-phantom/**)
+setup(packages=packages, package_dir=package_dir,
+      package_data={"": ["*.yaml", "*.json"], "mrgen.models": ["embedded/*/*.json", "embedded/*/*/*"]})

@@ -59,6 +59,8 @@ def add_mask_parser(eval_subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=20, help="sampling steps for --sheet")
     parser.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance for --sheet")
     parser.add_argument("--sampler", default="dpm", choices=["ddim", "dpm"], help="sampler for --sheet")
+    parser.add_argument("--record", action="store_true", help="write the scores into the bundle's manifest "
+                                                              "(evaluation.mask_dependence / mask_following)")
     parser.set_defaults(func=run_mask)
     return parser
 
@@ -85,6 +87,14 @@ def run_mask(args: argparse.Namespace) -> int:
               f"{f['organs']} organs (following {f['following']:+.3f}; autoencoder ceiling "
               f"{f['autoencoder_ceiling']:+.3f}); sheet {f['sheet']}")
     print(json.dumps({**r, "samples": f} if f else r))
+    if args.record:
+        from mrgen.models.bundle import update_manifest
+
+        evaluation = dict(bundle.manifest.get("evaluation", {}), mask_dependence=r)
+        if f:
+            evaluation["mask_following"] = f
+        update_manifest(args.model, evaluation=evaluation)
+        print(f"recorded in {args.model}'s manifest (evaluation)")
     return 0
 
 

@@ -11,6 +11,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     try:
         config = ExperimentConfig.load(args.config or ("quick" if args.quick else "default"), args.overrides)
+        config = config.with_overrides({"generator": args.generator, "verbose": True if args.verbose else None})
     except ConfigError as exc:
         raise SystemExit(f"mrgen demo: {exc}") from None
     run_experiment(args.out, config=config, ray_address=args.ray_address, db_only=args.db_only)
@@ -33,4 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override an experiment key, e.g. --set segment_overrides.epochs=20 (repeatable)")
     p.add_argument("--db-only", action="store_true", help="only build the DB (skip the experiment's steps)")
+    p.add_argument("--generator", default=None, metavar="embedded|train|URI",
+                   help="embedded (default): the trained bundle the package ships; train: train one from scratch "
+                        "under the budget; or any bundle URI")
+    p.add_argument("--verbose", action="store_true", help="show every job's output live (default: OUT/logs/)")
     p.set_defaults(func=cmd_demo)

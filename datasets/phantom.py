@@ -69,6 +69,9 @@ class PhantomConfig(ConfigBase):
     bias: float = Field(0.25, ge=0, le=0.9, description="amplitude of the smooth multiplicative bias field")
     clip_percentiles: tuple[float, float] = Field((0.5, 99.5), description="intensity clip of annotated datasets (C.1)")
     shard_rows: int = Field(512, ge=1, description="target rows per shard (shards hold whole volumes of one dataset/split/modality)")
+    target_train_masks: bool = Field(False, description="also annotate phantom-tgt's training volumes: the training "
+                                                        "data of an oracle segmenter, which bounds what any method "
+                                                        "reaches (no MRGen step may see them)")
 
     @model_validator(mode="after")
     def _check(self) -> PhantomConfig:
@@ -126,7 +129,7 @@ def plan_volumes(config: PhantomConfig) -> list[VolumeSpec]:
     n, n_test = config.volumes, config.test_volumes
     specs = []
     for dataset, modality, masks_on_train in ((SOURCE_DATASET, config.source_modality, True),
-                                              (TARGET_DATASET, config.target_modality, False)):
+                                              (TARGET_DATASET, config.target_modality, config.target_train_masks)):
         for i in range(n):
             split = "test" if i >= n - n_test else "train"
             specs.append(VolumeSpec(dataset, f"vol{i:03d}", i, modality, split, masks_on_train or split == "test", True))
@@ -221,7 +224,8 @@ def write_shard(uri: str, version: int, config: PhantomConfig, specs: list[Volum
     return ShardWriter(uri, version).write(table, [volume_key(s.dataset, s.volume_id) for s in specs])
 
 
-def _meta(config: PhantomConfig) -> dict[str, Any]:
+def phantom_meta(config: PhantomConfig) -> dict[str, Any]:
+    """The index ``meta`` a phantom DB of ``config`` carries (its ``store.meta_digest`` names the DB's content)."""
     return {"generator": "phantom", "phantom": config.model_dump(mode="json"), "source_modality": config.source_modality,
             "target_modality": config.target_modality, "source_dataset": SOURCE_DATASET, "target_dataset": TARGET_DATASET,
             "pool_dataset": POOL_DATASET, "organ_map": {str(k): v for k, v in ORGAN_IDS.items()},
@@ -235,7 +239,7 @@ def build_phantom_db(out_uri: str, config: PhantomConfig | None = None, use_ray:
     """
     config = config or PhantomConfig.load("tiny")
     out_uri = storage.absolute(out_uri)  # shards are written by Ray tasks, which run in other directories
-    meta = _meta(config)
+    meta = phantom_meta(config)
     previous = try_load_index(out_uri)
     if previous is not None and previous.meta.get("phantom") == meta["phantom"] and previous.meta.get("generator") == "phantom":
         print(f"[phantom] {out_uri} already holds this phantom (version {previous.version}, {previous.rows} slices)", flush=True)

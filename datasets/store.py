@@ -225,6 +225,40 @@ def read_table(uri: str, columns: list[str] | None = None, **filters: Any) -> pa
     return pa.concat_tables(tables, promote_options="default")
 
 
+def meta_digest(meta: dict[str, Any]) -> str:
+    """sha256 of a DB's index ``meta`` (canonical JSON): for a phantom DB, a digest of the config it was built from."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def db_digest(uri: str) -> str:
+    return meta_digest(load_index(uri).meta)
+
+
+def organ_first_ids(uri: str, **filters: Any) -> dict[str, int]:
+    """Each organ name in the organ maps of the matching masked slices → its smallest id there ({} when none)."""
+    from mrgen.datasets.schema import decode_organ_map
+
+    first_id: dict[str, int] = {}
+    filters = {**filters, "has_mask": True}
+    for text in set(read_table(uri, ["organ_map"], **filters).column("organ_map").to_pylist()):
+        for oid, name in decode_organ_map(text).items():
+            first_id[name] = min(oid, first_id.get(name, oid))
+    return first_id
+
+
+def rank_organs(*first_ids: dict[str, int]) -> list[str]:
+    """Organ names ordered by their smallest id over every mapping, then name: the label order of segmenters and
+    the rank order of a generator's organ vocabulary."""
+    merged: dict[str, int] = {}
+    for ids in first_ids:
+        for name, oid in ids.items():
+            merged[name] = min(oid, merged.get(name, oid))
+    return sorted(merged, key=lambda n: (merged[n], n))
+
+
 def iter_rows(uri: str, columns: list[str] | None = None, **filters: Any) -> Iterator[dict[str, Any]]:
     yield from read_table(uri, columns, **filters).to_pylist()
 

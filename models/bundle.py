@@ -40,6 +40,7 @@ from mrgen.models.unet import build_unet
 from mrgen.platform import storage
 
 MANIFEST = "mrgen_manifest.json"
+EMBEDDED = "embedded"  # the model URI naming the bundle shipped in this package (models/embedded/tiny-phantom)
 SCHEDULER_CONFIG = "scheduler_config.json"
 BUNDLE_FORMAT = 1
 DIFFUSERS_PARTS = {"vae": AutoencoderKL, "unet": UNet2DConditionModel, "controlnet": ControlNetModel}
@@ -49,6 +50,18 @@ REQUIRED_PARTS = ("vae", "unet", "text_encoder", "scheduler")
 
 class BundleError(ValueError):
     """A model bundle is missing a part or holds something unreadable; the message names part and path."""
+
+
+def embedded_bundle() -> str:
+    """Path of the trained bundle shipped with the package (see its manifest for the command that trained it)."""
+    import importlib.resources
+
+    return str(importlib.resources.files("mrgen.models") / "embedded" / "tiny-phantom")
+
+
+def resolve_model_uri(uri: str) -> str:
+    """``"embedded"`` → :func:`embedded_bundle`; any other URI unchanged."""
+    return embedded_bundle() if uri == EMBEDDED else uri
 
 
 def _dataset_versions() -> dict[str, Any]:
@@ -182,6 +195,7 @@ class ModelBundle:
         text_encoder, scheduler required; controlnet if present). ``text_encoder`` names an open_clip model
         (``hf-hub:``, ``local-dir:`` or a folder) used when the bundle has no ``text_encoder/`` folder.
         """
+        uri = resolve_model_uri(uri)
         root = _local_copy(uri, cache_dir)
         if not root.is_dir():
             raise BundleError(f"model bundle {uri}: no such folder")
@@ -338,6 +352,17 @@ def bundle_hash(uri: str) -> str:
             digest = hashlib.sha256(f.read()).hexdigest()
         h.update(f"{rel}:{digest}\n".encode())
     return h.hexdigest()
+
+
+def update_manifest(uri: str, **fields: Any) -> dict[str, Any]:
+    """Add ``fields`` to a saved bundle's manifest (e.g. an evaluation of it); its parts and hash are unchanged."""
+    manifest_uri = storage.join(uri, MANIFEST)
+    if not storage.exists(manifest_uri):
+        raise BundleError(f"model bundle {uri}: no {MANIFEST} to update (only saved bundles have one)")
+    manifest = json.loads(storage.read_text(manifest_uri))
+    manifest.update(fields)
+    storage.write_text(manifest_uri, json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest
 
 
 def build_random_bundle(name: str = "tiny", seed: int = 0) -> ModelBundle:

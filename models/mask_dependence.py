@@ -18,13 +18,16 @@ import torch
 
 from mrgen.models.autoencoder import encode_latents
 from mrgen.models.bundle import ModelBundle
-from mrgen.models.mask_controller import mask_to_condition
+from mrgen.models.condition import MaskCondition, per_mask
 from mrgen.models.scheduler import build_scheduler
 
 
-def other_slices(x: np.ndarray) -> np.ndarray:
+def other_slices(x):
     """Slice ``i`` gets slice ``i + N/2``'s entry (another volume or a distant level, not a near-identical
-    neighbour): how "another slice's mask" is chosen here and in ``mask_following``."""
+    neighbour): how "another slice's mask" is chosen here and in ``mask_following``. An array or a list."""
+    if isinstance(x, list):
+        shift = len(x) // 2
+        return x[-shift:] + x[:-shift] if shift else list(x)
     return np.roll(x, len(x) // 2, axis=0)
 
 
@@ -39,15 +42,18 @@ def check_slices(bundle: ModelBundle, images: np.ndarray, masks: np.ndarray, pro
 
 @torch.no_grad()
 def mask_dependence(bundle: ModelBundle, images: np.ndarray, masks: np.ndarray, prompts: Sequence[str],
-                    seed: int = 0, batch_size: int = 32) -> dict[str, float]:
-    """``images`` float [N,H,W] in [0,1], ``masks`` uint8 organ ids [N,H,W] (N ≥ 2), one prompt each."""
+                    seed: int = 0, batch_size: int = 32, organ_maps=None) -> dict[str, float]:
+    """``images`` float [N,H,W] in [0,1], ``masks`` uint8 organ ids [N,H,W] (N ≥ 2), one prompt each;
+    ``organ_maps`` (id → name, one per mask or one for all) for bundles that condition on organ names."""
     check_slices(bundle, images, masks, prompts, "mask_dependence")
     n = len(images)
     device, dtype = bundle.unet.device, bundle.unet.dtype
     scheduler = build_scheduler("ddpm", bundle.scheduler_config)
     total_t = scheduler.config.num_train_timesteps
-    encoding = bundle.manifest.get("mask_encoding", "ratio")
-    variants = {"true": masks, "empty": np.zeros_like(masks), "shuffled": other_slices(masks)}
+    condition = MaskCondition.from_manifest(bundle.manifest)
+    maps = per_mask(organ_maps, n)
+    variants = {"true": (masks, maps), "empty": (np.zeros_like(masks), maps),
+                "shuffled": (other_slices(masks), other_slices(maps))}
     sums = dict.fromkeys([*variants, "unet"], 0.0)
     for start in range(0, n, batch_size):
         sl = slice(start, min(n, start + batch_size))
@@ -58,8 +64,8 @@ def mask_dependence(bundle: ModelBundle, images: np.ndarray, masks: np.ndarray, 
         t = ((torch.arange(sl.start, sl.stop) + 0.5) * (total_t / n)).long().to(device)
         noisy = scheduler.add_noise(latents, noise, t).to(dtype)
         text = bundle.text_encoder.encode(list(prompts[sl])).to(device, dtype)
-        for name, variant in variants.items():
-            cond = mask_to_condition(variant[sl], encoding=encoding).to(device, dtype)
+        for name, (variant, variant_maps) in variants.items():
+            cond = condition.encode(variant[sl], variant_maps[sl]).to(device, dtype)
             down, mid = bundle.controlnet(noisy, t, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False)
             pred = bundle.unet(noisy, t, encoder_hidden_states=text, down_block_additional_residuals=down,
                                mid_block_additional_residual=mid).sample

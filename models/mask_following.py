@@ -22,6 +22,7 @@ from scipy.ndimage import binary_dilation
 
 from mrgen.models.autoencoder import reconstruct
 from mrgen.models.bundle import ModelBundle
+from mrgen.models.condition import per_mask
 from mrgen.models.mask_dependence import check_slices, other_slices
 from mrgen.models.pipeline import MRGenPipeline
 
@@ -58,15 +59,18 @@ def following_errors(real: np.ndarray, own: np.ndarray, other: np.ndarray, masks
 
 
 def mask_following(bundle: ModelBundle, images: np.ndarray, masks: np.ndarray, prompts: Sequence[str],
-                   steps: int = 20, guidance: float = 2.0, sampler: str = "dpm") -> dict:
+                   steps: int = 20, guidance: float = 2.0, sampler: str = "dpm", organ_maps=None) -> dict:
     """Same-seed samples for each slice's own mask and for the mask rolled by half the set, and their
-    :func:`following_errors`. ``images`` float [N,H,W] in [0,1], ``masks`` uint8 [N,H,W], N ≥ 2."""
+    :func:`following_errors`. ``images`` float [N,H,W] in [0,1], ``masks`` uint8 [N,H,W], N ≥ 2; ``organ_maps``
+    (one per mask) for bundles that condition on organ names."""
     check_slices(bundle, images, masks, prompts, "mask_following")
     n = len(images)
     others = other_slices(masks)
     pipe = MRGenPipeline(bundle)
     kwargs = {"steps": steps, "guidance": guidance, "sampler": sampler, "seeds": list(range(n))}
-    own, other = pipe.generate(list(prompts), masks, **kwargs), pipe.generate(list(prompts), others, **kwargs)
+    maps = per_mask(organ_maps, n)
+    own = pipe.generate(list(prompts), masks, organ_maps=maps, **kwargs)
+    other = pipe.generate(list(prompts), others, organ_maps=other_slices(maps), **kwargs)
     recon = reconstruct(bundle.vae, torch.from_numpy(np.asarray(images, np.float32)))[:, 0].numpy()
     ceiling = following_errors(images, recon, other_slices(recon), masks)["following"]
     return {"own": own, "other": other, "other_masks": others,

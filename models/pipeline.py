@@ -12,7 +12,7 @@ import torch
 
 from mrgen.models.autoencoder import decode_latents
 from mrgen.models.bundle import ModelBundle
-from mrgen.models.mask_controller import mask_to_condition
+from mrgen.models.condition import MaskCondition
 from mrgen.models.scheduler import build_scheduler
 
 SAMPLERS = ("ddim", "dpm", "ddpm")
@@ -32,6 +32,7 @@ class MRGenPipeline:
         self.dtype = bundle.unet.dtype
         self.latent_channels = int(bundle.unet.config.in_channels)
         self.factor = 2 ** (len(bundle.vae.config.block_out_channels) - 1)
+        self.condition = MaskCondition.from_manifest(bundle.manifest)
 
     @property
     def resolution(self) -> int:
@@ -40,10 +41,12 @@ class MRGenPipeline:
     @torch.inference_mode()
     def generate(self, prompts: Sequence[str], masks: np.ndarray | torch.Tensor | None, num_candidates: int = 1,
                  steps: int = 50, guidance: float = 7.0, sampler: str = "ddim", seeds: Sequence[int] | None = None,
-                 batch_size: int | None = None) -> np.ndarray:
+                 batch_size: int | None = None, organ_maps=None) -> np.ndarray:
         """Images ``[len(prompts) * num_candidates, H, W]`` float32 in [0, 1], mask-major order.
 
-        ``masks``: uint8 organ ids ``[B, H, W]`` (one per prompt) or ``None`` for text-only generation.
+        ``masks``: uint8 organ ids ``[B, H, W]`` (one per prompt) or ``None`` for text-only generation;
+        ``organ_maps``: id → organ name, one per mask or one for all (needed by bundles that condition on organ
+        names: ``MaskCondition``; an organ outside their vocabulary raises ``UnknownOrganError``).
         ``seeds``: one per output image (default ``0, 1, ...``). ``batch_size``: images per sampling batch
         (default all); it changes speed and memory, not the images (equal up to float rounding, bitwise for
         equal batching).
@@ -52,7 +55,7 @@ class MRGenPipeline:
         n = len(prompts) * int(num_candidates)
         seeds = list(range(n)) if seeds is None else [int(s) for s in seeds]
         _check_request(len(prompts), num_candidates, seeds, sampler, steps)
-        condition, size = self._condition(masks, len(prompts))
+        condition, size = self._condition(masks, len(prompts), organ_maps)
         rows = [i // num_candidates for i in range(n)]
         step = batch_size or n
         out = []
@@ -63,13 +66,13 @@ class MRGenPipeline:
                                     guidance, sampler))
         return np.concatenate(out).astype(np.float32)
 
-    def _condition(self, masks, num_prompts: int) -> tuple[torch.Tensor | None, int]:
+    def _condition(self, masks, num_prompts: int, organ_maps=None) -> tuple[torch.Tensor | None, int]:
         """The controller's input ``[B, 1, H, W]`` (None for text-only) and the image side to generate."""
         if masks is None:
             return None, self.resolution
         if self.bundle.controlnet is None:
             raise ValueError("masks given but the model bundle has no controlnet part")
-        condition = mask_to_condition(masks, encoding=self.bundle.manifest.get("mask_encoding", "ratio"))
+        condition = self.condition.encode(masks, organ_maps)
         channels = int(self.bundle.controlnet.config.conditioning_channels)
         if channels != 1:  # a controller trained on RGB renderings of the mask
             condition = condition.expand(-1, channels, -1, -1)

@@ -9,49 +9,31 @@ predicted IoU of the mask it returns).
 Prompts (``prompt``): ``mask`` (default; the organ's condition mask as low-resolution logits),
 ``box`` (the organ's bounding box) or ``mask+box``.
 
-Loading: the real ``sam2`` package, a config name (``configs/sam2.1/sam2.1_hiera_l.yaml`` for SAM2-Large,
-the paper's model), an image size (1024 at paper scale; smaller sizes re-size the predictor's feature maps),
+Loading (``ScorerSettings``): the real ``sam2`` package, a config name (``configs/sam2.1/sam2.1_hiera_l.yaml``
+for SAM2.1-Large, the paper's model; ``configs/sam2/sam2_hiera_l.yaml`` for the SAM2.0 checkpoint the official
+release filters with), an image size (1024 at paper scale; smaller sizes re-size the predictor's feature maps),
 and a checkpoint file holding ``{"model": state_dict}`` (the official format; loaded ``weights_only``).
-Without a checkpoint the model is random and its scores mean nothing: that needs ``allow_random=True``.
+Without a checkpoint the model is random and its scores mean nothing: that needs ``random=True``.
+``multimask`` asks for SAM2's three masks per prompt and keeps the best-scored one (the release's setting).
 """
 from __future__ import annotations
 
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mrgen.models.scorers import ScorerSettings, organ_boxes, organ_targets
 from mrgen.models.selection import CandidateScores, OrganScore
 
-PROMPTS = ("mask", "box", "mask+box")
-PAPER_CONFIG = "configs/sam2.1/sam2.1_hiera_l.yaml"
-TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+MASK_LOGIT = 10.0  # magnitude of the logits a binary organ mask is turned into
 
 
 class Sam2LoadError(RuntimeError):
     pass
-
-
-@dataclass(frozen=True)
-class Sam2Settings:
-    config_name: str = TINY_CONFIG
-    checkpoint: str | None = None  # URI of a {"model": state_dict} file
-    image_size: int = 1024
-    prompt: str = "mask"
-    mask_logit: float = 10.0  # magnitude of the logits a binary organ mask is turned into
-    embed_batch: int = 4  # candidates embedded per encoder call
-    allow_random: bool = False
-    device: str = "cpu"
-
-    @property
-    def model_id(self) -> str:
-        """What the output records as the filter model."""
-        weights = self.checkpoint or "RANDOM-INIT"
-        return f"sam2:{os.path.basename(self.config_name)}@{self.image_size}:{weights}:{self.prompt}"
 
 
 def _local_checkpoint(uri: str) -> str:
@@ -70,9 +52,9 @@ def _local_checkpoint(uri: str) -> str:
     return path
 
 
-def build_sam2_model(settings: Sam2Settings) -> torch.nn.Module:
+def build_sam2_model(settings: ScorerSettings, device: str = "cpu") -> torch.nn.Module:
     """``sam2.build_sam.build_sam2`` with Hydra's global state saved, set to SAM2's configs and restored."""
-    if settings.checkpoint is None and not settings.allow_random:
+    if settings.checkpoint is None and not settings.random:
         raise Sam2LoadError("no SAM2 checkpoint given: pass one (a {'model': state_dict} file), or ask for an "
                             "untrained SAM2 explicitly (--sam2-random); its scores are then meaningless")
     from hydra import initialize_config_module
@@ -85,16 +67,17 @@ def build_sam2_model(settings: Sam2Settings) -> torch.nn.Module:
         initialize_config_module("sam2", version_base="1.2")
         from sam2.build_sam import build_sam2
 
-        overrides = [] if settings.image_size == 1024 else [f"++model.image_size={settings.image_size}"]
+        size = settings.image_size or 1024
+        overrides = [] if size == 1024 else [f"++model.image_size={size}"]
         ckpt = _local_checkpoint(settings.checkpoint) if settings.checkpoint else None
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)  # an untrained SAM2 is the same in every actor and run
-                model = build_sam2(settings.config_name, ckpt_path=ckpt, device=settings.device,
+                model = build_sam2(settings.sam2_config(), ckpt_path=ckpt, device=device,
                                    hydra_overrides_extra=overrides)
         except RuntimeError as exc:  # sam2 raises a bare RuntimeError on missing/unexpected keys
-            raise Sam2LoadError(f"SAM2 checkpoint {settings.checkpoint} does not match config {settings.config_name} "
-                                f"at image size {settings.image_size}: {exc or 'missing or unexpected keys'}") from exc
+            raise Sam2LoadError(f"SAM2 checkpoint {settings.checkpoint} does not match config {settings.sam2_config()} "
+                                f"at image size {size}: {exc or 'missing or unexpected keys'}") from exc
         finally:
             if ckpt and settings.checkpoint and ckpt != settings.checkpoint and ckpt.startswith(tempfile.gettempdir()):
                 os.unlink(ckpt)
@@ -115,33 +98,30 @@ def to_sam_image(image: np.ndarray) -> np.ndarray:
 class Sam2Scorer:
     """Loads SAM2 once; :meth:`score` rates candidates of one mask, :meth:`score_many` several masks."""
 
-    def __init__(self, settings: Sam2Settings):
-        if settings.prompt not in PROMPTS:
-            raise ValueError(f"unknown SAM2 prompt {settings.prompt!r}: choose from {PROMPTS}")
+    def __init__(self, settings: ScorerSettings, device: str = "cpu"):
         from sam2.sam2_image_predictor import SAM2ImagePredictor
 
         self.settings = settings
-        self.model = build_sam2_model(settings)
+        self.prompt = settings.prompt or "mask"
+        self.model = build_sam2_model(settings, device)
         self.predictor = SAM2ImagePredictor(self.model)
-        s = settings.image_size
+        s = settings.image_size or 1024
         self.predictor._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
         self.mask_input_size = tuple(self.model.sam_prompt_encoder.mask_input_size)
-        self.meaningful = settings.checkpoint is not None
+        self.model_id = settings.model_id("sam2")
+        self.meaningful = settings.meaningful("sam2")
 
     # ------------------------------------------------------------ prompts
     def _organ_prompts(self, mask: np.ndarray, organ_ids: Sequence[int]):
         h, w = mask.shape
         binary = torch.from_numpy(np.stack([(mask == i) for i in organ_ids]).astype(np.float32))  # [K,H,W]
         masks = boxes = None
-        if "mask" in self.settings.prompt:
+        if "mask" in self.prompt:
             low = F.interpolate(binary[:, None], size=self.mask_input_size, mode="bilinear", align_corners=False)
-            masks = ((low > 0.5).float() * 2 - 1) * self.settings.mask_logit  # [K,1,s,s]
-        if "box" in self.settings.prompt:
-            rows = []
-            for k in range(binary.shape[0]):
-                ys, xs = np.nonzero(binary[k].numpy())
-                rows.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if len(xs) else [0, 0, w, h])
-            boxes = self.predictor._transforms.transform_boxes(torch.tensor(rows, dtype=torch.float32), normalize=True, orig_hw=(h, w))
+            masks = ((low > 0.5).float() * 2 - 1) * MASK_LOGIT  # [K,1,s,s]
+        if "box" in self.prompt:
+            boxes = self.predictor._transforms.transform_boxes(torch.from_numpy(organ_boxes(mask, organ_ids)),
+                                                               normalize=True, orig_hw=(h, w))
         device = self.predictor.device
         return (binary.bool().to(device), None if masks is None else masks.to(device),
                 None if boxes is None else boxes.to(device))
@@ -161,9 +141,12 @@ class Sam2Scorer:
             image_embeddings=feats["image_embed"][img_idx].unsqueeze(0),
             image_pe=model.sam_prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-            multimask_output=False, repeat_image=True, high_res_features=high_res)
+            multimask_output=self.settings.multimask, repeat_image=True, high_res_features=high_res)
+        best = iou_pred.argmax(dim=1)  # multimask: the mask SAM2 scores best, as SAM2ImagePredictor users pick it
+        rows = torch.arange(len(best), device=best.device)
+        low_res, iou_pred = low_res[rows, best][:, None], iou_pred[rows, best]
         full = self.predictor._transforms.postprocess_masks(low_res, hw)  # [K,1,H,W] logits
-        return full[:, 0] > self.predictor.mask_threshold, iou_pred[:, 0]
+        return full[:, 0] > self.predictor.mask_threshold, iou_pred
 
     # ------------------------------------------------------------ scoring
     def score(self, images: np.ndarray, mask: np.ndarray, organ_map: Mapping[int, str],
@@ -174,13 +157,7 @@ class Sam2Scorer:
         recorded as absent (IoU and confidence 0) and the selection rule decides what that means.
         """
         mask = np.asarray(mask)
-        present_ids = [int(i) for i in np.unique(mask) if i != 0]
-        missing = [i for i in present_ids if i not in organ_map]
-        if missing:
-            raise KeyError(f"mask holds organ ids {missing} that the organ map {dict(organ_map)} does not name")
-        names = list(organs) if organs is not None else [organ_map[i] for i in present_ids]
-        ids_by_name = {organ_map[i]: i for i in present_ids}
-        scored_ids = [ids_by_name[n] for n in names if n in ids_by_name]
+        names, ids_by_name, scored_ids = organ_targets(mask, organ_map, organs)
         results: list[CandidateScores] = []
         hw = tuple(mask.shape)
         targets, prompt_masks, prompt_boxes = self._organ_prompts(mask, scored_ids) if scored_ids else (None, None, None)
@@ -215,11 +192,13 @@ class Sam2Scorer:
             target = torch.from_numpy(mask == oid)
             _, masks, _ = self._organ_prompts(mask, [oid])
             box = None
-            if "box" in self.settings.prompt:
+            if "box" in self.prompt:
                 ys, xs = np.nonzero(mask == oid)
                 box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32)
             pred, conf, _ = self.predictor.predict(mask_input=masks[0].cpu().numpy() if masks is not None else None, box=box,
-                                                   multimask_output=False)
+                                                   multimask_output=self.settings.multimask)
+            best = int(np.argmax(conf))
+            pred, conf = pred[best:best + 1], conf[best:best + 1]
             pred_t = torch.from_numpy(pred[0] > 0)
             inter, union = float((pred_t & target).sum()), float((pred_t | target).sum())
             organ_scores.append(OrganScore(organ_map[oid], inter / union if union else 0.0, float(conf[0])))

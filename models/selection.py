@@ -66,6 +66,40 @@ class ThresholdConfig(ConfigBase):
         return Thresholds(self.organ_iou, self.organ_conf, self.mean_iou, self.mean_conf)
 
 
+class FilterCalibration(ConfigBase):
+    """What `mrgen filter calibrate` writes: thresholds set from a scorer's scores of real slices against their own
+    masks (each at the ``quantile`` of its distribution), and those distributions."""
+
+    scorer: str = Field(description="the scorer calibrated (sam2 / medsam)")
+    scorer_id: str = Field(description="its model id, as outputs record the filter")
+    db: str = Field(description="MRGen-DB whose annotated slices were scored")
+    filters: dict = Field(default_factory=dict, description="the DB selection scored")
+    slices: int = Field(ge=1, description="real slices scored")
+    quantile: float = Field(gt=0, lt=1, description="each threshold is this quantile of its real-slice distribution")
+    thresholds: ThresholdConfig = Field(description="the calibrated thresholds (relax_by kept from the default)")
+    distributions: dict = Field(default_factory=dict, description="per organ and overall: quantiles of IoU and "
+                                                                   "confidence on the real slices")
+
+
+def load_calibration(uri: str) -> FilterCalibration:
+    """A calibration file (JSON) from any URI; a bad one raises ValueError naming the field."""
+    import json
+
+    from mrgen.platform import storage
+    from mrgen.platform.config import ConfigError
+
+    if not storage.exists(uri):
+        raise FileNotFoundError(f"no such file {uri}")
+    try:
+        data = json.loads(storage.read_text(uri))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not a calibration file (invalid JSON: {exc})") from None
+    try:
+        return FilterCalibration.load_dict(data, source=uri)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
 @dataclass
 class OrganScore:
     organ: str

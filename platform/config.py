@@ -56,6 +56,11 @@ class ConfigBase(BaseModel):
             _set_path(data, key, value)
         return _validate(cls, data, source=str(source or "tiny"))
 
+    @classmethod
+    def load_dict(cls: type[C], data: dict[str, Any], source: str = "a mapping") -> C:
+        """Validate a plain mapping (a file's content); errors name ``source`` and the key."""
+        return _validate(cls, data, source=source)
+
     def to_yaml(self) -> str:
         return yaml.safe_dump({self.section: self.model_dump(mode="json")} if self.section else self.model_dump(mode="json"), sort_keys=True)
 

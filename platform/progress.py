@@ -1,4 +1,5 @@
-"""Visible progress for long work: a line per step to stderr, at most every ``interval`` seconds."""
+"""Visible progress for long work: a line per step to stderr, at most every ``interval`` seconds, and the
+progress bar of the running command's console (``platform.console``) when there is one."""
 from __future__ import annotations
 
 import sys
@@ -14,6 +15,12 @@ class Progress:
 
     def update(self, n: int = 1, **fields) -> None:
         self.done += n
+        from mrgen.platform.console import current
+
+        console = current()
+        if console is not None:
+            console.progress(self.label, self.done, self.total,
+                             " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()))
         now = time.monotonic()
         if now - self._last >= self.interval or (self.total is not None and self.done >= self.total):
             self._last = now

@@ -16,7 +16,7 @@ from mrgen.platform.config import flatten, split_override
 from mrgen.serving.config import ServeConfig
 from mrgen.serving.generator import Generator
 from mrgen.serving.ingress import Ingress
-from mrgen.serving.sam2_filter import Sam2Filter
+from mrgen.serving.filter import Filter
 
 _METRIC_INTERVAL_VARS = ("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S",
                          "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S")
@@ -63,17 +63,17 @@ def build_app_from_config(config: ServeConfig) -> Application:
         graceful_shutdown_timeout_s=config.request_timeout_s,
     ).bind(config.model, config.batching.max_batch_size, config.batching.batch_wait_timeout_s,
            res.torch_threads, res.generator_gpus > 0)
-    sam2_filter = None
-    if config.sam2.enabled:
-        sam2_filter = serve.deployment(Sam2Filter, name="Sam2Filter").options(
+    quality_filter = None
+    if config.filter.enabled:
+        quality_filter = serve.deployment(Filter, name="Filter").options(
             num_replicas=1, max_ongoing_requests=4,
             ray_actor_options={"num_cpus": res.filter_cpus, "num_gpus": res.filter_gpus, **env},
-        ).bind(config.sam2.model_dump(), res.torch_threads, res.filter_gpus > 0)
+        ).bind(config.filter.resolved().model_dump(), res.torch_threads, res.filter_gpus > 0)
     ingress = serve.deployment(Ingress, name="Ingress").options(
         num_replicas=1, max_ongoing_requests=max(64, 4 * config.max_ongoing_requests),
         ray_actor_options={"num_cpus": res.ingress_cpus, **env},
     )
-    return ingress.bind(generator, sam2_filter, config.model_dump(mode="json"))
+    return ingress.bind(generator, quality_filter, config.model_dump(mode="json"))
 
 
 def _runtime_env(config: ServeConfig) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from mrgen.models.scorers import ScorerSettings
 from mrgen.models.selection import ThresholdConfig
 from mrgen.platform.config import ConfigBase, ConfigError, preset
 
@@ -62,15 +63,37 @@ class LimitSettings(ConfigBase):
     max_guidance: float = Field(30.0, gt=0, description="largest classifier-free guidance scale")
 
 
-class Sam2FilterSettings(ThresholdConfig):
-    """Optional SAM2 filter deployment: scores candidates per organ and keeps those passing thresholds."""
+class FilterSettings(ThresholdConfig):
+    """Optional filter deployment: scores candidates per organ and keeps those passing thresholds (the same
+    scorers, settings and selection rules as `mrgen synthesize`)."""
 
-    enabled: bool = Field(False, description="deploy the filter; requests with `keep` need it")
-    model: str = Field("tiny", description="'tiny', 'large' or a SAM2 config name such as configs/sam2.1/sam2.1_hiera_l.yaml")
-    checkpoint: str | None = Field(None, description="SAM2 checkpoint URI ({'model': state_dict} file)")
-    allow_random: bool = Field(False, description="no checkpoint: run an untrained SAM2 (tests only; scores mean nothing)")
-    image_size: int | None = Field(None, ge=64, description="SAM2 input size override (256 for tiny CPU runs)")
+    kind: Literal["none", "sam2", "medsam"] = Field("none", description="scorer of the filter deployment (none: no "
+                                                                        "filter; requests with `keep` are refused)")
+    scorer: ScorerSettings = Field(default_factory=ScorerSettings, description="models/scorers.py")
     rule: Literal["paper", "official"] = Field("paper", description="selection rule of mrgen.models.selection")
+    thresholds_file: str | None = Field(None, description="`mrgen filter calibrate` output: its thresholds replace "
+                                                          "these (its scorer must be `kind`)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.kind != "none"
+
+    def resolved(self) -> FilterSettings:
+        """These settings with ``thresholds_file``'s thresholds in place (ConfigError naming the file if unusable)."""
+        if not self.thresholds_file:
+            return self
+        from mrgen.models.selection import load_calibration
+
+        try:
+            calibration = load_calibration(self.thresholds_file)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"serve.filter.thresholds_file {self.thresholds_file}: {exc}") from None
+        if calibration.scorer != self.kind:
+            raise ConfigError(f"serve.filter.thresholds_file {self.thresholds_file} was calibrated for the "
+                              f"{calibration.scorer} scorer, but serve.filter.kind is {self.kind!r}")
+        t = calibration.thresholds
+        return self.model_copy(update={"organ_iou": t.organ_iou, "organ_conf": t.organ_conf, "mean_iou": t.mean_iou,
+                                       "mean_conf": t.mean_conf, "relax_by": t.relax_by, "thresholds_file": None})
 
 
 class ServeConfig(ConfigBase):
@@ -96,7 +119,7 @@ class ServeConfig(ConfigBase):
     auth_token: str | None = Field(None, description="bearer token required on /v1 routes (None: open)")
     auth_token_env: str | None = Field(None, description="name of an environment variable holding the token")
     request_timeout_s: float = Field(120.0, gt=0, description="a request taking longer gets 504")
-    sam2: Sam2FilterSettings = Field(default_factory=Sam2FilterSettings)
+    filter: FilterSettings = Field(default_factory=FilterSettings)
 
     @model_validator(mode="after")
     def _batch_fits(self) -> "ServeConfig":
@@ -130,7 +153,7 @@ def _tiny() -> dict[str, Any]:
         limits=dict(max_body_bytes=1_000_000, max_n=20, max_steps=50, max_image_size=128),
         default_steps=2, default_guidance=3.0, default_sampler="ddim",
         request_timeout_s=60.0,
-        sam2=dict(enabled=False, model="tiny", image_size=256, allow_random=True),
+        filter=dict(kind="none", scorer=dict(config_name="tiny", image_size=256, random=True)),
     )
 
 
@@ -146,5 +169,5 @@ def _paper() -> dict[str, Any]:
         limits=dict(max_body_bytes=4_000_000, max_n=20, max_steps=100, max_image_size=512),
         default_steps=50, default_guidance=7.0, default_sampler="ddim",
         request_timeout_s=600.0,
-        sam2=dict(enabled=True, model="large", image_size=1024),
+        filter=dict(kind="sam2", scorer=dict(config_name="large", image_size=1024)),
     )

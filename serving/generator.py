@@ -50,7 +50,8 @@ class Generator:
     def info(self) -> dict:
         """What the ingress needs to validate requests: bundle id, native resolution, size multiple."""
         return {"bundle_id": self.bundle_id, "model_uri": self.model_uri, "resolution": self.bundle.resolution,
-                "size_multiple": _size_multiple(self.bundle), "max_batch_size": self.max_batch_size}
+                "size_multiple": _size_multiple(self.bundle), "max_batch_size": self.max_batch_size,
+                "condition": self.pipeline.condition.manifest_fields()}
 
     async def generate(self, job: GenerationJob) -> GenerationResult:
         self._waiting += 1
@@ -80,9 +81,11 @@ class Generator:
         prompts = [job.prompt for job in group for _ in job.seeds]
         masks = np.stack([job.mask for job in group for _ in job.seeds])
         seeds = [seed for job in group for seed in job.seeds]
+        organ_maps = [job.organ_map for job in group for _ in job.seeds]
         start = time.perf_counter()
         images = self.pipeline.generate(prompts, masks, num_candidates=1, steps=first.steps,
-                                        guidance=first.guidance, sampler=first.sampler, seeds=seeds)
+                                        guidance=first.guidance, sampler=first.sampler, seeds=seeds,
+                                        organ_maps=organ_maps)
         self._seconds.observe(time.perf_counter() - start)
         self._batch_size.observe(len(group))
         self._candidates.inc(len(seeds))

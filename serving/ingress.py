@@ -58,11 +58,11 @@ _GENERATE_BODY = {"requestBody": {"required": True, "content": {
 
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, generator, sam2_filter, config: dict):
+    def __init__(self, generator, quality_filter, config: dict):
         self.config = ServeConfig.model_validate(config)
         self.token = self.config.resolve_token()
         self.generator = generator
-        self.sam2_filter = sam2_filter
+        self.filter = quality_filter
         self._info: dict | None = None
 
     async def _generator_info(self) -> dict:
@@ -90,7 +90,7 @@ class Ingress:
             info = await self._generator_info()
         except Exception as exc:  # not ready yet: the generator is starting or gone
             return _error(503, f"generator not ready: {type(exc).__name__}: {exc}")
-        return {"status": "ready", "bundle_id": info["bundle_id"], "sam2_filter": self.sam2_filter is not None}
+        return {"status": "ready", "bundle_id": info["bundle_id"], "filter": self.config.filter.kind if self.filter is not None else None}
 
     @api.get("/metrics")
     async def prometheus(self):
@@ -143,13 +143,14 @@ class Ingress:
             field = ".".join(str(p) for p in err["loc"]) or "body"
             extra = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
             raise BadRequest(field, f"{err['msg']}{extra}") from None
-        if req.keep is not None and self.sam2_filter is None:
-            raise BadRequest("keep", "this service runs without the SAM2 filter (serve.sam2.enabled=false)")
+        if req.keep is not None and self.filter is None:
+            raise BadRequest("keep", "this service runs without a filter (serve.filter.kind=none)")
         start = time.perf_counter()
         timeout_s = min(req.timeout_s or self.config.request_timeout_s, self.config.request_timeout_s)
         async with asyncio.timeout(timeout_s):
             info = await self._generator_info()
-            parsed = parse_request(req, self.config, size_multiple=info["size_multiple"])
+            parsed = parse_request(req, self.config, size_multiple=info["size_multiple"],
+                                   condition=info.get("condition"))
             result = await self.generator.generate.remote(parsed.job)
             http_metrics.record_generation(result.batch_size, len(result.seeds))
             order = list(range(len(result.seeds)))
@@ -157,8 +158,8 @@ class Ingress:
             filter_id = None
             if parsed.keep is not None:
                 organ_map = parse_organ_map(req.organ_map)
-                picked = await self.sam2_filter.select.remote(result.images, parsed.job.mask, organ_map,
-                                                              parsed.organs, parsed.keep)
+                picked = await self.filter.select.remote(result.images, parsed.job.mask, organ_map,
+                                                         parsed.organs, parsed.keep)
                 order, filter_id = picked["kept"], picked["filter"]
                 scores = {row["index"]: row for row in picked["scores"]}
         candidates = [Candidate(image=encode_png(result.images[i]), seed=result.seeds[i],

@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from mrgen.datasets.modality import UnknownModalityError, attributes_for
 from mrgen.datasets.prompt import build_prompt
 from mrgen.datasets.schema import REGIONS
+from mrgen.models.condition import MaskCondition
 from mrgen.serving.config import ServeConfig
 from mrgen.serving.schemas import GenerateRequest, GenerationJob
 
@@ -85,8 +86,10 @@ def parse_organ_map(organ_map: dict[str, str], field: str = "organ_map") -> dict
     return parsed
 
 
-def parse_request(request: GenerateRequest, config: ServeConfig, size_multiple: int = 8) -> ParsedRequest:
-    """Check `request` against the service's limits and build the generator's job."""
+def parse_request(request: GenerateRequest, config: ServeConfig, size_multiple: int = 8,
+                  condition: dict | None = None) -> ParsedRequest:
+    """Check `request` against the service's limits and build the generator's job; ``condition``: the bundle's
+    ``MaskCondition`` manifest fields (an organ outside its vocabulary is refused)."""
     limits = config.limits
     if request.n > limits.max_n:
         raise BadRequest("n", f"{request.n} > the service's limit {limits.max_n}")
@@ -111,6 +114,11 @@ def parse_request(request: GenerateRequest, config: ServeConfig, size_multiple: 
     missing = [i for i in present if i not in organ_map]
     if missing:
         raise BadRequest("mask", f"organ ids {missing} are not in organ_map (known ids: {sorted(organ_map)})")
+    vocabulary = MaskCondition.from_manifest(condition or {})
+    unknown = vocabulary.unknown([organ_map[i] for i in present])
+    if unknown:
+        raise BadRequest("organ_map", f"organ(s) {unknown} are not in the generator's vocabulary "
+                                      f"{sorted(vocabulary.organs)}: it was never trained on them")
     organs = request.organs if request.organs is not None else [organ_map[i] for i in present]
     if any(not o or not o.strip() or len(o) > 64 for o in organs):
         raise BadRequest("organs", "organ names must be 1-64 characters")
@@ -119,7 +127,8 @@ def parse_request(request: GenerateRequest, config: ServeConfig, size_multiple: 
     prompt = build_prompt(request.modality.strip(), attributes, request.region, organs)
     seed = request.seed if request.seed is not None else secrets.randbelow(2**31 - 64)
     job = GenerationJob(prompt=prompt, mask=mask, seeds=[seed + i for i in range(request.n)], steps=steps,
-                        guidance=float(guidance), sampler=request.sampler or config.default_sampler)
+                        guidance=float(guidance), sampler=request.sampler or config.default_sampler,
+                        organ_map={i: organ_map[i] for i in present})
     return ParsedRequest(job=job, attributes=attributes, organs=list(organs), keep=request.keep)
 
 

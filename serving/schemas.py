@@ -5,7 +5,7 @@ Bounds that depend on the deployment (n, steps, image size) are checked against 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -66,6 +66,7 @@ class GenerationJob:
     steps: int
     guidance: float
     sampler: str
+    organ_map: dict[int, str] = field(default_factory=dict)  # id → name: the generator conditions on names
 
     @property
     def batch_key(self) -> tuple:

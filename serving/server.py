@@ -45,7 +45,9 @@ def run_service(config: ServeConfig, ray_address: str | None = None, block: bool
     if not config.model:
         raise ValueError("no model bundle: pass --model URI or set serve.model")
     # replicas run in other directories: a relative path means one relative to where `mrgen serve` was started
-    config = config.with_overrides({"model": storage.absolute(config.model)})
+    from mrgen.models.bundle import resolve_model_uri
+
+    config = config.with_overrides({"model": storage.absolute(resolve_model_uri(config.model))})
     init_ray(RayConfig(address=ray_address))
     serve.start(http_options={"host": config.host, "port": config.port,
                               "request_timeout_s": config.request_timeout_s + 10})

@@ -69,13 +69,13 @@ def _bare_loop(bundle: str, rows: list[dict], candidates: int, steps: int, sam2:
 
     from mrgen.datasets.schema import decode_organ_map
     from mrgen.jobs.synthesis.keys import candidate_seed
-    from mrgen.jobs.synthesis.stages.sam2_filter import build_scorer
     from mrgen.models.bundle import ModelBundle
     from mrgen.models.pipeline import MRGenPipeline
+    from mrgen.models.scorers import build_scorer
 
     torch.set_num_threads(1)
     pipe = MRGenPipeline(ModelBundle.load(bundle))
-    scorer = build_scorer(sam2)
+    scorer = build_scorer("sam2", sam2)
     start = time.perf_counter()
     generated = []
     for r in rows:
@@ -144,7 +144,7 @@ def run_synth_bench(masks: int = 2, scale: int = 10, candidates: int = 4, steps:
         config = SynthesisConfig.load("tiny", [
             f"model={bundle}", f"source={db}", f"out={tmp / name}", f"target_modalities=['{TARGET_MODALITY}']",
             "source_datasets=['phantom-src']", f"candidates={candidates}", "keep=2", f"steps={steps}",
-            f"sam2.image_size={sam2_size}", "sam2.random=true", "contact_sheet_masks=0"])
+            f"scorer.image_size={sam2_size}", "scorer.random=true", "contact_sheet_masks=0"])
         wanted = sorted({r["source_slice_id"] for r in rows_all[:n_masks]})
         from mrgen.jobs.synthesis import run as run_module
 

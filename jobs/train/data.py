@@ -15,6 +15,7 @@ one modality, or on all masked rows and then all unmasked ones, for long stretch
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,13 +23,13 @@ from typing import Any
 import numpy as np
 
 from mrgen.datasets import store
-from mrgen.datasets.schema import decode_image, decode_mask
+from mrgen.datasets.schema import decode_image, decode_mask, decode_organ_map
 from mrgen.jobs.train.config import TrainConfig
 
 STAGE_COLUMNS = {
     "vae": ["height", "width", "image"],
     "unet": ["height", "width", "image", "prompt"],
-    "controlnet": ["height", "width", "image", "prompt", "has_mask", "mask"],
+    "controlnet": ["height", "width", "image", "prompt", "has_mask", "mask", "organ_map"],
 }
 
 
@@ -96,7 +97,14 @@ def decode(batch: dict[str, np.ndarray]) -> dict[str, Any]:
         out["mask"] = np.stack([decode_mask(m, h, w) if m is not None else np.zeros((h, w), np.uint8)
                                 for m in batch["mask"]])
         out["has_mask"] = np.asarray(batch["has_mask"], dtype=bool)
+    if "organ_map" in batch:
+        out["organ_map"] = [_organ_map(str(text)) for text in batch["organ_map"]]
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _organ_map(text: str) -> dict[int, str]:
+    return decode_organ_map(text)
 
 
 class BatchStream:

@@ -15,10 +15,10 @@ def spread(n: int, count: int) -> np.ndarray:
 def spread_masked_slices(db_uri: str, split: str, limit: int, min_area: float, **filters: Any) -> dict[str, Any]:
     """Decoded masked slices of ``split`` whose organs cover at least ``min_area`` of the image: ``limit`` of them,
     evenly spread over the split in slice-id order (every volume, not the first one or two)."""
-    from mrgen.datasets.schema import decode_batch
+    from mrgen.datasets.schema import decode_batch, decode_organ_map
     from mrgen.datasets.store import read_table
 
-    table = read_table(db_uri, ["slice_id", "height", "width", "image", "prompt", "has_mask", "mask"],
+    table = read_table(db_uri, ["slice_id", "height", "width", "image", "prompt", "has_mask", "mask", "organ_map"],
                        split=split, has_mask=True, **filters).sort_by("slice_id")
     if table.num_rows < 2:
         raise ValueError(f"{db_uri}: {table.num_rows} masked slices in split {split!r} {filters or ''}; need >= 2")
@@ -28,7 +28,8 @@ def spread_masked_slices(db_uri: str, split: str, limit: int, min_area: float, *
         raise ValueError(f"{db_uri}: fewer than 2 masked slices in split {split!r} cover {min_area:.0%} of the image")
     keep = keep[spread(len(keep), limit)]
     return {"slice_id": [batch["slice_id"][i] for i in keep], "prompt": [batch["prompt"][i] for i in keep],
-            "image": batch["image"][keep], "mask": batch["mask"][keep]}
+            "image": batch["image"][keep], "mask": batch["mask"][keep],
+            "organ_map": [decode_organ_map(batch["organ_map"][i]) for i in keep]}
 
 
 def _bundle(bundle):
@@ -46,7 +47,8 @@ def evaluate_mask_dependence(bundle, db_uri: str, split: str = "test", limit: in
 
     slices = spread_masked_slices(db_uri, split, limit, min_area, **filters)
     bundle = _bundle(bundle)
-    result = mask_dependence(bundle, slices["image"], slices["mask"], slices["prompt"], seed=seed)
+    result = mask_dependence(bundle, slices["image"], slices["mask"], slices["prompt"], seed=seed,
+                             organ_maps=slices["organ_map"])
     result.update(split=split, bundle=bundle.uri, db=db_uri)
     return result
 
@@ -62,7 +64,8 @@ def evaluate_mask_following(bundle, db_uri: str, sheet_uri: str | None, split: s
 
     slices = spread_masked_slices(db_uri, split, limit, min_area, **filters)
     bundle = _bundle(bundle)
-    run = mask_following(bundle, slices["image"], slices["mask"], slices["prompt"], steps, guidance, sampler)
+    run = mask_following(bundle, slices["image"], slices["mask"], slices["prompt"], steps, guidance, sampler,
+                         organ_maps=slices["organ_map"])
     scores = run["scores"]
     if sheet_uri:
         items = []

@@ -64,7 +64,8 @@ def sample_grid(stage: str, task, model: torch.nn.Module, bundle, examples: dict
         masks = examples["mask"]
         current = dataclasses.replace(bundle, controlnet=model)
         out = MRGenPipeline(current).generate(list(examples["prompt"]), masks, num_candidates=1, steps=steps,
-                                              seeds=[seed + i for i in range(len(masks))])
+                                              seeds=[seed + i for i in range(len(masks))],
+                                              organ_maps=examples.get("organ_map"))
         return grid_png([[mask_preview(m) for m in masks], list(out), list(images)], ["mask", "generated", "real"])
     finally:
         model.train(model_was_training)

@@ -123,6 +123,7 @@ class Examples:
             out["prompt"] = [r["prompt"] for r in self.rows]
         if self.stage == "controlnet":
             out["mask"] = np.stack([r["mask"] for r in self.rows])
+            out["organ_map"] = [r["organ_map"] for r in self.rows]
         return out
 
 
@@ -159,7 +160,6 @@ def train_loop_per_worker(args: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from mrgen.models.configs import model_config
 
     config = TrainConfig.model_validate(args["config"])
     stage, run_uri = args["stage"], args["run_uri"]
@@ -175,7 +175,8 @@ def train_loop_per_worker(args: dict[str, Any]) -> None:
         from mrgen.models.bundle import ModelBundle
 
         bundle = ModelBundle.load(args["init"], device="cpu", dtype=torch.float32, parts=INIT_PARTS[stage])
-    task: StageTask = build_task(stage, model_config(config.model), bundle, config.kl_weight, config.augment_p,
+        bundle.manifest.update(args.get("condition") or {})  # the controller's organ vocabulary
+    task: StageTask = build_task(stage, config.build_model_config(), bundle, config.kl_weight, config.augment_p,
                                  config.prompt_drop_p, seed=config.seed)
     task.to(device, dtype)
     frozen_at_start = task.frozen_hashes()

@@ -87,13 +87,14 @@ def main(config: TrainConfig, db_uri: str, out_uri: str, stage: str, resume: boo
     started = time.monotonic()
     settings = config.stage(stage)
     run_id = f"{stage}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+    condition = organ_vocabulary(db_uri, config) if stage == "controlnet" else {}
     path, fs = _storage(out_uri)
     gpus = config.gpus_per_worker
     resources = {"CPU": config.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.model_dump(mode="json"), "stage": stage, "init": init,
-                           "run_uri": run_uri, "run_id": run_id},
+                           "run_uri": run_uri, "run_id": run_id, "condition": condition},
         scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, use_gpu=gpus > 0,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -114,6 +115,9 @@ def main(config: TrainConfig, db_uri: str, out_uri: str, stage: str, resume: boo
         folder = Path(folder)
         train_state = json.loads((folder / "train_state.json").read_text())
         bundle = _assemble_bundle(config, stage, folder / "model" / stage, init, db_uri, train_state["run_id"])
+        bundle.manifest.update(condition)
+        bundle.manifest["training"] = training_record(bundle.manifest.get("training"), config, stage, db_uri,
+                                                      train_state, time.monotonic() - started)
     bundle_uri = storage.join(run_uri, "bundle")
     bundle.save(bundle_uri)
     bundle.save(storage.join(out_uri, "bundle"))
@@ -132,11 +136,10 @@ def _assemble_bundle(config: TrainConfig, stage: str, model_dir: Path, init: str
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 
     from mrgen.models.bundle import ModelBundle, new_manifest
-    from mrgen.models.configs import model_config
     from mrgen.models.text_encoder import TextEncoder
 
     if stage == "vae":
-        mcfg = model_config(config.model)
+        mcfg = config.build_model_config()
         vae = AutoencoderKL.from_pretrained(str(model_dir)).eval()
         scaling = measure_scaling(vae, db_uri, config)
         manifest = new_manifest(mcfg.resolution, scaling, run_id=run_id, model_config=config.model,
@@ -152,6 +155,40 @@ def _assemble_bundle(config: TrainConfig, stage: str, model_dir: Path, init: str
                                    controlnet=None, manifest=manifest)
     return dataclasses.replace(previous, controlnet=ControlNetModel.from_pretrained(str(model_dir)).eval(),
                                manifest=manifest)
+
+
+def training_record(previous: dict[str, Any] | None, config: TrainConfig, stage: str, db_uri: str,
+                    train_state: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """The manifest's ``training``: how each stage of this bundle was trained (command, commit, DB digest, steps,
+    seeds, final losses), so that the recorded command reproduces it."""
+    from mrgen.datasets.store import db_digest
+    from mrgen.platform.provenance import code_version, command_line
+
+    history = train_state.get("history") or [{}]
+    settings = config.stage(stage)
+    record = dict(previous or {})
+    record.update(db=db_uri, db_digest=db_digest(db_uri), model=config.model, architecture=config.architecture)
+    record.setdefault("stages", {})
+    record["stages"] = {**record["stages"], stage: {
+        "command": command_line(), "code": code_version(), "run_id": train_state.get("run_id"),
+        "steps": int(train_state["step"]), "max_steps": settings.max_steps, "max_minutes": settings.max_minutes,
+        "lr": settings.lr, "batch_size": settings.batch_size, "workers": config.num_workers, "seed": config.seed,
+        "final_loss": history[-1].get("loss"), "seconds": round(seconds, 1),
+        "restarts": list(train_state.get("restored_from", []))}}
+    return record
+
+
+def organ_vocabulary(db_uri: str, config: TrainConfig) -> dict[str, Any]:
+    """The controller's organ vocabulary (manifest fields of ``MaskCondition``) from the organs of the stage's masked
+    slices: every later DB or request is mapped through it by organ name."""
+    from mrgen.datasets.store import organ_first_ids, rank_organs
+    from mrgen.models.condition import MaskCondition
+
+    filters = {k: v for k, v in config.controlnet.filters.items() if v is not None}
+    names = rank_organs(organ_first_ids(db_uri, **filters))
+    if not names:
+        raise ValueError(f"{db_uri}: no masked slice with an organ in the controlnet stage's selection {filters}")
+    return MaskCondition.from_organ_names(names).manifest_fields()
 
 
 def measure_scaling(vae, db_uri: str, config: TrainConfig) -> float:

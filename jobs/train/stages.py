@@ -14,7 +14,8 @@ from torch import nn
 
 from mrgen.models.autoencoder import augment, build_autoencoder, encode_latents, vae_loss
 from mrgen.models.configs import ModelConfig
-from mrgen.models.mask_controller import MaskController, mask_to_condition
+from mrgen.models.condition import MaskCondition
+from mrgen.models.mask_controller import MaskController
 from mrgen.models.scheduler import build_scheduler
 from mrgen.models.unet import build_unet, drop_prompts
 
@@ -55,6 +56,7 @@ class StageTask:
     latent_scaling: float = 1.0
     prompt_drop_p: float = 0.0
     scheduler: Any = None
+    condition: MaskCondition = field(default_factory=MaskCondition)
     dropped: int = 0
     prompts_seen: int = 0
 
@@ -85,7 +87,7 @@ class StageTask:
         if self.stage == "unet":
             pred = engine(noisy, t, encoder_hidden_states=text).sample
         else:
-            cond = mask_to_condition(batch["mask"]).to(device=device, dtype=dtype)
+            cond = self.condition.encode(batch["mask"], batch.get("organ_map")).to(device=device, dtype=dtype)
             down, mid = engine(noisy, t, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False)
             pred = self.frozen["unet"](noisy, t, encoder_hidden_states=text, down_block_additional_residuals=down,
                                        mid_block_additional_residual=mid).sample
@@ -123,7 +125,8 @@ def build_task(stage: str, mcfg: ModelConfig, bundle, kl_weight: float, augment_
     trainable.train()
     scheduler = build_scheduler("ddpm", getattr(bundle, "scheduler_config", None))
     return StageTask(stage, trainable, frozen, latent_scaling=float(bundle.manifest["latent_scaling"]),
-                     prompt_drop_p=prompt_drop_p, scheduler=scheduler)
+                     prompt_drop_p=prompt_drop_p, scheduler=scheduler,
+                     condition=MaskCondition.from_manifest(bundle.manifest))
 
 
 def trained_model(task: StageTask) -> nn.Module:

@@ -14,12 +14,12 @@ def vae():
     return build_autoencoder(model_config("tiny").vae)
 
 
-def test_tiny_shapes_one_channel_latent_16_times_8(vae):
+def test_tiny_shapes_one_channel_latent_16_times_4(vae):
     images = torch.rand(2, 64, 64)
     with torch.no_grad():
         z = encode_latents(vae, images, latent_scaling=1.0)
         out = decode_latents(vae, z, latent_scaling=1.0)
-    assert z.shape == (2, 16, 8, 8)
+    assert z.shape == (2, 16, 16, 16)
     assert out.shape == (2, 1, 64, 64) and out.min() >= 0 and out.max() <= 1
 
 

@@ -4,7 +4,8 @@ import torch
 from diffusers import ControlNetModel
 
 from mrgen.models.configs import model_config
-from mrgen.models.mask_controller import MaskController, mask_to_condition
+from mrgen.models.condition import mask_to_condition
+from mrgen.models.mask_controller import MaskController
 from mrgen.models.unet import build_unet
 
 torch.set_num_threads(1)
@@ -63,12 +64,12 @@ def test_condition_embedding_downsamples_by_the_autoencoder_factor(unet, control
     cond = mask_to_condition(np.ones((2, 64, 64), np.uint8))
     with torch.no_grad():
         emb = controller.controlnet_cond_embedding(cond)
-        latents, t = torch.randn(2, 16, 8, 8), torch.tensor([10, 500])
+        latents, t = torch.randn(2, 16, 16, 16), torch.tensor([10, 500])
         text = torch.randn(2, 77, 64)
         down, mid = controller(latents, t, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False)
         out = unet(latents, t, encoder_hidden_states=text, down_block_additional_residuals=down,
                    mid_block_additional_residual=mid).sample
-    assert emb.shape == (2, 32, 8, 8)  # the UNet's first width
+    assert emb.shape == (2, 32, 16, 16)  # the UNet's first width, at the latent size (×4)
     assert out.shape == latents.shape
 
 

@@ -28,10 +28,21 @@ def test_paper_config_builds_with_the_release_sizes():
 
 def test_tiny_config_sizes_and_checks():
     cfg = model_config("tiny")
-    assert cfg.resolution == 64 and cfg.downsample_factor == 8
+    assert cfg.resolution == 64 and cfg.downsample_factor == 4 and cfg.latent_size == 16
+    assert cfg.unet["sample_size"] == 16
     assert cfg.to_dict()["unet"]["cross_attention_dim"] == 64
     with pytest.raises(ValueError, match="downsamples"):
         type(cfg)(name="bad", resolution=64, vae=cfg.vae, unet=cfg.unet, text_encoder=cfg.text_encoder,
-                  controlnet={"conditioning_embedding_out_channels": [8, 16, 32]})
+                  controlnet={"conditioning_embedding_out_channels": [8, 16, 32, 64]})
     with pytest.raises(ValueError, match="unknown model config"):
         model_config("huge")
+
+
+def test_overrides_replace_part_kwargs_and_are_checked():
+    cfg = model_config("tiny", {"vae": {"latent_channels": 8}, "unet": {"in_channels": 8, "out_channels": 8}})
+    assert cfg.vae["latent_channels"] == cfg.unet["in_channels"] == 8
+    assert model_config("tiny").vae["latent_channels"] == 16  # the preset itself is untouched
+    with pytest.raises(ValueError, match="latent_channels 8 != unet.in_channels 16"):
+        model_config("tiny", {"vae": {"latent_channels": 8}})
+    with pytest.raises(ValueError, match="not a part"):
+        model_config("tiny", {"decoder": {"x": 1}})

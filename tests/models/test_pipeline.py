@@ -76,7 +76,7 @@ def test_bad_requests_are_named(pipe, masks):
     with pytest.raises(ValueError, match="sampler"):
         pipe.generate(PROMPTS, masks, 1, steps=STEPS, seeds=[1, 2], sampler="euler")
     with pytest.raises(ValueError, match="divisible"):
-        pipe.generate(PROMPTS[:1], np.zeros((1, 60, 60), np.uint8), 1, steps=STEPS, seeds=[1])
+        pipe.generate(PROMPTS[:1], np.zeros((1, 62, 62), np.uint8), 1, steps=STEPS, seeds=[1])
     text_only = build_random_bundle()
     text_only.controlnet = None
     with pytest.raises(ValueError, match="controlnet"):

@@ -42,7 +42,7 @@ def service(serve_port, serve_bundle):
     app = build_app(GeneratorAppArgs(**{**args, "model": serve_bundle, "overrides": [
         f"auth_token={TOKEN}", "autoscaling.min_replicas=1", "autoscaling.max_replicas=1",
         "batching.batch_wait_timeout_s=0.3", "limits.max_body_bytes=200000",
-        "sam2.enabled=true", "sam2.organ_iou=0", "sam2.organ_conf=0", "sam2.mean_iou=0", "sam2.mean_conf=0"]}))
+        "filter.kind=sam2", "filter.organ_iou=0", "filter.organ_conf=0", "filter.mean_iou=0", "filter.mean_conf=0"]}))
     serve.run(app, name="mrgen-test", route_prefix="/")
     url = f"http://127.0.0.1:{serve_port}"
     yield url
@@ -96,7 +96,7 @@ def test_openapi_health_modalities_metrics(service, http):
     assert schema["properties"]["n"]["maximum"] == 20 and "mask" in schema["required"]
     assert httpx.get(f"{service}/healthz").status_code == 200
     ready = httpx.get(f"{service}/readyz").json()
-    assert ready["status"] == "ready" and ready["sam2_filter"] is True
+    assert ready["status"] == "ready" and ready["filter"] == "sam2"
     labels = [m["label"] for m in http.get("/v1/modalities").json()["modalities"]]
     assert "T2 SPIR" in labels and "T1 in-phase" in labels
     http.post("/v1/generate", json=_body())

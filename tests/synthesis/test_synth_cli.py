@@ -15,12 +15,12 @@ def test_synthesize_flags_override_the_preset():
         "--set", "wave_size=5"])
     flags = {"model": args.model, "source": args.source, "out": args.out, "target_modalities": args.target_modalities,
              "candidates": args.candidates, "sampler": args.sampler, "steps": args.steps, "seed": args.seed,
-             "sam2.checkpoint": args.sam2_checkpoint, "sam2.config_name": args.sam2_config, "rule": args.rule,
-             "adaptive": args.adaptive, "sam2.random": args.sam2_random}
+             "scorer.checkpoint": args.sam2_checkpoint, "scorer.config_name": args.sam2_config, "rule": args.rule,
+             "adaptive": args.adaptive, "scorer.random": args.sam2_random}
     config = load_config(SynthesisConfig, args, flags)
     assert config.target_modalities == ["T1 in-phase", "T1 out-of-phase"]
     assert (config.sampler, config.steps, config.seed, config.rule, config.adaptive) == ("dpm", 20, 5, "official", True)
-    assert config.sam2.checkpoint == "s3://b/sam2.pt" and config.sam2.image_size == 1024 and not config.sam2.random
+    assert config.scorer.checkpoint == "s3://b/sam2.pt" and config.scorer.image_size == 1024 and not config.scorer.random
     assert config.wave_size == 5 and config.generator.num_gpus == 1  # paper preset: a GPU per generator actor
     assert (config.thresholds.organ_iou, config.thresholds.organ_conf, config.thresholds.mean_iou,
             config.thresholds.mean_conf, config.thresholds.relax_by) == (0.70, 0.80, 0.80, 0.90, 0.10)
@@ -31,5 +31,5 @@ def test_export_and_eval_subcommands_exist():
     args = parser.parse_args(["export", "nnunet", "--synthetic", "a", "--out", "d", "--dataset-id", "7", "--name", "x",
                               "--real", "b", "--split", "test"])
     assert (args.dataset_id, args.real, args.split) == (7, "b", "test")
-    assert parser.parse_args(["eval", "fid", "--real", "a", "--synthetic", "b"]).extractor == "resnet18"
+    assert parser.parse_args(["eval", "fid", "--real", "a", "--synthetic", "b"]).extractor == "inception"
     assert parser.parse_args(["eval", "clip", "--model", "m", "--synthetic", "b"]).text == "prompt"

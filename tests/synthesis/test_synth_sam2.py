@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from mrgen.models.sam2_scorer import Sam2LoadError, Sam2Scorer, Sam2Settings, build_sam2_model
+from mrgen.models.sam2_scorer import Sam2LoadError, Sam2Scorer, build_sam2_model
+from mrgen.models.scorers import ScorerSettings
 
 SIZE = 256
 
@@ -13,7 +14,7 @@ SIZE = 256
 @pytest.fixture(scope="module")
 def random_scorer():
     torch.manual_seed(0)
-    return Sam2Scorer(Sam2Settings(image_size=SIZE, allow_random=True))
+    return Sam2Scorer(ScorerSettings(image_size=SIZE, random=True))
 
 
 def _mask() -> np.ndarray:
@@ -26,7 +27,7 @@ def _mask() -> np.ndarray:
 def test_checkpoint_roundtrip_gives_identical_scores(random_scorer, tmp_path):
     ckpt = tmp_path / "sam2_tiny.pt"
     torch.save({"model": random_scorer.model.state_dict()}, ckpt)
-    loaded = Sam2Scorer(Sam2Settings(image_size=SIZE, checkpoint=str(ckpt)))
+    loaded = Sam2Scorer(ScorerSettings(image_size=SIZE, checkpoint=str(ckpt)))
     assert loaded.meaningful and not random_scorer.meaningful
     images = np.random.default_rng(0).random((3, 64, 64), dtype=np.float32)
     a = random_scorer.score(images, _mask(), {1: "liver", 2: "spleen"})
@@ -55,13 +56,13 @@ def test_absent_organ_and_unknown_ids(random_scorer):
 
 def test_refuses_random_unless_asked_and_bad_checkpoints(tmp_path):
     with pytest.raises(Sam2LoadError, match="--sam2-random"):
-        build_sam2_model(Sam2Settings(image_size=SIZE))
+        build_sam2_model(ScorerSettings(image_size=SIZE))
     with pytest.raises(Sam2LoadError, match="does not exist"):
-        build_sam2_model(Sam2Settings(image_size=SIZE, checkpoint=str(tmp_path / "nope.pt")))
+        build_sam2_model(ScorerSettings(image_size=SIZE, checkpoint=str(tmp_path / "nope.pt")))
     bad = tmp_path / "bad.pt"
     torch.save({"model": {"not_a_sam2_key": torch.zeros(1)}}, bad)
     with pytest.raises(Sam2LoadError, match="does not match"):
-        build_sam2_model(Sam2Settings(image_size=SIZE, checkpoint=str(bad)))
+        build_sam2_model(ScorerSettings(image_size=SIZE, checkpoint=str(bad)))
 
 
 def test_hydra_global_state_is_restored():
@@ -72,8 +73,37 @@ def test_hydra_global_state_is_restored():
     initialize_config_module("sam2.configs", version_base="1.2")  # stands in for a project's own Hydra setup
     before = GlobalHydra.instance().hydra
     try:
-        build_sam2_model(Sam2Settings(image_size=SIZE, allow_random=True))
+        build_sam2_model(ScorerSettings(image_size=SIZE, random=True))
         assert GlobalHydra.instance().hydra is before
     finally:
         GlobalHydra.instance().clear()
         initialize_config_module("sam2", version_base="1.2")  # as `import sam2` leaves it
+
+
+def test_multimask_keeps_the_best_scored_mask_as_predict_does(random_scorer):
+    """The release's setting: three masks per prompt, the best-scored one kept; the batched decoder call matches
+    SAM2's own predict(multimask_output=True) followed by the same choice."""
+    scorer = Sam2Scorer(ScorerSettings(image_size=SIZE, random=True, multimask=True))
+    image = np.random.default_rng(2).random((64, 64), dtype=np.float32)
+    batched = scorer.score(image[None], _mask(), {1: "liver", 2: "spleen"})[0]
+    reference = scorer.score_reference(image, _mask(), {1: "liver", 2: "spleen"})
+    single = random_scorer.score(image[None], _mask(), {1: "liver", 2: "spleen"})[0]
+    for x, y, z in zip(batched.organs, reference.organs, single.organs):
+        assert x.iou == pytest.approx(y.iou, abs=1e-6) and x.conf == pytest.approx(y.conf, abs=1e-5)
+        assert x.conf >= z.conf - 1e-6 or x.iou != z.iou  # the best of three, not the single-mask output
+    assert "multimask" in scorer.model_id
+
+
+def test_sam2_0_config_builds_and_takes_its_own_checkpoint(tmp_path):
+    """The official release filters with SAM2.0 (sam2_hiera_l.yaml); the tiny SAM2.0 config goes through the same
+    checkpoint path, and a SAM2.1 state dict does not fit it."""
+    sam20 = build_sam2_model(ScorerSettings(config_name="2.0-tiny", image_size=SIZE, random=True))
+    ckpt = tmp_path / "sam2_hiera_tiny.pt"
+    torch.save({"model": sam20.state_dict()}, ckpt)
+    loaded = build_sam2_model(ScorerSettings(config_name="configs/sam2/sam2_hiera_t.yaml", image_size=SIZE,
+                                             checkpoint=str(ckpt)))
+    assert all(torch.equal(a, b) for a, b in zip(sam20.state_dict().values(), loaded.state_dict().values()))
+    sam21 = tmp_path / "sam2.1_tiny.pt"
+    torch.save({"model": build_sam2_model(ScorerSettings(image_size=SIZE, random=True)).state_dict()}, sam21)
+    with pytest.raises(Sam2LoadError, match="does not match config configs/sam2/sam2_hiera_t.yaml"):
+        build_sam2_model(ScorerSettings(config_name="2.0-tiny", image_size=SIZE, checkpoint=str(sam21)))

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from mrgen.jobs.synthesis.stages.base import StageUDF
-from mrgen.jobs.synthesis.stages.generator import GeneratorUDF, Generator, _FaultKnob, decode_row_mask, encode_candidates
-from mrgen.jobs.synthesis.stages.sam2_filter import build_scorer, score_row, scores_to_json
+from mrgen.jobs.synthesis.stages.generator import (Generator, GeneratorUDF, _FaultKnob, decode_row_mask,
+                                                   encode_candidates, row_organ_maps)
+from mrgen.jobs.synthesis.stages.filter import load_scorer, score_row, scores_to_json
 from mrgen.models.selection import Thresholds, strict_passes
 
 
@@ -23,10 +24,10 @@ class AdaptiveUDF(StageUDF):
 
     def __init__(self, bundle_uri: str, candidates: int, wave_size: int, keep: int, rule: str,
                  thresholds: dict[str, float], steps: int, guidance: float, sampler: str, run_seed: int,
-                 sam2: dict[str, Any], batch_size: int | None = None, torch_threads: int = 1,
+                 kind: str, scorer: dict[str, Any], batch_size: int | None = None, torch_threads: int = 1,
                  fault_marker: str | None = None):
         self.gen = Generator(bundle_uri, steps, guidance, sampler, run_seed, batch_size, torch_threads)
-        self.scorer = build_scorer(sam2, torch_threads)
+        self.scorer = load_scorer(kind, scorer, torch_threads)
         self.candidates, self.wave, self.keep, self.rule = candidates, wave_size, keep, rule
         self.thresholds = Thresholds(**thresholds)
         self.fault = _FaultKnob(fault_marker)
@@ -44,7 +45,7 @@ class AdaptiveUDF(StageUDF):
             wave_seeds = {i: self.gen.seeds(str(batch["source_slice_id"][i]), str(batch["modality"][i]), indices) for i in active}
             out = self.gen.generate([str(batch["prompt"][i]) for i in active],
                                     np.stack([decode_row_mask(batch, i) for i in active]), indices,
-                                    [s for i in active for s in wave_seeds[i]])
+                                    [s for i in active for s in wave_seeds[i]], row_organ_maps(batch, active))
             for k, i in enumerate(active):
                 wave_images = out[k * len(indices):(k + 1) * len(indices)]
                 images[i].append(wave_images)

@@ -60,6 +60,13 @@ class StageUDF:
         return merged
 
 
+def optional_text(value: Any) -> str | None:
+    """A nullable text cell as it comes out of a batch: Ray Data turns a column of nulls into NaN floats."""
+    if value is None or (isinstance(value, (float, np.floating)) and np.isnan(value)):
+        return None
+    return str(value)
+
+
 def column(values: Any) -> np.ndarray:
     if isinstance(values, np.ndarray):
         return values

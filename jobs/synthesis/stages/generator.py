@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from mrgen.datasets.schema import decode_organ_map
 from mrgen.jobs.synthesis.keys import candidate_seed
 from mrgen.jobs.synthesis.stages.base import StageUDF
 
@@ -26,6 +27,11 @@ def decode_candidates(data: bytes, n: int, h: int, w: int) -> np.ndarray:
 def decode_row_mask(batch: dict[str, np.ndarray], i: int) -> np.ndarray:
     h, w = int(batch["height"][i]), int(batch["width"][i])
     return np.frombuffer(batch["mask"][i], dtype=np.uint8).reshape(h, w)
+
+
+def row_organ_maps(batch: dict[str, np.ndarray], rows: list[int]) -> list[dict[int, str]]:
+    """The organ maps (id → name) of ``rows``: the generator conditions on organ names through them."""
+    return [decode_organ_map(str(batch["organ_map"][i])) for i in rows]
 
 
 def pick_device() -> str:
@@ -66,17 +72,18 @@ class Generator:
     def seeds(self, slice_id: str, modality: str, indices: range) -> list[int]:
         return [candidate_seed(self.run_seed, slice_id, modality, i) for i in indices]
 
-    def generate(self, prompts: list[str], masks: np.ndarray, indices: range, seeds: list[int]) -> np.ndarray:
+    def generate(self, prompts: list[str], masks: np.ndarray, indices: range, seeds: list[int],
+                 organ_maps: list[dict[int, str]]) -> np.ndarray:
         return self.pipeline.generate(prompts, masks, num_candidates=len(indices), steps=self.steps,
                                       guidance=self.guidance, sampler=self.sampler, seeds=seeds,
-                                      batch_size=self.batch_size)
+                                      batch_size=self.batch_size, organ_maps=organ_maps)
 
 
 class GeneratorUDF(StageUDF):
     NAME = "generator"
     REQUIRED = {"source_slice_id": "source slice id (seeds derive from it)", "modality": "target modality label",
                 "prompt": "text condition", "mask": "uint8 organ ids (raw bytes)", "height": "rows", "width": "columns",
-                "skip_reason": "non-empty: the mask is skipped"}
+                "organ_map": "JSON organ id → name", "skip_reason": "non-empty: the mask is skipped"}
 
     def __init__(self, bundle_uri: str, candidates: int, steps: int, guidance: float, sampler: str, run_seed: int,
                  batch_size: int | None = None, torch_threads: int = 1, fault_marker: str | None = None):
@@ -94,7 +101,7 @@ class GeneratorUDF(StageUDF):
             seeds = [self.gen.seeds(str(batch["source_slice_id"][i]), str(batch["modality"][i]), indices) for i in todo]
             images = self.gen.generate([str(batch["prompt"][i]) for i in todo],
                                        np.stack([decode_row_mask(batch, i) for i in todo]), indices,
-                                       [s for per_mask in seeds for s in per_mask])
+                                       [s for per_mask in seeds for s in per_mask], row_organ_maps(batch, todo))
             for k, i in enumerate(todo):
                 blobs[i] = encode_candidates(images[k * self.candidates:(k + 1) * self.candidates])
                 counts[i] = self.candidates

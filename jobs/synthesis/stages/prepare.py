@@ -15,7 +15,8 @@ import numpy as np
 from mrgen.datasets.prompt import build_prompt
 from mrgen.datasets.schema import decode_organ_map
 from mrgen.jobs.synthesis.keys import mask_key
-from mrgen.jobs.synthesis.stages.base import StageUDF, column
+from mrgen.jobs.synthesis.stages.base import StageUDF, column, optional_text
+from mrgen.models.condition import MaskCondition
 
 SOURCE_COLUMNS = ["slice_id", "dataset", "volume_id", "slice_index", "region", "organs", "height", "width", "mask",
                   "organ_map", "pixel_spacing", "source_file", "source_sha256"]
@@ -25,7 +26,8 @@ OUTPUT_COLUMNS = ["mask_key", "source_slice_id", "source_dataset", "volume_id", 
                   "pixel_spacing", "source_file", "source_sha256", "skip_reason"]
 
 
-def skip_reason(mask: np.ndarray, organ_map: dict[int, str], resolution: int, min_area: float) -> str:
+def skip_reason(mask: np.ndarray, organ_map: dict[int, str], resolution: int, min_area: float,
+                condition: MaskCondition | None = None) -> str:
     """Why a mask cannot condition generation ("" when it can)."""
     h, w = mask.shape
     if (h, w) != (resolution, resolution):
@@ -34,6 +36,10 @@ def skip_reason(mask: np.ndarray, organ_map: dict[int, str], resolution: int, mi
     missing = [i for i in ids if i not in organ_map]
     if missing:
         return f"mask holds organ ids {missing} missing from its organ_map {organ_map}"
+    unknown = condition.unknown([organ_map[i] for i in ids]) if condition is not None else []
+    if unknown:
+        return (f"organ(s) {unknown} not in the generator's vocabulary {sorted(condition.organs)}: it was never "
+                "trained on them")
     area = float((mask != 0).mean())
     if area < min_area:
         return f"mask covers {area:.2%} of the image, below the minimum {min_area:.2%}"
@@ -46,8 +52,9 @@ class PrepareUDF(StageUDF):
     ONE_TO_ONE = False
 
     def __init__(self, modalities: dict[str, str], resolution: int, min_area: float,
-                 wanted: Sequence[str] | None = None, done: Sequence[str] = ()):
+                 wanted: Sequence[str] | None = None, done: Sequence[str] = (), condition: dict[str, Any] | None = None):
         self.modalities = modalities  # target label → attribute text
+        self.condition = MaskCondition.from_manifest(condition or {})
         self.resolution, self.min_area = resolution, min_area
         self.wanted = set(wanted) if wanted is not None else None
         self.done = set(done)
@@ -68,8 +75,7 @@ class PrepareUDF(StageUDF):
             else:
                 bad_map = ""
             organs = [str(o) for o in (batch["organs"][i] if batch["organs"][i] is not None else [])]
-            region = batch["region"][i]
-            region = None if region is None or (isinstance(region, float) and np.isnan(region)) else str(region)
+            region = optional_text(batch["region"][i])
             for modality, attributes in self.modalities.items():
                 key = mask_key(sid, modality)
                 if key in self.done:
@@ -78,7 +84,7 @@ class PrepareUDF(StageUDF):
                     reason = f"row {sid}: mask has {0 if raw is None else len(raw)} bytes for {h}x{w}"
                 else:
                     mask = np.frombuffer(raw, dtype=np.uint8).reshape(h, w)
-                    reason = bad_map or skip_reason(mask, organ_map, self.resolution, self.min_area)
+                    reason = bad_map or skip_reason(mask, organ_map, self.resolution, self.min_area, self.condition)
                 row = {"mask_key": key, "source_slice_id": sid, "source_dataset": str(batch["dataset"][i]),
                        "volume_id": str(batch["volume_id"][i]), "slice_index": int(batch["slice_index"][i]),
                        "modality": modality, "modality_attributes": attributes, "region": region, "organs": json.dumps(organs),

@@ -23,9 +23,9 @@ import pyarrow.parquet as pq
 from mrgen.datasets.schema import Column, arrow_schema, encode_image
 from mrgen.datasets.store import ShardWriter
 from mrgen.jobs.synthesis.keys import group_key, modality_slug
-from mrgen.jobs.synthesis.stages.base import StageUDF, column
+from mrgen.jobs.synthesis.stages.base import StageUDF, column, optional_text
 from mrgen.jobs.synthesis.stages.generator import decode_candidates
-from mrgen.jobs.synthesis.stages.sam2_filter import scores_from_json
+from mrgen.jobs.synthesis.stages.filter import scores_from_json
 from mrgen.models.selection import KEPT_FATES
 from mrgen.platform import storage
 
@@ -146,7 +146,7 @@ class WriterUDF(StageUDF):
             rows.append({
                 "slice_id": f"{dataset}/{volume}/{slice_index:04d}-c{c:02d}", "dataset": dataset, "volume_id": volume,
                 "slice_index": slice_index, "split": "train", "modality": modality,
-                "modality_attributes": str(batch["modality_attributes"][i]), "region": batch["region"][i],
+                "modality_attributes": str(batch["modality_attributes"][i]), "region": optional_text(batch["region"][i]),
                 "organs": json.loads(str(batch["organs"][i])), "prompt": str(batch["prompt"][i]), "height": h,
                 "width": w, "image": encode_image(images[c]), "has_mask": True, "mask": bytes(batch["mask"][i]),
                 "organ_map": str(batch["organ_map"][i]),

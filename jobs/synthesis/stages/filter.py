@@ -1,4 +1,5 @@
-"""SAM2 filter stage: each actor loads SAM2 once; per candidate one image embedding, all organs prompted on it."""
+"""Filter stage: each actor loads the scorer (SAM2 or LiteMedSAM, ``models.scorers``) once; per candidate one image
+embedding, all organs prompted on it."""
 from __future__ import annotations
 
 import json
@@ -21,16 +22,13 @@ def scores_from_json(text: str) -> list[CandidateScores]:
     return [CandidateScores(index=c["index"], organs=[OrganScore(**o) for o in c["organs"]]) for c in json.loads(text)]
 
 
-def build_scorer(sam2: dict[str, Any], torch_threads: int = 1):
+def load_scorer(kind: str, scorer: dict[str, Any], torch_threads: int = 1):
     import torch
 
-    from mrgen.models.sam2_scorer import Sam2Scorer, Sam2Settings
+    from mrgen.models.scorers import build_scorer
 
     torch.set_num_threads(torch_threads)
-    return Sam2Scorer(Sam2Settings(config_name=sam2["config_name"], checkpoint=sam2.get("checkpoint"),
-                                   image_size=sam2["image_size"], prompt=sam2.get("prompt", "mask"),
-                                   embed_batch=sam2.get("embed_batch", 4), allow_random=sam2.get("random", False),
-                                   device=pick_device()))
+    return build_scorer(kind, scorer, device=pick_device())
 
 
 def score_row(scorer, batch: dict[str, np.ndarray], i: int, images: np.ndarray, start_index: int = 0) -> list[CandidateScores]:
@@ -39,14 +37,14 @@ def score_row(scorer, batch: dict[str, np.ndarray], i: int, images: np.ndarray, 
                         start_index=start_index)
 
 
-class Sam2FilterUDF(StageUDF):
-    NAME = "sam2_filter"
+class FilterUDF(StageUDF):
+    NAME = "filter"
     REQUIRED = {"candidates": "float32 candidate images (raw bytes)", "n_candidates": "candidates in the row",
                 "mask": "uint8 organ ids (raw bytes)", "organ_map": "JSON organ id → name",
                 "organs": "organs named for the slice", "height": "rows", "width": "columns"}
 
-    def __init__(self, sam2: dict[str, Any], torch_threads: int = 1):
-        self.scorer = build_scorer(sam2, torch_threads)
+    def __init__(self, kind: str, scorer: dict[str, Any], torch_threads: int = 1):
+        self.scorer = load_scorer(kind, scorer, torch_threads)
 
     def process(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         out = []

@@ -1,0 +1,1 @@
+"""Filter jobs: calibrating a scorer's thresholds on real annotated slices (`mrgen filter calibrate`)."""
