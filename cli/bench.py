@@ -97,6 +97,53 @@ BENCHMARKS["synth"] = Benchmark("synthesis candidates/s: Ray pipeline vs. bare l
                                 "peak memory 1x vs 10x masks", _synth_arguments, _synth_run)
 
 
+def _elastic_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--masks", type=int, default=32, help="phantom masks per target modality (2 modalities)")
+    parser.add_argument("--train-steps", type=int, default=60, help="steps of the training runs (0: no training)")
+    parser.add_argument("--train-out", default=None, help="where training checkpoints go (default: a temp dir; "
+                        "an s3:// URI tests object storage)")
+
+
+def _elastic_run(args: argparse.Namespace) -> dict[str, Any]:
+    from mrgen.jobs.bench.elastic import run_elastic_bench
+
+    return run_elastic_bench(masks=args.masks, train_steps=args.train_steps, train_out=args.train_out)
+
+
+BENCHMARKS["elastic"] = Benchmark("a multi-node Ray cluster on this machine: nodes join and die, the driver dies; "
+                                  "masks lost / duplicated and wall time vs. an undisturbed run",
+                                  _elastic_arguments, _elastic_run)
+
+
+def _gpu_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, choices=("cuda", "cpu"),
+                        help="where to run (default: cuda when torch sees one, else cpu)")
+    parser.add_argument("--tiny", action="store_true", help="tiny preset, a few steps per section (CI's mode; "
+                        "the default on the CPU, where paper scale takes hours)")
+    parser.add_argument("--sections", nargs="+", default=None, metavar="NAME",
+                        choices=("tiny_stages", "paper_training", "synthesis", "endpoint"),
+                        help="run only these sections (default: all four)")
+
+
+def _gpu_run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from mrgen.jobs.bench.gpu_bench import run_gpu_bench
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu" and not args.tiny:
+        if args.device == "cpu":
+            raise SystemExit("mrgen bench gpu --device cpu: paper scale on the CPU takes hours; add --tiny")
+        print("mrgen bench gpu: no CUDA device; running the tiny CPU mode (--tiny)", file=sys.stderr)
+    return run_gpu_bench(device=device, tiny=args.tiny or device == "cpu",
+                         sections=tuple(args.sections) if args.sections else None)
+
+
+BENCHMARKS["gpu"] = Benchmark("the GPU check: tiny stages' steps/s vs CPU, paper-scale training (bf16, ZeRO-2, "
+                              "NCCL), synthesis candidates/s vs the FLOP-bound limit, endpoint req/s and p99",
+                              _gpu_arguments, _gpu_run)
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="run benchmarks (figures and ratios vs. a same-run baseline)")
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)

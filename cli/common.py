@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from mrgen.platform.config import ConfigBase, ConfigError
 
@@ -20,3 +22,29 @@ def load_config(cls: type[ConfigBase], args: argparse.Namespace, flags: dict | N
         return config.with_overrides(flags or {})
     except ConfigError as exc:
         raise SystemExit(f"mrgen: {exc}") from None
+
+
+def json_object(text: str | None, flag: str) -> dict:
+    """A flag holding a JSON object, or the name of a file holding one (``{}`` when not given)."""
+    if not text:
+        return {}
+    path = Path(text)
+    try:
+        data = json.loads(path.read_text() if path.is_file() else text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"mrgen: {flag} is neither a JSON object nor a JSON file: {exc}") from None
+    if not isinstance(data, dict):
+        raise SystemExit(f"mrgen: {flag} must be a JSON object such as {{\"1\": \"liver\"}}")
+    return data
+
+
+def attribute_table(path: str | None) -> dict | None:
+    """``--attributes FILE`` (the release's modality_attributes.json format) as a table, None when not given."""
+    if not path:
+        return None
+    from mrgen.datasets.modality import read_attributes_file
+
+    try:
+        return read_attributes_file(path)
+    except ValueError as exc:
+        raise SystemExit(f"mrgen: --attributes {exc}") from None

@@ -12,6 +12,9 @@ _EPILOG = """\
 MANIFEST is JSON Lines (.jsonl) or CSV, one row per volume: image, optional label, dataset, modality,
 labels (label value -> organ name; a JSON object in CSV), optional split (train/val/test), optional volume_id.
 Paths are relative to the manifest's folder. A rerun into the same URI skips volumes already written.
+MANIFEST may also be one of the official MRGen release's data lists (.json array or .jsonl with image_path,
+mask0_path..mask3_path, modality, modality_attributes, region, label, organs): one slice per row, preprocessed
+as the release does (min-max, pad to square, anti-aliased resize to --resolution; the release uses 512).
 The build report (file, row, reason of every skipped input) is written to URI/build_report.json.
 
 exit codes:
@@ -26,7 +29,7 @@ def add_build_parser(db_subparsers) -> argparse.ArgumentParser:
         "build", help="build an MRGen-DB from a manifest of NIfTI / DICOM / PNG volumes",
         description="Ingest source volumes (C.1 preprocessing) into MRGen-DB shards, in parallel on Ray Data.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("manifest", metavar="MANIFEST", help="manifest file (.jsonl or .csv)")
+    parser.add_argument("manifest", metavar="MANIFEST", help="manifest file (.jsonl or .csv) or a release data list")
     parser.add_argument("--out", required=True, metavar="URI", help="DB location: path, file:// or s3://")
     add_config_flags(parser)
     parser.add_argument("--strict", action="store_true", default=None, help="stop at the first bad input (exit 2)")

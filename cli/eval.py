@@ -60,7 +60,7 @@ def add_mask_parser(eval_subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance for --sheet")
     parser.add_argument("--sampler", default="dpm", choices=["ddim", "dpm"], help="sampler for --sheet")
     parser.add_argument("--record", action="store_true", help="write the scores into the bundle's manifest "
-                                                              "(evaluation.mask_dependence / mask_following)")
+                                                              "(evaluation.SPLIT.mask_dependence / mask_following)")
     parser.set_defaults(func=run_mask)
     return parser
 
@@ -90,11 +90,9 @@ def run_mask(args: argparse.Namespace) -> int:
     if args.record:
         from mrgen.models.bundle import update_manifest
 
-        evaluation = dict(bundle.manifest.get("evaluation", {}), mask_dependence=r)
-        if f:
-            evaluation["mask_following"] = f
-        update_manifest(args.model, evaluation=evaluation)
-        print(f"recorded in {args.model}'s manifest (evaluation)")
+        scores = {"mask_dependence": r, **({"mask_following": f} if f else {})}
+        update_manifest(args.model, evaluation={**bundle.manifest.get("evaluation", {}), args.split: scores})
+        print(f"recorded in {args.model}'s manifest (evaluation.{args.split})")
     return 0
 
 

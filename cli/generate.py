@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
+
+from mrgen.cli.common import json_object
 
 
 def register(subparsers) -> None:
@@ -31,19 +32,6 @@ def register(subparsers) -> None:
     parser.set_defaults(func=handle)
 
 
-def _organ_map(text: str | None) -> dict:
-    if not text:
-        return {}
-    path = Path(text)
-    try:
-        data = json.loads(path.read_text() if path.is_file() else text)
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"mrgen generate: --organ-map is neither a JSON object nor a JSON file: {exc}") from None
-    if not isinstance(data, dict):
-        raise SystemExit("mrgen generate: --organ-map must be a JSON object such as {\"1\": \"liver\"}")
-    return data
-
-
 def handle(args: argparse.Namespace) -> int:
     from mrgen.serving.client import GenerationError, GeneratorClient, write_generation
 
@@ -52,7 +40,8 @@ def handle(args: argparse.Namespace) -> int:
         return 2
     with GeneratorClient(args.url, token=args.token, timeout_s=args.timeout) as client:
         try:
-            result = client.generate(args.mask, args.modality, _organ_map(args.organ_map), args.n, keep=args.keep,
+            organ_map = json_object(args.organ_map, "--organ-map")
+            result = client.generate(args.mask, args.modality, organ_map, args.n, keep=args.keep,
                                      region=args.region, steps=args.steps, guidance=args.guidance,
                                      sampler=args.sampler, seed=args.seed)
         except GenerationError as exc:

@@ -10,8 +10,8 @@ import os
 import sys
 
 # Subcommand modules, each with `register(subparsers)`; a handler is stored as `func` on the namespace.
-GROUPS = ["db", "train", "eval", "filter", "synthesize", "export", "segment", "serve", "generate", "experiment", "bench",
-          "submit"]
+GROUPS = ["db", "train", "eval", "filter", "synthesize", "sample", "export", "segment", "serve", "generate",
+          "experiment", "bench", "submit"]
 
 
 def build_parser() -> argparse.ArgumentParser:

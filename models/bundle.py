@@ -7,9 +7,13 @@
     BUNDLE/scheduler/    scheduler_config.json
     BUNDLE/mrgen_manifest.json   versions, resolution, latent_scaling, run_id, created, sha256 of every file
 
-The official MRGen release layout (per-part ``config.json`` + ``.safetensors`` or ``.bin`` weights,
-``scheduler/scheduler_config.json``, no manifest, text encoder named by the caller) loads unchanged. No pickle:
-diffusers reads a ``.bin`` only through ``torch.load(weights_only=True)``.
+The official MRGen release's checkpoint folder loads unchanged: per-part ``config.json`` + ``.safetensors`` or
+``.bin`` weights, ``scheduler/scheduler_config.json``, its transformers BiomedCLIP in ``text_encoder/`` (or
+``text_encoder_BiomedCLIP/``) with ``tokenizer/`` (or ``tokenizer_BiomedCLIP/``), no manifest. It is recognised by
+that layout and run with the release's conventions, which :func:`describe_bundle` writes as manifest fields
+(``models/official.py``); other manifest-less diffusers folders keep our conventions (the text encoder then named by
+the caller). No pickle: a ``.bin`` is read only through ``torch.load(weights_only=True)``; a weight file with a key
+its config does not ask for, or without one it does, is refused naming the file and the key.
 
 Writes are atomic: a local bundle is written to a hidden sibling folder and renamed into place; on object
 storage the manifest is uploaded last and is the commit marker (a folder without it is an unfinished save).
@@ -19,10 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,9 @@ from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from mrgen.models.autoencoder import build_autoencoder
 from mrgen.models.configs import model_config
 from mrgen.models.mask_controller import MaskController
+from mrgen.models.official import SD_LATENT_SCALING, release_manifest, release_text_dirs, with_organ_weights
 from mrgen.models.scheduler import default_scheduler_config
-from mrgen.models.text_encoder import TextEncoder
+from mrgen.models.text_encoder import PromptEncoder, TextEncoder
 from mrgen.models.unet import build_unet
 from mrgen.platform import storage
 
@@ -84,7 +86,7 @@ class ModelBundle:
     vae: AutoencoderKL | None
     unet: UNet2DConditionModel | None
     controlnet: ControlNetModel | None
-    text_encoder: TextEncoder | None
+    text_encoder: PromptEncoder | None
     scheduler_config: dict[str, Any] = field(default_factory=default_scheduler_config)
     manifest: dict[str, Any] = field(default_factory=dict)
     uri: str | None = field(default=None, compare=False)
@@ -133,31 +135,15 @@ class ModelBundle:
     # ----- save ---------------------------------------------------------------------------------------------
     def save(self, uri: str) -> str:
         """Write the bundle to ``uri`` (local path, file:// or s3://) atomically; returns its :func:`bundle_hash`."""
-        if storage.is_local(uri):
-            target = Path(storage.local_path(uri)).absolute()
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-            try:
-                manifest = self._write_folder(tmp)
-                _replace_dir(tmp, target)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            with tempfile.TemporaryDirectory(prefix="mrgen-bundle-") as tmp_root:
-                tmp = Path(tmp_root) / "bundle"
-                manifest = self._write_folder(tmp)
-                manifest_text = (tmp / MANIFEST).read_text()
-                (tmp / MANIFEST).unlink()
-                storage.remove(storage.join(uri, MANIFEST))  # the old bundle stops being complete first
-                storage.remove(uri, recursive=True)
-                storage.upload_dir(tmp, uri)
-                storage.write_text(storage.join(uri, MANIFEST), manifest_text)
+        with storage.staging_dir(uri) as tmp:
+            manifest = self._write_folder(tmp)
+            storage.publish_dir(tmp, uri, marker=MANIFEST)
         self.manifest = manifest
         self.uri = uri
         return manifest["bundle_hash"]
 
     def _write_folder(self, folder: Path) -> dict[str, Any]:
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
         if self.vae is not None and "latent_scaling" in self.manifest:
             # keep the diffusers config truthful, so tools that read only vae/config.json scale right
             self.vae.register_to_config(scaling_factor=float(self.manifest["latent_scaling"]))
@@ -188,19 +174,19 @@ class ModelBundle:
     @classmethod
     def load(cls, uri: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
              parts: list[str] | tuple[str, ...] | None = None, text_encoder: str | None = None,
-             cache_dir: str | Path | None = None) -> ModelBundle:
+             cache_dir: str | Path | None = None, organ_weights: dict[str, float] | None = None) -> ModelBundle:
         """Load a bundle (ours or the official release layout) from a URI.
 
         ``parts`` = which of vae / unet / controlnet / text_encoder / scheduler to load (default: vae, unet,
         text_encoder, scheduler required; controlnet if present). ``text_encoder`` names an open_clip model
-        (``hf-hub:``, ``local-dir:`` or a folder) used when the bundle has no ``text_encoder/`` folder.
+        (``hf-hub:``, ``local-dir:`` or a folder) used when the bundle has no text encoder folder.
+        ``organ_weights`` (official release bundles only): organ name → w of its mask condition (default 1.0).
         """
         uri = resolve_model_uri(uri)
         root = _local_copy(uri, cache_dir)
         if not root.is_dir():
             raise BundleError(f"model bundle {uri}: no such folder")
-        manifest_file = root / MANIFEST
-        manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+        manifest = describe_bundle(str(root), organ_weights, name=uri)
         wanted = list(parts) if parts is not None else list(REQUIRED_PARTS) + (
             ["controlnet"] if (root / "controlnet").is_dir() else [])
         unknown = set(wanted) - set(MODEL_PARTS) - {"scheduler"}
@@ -216,14 +202,44 @@ class ModelBundle:
             else:
                 loaded[name] = _load_diffusers_part(name, root, uri, device, dtype)
         scheduler_config = _load_scheduler(root, uri) if "scheduler" in wanted else default_scheduler_config()
-        if "latent_scaling" not in manifest:
-            manifest["latent_scaling"] = _vae_config(root, uri).get("scaling_factor", 1.0)
+        if "latent_scaling" not in manifest:  # a manifest of ours always has it; diffusers' default otherwise
+            manifest["latent_scaling"] = _vae_config(root, uri).get("scaling_factor", SD_LATENT_SCALING)
         if "resolution" not in manifest:
             manifest["resolution"] = _vae_config(root, uri).get("sample_size")
-        if "bundle_hash" not in manifest and "parts" in manifest:
-            manifest["bundle_hash"] = _hash_of_parts(manifest["parts"])
         bundle = cls(scheduler_config=scheduler_config, manifest=manifest, uri=uri, **loaded)
         return bundle.eval()
+
+
+def describe_bundle(uri: str, organ_weights: dict[str, float] | None = None,
+                    name: str | None = None) -> dict[str, Any]:
+    """The manifest of the bundle at ``uri`` (any URI), reading no weights: its own, or for a folder without one
+    the fields its layout implies (the official release's conventions, ``models/official.py``). ``organ_weights``:
+    the release's per-dataset organ weights (refused for our bundles)."""
+    name = name or uri
+    manifest_uri = storage.join(uri, MANIFEST)
+    if storage.exists(manifest_uri):
+        manifest = json.loads(storage.read_text(manifest_uri))
+        if "bundle_hash" not in manifest and "parts" in manifest:
+            manifest["bundle_hash"] = _hash_of_parts(manifest["parts"])
+    else:
+        vae_uri = storage.join(uri, "vae", "config.json")
+        if not storage.exists(vae_uri):
+            raise BundleError(f"model bundle {name}: no manifest and part 'vae' missing (no {vae_uri}): "
+                              "cannot tell the latent scaling")
+        vae_config = json.loads(storage.read_text(vae_uri))
+        text = release_text_dirs(uri)
+        manifest = release_manifest(vae_config, *text) if text else {
+            "latent_scaling": float(vae_config.get("scaling_factor", SD_LATENT_SCALING)),
+            "resolution": vae_config.get("sample_size")}
+    try:
+        return with_organ_weights(manifest, organ_weights)
+    except ValueError as exc:
+        raise BundleError(f"model bundle {name}: {exc}") from None
+
+
+def _weights_file(folder: Path) -> Path:
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")) if folder.is_dir() else []
+    return files[0] if files else folder
 
 
 def _load_diffusers_part(name: str, root: Path, uri: str, device, dtype) -> torch.nn.Module:
@@ -231,21 +247,37 @@ def _load_diffusers_part(name: str, root: Path, uri: str, device, dtype) -> torc
     if not (folder / "config.json").is_file():
         raise BundleError(f"model bundle {uri}: part '{name}' missing (no {folder / 'config.json'})")
     try:
-        model = DIFFUSERS_PARTS[name].from_pretrained(str(root), subfolder=name, torch_dtype=dtype,
-                                                      low_cpu_mem_usage=False)
+        model, info = DIFFUSERS_PARTS[name].from_pretrained(str(root), subfolder=name, torch_dtype=dtype,
+                                                            low_cpu_mem_usage=False, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise BundleError(f"model bundle {uri}: part '{name}' at {folder} could not be loaded: {exc}") from exc
+    for kind in ("missing", "unexpected", "mismatched"):
+        keys = info.get(f"{kind}_keys") or []
+        if keys:  # diffusers would initialise missing weights at random and only warn
+            first = keys[0][0] if isinstance(keys[0], tuple) else keys[0]
+            raise BundleError(f"model bundle {uri}: part '{name}': {_weights_file(folder)} has {len(keys)} {kind} "
+                              f"key(s), first {first!r}, for the model {folder / 'config.json'} describes")
     return model.to(device).eval()
 
 
-def _load_text_encoder(root: Path, uri: str, name: str | None, device, dtype) -> TextEncoder:
+def _load_text_encoder(root: Path, uri: str, name: str | None, device, dtype) -> PromptEncoder:
+    from mrgen.models.release_text import ReleaseTextEncoder, ReleaseWeightsError
+
     folder = root / "text_encoder"
     if (folder / "open_clip_config.json").is_file():
         return TextEncoder.from_pretrained(folder, device=device, dtype=dtype)
+    release = release_text_dirs(str(root))
+    if release:
+        try:
+            encoder = ReleaseTextEncoder.from_folders(root / release[0], root / release[1])
+        except (ReleaseWeightsError, OSError, ValueError) as exc:
+            raise BundleError(f"model bundle {uri}: part 'text_encoder': {exc}") from None
+        return encoder.to(device=device, dtype=dtype)
     if name:
         return TextEncoder.from_pretrained(name, device=device, dtype=dtype)
-    raise BundleError(f"model bundle {uri}: part 'text_encoder' missing (no {folder / 'open_clip_config.json'}) "
-                      "and no text encoder name given (text_encoder='hf-hub:...' or a local open_clip folder)")
+    raise BundleError(f"model bundle {uri}: part 'text_encoder' missing (no {folder / 'open_clip_config.json'}, "
+                      "no release BiomedCLIP text_encoder/config.json) and no text encoder name given "
+                      "(text_encoder='hf-hub:...' or a local open_clip folder)")
 
 
 def _load_scheduler(root: Path, uri: str) -> dict[str, Any]:
@@ -267,17 +299,6 @@ def _vae_config(root: Path, uri: str) -> dict[str, Any]:
     return json.loads(file.read_text())
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move a finished folder into place; an existing bundle is swapped out, never merged with."""
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(target, old)
-        os.rename(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, target)
-
-
 def _cache_root(cache_dir: str | Path | None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
@@ -296,21 +317,17 @@ def _local_copy(uri: str, cache_dir: str | Path | None) -> Path:
     cached = target / MANIFEST
     if remote_manifest is not None and cached.is_file() and cached.read_text() == remote_manifest:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with storage.staging_dir(str(target)) as tmp:
         storage.download_dir(uri, tmp)
         if remote_manifest is not None and (tmp / MANIFEST).read_text() != remote_manifest:
             raise BundleError(f"model bundle {uri} changed while it was being downloaded; try again")
         if remote_manifest is not None and cached.is_file() and cached.read_text() == remote_manifest:
             return target  # another process on this node finished the same download first: keep its copy
         try:
-            _replace_dir(tmp, target)
+            storage.publish_dir(tmp, str(target), marker=MANIFEST if remote_manifest is not None else None)
         except OSError:
             if not (remote_manifest is not None and cached.is_file() and cached.read_text() == remote_manifest):
                 raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -365,13 +382,15 @@ def update_manifest(uri: str, **fields: Any) -> dict[str, Any]:
     return manifest
 
 
-def build_random_bundle(name: str = "tiny", seed: int = 0) -> ModelBundle:
-    """Every part randomly initialised from ``seed`` (the global RNG is left alone), for tests.
+def build_random_bundle(name: str = "tiny", seed: int = 0,
+                        overrides: dict[str, dict[str, Any]] | None = None) -> ModelBundle:
+    """Every part randomly initialised from ``seed`` (the global RNG is left alone), for tests and benchmarks;
+    ``overrides``: part → constructor kwargs, as :func:`~mrgen.models.configs.model_config` takes them.
 
     The controller's zero convolutions are drawn at random so that masks visibly change a random bundle's
     output (a fresh ``from_unet`` controller has zero output convolutions and would ignore them).
     """
-    cfg = model_config(name)
+    cfg = model_config(name, overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = build_autoencoder(cfg.vae)

@@ -1,7 +1,10 @@
 """Sampling: text (+ mask) → images, the direct diffusers loop with classifier-free guidance.
 
 Every output image has its own seed: its initial noise (and any sampler noise) comes from its own
-``torch.Generator``, so results do not depend on batch size, batch composition or order.
+``torch.Generator``, so results do not depend on batch size, batch composition or order. The noise is drawn as
+diffusers pipelines draw it (``randn_tensor`` with one CPU generator per image: a ``(1, C, H/f, W/f)`` draw each,
+times the scheduler's ``init_noise_sigma``), so image ``i`` with seed ``s`` is the image a diffusers-style pipeline
+(the official release's included) gives for ``generator=torch.Generator().manual_seed(s)``.
 """
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
 from mrgen.models.autoencoder import decode_latents
 from mrgen.models.bundle import ModelBundle
@@ -33,6 +37,10 @@ class MRGenPipeline:
         self.latent_channels = int(bundle.unet.config.in_channels)
         self.factor = 2 ** (len(bundle.vae.config.block_out_channels) - 1)
         self.condition = MaskCondition.from_manifest(bundle.manifest)
+        cross, width = bundle.unet.config.cross_attention_dim, bundle.text_encoder.width
+        if cross != width:
+            raise ValueError(f"the unet's config.json cross_attention_dim is {cross} but the text encoder's token "
+                             f"width is {width}: the parts come from models of different sizes")
 
     @property
     def resolution(self) -> int:
@@ -93,8 +101,8 @@ class MRGenPipeline:
         scheduler = build_scheduler(sampler, bundle.scheduler_config)
         scheduler.set_timesteps(steps, device=self.device)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        shape = (self.latent_channels, size // self.factor, size // self.factor)
-        latents = torch.stack([torch.randn(shape, generator=g) for g in generators])
+        shape = (len(seeds), self.latent_channels, size // self.factor, size // self.factor)
+        latents = randn_tensor(shape, generator=generators, device=torch.device("cpu"), dtype=torch.float32)
         # latents and scheduler arithmetic stay float32; only the networks run in the bundle's dtype
         latents = (latents * scheduler.init_noise_sigma).to(self.device)
         use_cfg = guidance != 1.0

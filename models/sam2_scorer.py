@@ -89,7 +89,10 @@ def build_sam2_model(settings: ScorerSettings, device: str = "cpu") -> torch.nn.
 
 
 def to_sam_image(image: np.ndarray) -> np.ndarray:
-    """Gray float [0,1] (H, W) → uint8 H×W×3, the RGB form SAM2's transforms expect."""
+    """Gray float [0,1] (H, W) → uint8 H×W×3, the RGB form SAM2's transforms expect.
+
+    The official release's filter multiplies its already 8-bit image by 255 and casts back to uint8, which wraps
+    around (grey ``x`` → ``256 − x``: SAM2 scores a negative); that is not copied here."""
     gray = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
     u8 = np.round(gray * 255.0).astype(np.uint8)
     return np.repeat(u8[:, :, None], 3, axis=2)

@@ -13,11 +13,16 @@ ranked by mean IoU. Only when *none* passes are all four thresholds relaxed by 0
 candidate passing the relaxed ones is kept (flagged ``relaxed``). Otherwise nothing is kept. Organs named by
 the slice but absent from its mask count as failing (IoU and confidence 0): "∀ i" covers every organ.
 
-``official`` (the released code): candidates are first ranked by mean IoU and only the top 5 are considered;
-organs absent from the slice are ignored (they neither fail a candidate nor enter its means). Strict, then
-relaxed, as above.
+``official`` (the release's ``filter_json``, line for line): candidates are ranked by mean IoU (a stable sort:
+ties keep candidate order) and only the top 5 are considered. An IoU of 0 is skipped in the IoU checks and the
+mean IoU, a confidence of 0 in the confidence checks and mean (an organ absent from the slice scores 0 / 0, so it
+is skipped in both; an organ SAM2 misses entirely keeps only its confidence). When at least 2 of the top 5 pass the
+strict thresholds the best ``keep`` of them are kept; when FEWER THAN 2 pass (one included), every threshold drops
+by 0.10 and only the single best of the top 5 passing those is kept (flagged relaxed unless it also passed
+strictly). One deliberate difference: a candidate whose every IoU is 0 has no mean IoU (the release's NaN, which
+its comparisons let through and its sort leaves in an undefined place); here it fails and ranks last.
 
-Ties are broken by mean confidence, then by the lower candidate index, so the choice is deterministic.
+Paper-rule ties are broken by mean confidence, then by the lower candidate index, so the choice is deterministic.
 """
 from __future__ import annotations
 
@@ -83,17 +88,13 @@ class FilterCalibration(ConfigBase):
 
 def load_calibration(uri: str) -> FilterCalibration:
     """A calibration file (JSON) from any URI; a bad one raises ValueError naming the field."""
-    import json
-
     from mrgen.platform import storage
     from mrgen.platform.config import ConfigError
 
-    if not storage.exists(uri):
-        raise FileNotFoundError(f"no such file {uri}")
     try:
-        data = json.loads(storage.read_text(uri))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not a calibration file (invalid JSON: {exc})") from None
+        data = storage.read_json(uri)
+    except ValueError as exc:
+        raise ValueError(f"not a calibration file ({exc})") from None
     try:
         return FilterCalibration.load_dict(data, source=uri)
     except ConfigError as exc:
@@ -114,26 +115,36 @@ class CandidateScores:
     organs: list[OrganScore] = field(default_factory=list)
 
     def counted(self, rule: str) -> list[OrganScore]:
-        """The organs a rule looks at: all of them (paper) or only those present in the mask (official)."""
+        """The organs a rule's IoU checks look at: all of them, absent ones at 0 (paper), or those with a non-zero
+        IoU (official)."""
         if rule == "official":
-            return [o for o in self.organs if o.present]
-        return [OrganScore(o.organ, o.iou if o.present else 0.0, o.conf if o.present else 0.0, o.present) for o in self.organs]
+            return [o for o in self.organs if o.iou != 0]
+        return [OrganScore(o.organ, o.iou if o.present else 0.0, o.conf if o.present else 0.0, o.present)
+                for o in self.organs]
+
+    def values(self, rule: str, kind: str) -> list[float]:
+        """The ``iou`` or ``conf`` values a rule checks and averages (official: the non-zero ones)."""
+        if rule == "official":
+            return [getattr(o, kind) for o in self.organs if getattr(o, kind) != 0]
+        return [getattr(o, kind) for o in self.counted(rule)]
 
     def mean_iou(self, rule: str = "paper") -> float:
-        organs = self.counted(rule)
-        return sum(o.iou for o in organs) / len(organs) if organs else math.nan
+        return _mean(self.values(rule, "iou"))
 
     def mean_conf(self, rule: str = "paper") -> float:
-        organs = self.counted(rule)
-        return sum(o.conf for o in organs) / len(organs) if organs else math.nan
+        return _mean(self.values(rule, "conf"))
 
     def passes(self, t: Thresholds, rule: str = "paper") -> bool:
-        organs = self.counted(rule)
-        if not organs:
+        ious, confs = self.values(rule, "iou"), self.values(rule, "conf")
+        if not ious or not confs:
             return False
         ok = lambda value, threshold: value >= threshold - _EPS  # noqa: E731  (0.6 + 0.8) / 2 must reach 0.7
-        return (all(ok(o.iou, t.organ_iou) and ok(o.conf, t.organ_conf) for o in organs)
-                and ok(self.mean_iou(rule), t.mean_iou) and ok(self.mean_conf(rule), t.mean_conf))
+        return (all(ok(v, t.organ_iou) for v in ious) and all(ok(v, t.organ_conf) for v in confs)
+                and ok(_mean(ious), t.mean_iou) and ok(_mean(confs), t.mean_conf))
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
 
 
 @dataclass
@@ -143,8 +154,13 @@ class Selection:
     fates: dict[int, str]      # candidate index → fate
 
 
+OFFICIAL_MIN_PASSING = 2  # the release relaxes when fewer than this many of its top 5 pass
+
+
 def _rank_key(c: CandidateScores, rule: str) -> tuple[float, float, int]:
     mi, mc = c.mean_iou(rule), c.mean_conf(rule)
+    if rule == "official":  # mean IoU only, then candidate order (the release's stable sort)
+        mc = 0.0
     return (-(mi if not math.isnan(mi) else -1.0), -(mc if not math.isnan(mc) else -1.0), c.index)
 
 
@@ -162,6 +178,8 @@ def select(candidates: Sequence[CandidateScores], keep: int = 2, rule: str = "pa
             fates[c.index] = NOT_RANKED
         ranked = ranked[:top_k]
     strict = [c for c in ranked if c.passes(thresholds, rule)]
+    if rule == "official" and len(strict) < OFFICIAL_MIN_PASSING:
+        return _relax_official(ranked, strict, thresholds.relaxed(relax_by), fates)
     if strict:
         kept = [c.index for c in strict[:keep]]
         for c in strict:
@@ -172,6 +190,19 @@ def select(candidates: Sequence[CandidateScores], keep: int = 2, rule: str = "pa
         fates[loose[0].index] = KEPT_RELAXED
         return Selection(kept=[loose[0].index], relaxed=True, fates=fates)
     return Selection(kept=[], relaxed=False, fates=fates)
+
+
+def _relax_official(ranked: list[CandidateScores], strict: list[CandidateScores], relaxed: Thresholds,
+                    fates: dict[int, str]) -> Selection:
+    """The release's second round: thresholds lowered, the single best of the top 5 passing them kept."""
+    for c in strict:
+        fates[c.index] = PASSED_NOT_KEPT
+    loose = [c for c in ranked if c.passes(relaxed, "official")]
+    if not loose:
+        return Selection(kept=[], relaxed=False, fates=fates)
+    best, strict_ids = loose[0].index, {c.index for c in strict}
+    fates[best] = KEPT if best in strict_ids else KEPT_RELAXED
+    return Selection(kept=[best], relaxed=best not in strict_ids, fates=fates)
 
 
 def select_unfiltered(indices: Sequence[int], keep: int) -> Selection:

@@ -23,7 +23,51 @@ HF_HUB = "hf-hub:"
 CACHE_LIMIT = 8192
 
 
-class TextEncoder(nn.Module):
+class PromptEncoder(nn.Module):
+    """Prompts → token states ``[B, T, width]``, frozen, each distinct prompt encoded once (a bounded cache).
+
+    Subclasses implement ``forward(prompts)``, ``width`` and ``context_length``: :class:`TextEncoder` (open_clip)
+    and ``ReleaseTextEncoder`` (the official release's BiomedCLIP, ``models/release_text.py``).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def train(self, mode: bool = True) -> PromptEncoder:
+        return super().train(False)  # frozen in every stage
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache = {}  # cached states live on the old device/dtype
+        return super()._apply(fn, *args, **kwargs)
+
+    def encode(self, prompts: list[str] | str) -> torch.Tensor:
+        """Token states ``[B, T, width]``; each distinct prompt is encoded once and cached (prompts repeat).
+
+        Always normal (not inference-mode) tensors, so states cached while sampling inside
+        ``torch.inference_mode`` can later feed a training step through the same encoder.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        with torch.inference_mode(False), torch.no_grad():
+            missing = sorted({p for p in prompts if p not in self._cache})
+            if missing:
+                if len(self._cache) + len(missing) > CACHE_LIMIT:
+                    self._cache = {}
+                for prompt, states in zip(missing, self.forward(missing)):
+                    self._cache[prompt] = states
+            return torch.stack([self._cache[p] for p in prompts])
+
+
+class TextEncoder(PromptEncoder):
     """Prompts → token states ``[B, T, width]``; frozen; ``""`` is the unconditional prompt."""
 
     def __init__(self, model_cfg: dict[str, Any], seed: int = 0, tower: nn.Module | None = None,
@@ -41,7 +85,6 @@ class TextEncoder(nn.Module):
         tower.output_tokens = True
         self.text = tower
         self.tokenizer = tokenizer or _tokenizer(text_cfg, local_dir)
-        self._cache: dict[str, torch.Tensor] = {}
         self.requires_grad_(False)
         self.eval()
 
@@ -110,43 +153,11 @@ class TextEncoder(nn.Module):
     def context_length(self) -> int:
         return int(self.tokenizer.context_length)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.text.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.text.parameters()).dtype
-
-    def train(self, mode: bool = True) -> TextEncoder:
-        return super().train(False)  # frozen in every stage
-
-    def _apply(self, fn, *args, **kwargs):
-        self._cache = {}  # cached states live on the old device/dtype
-        return super()._apply(fn, *args, **kwargs)
-
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> torch.Tensor:
         ids = self.tokenizer(list(prompts)).to(self.device)
         _, tokens = self.text(ids)
         return tokens
-
-    def encode(self, prompts: list[str] | str) -> torch.Tensor:
-        """Token states ``[B, T, width]``; each distinct prompt is encoded once and cached (prompts repeat).
-
-        Always normal (not inference-mode) tensors, so states cached while sampling inside
-        ``torch.inference_mode`` can later feed a training step through the same encoder.
-        """
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        with torch.inference_mode(False), torch.no_grad():
-            missing = sorted({p for p in prompts if p not in self._cache})
-            if missing:
-                if len(self._cache) + len(missing) > CACHE_LIMIT:
-                    self._cache = {}
-                for prompt, states in zip(missing, self.forward(missing)):
-                    self._cache[prompt] = states
-            return torch.stack([self._cache[p] for p in prompts])
 
 
 def _tokenizer(text_cfg: dict[str, Any], local_dir: Path | None):

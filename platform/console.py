@@ -7,6 +7,7 @@ lands there; the console keeps the original terminal for :meth:`step`, :meth:`li
 """
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
@@ -35,7 +36,10 @@ class Console:
         sys.stdout.flush()
         sys.stderr.flush()
         if self._stream is None:
-            self._stream = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+            try:
+                self._stream = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+            except (AttributeError, OSError, io.UnsupportedOperation):  # stdout replaced in-process (pytest's capsys)
+                self._stream = sys.stdout
         if not self.verbose:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             log_fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -67,8 +71,8 @@ class Console:
         self._end_bar()
         self._stream.write(text + "\n")
         self._stream.flush()
-        if not self.verbose:
-            print(text, flush=True)
+        if self._saved is not None:  # descriptor 1 is the log file now
+            os.write(1, (text + "\n").encode())
 
     def step(self, name: str, detail: str = "") -> None:
         self.line(f"== {name}" + (f": {detail}" if detail else ""))

@@ -1,11 +1,11 @@
 """Prometheus metrics for jobs and services, on one registry per process.
 
-Jobs expose them on an HTTP port (``serve_metrics``) or write them as text at the end of a run
-(``write_metrics``); Ray Serve replicas use ``ray.serve.metrics`` instead, which Ray exports itself.
+Jobs write them as text at the end of a run (``write_metrics``) and the HTTP ingress serves them
+(``exposition``); Ray Serve replicas use ``ray.serve.metrics`` instead, which Ray exports itself.
 """
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 _metrics: dict[str, object] = {}
@@ -34,10 +34,6 @@ def histogram(name: str, doc: str, labels: tuple[str, ...] = (), buckets=Histogr
 def exposition() -> bytes:
     """The registry in Prometheus text format."""
     return generate_latest(REGISTRY)
-
-
-def serve_metrics(port: int, addr: str = "127.0.0.1") -> None:
-    start_http_server(port, addr=addr, registry=REGISTRY)
 
 
 def write_metrics(uri: str) -> None:

@@ -2,13 +2,14 @@
 
 Credentials and endpoint come from :class:`StorageSettings` (config) or the standard AWS variables
 (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``).
-Writes are atomic: :func:`atomic_write` publishes a file only once it is complete.
+Writes are atomic: :func:`atomic_write` publishes a file only once it is complete, :func:`publish_dir` a folder.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import posixpath
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -149,6 +150,18 @@ def read_text(uri: str, settings: StorageSettings | None = None) -> str:
     return read_bytes(uri, settings).decode()
 
 
+def read_json(uri: str, settings: StorageSettings | None = None) -> Any:
+    """The JSON document at ``uri``: FileNotFoundError when there is none, ValueError naming it when invalid."""
+    import json
+
+    if not exists(uri, settings):
+        raise FileNotFoundError(f"no such file {uri}")
+    try:
+        return json.loads(read_text(uri, settings))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{uri}: not valid JSON ({exc})") from None
+
+
 def remove(uri: str, settings: StorageSettings | None = None, recursive: bool = False) -> None:
     fs, path = filesystem(uri, settings)
     if fs.exists(path):
@@ -202,6 +215,89 @@ def upload_dir(local_dir: str | Path, uri: str, settings: StorageSettings | None
     for file in sorted(p for p in local_dir.rglob("*") if p.is_file()):
         rel = file.relative_to(local_dir).as_posix()
         write_bytes(join(uri, *rel.split("/")), file.read_bytes(), settings)
+
+
+@contextlib.contextmanager
+def staging_dir(uri: str) -> Iterator[Path]:
+    """A fresh local folder to fill and hand to :func:`publish_dir` for ``uri``; removed on exit when still there.
+
+    For a local ``uri`` it is a hidden sibling of the target (same filesystem, so publishing is a rename), for
+    object storage a temporary folder.
+    """
+    if is_local(uri):
+        target = Path(local_path(uri)).absolute()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="mrgen-publish-") as root:
+        yield Path(root)
+
+
+def publish_dir(folder: str | Path, uri: str, marker: str | None, settings: StorageSettings | None = None) -> None:
+    """Publish the finished local ``folder`` as the folder ``uri``, replacing what was there as a whole.
+
+    ``marker`` names the file of ``folder`` whose presence means "complete" (``None`` for a folder that has none,
+    such as a copy of a foreign layout: object storage then sees its files appear one by one). Locally the folder is moved into
+    place (copied first to a hidden sibling when it lies elsewhere) and swapped with an existing one in one
+    ``renameat2(RENAME_EXCHANGE)`` where the filesystem allows, else by renaming the old one aside first; the old
+    one is deleted afterwards, never merged with. On object storage the old marker goes first, then the old
+    objects; the new files are uploaded and the marker last, so a reader that finds the marker finds it whole.
+    """
+    folder = Path(folder)
+    if marker is not None and not (folder / marker).is_file():
+        raise FileNotFoundError(f"{folder}: no {marker}, the file that marks the folder complete")
+    if not is_local(uri):
+        if marker is not None:
+            remove(join(uri, marker), settings)  # the old folder stops being complete first
+        remove(uri, settings, recursive=True)
+        last = [folder / marker] if marker is not None else []
+        for file in sorted(p for p in folder.rglob("*") if p.is_file() and p not in last) + last:
+            write_bytes(join(uri, *file.relative_to(folder).parts), file.read_bytes(), settings)
+        return
+    target = Path(local_path(uri)).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = folder.absolute()
+    if staged.parent != target.parent:
+        staged = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+        shutil.copytree(folder, staged)
+    try:
+        if not target.exists():
+            os.rename(staged, target)
+        elif _exchange(staged, target):
+            shutil.rmtree(staged, ignore_errors=True)  # now the old folder
+        else:
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(target, old)
+            try:
+                os.rename(staged, target)
+            except OSError:
+                os.rename(old, target)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if staged != folder.absolute():
+            shutil.rmtree(staged, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2`` with ``RENAME_EXCHANGE``); False where unsupported."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    return False
 
 
 def download_dir(uri: str, local_dir: str | Path, settings: StorageSettings | None = None) -> Path:

@@ -62,7 +62,7 @@ def build_app_from_config(config: ServeConfig) -> Application:
         ray_actor_options={"num_cpus": res.generator_cpus, "num_gpus": res.generator_gpus, **env},
         graceful_shutdown_timeout_s=config.request_timeout_s,
     ).bind(config.model, config.batching.max_batch_size, config.batching.batch_wait_timeout_s,
-           res.torch_threads, res.generator_gpus > 0)
+           res.torch_threads, res.generator_gpus > 0, config.organ_weights or None)
     quality_filter = None
     if config.filter.enabled:
         quality_filter = serve.deployment(Filter, name="Filter").options(

@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from mrgen.platform import storage
 from mrgen.serving.inputs import mask_to_png_b64
 
 
@@ -113,18 +114,13 @@ def write_generation(generation: Generation, out_dir: str | os.PathLike) -> list
     paths = []
     for i, item in enumerate(generation.images):
         path = out / f"candidate_{i:02d}_seed{item.seed}.png"
-        _atomic_write(path, item.png)
+        storage.write_bytes(str(path), item.png)
         paths.append(path)
     summary = {"bundle_id": generation.bundle_id, "prompt": generation.prompt,
                "candidates": [{"file": p.name, "seed": item.seed, "score": item.score,
                                "organ_scores": item.organ_scores, "fate": item.fate}
                               for p, item in zip(paths, generation.images)],
                "generated": generation.raw.get("generated"), "filter": generation.raw.get("filter")}
-    _atomic_write(out / "generation.json", json.dumps(summary, indent=2).encode())
+    storage.write_bytes(str(out / "generation.json"), json.dumps(summary, indent=2).encode())
     return paths
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

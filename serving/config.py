@@ -115,7 +115,11 @@ class ServeConfig(ConfigBase):
     default_guidance: float = Field(7.0, ge=0, description="guidance scale when the request gives none")
     default_sampler: Literal["ddim", "dpm"] = Field("ddim", description="sampler when the request gives none")
     modality_attributes: dict[str, str] = Field(
-        default_factory=dict, description="extra modality label → attributes (as db.modality_attributes at training)")
+        default_factory=dict, description="extra modality label → attributes (as db.modality_attributes at training; "
+                                          "official release bundles: the whole table, e.g. its "
+                                          "modality_attributes.json via `mrgen serve --attributes FILE`)")
+    organ_weights: dict[str, float] = Field(default_factory=dict, description="official release bundles: organ "
+                                            "name → w of the mask condition 2·w − 1 (default 1.0)")
     auth_token: str | None = Field(None, description="bearer token required on /v1 routes (None: open)")
     auth_token_env: str | None = Field(None, description="name of an environment variable holding the token")
     request_timeout_s: float = Field(120.0, gt=0, description="a request taking longer gets 504")

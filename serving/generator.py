@@ -24,7 +24,7 @@ class Generator:
     """Wraps `MRGenPipeline` (built once in `__init__`, like nnU-Net's predictor) behind a batched call."""
 
     def __init__(self, model_uri: str, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.05,
-                 torch_threads: int = 1, use_gpu: bool = False):
+                 torch_threads: int = 1, use_gpu: bool = False, organ_weights: dict[str, float] | None = None):
         import torch
 
         from mrgen.models.bundle import ModelBundle, bundle_hash
@@ -33,7 +33,7 @@ class Generator:
         torch.set_num_threads(torch_threads)
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.model_uri = model_uri
-        self.bundle = ModelBundle.load(model_uri, device=device)
+        self.bundle = ModelBundle.load(model_uri, device=device, organ_weights=organ_weights)
         self.bundle_id = bundle_hash(model_uri)
         self.pipeline = MRGenPipeline(self.bundle)
         self._batched.set_max_batch_size(max_batch_size)
@@ -48,10 +48,12 @@ class Generator:
                                   boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120])
 
     def info(self) -> dict:
-        """What the ingress needs to validate requests: bundle id, native resolution, size multiple."""
+        """What the ingress needs to validate requests and write prompts: bundle id, native resolution, size
+        multiple, mask condition and prompt template (the official release's bundles have their own)."""
         return {"bundle_id": self.bundle_id, "model_uri": self.model_uri, "resolution": self.bundle.resolution,
                 "size_multiple": _size_multiple(self.bundle), "max_batch_size": self.max_batch_size,
-                "condition": self.pipeline.condition.manifest_fields()}
+                "condition": self.pipeline.condition.manifest_fields(),
+                "prompt_template": self.bundle.manifest.get("prompt_template", "mrgen")}
 
     async def generate(self, job: GenerationJob) -> GenerationResult:
         self._waiting += 1

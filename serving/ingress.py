@@ -100,9 +100,14 @@ class Ingress:
     async def modalities(self, request: Request):
         if (denied := self._unauthorized(request)) is not None:
             return denied
-        table = {**MODALITY_TABLE, **self.config.modality_attributes}
-        return {"modalities": [{"label": k, "attributes": v} for k, v in table.items()],
-                "note": "other spellings and free text are mapped onto these labels; unknown ones get 422"}
+        try:
+            official = (await self._generator_info()).get("prompt_template") == "official"
+        except Exception:  # not ready: the configured table still answers
+            official = False
+        table = {**({} if official else MODALITY_TABLE), **self.config.modality_attributes}
+        note = ("the official release's labels: looked up exactly, others get 422" if official else
+                "other spellings and free text are mapped onto these labels; unknown ones get 422")
+        return {"modalities": [{"label": k, "attributes": v} for k, v in table.items()], "note": note}
 
     @api.post("/v1/generate", response_model=GenerateResponse, openapi_extra=_GENERATE_BODY,
               responses={401: {"description": "missing or wrong bearer token"},
@@ -136,6 +141,9 @@ class Ingress:
             payload = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BadRequest("body", f"not valid JSON: {exc}", status=400) from None
+        except RecursionError:
+            raise BadRequest("body", "JSON nested too deeply; send a flat object (see /openapi.json)",
+                             status=400) from None
         try:
             req = GenerateRequest.model_validate(payload)
         except ValidationError as exc:
@@ -150,7 +158,8 @@ class Ingress:
         async with asyncio.timeout(timeout_s):
             info = await self._generator_info()
             parsed = parse_request(req, self.config, size_multiple=info["size_multiple"],
-                                   condition=info.get("condition"))
+                                   condition=info.get("condition"),
+                                   prompt_template=info.get("prompt_template", "mrgen"))
             result = await self.generator.generate.remote(parsed.job)
             http_metrics.record_generation(result.batch_size, len(result.seeds))
             order = list(range(len(result.seeds)))

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mrgen.datasets.modality import UnknownModalityError, attributes_for
-from mrgen.datasets.prompt import build_prompt
+from mrgen.datasets.modality import UnknownModalityError
+from mrgen.datasets.prompt import PromptRecipe
 from mrgen.datasets.schema import REGIONS
 from mrgen.models.condition import MaskCondition
 from mrgen.serving.config import ServeConfig
@@ -52,6 +52,11 @@ def decode_mask_png(text: str, max_side: int, size_multiple: int, field: str = "
     try:
         image = Image.open(io.BytesIO(data))
         width, height = image.size  # header only: a huge image is rejected before its pixels are decoded
+    except Image.DecompressionBombError as exc:  # PIL refuses headers of > 2x MAX_IMAGE_PIXELS before we can look
+        raise BadRequest(field, f"image too large ({exc}); the largest allowed side is {max_side}", status=413) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadRequest(field, f"not a readable PNG ({exc})") from None
+    try:
         if max(width, height) > max_side:
             raise BadRequest(field, f"{width}x{height} exceeds the largest allowed side {max_side}", status=413)
         if width != height or width < size_multiple or width % size_multiple:
@@ -87,9 +92,11 @@ def parse_organ_map(organ_map: dict[str, str], field: str = "organ_map") -> dict
 
 
 def parse_request(request: GenerateRequest, config: ServeConfig, size_multiple: int = 8,
-                  condition: dict | None = None) -> ParsedRequest:
+                  condition: dict | None = None, prompt_template: str = "mrgen") -> ParsedRequest:
     """Check `request` against the service's limits and build the generator's job; ``condition``: the bundle's
-    ``MaskCondition`` manifest fields (an organ outside its vocabulary is refused)."""
+    ``MaskCondition`` manifest fields (an organ outside its vocabulary is refused); ``prompt_template``: the
+    bundle's (``official``: the release's prompt, attributes looked up exactly, any region text)."""
+    recipe = PromptRecipe(prompt_template, config.modality_attributes)
     limits = config.limits
     if request.n > limits.max_n:
         raise BadRequest("n", f"{request.n} > the service's limit {limits.max_n}")
@@ -101,10 +108,10 @@ def parse_request(request: GenerateRequest, config: ServeConfig, size_multiple: 
     guidance = request.guidance if request.guidance is not None else config.default_guidance
     if guidance > limits.max_guidance:
         raise BadRequest("guidance", f"{guidance} > the service's limit {limits.max_guidance}")
-    if request.region is not None and request.region not in REGIONS:
+    if request.region is not None and request.region not in REGIONS and recipe.template != "official":
         raise BadRequest("region", f"{request.region!r} is not one of {list(REGIONS)}")
     try:
-        attributes = attributes_for(request.modality, config.modality_attributes)
+        attributes = recipe.attributes(request.modality)
     except UnknownModalityError as exc:
         raise BadRequest("modality", str(exc)) from None
 
@@ -123,8 +130,10 @@ def parse_request(request: GenerateRequest, config: ServeConfig, size_multiple: 
     if any(not o or not o.strip() or len(o) > 64 for o in organs):
         raise BadRequest("organs", "organ names must be 1-64 characters")
 
-    # The label as given, as MRGen-DB and synthesis build prompts: the model saw the dataset's own labels.
-    prompt = build_prompt(request.modality.strip(), attributes, request.region, organs)
+    # The label as given, as MRGen-DB and synthesis build prompts: the model saw the dataset's own labels
+    # (the release's prompt names the dataset's label list: the organ map's names in id order).
+    labels = [organ_map[i] for i in sorted(organ_map)]
+    prompt = recipe.render(request.modality.strip(), attributes, request.region, organs, labels)
     seed = request.seed if request.seed is not None else secrets.randbelow(2**31 - 64)
     job = GenerationJob(prompt=prompt, mask=mask, seeds=[seed + i for i in range(request.n)], steps=steps,
                         guidance=float(guidance), sampler=request.sampler or config.default_sampler,

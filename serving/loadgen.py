@@ -126,8 +126,10 @@ def run_load(url: str, body: dict, clients: int = 8, duration_s: float = 20.0, t
 
 
 def benchmark(model: str | None = None, clients: int = 8, duration_s: float = 20.0, n: int = 1, steps: int = 4,
-              max_batch_size: int = 8, warmup_s: float = 3.0, config: str = "tiny", size: int = 64) -> dict:
-    """Batching on vs off (max batch 1) on this machine, one Serve instance, printed and returned."""
+              max_batch_size: int = 8, warmup_s: float = 3.0, config: str = "tiny", size: int = 64,
+              overrides: dict | None = None) -> dict:
+    """Batching on vs off (max batch 1) on this machine, one Serve instance, printed and returned;
+    ``overrides``: ServeConfig keys (dotted) set on top of the ``config`` preset."""
     import tempfile
 
     from ray import serve
@@ -152,7 +154,7 @@ def benchmark(model: str | None = None, clients: int = 8, duration_s: float = 20
     url = f"http://127.0.0.1:{port}"
     base = ServeConfig.load(config).with_overrides({
         "model": model, "autoscaling.min_replicas": 1, "autoscaling.max_replicas": 1,
-        "max_ongoing_requests": max(max_batch_size, clients), "limits.max_steps": max(steps, 1)})
+        "max_ongoing_requests": max(max_batch_size, clients), "limits.max_steps": max(steps, 1), **(overrides or {})})
     mask = np.zeros((size, size), np.uint8)
     mask[size // 8: size // 2, size // 8: size // 2] = 1
     mask[size // 2: -size // 8, size // 2: -size // 6] = 2

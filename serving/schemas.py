@@ -5,10 +5,24 @@ Bounds that depend on the deployment (n, steps, image size) are checked against 
 """
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _plain_text(value: str) -> str:
+    """Text that reaches a prompt: no control characters (a NUL or an escape sequence would be copied into the
+    prompt, the response and the logs)."""
+    bad = sorted({f"U+{ord(c):04X}" for c in value if unicodedata.category(c) in ("Cc", "Cf", "Cs")})
+    if bad:
+        raise ValueError(f"control characters are not allowed ({', '.join(bad[:3])})")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_plain_text)]
 
 
 class GenerateRequest(BaseModel):
@@ -16,14 +30,15 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    modality: str = Field(..., min_length=1, max_length=200,
-                          description="target modality: a label from GET /v1/modalities or free text")
+    modality: Text = Field(..., min_length=1, max_length=200,
+                           description="target modality: a label from GET /v1/modalities or free text")
     mask: str = Field(..., min_length=1, description="PNG, base64; pixel values are organ ids (0 = background)")
-    organ_map: dict[str, str] = Field(default_factory=dict, max_length=255,
-                                      description='organ id → name, e.g. {"1": "liver"}; every id in the mask must appear')
-    region: str | None = Field(None, max_length=64, description="body region (one of the schema's REGIONS)")
-    organs: list[str] | None = Field(None, max_length=64,
-                                     description="organ names for the prompt; default: the organs present in the mask")
+    organ_map: dict[Text, Text] = Field(default_factory=dict, max_length=255,
+                                        description='organ id → name, e.g. {"1": "liver"}; every id in the mask must '
+                                                    'appear')
+    region: Text | None = Field(None, max_length=64, description="body region (one of the schema's REGIONS)")
+    organs: list[Text] | None = Field(None, max_length=64,
+                                      description="organ names for the prompt; default: the organs present in the mask")
     n: int = Field(1, ge=1, le=20, description="number of candidates")
     keep: int | None = Field(None, ge=1, le=20,
                              description="score candidates with SAM2 and return at most this many that pass")

@@ -1,7 +1,6 @@
 """Running the service (`mrgen serve`) and writing it as a Serve config file for `serve deploy` / `serve run`."""
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import yaml
@@ -56,11 +55,56 @@ def run_service(config: ServeConfig, ray_address: str | None = None, block: bool
     print(f"mrgen serve: {config.model} at {url} (OpenAPI: {url}/openapi.json); Ctrl-C stops", flush=True)
     if not block:
         return url
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        print("mrgen serve: shutting down", flush=True)
-        serve.shutdown()
-        raise
+    wait_for_signal()
+    print("mrgen serve: shutting down", flush=True)
+    stop_service(started_ray=ray_address is None)
+    return url
+
+
+SHUTDOWN_TIMEOUT_S = 10.0  # Serve's own shutdown waits for every replica's graceful timeout (request_timeout_s)
+
+
+def wait_for_signal() -> int:
+    """Block until SIGINT or SIGTERM (Ctrl-C, `kill`, a container stop); returns the signal number. A second
+    signal while shutting down ends the process at once."""
+    import os
+    import signal
+    import threading
+
+    received = threading.Event()
+    got: list[int] = []
+
+    def handler(signum, _frame):
+        if received.is_set():
+            os._exit(128 + signum)  # asked twice: do not wait for a clean shutdown
+        got.append(signum)
+        received.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handler)
+    while not received.wait(timeout=1.0):
+        pass
+    return got[0]
+
+
+def stop_service(started_ray: bool) -> None:
+    """Shut Serve down (in-flight requests get up to ``SHUTDOWN_TIMEOUT_S``), then the local Ray it started."""
+    import threading
+
+    import ray
+    from ray import serve
+
+    done = threading.Event()
+
+    def shutdown() -> None:
+        try:
+            serve.shutdown()
+        finally:
+            done.set()
+
+    threading.Thread(target=shutdown, daemon=True).start()
+    if not done.wait(SHUTDOWN_TIMEOUT_S):
+        print(f"mrgen serve: Serve did not stop within {SHUTDOWN_TIMEOUT_S:.0f} s; stopping Ray", flush=True)
+    if started_ray:
+        ray.shutdown()
 

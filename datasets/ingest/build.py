@@ -1,5 +1,9 @@
 """`mrgen db build`: a manifest of source volumes → MRGen-DB shards, as a Ray Data job over volumes.
 
+The manifest is ours (``manifest.py``) or one of the official MRGen release's data lists (``release_list.py``,
+recognised by its ``image_path`` field): each of its rows is a slice, ingested as a one-slice volume with the
+release's own preprocessing.
+
 Each volume is read and preprocessed in its own Ray task (``ray.data.from_items(rows).map(...)``), which
 returns the volume's slice table (Arrow IPC bytes) or an error record. The driver streams the results, writes
 shards holding whole volumes through :class:`ShardWriter` (a shard closes at a volume boundary once it holds
@@ -30,6 +34,8 @@ import pyarrow as pa
 
 from mrgen.datasets.config import DBConfig
 from mrgen.datasets.ingest.manifest import ManifestRow, read_manifest
+from mrgen.datasets.ingest.release_list import (ReleaseRow, is_release_list, prepare_release_slice, read_grey,
+                                                read_release_list)
 from mrgen.datasets.ingest.preprocess import PreprocessError, preprocess_volume
 from mrgen.datasets.ingest.readers import ReadError, read_volume, source_sha256
 from mrgen.datasets.modality import UnknownModalityError, attributes_for
@@ -120,8 +126,29 @@ def ingest_volume(row: ManifestRow, attributes: str, config: DBConfig) -> pa.Tab
     return _slice_table(row, attributes, prepared, source_sha256(row.image))
 
 
-def _slice_table(row: ManifestRow, attributes: str, prepared, sha256: str) -> pa.Table:
+def ingest_release_row(row: ReleaseRow, attributes: str, config: DBConfig) -> pa.Table:
+    """The one-slice table of a release data-list row; raises :class:`VolumeError` naming the file at fault."""
+    try:
+        image = read_grey(row.image)
+    except ReadError as exc:
+        raise VolumeError(row.image, str(exc)) from None
+    masks = []
+    for path in row.masks:
+        try:
+            mask = read_grey(path) if path else None
+        except ReadError as exc:
+            raise VolumeError(path, str(exc)) from None
+        if mask is not None and mask.shape != image.shape:
+            raise VolumeError(path, f"mask is {mask.shape[1]}x{mask.shape[0]} but its image_path is "
+                                    f"{image.shape[1]}x{image.shape[0]}")
+        masks.append(mask)
+    prepared = prepare_release_slice(image, masks, config.resolution)
+    return _slice_table(row, attributes, prepared, source_sha256(row.image))
+
+
+def _slice_table(row: ManifestRow | ReleaseRow, attributes: str, prepared, sha256: str) -> pa.Table:
     z, height, width = prepared.images.shape
+    region = getattr(row, "region", None)
     organ_map = encode_organ_map(row.labels)
     organs = [prepared.organs(i, row.labels) for i in range(z)]
     columns = {
@@ -132,9 +159,9 @@ def _slice_table(row: ManifestRow, attributes: str, prepared, sha256: str) -> pa
         "split": [row.split] * z,
         "modality": [row.modality] * z,
         "modality_attributes": [attributes] * z,
-        "region": [None] * z,
+        "region": [region] * z,
         "organs": organs,
-        "prompt": [build_prompt(row.modality, attributes, None, o) for o in organs],
+        "prompt": [build_prompt(row.modality, attributes, region, o) for o in organs],
         "height": [height] * z,
         "width": [width] * z,
         "image": [encode_image(prepared.images[i]) for i in range(z)],
@@ -153,11 +180,12 @@ def _ingest_item(item: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    row = ManifestRow.from_json(json.loads(item["row"]))
+    release = item.get("kind") == "release"
+    row = (ReleaseRow if release else ManifestRow).from_json(json.loads(item["row"]))
     config = DBConfig.model_validate_json(item["config"])
     out = {"key": row.key, "row": row.row, "file": row.image, "error": "", "table": b"", "slices": 0}
     try:
-        table = ingest_volume(row, item["attributes"], config)
+        table = (ingest_release_row if release else ingest_volume)(row, item["attributes"], config)
     except VolumeError as exc:
         return {**out, "file": exc.file, "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - any other failure is reported against the volume, not the job
@@ -204,7 +232,8 @@ def build_db(manifest_path: str | Path, out_uri: str, config: DBConfig) -> Build
     started = time.monotonic()
     out_uri = storage.absolute(out_uri)  # volumes are read and written by Ray tasks in other directories
     report = BuildReport(manifest=str(manifest_path), out=out_uri)
-    rows, problems = read_manifest(manifest_path)
+    release = is_release_list(manifest_path)
+    rows, problems = read_release_list(manifest_path) if release else read_manifest(manifest_path)
     writer, done = _open_writer(out_uri, config)
     buffer = _ShardBuffer(writer, config.shard_rows, report)
 
@@ -222,11 +251,12 @@ def build_db(manifest_path: str | Path, out_uri: str, config: DBConfig) -> Build
             report.already_present += 1
             continue
         try:
-            attributes = attributes_for(row.modality, config.modality_attributes)
+            attributes = getattr(row, "attributes", None) or attributes_for(row.modality, config.modality_attributes)
         except UnknownModalityError as exc:
             skip(Skip(str(manifest_path), row.row, f"field 'modality': {exc}", row.key))
             continue
-        items.append({"row": json.dumps(row.to_json()), "attributes": attributes, "config": config.model_dump_json()})
+        items.append({"row": json.dumps(row.to_json()), "attributes": attributes, "config": config.model_dump_json(),
+                      "kind": "release" if release else "volume"})
 
     if items:
         init_ray()

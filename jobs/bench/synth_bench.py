@@ -21,33 +21,50 @@ from typing import Any
 import numpy as np
 
 
-class PeakRSS:
-    """Peak summed RSS (MiB) of this process and its descendants while the context is open."""
+class Sampler:
+    """Calls :meth:`sample` every ``interval_s`` in a thread while the context is open (and once at its start)."""
 
-    def __enter__(self) -> PeakRSS:
-        import psutil
+    interval_s = 0.2
 
-        self.peak, self._stop = 0.0, threading.Event()
-        me = psutil.Process()
+    def sample(self) -> None:
+        raise NotImplementedError
 
-        def sample() -> None:
-            while not self._stop.is_set():
-                total = 0
-                for p in [me, *me.children(recursive=True)]:
-                    try:
-                        total += p.memory_info().rss
-                    except psutil.Error:
-                        pass
-                self.peak = max(self.peak, total / 2**20)
-                self._stop.wait(0.2)
+    def __enter__(self):
+        self._stop = threading.Event()
 
-        self._thread = threading.Thread(target=sample, daemon=True)
+        def loop() -> None:
+            while True:
+                self.sample()
+                if self._stop.wait(self.interval_s):
+                    return
+
+        self._thread = threading.Thread(target=loop, daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class PeakRSS(Sampler):
+    """Peak summed RSS (MiB) of this process and its descendants while the context is open."""
+
+    def __init__(self):
+        import psutil
+
+        self.peak, self._me = 0.0, psutil.Process()
+
+    def sample(self) -> None:
+        import psutil
+
+        total = 0
+        for p in [self._me, *self._me.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        self.peak = max(self.peak, total / 2**20)
 
 
 def _work_rows(db: str, masks: int, modality: str, resolution: int) -> list[dict[str, Any]]:

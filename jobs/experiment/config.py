@@ -104,7 +104,7 @@ def _quick() -> dict[str, Any]:
                                 "vae.warmup_steps": 1, "unet.warmup_steps": 1, "controlnet.warmup_steps": 1,
                                 "checkpoint_every": 12, "scaling_samples": 16},
             "synthesis": "tiny", "synthesis_overrides": {"candidates": 2, "keep": 1, "steps": 3, "max_masks": 16},
-            "segment": "tiny", "segment_overrides": {"epochs": 2, "iterations": 8},
+            "segment": "tiny", "segment_overrides": {"epochs": 2, "iterations": 8, "num_cpus": 0.5},
             "fid_limit": 32, "sheet_slices": 4, "following_slices": 4, "fit_slices": 16,
             # generous: runs the budget's plumbing end to end; binds nothing at these step counts
             "minutes": 30}
@@ -117,22 +117,21 @@ def _tiny() -> dict[str, Any]:
 
 @preset(ExperimentConfig, "default")
 def _default() -> dict[str, Any]:
-    """`mrgen demo`: the embedded default, in 20 minutes on 2 CPUs: the step counts below are what a fast machine
-    fits; a slower one plans fewer (experiment.minutes)."""
-    return {"phantom": "default", "train": "tiny",
-            # UNet steps over controller steps: with an undertrained UNet the controller spends its capacity on
-            # mask-independent corrections (`mrgen eval mask`: loss with an empty mask ≈ own mask ≪ UNet alone).
-            # 600 autoencoder steps: at 300 its reconstructions blur organs away, so even the real slices passed
-            # through it follow their masks only +0.06 (`mrgen eval mask --sheet`: autoencoder ceiling); 600: +0.46
+    """`mrgen demo`: synthesis from the embedded trained generator, filtered by LiteMedSAM with calibrated thresholds,
+    four segmenters (source-only, MRGen filtered and unfiltered, oracle) side by side, in 20 minutes on 2 CPUs."""
+    return {"generator": "embedded", "phantom": "default", "train": "tiny",
+            # --generator train: a from-scratch generator under the budget (caps: what a fast machine fits)
             "train_overrides": {"vae.max_steps": 600, "unet.max_steps": 2000, "controlnet.max_steps": 1000,
-                                "checkpoint_every": 500},
-            # guidance 2: the tiny generator's samples break into blobs at the paper's 7 (a CFG sweep, 1-7, on
-            # the demo's own bundle showed body outlines only up to ~2)
-            # 2 candidates, 2 kept: without a filter (SAM2 weights are not available offline) more would be thrown
-            # away unscored
-            "synthesis": "tiny", "synthesis_overrides": {"candidates": 2, "keep": 2, "steps": 20, "sampler": "dpm",
-                                                         "guidance": 2.0, "max_masks": 192},
-            "segment": "default", "segment_overrides": {"epochs": 20}, "fid_limit": 256, "minutes": 20}
+                                "checkpoint_every": 500, "sample_every": 0},
+            "filter": "medsam", "calibration_slices": 48,
+            # 64 masks spread over the 192 source training slices, up to 4 candidates each (2 kept, adaptive): the
+            # filter (LiteMedSAM, ~0.5-1 s per candidate on one core) is the slow part, so two filter actors
+            "synthesis": "tiny", "synthesis_overrides": {"candidates": 4, "keep": 2, "steps": 20, "sampler": "dpm",
+                                                         "guidance": 2.0, "max_masks": 64, "mask_selection": "spread",
+                                                         "filter_stage": {"pool_min": 1, "pool_max": 2}},
+            # four segmenters share the 2 CPUs (num_cpus 0.5 each); no test-time mirroring (4x the prediction cost)
+            "segment": "default", "segment_overrides": {"num_cpus": 0.5, "mirroring": False},
+            "fid_limit": 192, "fit_slices": 48, "minutes": 20}
 
 
 @preset(ExperimentConfig, "paper")

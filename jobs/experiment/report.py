@@ -17,6 +17,11 @@ import numpy as np
 
 from mrgen.platform import storage
 
+TRAINED_ON = {"source-only": "real source-modality slices",
+              "mrgen": "MRGen synthetic target-modality slices (filtered)",
+              "mrgen-unfiltered": "MRGen synthetic target-modality slices (unfiltered, same masks)",
+              "oracle": "real target-modality training slices with their masks (the bound)"}
+
 
 def _json(uri: str) -> dict[str, Any] | None:
     return json.loads(storage.read_text(uri)) if storage.exists(uri) else None
@@ -175,8 +180,6 @@ def goal(mean: dict[str, float | None]) -> dict[str, Any]:
 
 
 def write_report_folder(exp) -> dict[str, Any]:
-    from mrgen.jobs.experiment.run import TRAINED_ON
-
     folder = exp.path("report")
     names = exp.segmenters
     evals = {n: ev for n in names if (ev := _json(exp.evaluation(n)))}

@@ -34,11 +34,6 @@ from mrgen.platform import storage
 from mrgen.platform.budget import TimeBudget
 from mrgen.platform.config import flatten
 
-TRAINED_ON = {"source-only": "real source-modality slices",
-              "mrgen": "MRGen synthetic target-modality slices (filtered)",
-              "mrgen-unfiltered": "MRGen synthetic target-modality slices (unfiltered, same masks)",
-              "oracle": "real target-modality training slices with their masks (the bound)"}
-
 
 @dataclass
 class Experiment:
@@ -154,8 +149,8 @@ def synthesis_config(exp: Experiment, unfiltered: bool = False):
         overrides["ray.address"] = exp.ray_address
     config = SynthesisConfig.from_preset(exp.config.synthesis).with_overrides(overrides)
     if unfiltered:  # the same masks and seeds: candidates 0..keep-1 are the filtered run's first ones
-        config = config.with_overrides({"out": exp.synthetic_unfiltered, "filter": "none", "adaptive": False,
-                                        "candidates": config.keep, "thresholds_file": None})
+        config = config.model_copy(update={"thresholds_file": None}).with_overrides(
+            {"out": exp.synthetic_unfiltered, "filter": "none", "adaptive": False, "candidates": config.keep})
     return config
 
 

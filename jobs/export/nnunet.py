@@ -9,15 +9,12 @@
 Labels are organ *names* mapped to consecutive ids 1..K (background 0) in the order of their smallest id in the
 inputs' organ maps, so datasets whose maps number organs differently still agree. Real test cases are named
 ``<volume>_<slice index>`` so slices of one volume sort together and can be stacked back into a volume.
-The dataset folder is written under a temporary name and renamed into place when complete.
+The dataset folder is written under a temporary name and published whole (``storage.publish_dir``) when complete.
 """
 from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -124,11 +121,9 @@ def export_nnunet(out_dir: str, dataset_id: int, name: str, synthetic: str | Non
     if not label_ids:
         raise ExportError("no organ labels found in the organ maps")
 
-    local_root = Path(storage.local_path(out_dir)) if storage.is_local(out_dir) else Path(tempfile.mkdtemp(prefix="nnunet-"))
-    local_root.mkdir(parents=True, exist_ok=True)
-    tmp = local_root / f".{folder_name}.tmp-{uuid.uuid4().hex[:8]}"
+    final = storage.join(out_dir, folder_name)
     cases: dict[str, dict[str, Any]] = {}
-    try:
+    with storage.staging_dir(final) as tmp:
         for sub in ("imagesTr", "labelsTr") + (("imagesTs", "labelsTs") if test_rows else ()):
             (tmp / sub).mkdir(parents=True)
         size = None
@@ -150,21 +145,7 @@ def export_nnunet(out_dir: str, dataset_id: int, name: str, synthetic: str | Non
                         "mrgen": {"synthetic": synthetic, "real": real, "real_split": real_split}}
         (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=1))
         (tmp / "cases.json").write_text(json.dumps(cases, indent=1, sort_keys=True))
-        target = local_root / folder_name
-        if target.exists():
-            old = local_root / f".{folder_name}.old-{uuid.uuid4().hex[:8]}"
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    final = str(local_root / folder_name)
-    if not storage.is_local(out_dir):
-        storage.upload_dir(final, storage.join(out_dir, folder_name))
-        shutil.rmtree(local_root, ignore_errors=True)
-        final = storage.join(out_dir, folder_name)
+        storage.publish_dir(tmp, final, marker="dataset.json")
     return {"folder": final, "train_cases": len(train_rows), "test_cases": len(test_rows),
             "labels": {"background": 0, **label_ids}}
 

@@ -16,19 +16,13 @@ from typing import Any
 import numpy as np
 
 from mrgen.datasets.schema import decode_batch, decode_organ_map
-from mrgen.datasets.store import read_table
+from mrgen.datasets.store import read_table, spread
 from mrgen.models.scorers import ScorerSettings, build_scorer
 from mrgen.models.selection import FilterCalibration, ThresholdConfig
 from mrgen.platform import storage
 from mrgen.platform.progress import Progress
 
 QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9)
-
-
-def _spread_rows(n: int, limit: int | None) -> np.ndarray:
-    if limit is None or limit >= n:
-        return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, limit).round().astype(int))
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -49,8 +43,8 @@ def calibrate(db: str, scorer: str = "medsam", settings: ScorerSettings | None =
     table = read_table(db, ["slice_id", "height", "width", "image", "has_mask", "mask", "organ_map"], has_mask=True,
                        **filters).sort_by("slice_id")
     batch = decode_batch(table.to_pydict())
-    rows = [i for i in _spread_rows(table.num_rows, None) if batch["mask"][i].any()]
-    rows = [rows[i] for i in _spread_rows(len(rows), limit)]
+    rows = [i for i in range(table.num_rows) if batch["mask"][i].any()]
+    rows = [rows[i] for i in spread(len(rows), limit or len(rows))]
     if not rows:
         raise ValueError(f"{db}: no annotated slice with an organ matches {filters or 'the DB'}")
     model = build_scorer(scorer, settings)

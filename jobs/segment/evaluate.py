@@ -40,7 +40,7 @@ def pooled_stack(test_uri: str, filters: dict[str, Any], label_ids: dict[str, in
     exported cases are: for slices that are not volumes (synthetic candidates share a slice position) and for
     training-fit checks, where Dice pooled over the slices is what is asked."""
     from mrgen.jobs.export.nnunet import encode_case, iter_rows
-    from mrgen.jobs.train.eval_mask import spread
+    from mrgen.datasets.store import spread
 
     rows = sorted(iter_rows(test_uri, **filters), key=lambda r: r["slice_id"])
     if not rows:

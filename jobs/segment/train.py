@@ -16,7 +16,6 @@ import json
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -228,20 +227,9 @@ def train_in_process(config: SegmentConfig, sources: Sequence[TrainSource], out_
 
 
 def publish_model(model_dir: Path, out_uri: str, manifest: dict[str, Any]) -> None:
-    """Copy the model folder to ``out_uri`` and write the manifest last, so its presence means complete."""
-    if storage.exists(storage.join(out_uri, MANIFEST)):
-        storage.remove(storage.join(out_uri, MANIFEST))
-    if storage.is_local(out_uri):
-        target = Path(storage.local_path(out_uri)).absolute()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-        shutil.copytree(model_dir, tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    else:
-        storage.upload_dir(model_dir, out_uri)
-    storage.write_text(storage.join(out_uri, MANIFEST), json.dumps(manifest, indent=1))
+    """Publish the model folder at ``out_uri`` whole, the manifest its marker (its presence means complete)."""
+    (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    storage.publish_dir(model_dir, out_uri, marker=MANIFEST)
 
 
 def check_sources(sources: Sequence[TrainSource]) -> None:

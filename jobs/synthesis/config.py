@@ -37,9 +37,16 @@ class SynthesisConfig(ConfigBase):
     target_modalities: list[str] = Field(default_factory=list, description="modality labels to synthesise; each mask is used once per label")
     source_datasets: list[str] = Field(default_factory=list, description="only masks of these source datasets (empty: all)")
     source_splits: list[str] = Field(default_factory=list, description="only masks of these splits (empty: all; the paper uses train+test)")
-    max_masks: int | None = Field(None, ge=1, description="use only the first N masks (sorted by slice id)")
+    max_masks: int | None = Field(None, ge=1, description="use only N masks (sorted by slice id; see mask_selection)")
+    mask_selection: Literal["first", "spread"] = Field("first", description="with max_masks: the first N masks, or N "
+                                                                             "evenly spread over all of them (every "
+                                                                             "volume and level)")
     min_mask_area: float = Field(0.005, ge=0, lt=1, description="skip masks covering less than this fraction of the image (official code: 0.5 %)")
-    modality_attributes: dict[str, str] = Field(default_factory=dict, description="extra modality label → attribute text")
+    modality_attributes: dict[str, str] = Field(default_factory=dict, description="extra modality label → attribute "
+                                                "text (official release bundles: the whole table, looked up exactly; "
+                                                "--attributes FILE fills it from modality_attributes.json)")
+    organ_weights: dict[str, float] = Field(default_factory=dict, description="official release bundles: organ name "
+                                            "→ w, condition 2·w − 1 (default 1.0 for every organ)")
 
     candidates: int = Field(20, ge=1, description="candidates generated per mask")
     keep: int = Field(2, ge=1, description="candidates kept per mask")

@@ -34,6 +34,7 @@ class RunContext:
     done: list[str] = field(default_factory=list)      # mask keys already finished in OUT
     preview_keys: list[str] = field(default_factory=list)
     condition: dict[str, Any] = field(default_factory=dict)  # the bundle's MaskCondition manifest fields
+    prompt_template: str = "mrgen"      # the bundle's prompt template (datasets/prompt.py PromptRecipe)
 
 
 def _actors(udf, kwargs, res: StageResources) -> StageSpec:
@@ -51,10 +52,12 @@ def build_stages(config: SynthesisConfig, ctx: RunContext) -> list[StageSpec]:
     scorer = dict(kind=config.filter, scorer=config.scorer.model_dump())
     sampling = dict(steps=config.steps, guidance=config.guidance, sampler=config.sampler, run_seed=config.seed,
                     batch_size=config.gen_batch_size, torch_threads=config.torch_threads,
-                    fault_marker=config.fault_marker)
+                    fault_marker=config.fault_marker, organ_weights=config.organ_weights or None)
     stages = [_tasks(PrepareUDF, dict(modalities=ctx.attributes, resolution=ctx.resolution,
                                       min_area=config.min_mask_area, wanted=ctx.wanted, done=ctx.done,
-                                      condition=ctx.condition), config.light, 16)]
+                                      condition=ctx.condition, prompt_template=ctx.prompt_template),
+                     config.light, 16)]
+    stages[0].block_rows = config.generator.batch_size  # one generator batch per block: masks spread over actors
     if config.adaptive:
         stages.append(_actors(AdaptiveUDF, dict(bundle_uri=config.model, candidates=config.candidates,
                                                 wave_size=config.wave_size, keep=config.keep, rule=config.rule,

@@ -14,13 +14,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from mrgen.datasets.store import ShardWriter, existing_shards, load_index, read_slices, read_table
+from mrgen.datasets.store import ShardWriter, existing_shards, load_index, read_slices, read_table, spread
 from mrgen.jobs.synthesis.config import SynthesisConfig
 from mrgen.jobs.synthesis.contact import load_preview, write_contact_sheet
 from mrgen.jobs.synthesis.keys import mask_key
 from mrgen.jobs.synthesis.processor import RunContext, SynthesisProcessor
 from mrgen.jobs.synthesis.stages.prepare import SOURCE_COLUMNS
-from mrgen.jobs.synthesis.stages.writer import SYNTH_COLUMNS, audit_parts, finished_masks, read_audit
+from mrgen.jobs.synthesis.stages.writer import AUDIT_DIR, SYNTH_COLUMNS, audit_parts, finished_masks, read_audit
 from mrgen.platform import storage
 from mrgen.platform.progress import Progress
 
@@ -33,22 +33,28 @@ BUNDLE_PARTS = {"vae": "config.json", "unet": "config.json", "controlnet": "conf
                 "text_encoder": "open_clip_config.json", "scheduler": "scheduler_config.json"}
 
 
-def check_bundle(uri: str) -> tuple[str, int, dict[str, Any]]:
-    """(bundle hash, resolution, manifest) of a bundle that has every part synthesis needs; else a clear error."""
-    from mrgen.models.bundle import MANIFEST, BundleError, bundle_hash
+def check_bundle(uri: str, organ_weights: dict[str, float] | None = None) -> tuple[str, int, dict[str, Any]]:
+    """(bundle hash, resolution, manifest) of a bundle that has every part synthesis needs; else a clear error.
+    An official release folder (recognised by its layout) names its text encoder and tokenizer folders its way."""
+    from mrgen.models.bundle import BundleError, bundle_hash, describe_bundle
+    from mrgen.models.official import release_text_dirs
 
     if not storage.exists(uri):
         raise SynthesisInputError(f"--model {uri}: no such model bundle")
-    missing = [f"{part}/{file}" for part, file in BUNDLE_PARTS.items() if not storage.exists(storage.join(uri, part, file))]
+    parts = dict(BUNDLE_PARTS)
+    release = release_text_dirs(uri)
+    if release:
+        del parts["text_encoder"]
+        parts.update({release[0]: "config.json", release[1]: "vocab.txt"})
+    missing = [f"{part}/{file}" for part, file in parts.items() if not storage.exists(storage.join(uri, part, file))]
     if missing:
         raise SynthesisInputError(f"--model {uri}: model bundle is missing {', '.join(missing)} "
                                   "(synthesis needs vae, unet, controlnet, text_encoder and scheduler)")
-    manifest_uri = storage.join(uri, MANIFEST)
-    manifest = json.loads(storage.read_text(manifest_uri)) if storage.exists(manifest_uri) else {}
-    resolution = manifest.get("resolution") or json.loads(storage.read_text(storage.join(uri, "vae", "config.json"))).get("sample_size")
-    if not resolution:
-        raise SynthesisInputError(f"--model {uri}: neither the manifest nor vae/config.json gives the resolution")
     try:
+        manifest = describe_bundle(uri, organ_weights)
+        resolution = manifest.get("resolution")
+        if not resolution:
+            raise SynthesisInputError(f"--model {uri}: neither the manifest nor vae/config.json gives the resolution")
         return bundle_hash(uri), int(resolution), manifest
     except BundleError as exc:
         raise SynthesisInputError(f"--model {uri}: {exc}") from exc
@@ -70,13 +76,17 @@ def check_fit(config: SynthesisConfig, resolution: int, condition) -> None:
                                   f"--source {config.source} hold {organs}: none in common")
 
 
-def resolve_modalities(config: SynthesisConfig) -> dict[str, str]:
-    from mrgen.datasets.modality import UnknownModalityError, attributes_for
+def resolve_modalities(config: SynthesisConfig, manifest: dict[str, Any] | None = None) -> dict[str, str]:
+    """Target label → attribute text, as the bundle's prompt recipe finds it (official release: exactly, in the
+    attributes file given)."""
+    from mrgen.datasets.modality import UnknownModalityError
+    from mrgen.datasets.prompt import PromptRecipe
 
+    recipe = PromptRecipe.for_bundle(manifest or {}, config.modality_attributes)
     out = {}
     for label in config.target_modalities:
         try:
-            out[label] = attributes_for(label, config.modality_attributes or None)
+            out[label] = recipe.attributes(label)
         except UnknownModalityError as exc:
             raise SynthesisInputError(f"--target-modality: {exc}") from None
     return out
@@ -126,7 +136,11 @@ def wanted_slices(config: SynthesisConfig) -> list[str]:
     ids = sorted(read_table(config.source, columns=["slice_id"], **_source_filters(config)).column("slice_id").to_pylist())
     if not ids:
         raise SynthesisInputError(f"--source {config.source}: no slice with a mask matches {_source_filters(config)}")
-    return ids[:config.max_masks] if config.max_masks else ids
+    if not config.max_masks or config.max_masks >= len(ids):
+        return ids
+    if config.mask_selection == "spread":
+        return [ids[i] for i in spread(len(ids), config.max_masks)]
+    return ids[:config.max_masks]
 
 
 def read_masks(config: SynthesisConfig):
@@ -151,6 +165,10 @@ def commit(out: str, meta: dict[str, Any]) -> dict[str, Any]:
         if shard.file not in referenced:
             storage.remove(storage.join(out, *shard.file.split("/")))
     infos = [s for s in shards if s.file in referenced]
+    for folder in ("v1", AUDIT_DIR):  # temporary files of writes cut short (a killed node or driver)
+        for name in storage.listdir(storage.join(out, folder)):
+            if name.startswith(".") and name.endswith(".tmp"):
+                storage.remove(storage.join(out, folder, name))
     index = ShardWriter(out, version=1, extra=SYNTH_COLUMNS, keep=infos, meta=meta).commit()
     return {"masks_finished": len(seen), "duplicate_masks": duplicates, "shards": len(infos), "rows": index.rows}
 
@@ -185,13 +203,15 @@ def _summarise(audit) -> dict[str, Any]:
 
 
 RUN_SETTINGS = ("seed", "candidates", "keep", "sampler", "steps", "guidance", "filter", "scorer", "rule", "thresholds",
-                "official_top_k", "adaptive", "wave_size", "min_mask_area", "dataset_suffix")
+                "official_top_k", "adaptive", "wave_size", "min_mask_area", "dataset_suffix", "organ_weights")
 
 
 def check_same_settings(config: SynthesisConfig, bundle_id: str, filter_model: str) -> None:
     """OUT/run.json pins what decides a mask's outcome; a rerun into OUT (resume) must match it."""
     settings = {"bundle_hash": bundle_id, "filter_model": filter_model,
                 **{k: v for k, v in config.model_dump(mode="json").items() if k in RUN_SETTINGS}}
+    if not settings["organ_weights"]:
+        del settings["organ_weights"]  # runs from before organ weights existed resume as they did
     uri = storage.join(config.out, "run.json")
     if storage.exists(uri):
         before = json.loads(storage.read_text(uri))
@@ -201,14 +221,6 @@ def check_same_settings(config: SynthesisConfig, bundle_id: str, filter_model: s
                                       "finished masks would mix them; use a new --out")
     else:
         storage.write_text(uri, json.dumps(settings, indent=1, sort_keys=True))
-
-
-def _spread(keys: list[str], n: int) -> list[str]:
-    """``n`` keys evenly spaced over ``keys`` (contact-sheet samples from the whole run, not just its start)."""
-    if n <= 0 or not keys:
-        return []
-    step = max(1, len(keys) // n)
-    return keys[::step][:n]
 
 
 def main(config: SynthesisConfig) -> dict[str, Any]:
@@ -221,11 +233,11 @@ def main(config: SynthesisConfig) -> dict[str, Any]:
 
     config = config.model_copy(update={"model": resolve_model_uri(config.model)})
     config = config.model_copy(update={k: storage.absolute(getattr(config, k)) for k in ("model", "source", "out")})
-    attributes = resolve_modalities(config)
     config = apply_thresholds_file(config)
     from mrgen.models.condition import MaskCondition
 
-    bundle_id, resolution, manifest = check_bundle(config.model)
+    bundle_id, resolution, manifest = check_bundle(config.model, config.organ_weights or None)
+    attributes = resolve_modalities(config, manifest)
     condition = MaskCondition.from_manifest(manifest)
     filter_model, meaningful = filter_identity(config)
     wanted = wanted_slices(config)
@@ -242,8 +254,10 @@ def main(config: SynthesisConfig) -> dict[str, Any]:
     todo_keys = [mask_key(sid, m) for sid in wanted for m in attributes if mask_key(sid, m) not in done]
     ctx = RunContext(attributes=attributes, resolution=resolution, bundle_hash=bundle_id, filter_model=filter_model,
                      scores_meaningful=meaningful, wanted=wanted, done=sorted(done),
-                     preview_keys=_spread(todo_keys, config.contact_sheet_masks),
-                     condition=condition.manifest_fields())
+                     # thrice the sheet's rows, spread: masks too small to use (skipped) leave no preview
+                     preview_keys=[todo_keys[i] for i in spread(len(todo_keys), 3 * config.contact_sheet_masks)],
+                     condition=condition.manifest_fields(),
+                     prompt_template=manifest.get("prompt_template", "mrgen"))
     processor = SynthesisProcessor(config, ctx)
     counts: collections.Counter = collections.Counter()
     previews = []
@@ -268,6 +282,7 @@ def main(config: SynthesisConfig) -> dict[str, Any]:
     _write_metrics(config.out, counts)
     if previews:
         previews.sort(key=lambda p: ctx.preview_keys.index(str(p["key"])))
+        previews = [previews[i] for i in spread(len(previews), config.contact_sheet_masks)]
         write_contact_sheet(previews, storage.join(config.out, "contact_sheet.png"), meaningful)
     totals = _summarise(read_audit(config.out))
     expected = len(wanted) * len(attributes)

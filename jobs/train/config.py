@@ -74,6 +74,9 @@ class TrainConfig(ConfigBase):
 
     prompt_drop_p: float = Field(0.1, ge=0, le=1, description="share of prompts replaced by '' (classifier-free guidance)")
     augment_p: float = Field(0.2, ge=0, le=1, description="autoencoder augmentation probability (flips, rotations)")
+    pair_augment_p: float = Field(0.0, ge=0, le=1, description="controller stage: probability of one random affine "
+                                                               "map applied to a slice and its mask together "
+                                                               "(models.mask_controller.augment_pairs)")
     kl_weight: float = Field(1e-4, ge=0, description="γ of the autoencoder loss")
     unmasked_fraction: float = Field(0.3, ge=0, lt=1, description="controller stage: share of slices without a mask "
                                                                    "(trained with an empty condition)")

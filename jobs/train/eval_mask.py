@@ -6,10 +6,7 @@ from typing import Any
 
 import numpy as np
 
-
-def spread(n: int, count: int) -> np.ndarray:
-    """``count`` indices (at most ``n``) evenly spread over ``range(n)``, first and last included."""
-    return np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int))
+from mrgen.datasets.store import spread
 
 
 def spread_masked_slices(db_uri: str, split: str, limit: int, min_area: float, **filters: Any) -> dict[str, Any]:

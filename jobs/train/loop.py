@@ -177,7 +177,7 @@ def train_loop_per_worker(args: dict[str, Any]) -> None:
         bundle = ModelBundle.load(args["init"], device="cpu", dtype=torch.float32, parts=INIT_PARTS[stage])
         bundle.manifest.update(args.get("condition") or {})  # the controller's organ vocabulary
     task: StageTask = build_task(stage, config.build_model_config(), bundle, config.kl_weight, config.augment_p,
-                                 config.prompt_drop_p, seed=config.seed)
+                                 config.prompt_drop_p, seed=config.seed, pair_augment_p=config.pair_augment_p)
     task.to(device, dtype)
     frozen_at_start = task.frozen_hashes()
 
@@ -286,7 +286,15 @@ def _interval_metrics(interval: dict[str, Any], stream: BatchStream, lr_schedule
         loss /= world
     return {"loss": float(loss.item()), "lr": float(lr_schedule.get_last_lr()[0]),
             "samples_per_s": samples_per_step * interval["steps"] / elapsed,
-            "data_wait_fraction": (stream.wait_s - interval["wait0"]) / elapsed}
+            "data_wait_fraction": (stream.wait_s - interval["wait0"]) / elapsed,
+            "peak_memory_mib": _peak_memory_mib(device)}
+
+
+def _peak_memory_mib(device: torch.device) -> float | None:
+    """Peak memory this rank's tensors took on its GPU so far (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
 
 
 def _write_grid(stage: str, task: StageTask, model, bundle, examples: Examples, config: TrainConfig,

@@ -15,7 +15,7 @@ from torch import nn
 from mrgen.models.autoencoder import augment, build_autoencoder, encode_latents, vae_loss
 from mrgen.models.configs import ModelConfig
 from mrgen.models.condition import MaskCondition
-from mrgen.models.mask_controller import MaskController
+from mrgen.models.mask_controller import MaskController, augment_pairs
 from mrgen.models.scheduler import build_scheduler
 from mrgen.models.unet import build_unet, drop_prompts
 
@@ -57,6 +57,7 @@ class StageTask:
     prompt_drop_p: float = 0.0
     scheduler: Any = None
     condition: MaskCondition = field(default_factory=MaskCondition)
+    pair_augment_p: float = 0.0  # controller stage: joint affine augmentation of image and mask
     dropped: int = 0
     prompts_seen: int = 0
 
@@ -78,6 +79,9 @@ class StageTask:
         images = torch.from_numpy(batch["image"]).to(device)
         if self.stage == "vae":
             return engine(images.to(dtype))
+        masks = torch.from_numpy(batch["mask"]) if self.stage == "controlnet" else None
+        if masks is not None and self.pair_augment_p > 0:
+            images, masks = augment_pairs(images, masks.to(device), self.pair_augment_p)
         with torch.no_grad():
             latents = encode_latents(self.frozen["vae"], images, self.latent_scaling).to(dtype)
         noise = torch.randn_like(latents)
@@ -87,7 +91,7 @@ class StageTask:
         if self.stage == "unet":
             pred = engine(noisy, t, encoder_hidden_states=text).sample
         else:
-            cond = self.condition.encode(batch["mask"], batch.get("organ_map")).to(device=device, dtype=dtype)
+            cond = self.condition.encode(masks.cpu(), batch.get("organ_map")).to(device=device, dtype=dtype)
             down, mid = engine(noisy, t, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False)
             pred = self.frozen["unet"](noisy, t, encoder_hidden_states=text, down_block_additional_residuals=down,
                                        mid_block_additional_residual=mid).sample
@@ -104,7 +108,7 @@ def stratified_timesteps(n: int, total: int, device: torch.device) -> torch.Tens
 
 
 def build_task(stage: str, mcfg: ModelConfig, bundle, kl_weight: float, augment_p: float,
-               prompt_drop_p: float, seed: int) -> StageTask:
+               prompt_drop_p: float, seed: int, pair_augment_p: float = 0.0) -> StageTask:
     """The stage's models: fresh trainable part (seeded, identical on every rank), frozen parts from ``bundle``."""
     torch.manual_seed(seed)
     if stage == "vae":
@@ -126,7 +130,8 @@ def build_task(stage: str, mcfg: ModelConfig, bundle, kl_weight: float, augment_
     scheduler = build_scheduler("ddpm", getattr(bundle, "scheduler_config", None))
     return StageTask(stage, trainable, frozen, latent_scaling=float(bundle.manifest["latent_scaling"]),
                      prompt_drop_p=prompt_drop_p, scheduler=scheduler,
-                     condition=MaskCondition.from_manifest(bundle.manifest))
+                     condition=MaskCondition.from_manifest(bundle.manifest),
+                     pair_augment_p=pair_augment_p if stage == "controlnet" else 0.0)
 
 
 def trained_model(task: StageTask) -> nn.Module:

@@ -74,3 +74,53 @@ def test_absolute_makes_local_paths_absolute_and_leaves_object_storage(tmp_path,
     assert absolute("file://runs/x") == f"file://{tmp_path}/runs/x"
     assert absolute("/already/absolute") == "/already/absolute"
     assert absolute("s3://bucket/runs/demo") == "s3://bucket/runs/demo"
+
+
+def _publish(uri, files: dict[str, str], fail: bool = False) -> None:
+    with storage.staging_dir(uri) as tmp:
+        for name, text in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_text(text)
+        if fail:
+            raise RuntimeError("crash before publishing")
+        storage.publish_dir(tmp, uri, marker="done.json")
+
+
+def _tree(uri) -> dict[str, str]:
+    fs, path = storage.filesystem(uri)
+    fs.invalidate_cache()
+    return {p[len(path.rstrip("/")) + 1:]: fs.cat_file(p).decode() for p in fs.find(path)}
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "rename-aside"])
+def test_publish_dir_replaces_whole_folder_and_failure_keeps_previous(tmp_path, s3_server, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr(storage, "_exchange", lambda a, b: False)
+    for base in _uris(tmp_path, s3_server):
+        base = storage.join(base, f"publish-{exchange}")
+        uri = storage.join(base, "model")
+        _publish(uri, {"a.txt": "v1", "stale/b.txt": "v1", "done.json": "{}"})
+        _publish(uri, {"a.txt": "v2", "done.json": "{}"})
+        assert _tree(uri) == {"a.txt": "v2", "done.json": "{}"}, uri  # replaced, never merged with
+        with pytest.raises(RuntimeError):
+            _publish(uri, {"a.txt": "half"}, fail=True)
+        assert _tree(uri) == {"a.txt": "v2", "done.json": "{}"}, uri
+        assert storage.listdir(base) == ["model"], storage.listdir(base)  # no staging or old folder left
+
+
+def test_publish_dir_refuses_a_folder_without_its_marker(tmp_path):
+    uri = str(tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="done.json"):
+        with storage.staging_dir(uri) as tmp:
+            (tmp / "a.txt").write_text("x")
+            storage.publish_dir(tmp, uri, marker="done.json")
+    assert not storage.exists(uri) and storage.listdir(str(tmp_path)) == []
+
+
+def test_publish_dir_copies_a_folder_from_elsewhere(tmp_path):
+    src = tmp_path / "work" / "model"
+    src.mkdir(parents=True)
+    (src / "done.json").write_text("{}")
+    uri = str(tmp_path / "out" / "model")
+    storage.publish_dir(src, uri, marker="done.json")
+    assert _tree(uri) == {"done.json": "{}"} and storage.listdir(str(tmp_path / "out")) == ["model"]

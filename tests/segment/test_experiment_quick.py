@@ -1,4 +1,5 @@
-"""The one-command experiment, `--quick` budgets, end to end on the shared local Ray: every real step, then a
+"""The one-command experiment, `--quick` budgets, end to end on the shared local Ray: every real step with a generator
+trained in the run (`--generator train`), the LiteMedSAM filter with calibrated thresholds, four segmenters, then a
 rerun that resumes (skips every finished step)."""
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from mrgen.datasets.store import read_table
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # minutes on a quiet 2-core machine; far longer when the machine is shared
 def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session, monkeypatch):
-    from mrgen.jobs.experiment.run import SEGMENTERS, run_experiment
+    from mrgen.jobs.experiment.run import run_experiment
+
+    SEGMENTERS = ("source-only", "mrgen", "mrgen-unfiltered", "oracle")
 
     # a relative OUT, as `make demo` gives (runs/demo): Ray Train's controller and Ray tasks run elsewhere
     monkeypatch.chdir(tmp_path)
@@ -20,13 +25,13 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session, monkeypat
     report = run_experiment("exp", quick=True)
 
     folder = out / "report"
-    for name in ("report.md", "report.json", "data.png", "mask_following.png", "segmentation.png"):
+    for name in ("report.md", "report.json", "data.png", "mask_following.png", "segmentation.png", "candidates.png"):
         assert (folder / name).stat().st_size > 0, name
     assert json.loads((folder / "report.json").read_text())["dice"].keys() == report["dice"].keys()
 
     assert set(report["dice"]) == set(SEGMENTERS)
     volumes = {n: set(d["per_volume"]) for n, d in report["dice"].items()}
-    assert volumes["source-only"] == volumes["mrgen"] and volumes["mrgen"]
+    assert all(v == volumes["mrgen"] for v in volumes.values()) and volumes["mrgen"]
     assert all(v.startswith("phantom-tgt/") for v in volumes["mrgen"])  # evaluated on the real target modality
     for d in report["dice"].values():
         assert d["mean"] is None or 0.0 <= d["mean"] <= 1.0
@@ -38,7 +43,24 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session, monkeypat
     assert "source-only" in md and "mrgen" in md and "FID" in md
 
     seconds_first = report["step_seconds"]
-    assert {"train-generator", "check-controller", "synthesize", "train-segmenters", "evaluate", "fid"} <= set(seconds_first)
+    assert {"build-oracle-db", "train-generator", "check-controller", "calibrate-filter", "synthesize",
+            "synthesize-unfiltered", "train-segmenters", "evaluate", "fid"} <= set(seconds_first)
+    # the filter: LiteMedSAM with thresholds calibrated on the real source slices, its pass rate reported
+    calibration = json.loads((out / "filter" / "calibration.json").read_text())
+    assert calibration["scorer"] == "medsam" and calibration["slices"] == 8
+    assert report["filter"]["thresholds"] == calibration["thresholds"]
+    assert 0 <= report["filter"]["pass_rate"] <= 1 and report["synthesis"]["scores_meaningful"]
+    audit = read_table(str(out / "synthetic"), ["mean_iou", "fate"], has_mask=True).to_pylist()
+    assert audit and all(r["mean_iou"] is not None for r in audit)
+    # unfiltered: the first candidates of the same masks, same seeds
+    from mrgen.jobs.synthesis.stages.writer import read_audit
+
+    filtered = {(r["mask_key"], r["candidate_index"]): r["seed"] for r in read_audit(str(out / "synthetic")).to_pylist()}
+    unfiltered = read_audit(str(out / "synthetic-unfiltered")).to_pylist()
+    assert unfiltered and all(filtered[(r["mask_key"], r["candidate_index"])] == r["seed"] for r in unfiltered
+                              if r["candidate_index"] >= 0)
+    assert report["goal"].keys() >= {"ratio_over_source_only", "at_least_2x_source_only", "met"}
+    assert (out / "logs" / "experiment.log").stat().st_size > 0
     checks = report["mask_dependence"]
     assert set(checks) == {"train", "test"}
     for check in checks.values():
@@ -51,7 +73,6 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session, monkeypat
     assert f"following **{following['following']:+.3f}**" in md
 
     fit = report["fit"]
-    from mrgen.datasets.store import read_table
 
     synthetic_slices = read_table(str(out / "synthetic"), ["slice_id"], has_mask=True).num_rows
     assert set(fit) == set(SEGMENTERS) and fit["source-only"]["slices"] == 16
@@ -66,13 +87,14 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session, monkeypat
 
     budget = report["budget"]
     assert budget["minutes"] == 30 and set(budget["generator_minutes"]) == {"vae", "unet", "controlnet"}
+    assert set(saved) == set(SEGMENTERS) and saved["oracle"]["test"] == str(out / "oracle-db")
     assert budget["segmenter_minutes"] > 0
     saved_config = json.loads((out / "segmenters" / "mrgen" / "mrgen_segmenter.json").read_text())["config"]
     assert saved_config["max_minutes"] == budget["segmenter_minutes"]  # what the step handed the task
     # 30 minutes fit the quick step counts whole
     assert {s: t["steps"] for s, t in budget["trained"]["generator"].items()} == dict.fromkeys(budget["generator_minutes"], 12)
     assert all(t["iterations"] == t["max_iterations"] == 16 for t in budget["trained"]["segmenters"].values())
-    assert "Steps trained: vae 12 of 12" in md
+    assert "its steps: vae 12 of 12" in md
 
     # a rerun resumes: nothing but the (idempotent) DB check and the report runs again
     again = run_experiment("exp", quick=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -173,7 +175,7 @@ def _bad_bodies() -> dict[str, tuple[object, str]]:
         "truncated png": (_body(mask=base64.b64encode(png[:60]).decode()), "PNG"),
         "rgb png": (_body(mask=_png(np.zeros((64, 64, 3), np.uint8))), "single-channel"),
         "not square": (_body(mask=_png(np.zeros((64, 32), np.uint8))), "square"),
-        "odd size": (_body(mask=_png(np.zeros((40, 40), np.uint8))), "multiple"),
+        "odd size": (_body(mask=_png(np.zeros((42, 42), np.uint8))), "multiple"),
         "image too large": (_body(mask=_png(big)), "exceeds"),
         "unknown modality": (_body(modality="ultrasound elastography"), "unknown modality"),
         "organ id not in map": (_body(mask=_png(unknown_id)), "[9]"),
@@ -198,24 +200,52 @@ def _bad_bodies() -> dict[str, tuple[object, str]]:
 BAD = _bad_bodies()
 
 
+def _png_header(width: int, height: int) -> str:
+    """A PNG that is only a header (IHDR, IEND) claiming ``width`` x ``height``: a few bytes, no pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+    return base64.b64encode(b"\x89PNG\r\n\x1a\n" + header).decode()
+
+
+# kind → (body, status, the field the answer must name): what a probe as a new user found answered 5xx or 200
+HOSTILE = {
+    "png header claiming 20000x20000": (_body(mask=_png_header(20000, 20000)), 413, "mask"),
+    "json nested 100,000 levels": (b"[" * 100_000 + b"]" * 100_000, 400, "body"),
+    "NUL in modality": (_body(modality="T2\x00SPIR"), 422, "modality"),
+    "escape sequence in an organ name": (_body(organ_map={"1": "liver\x1b[2J", "2": "spleen"}), 422, "organ_map"),
+    "control character in organs": (_body(organs=["liver", "spleen\x07"]), 422, "organs"),
+    "control character in region": (_body(region="abdomen\r\n"), 422, "region"),
+}
+
+
+def _post(http, body) -> httpx.Response:
+    if isinstance(body, bytes):
+        return http.post("/v1/generate", content=body, headers={"Content-Type": "application/json"})
+    return http.post("/v1/generate", json=body)
+
+
 @pytest.mark.parametrize("kind", list(BAD))
 def test_bad_input_is_4xx(http, kind):
     body, word = BAD[kind]
-    if isinstance(body, bytes):
-        response = http.post("/v1/generate", content=body, headers={"Content-Type": "application/json"})
-    else:
-        response = http.post("/v1/generate", json=body)
+    response = _post(http, body)
     assert 400 <= response.status_code < 500, (kind, response.status_code, response.text)
     detail = response.json()["detail"]
     assert word.lower() in json.dumps(response.json()).lower(), (kind, detail)
 
 
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_hostile_input_is_4xx_naming_the_field(http, kind):
+    body, status, field = HOSTILE[kind]
+    response = _post(http, body)
+    assert response.status_code == status, (kind, response.status_code, response.text)
+    assert response.json()["field"].split(".")[0] == field, (kind, response.json())
+
+
 def test_healthy_after_bad_input(service, http):
-    for body, _ in list(BAD.values())[:8]:
-        if isinstance(body, bytes):
-            http.post("/v1/generate", content=body, headers={"Content-Type": "application/json"})
-        else:
-            http.post("/v1/generate", json=body)
+    statuses = {kind: _post(http, body).status_code for kind, (body, *_) in {**BAD, **HOSTILE}.items()}
+    assert all(400 <= s < 500 for s in statuses.values()), statuses
     assert httpx.get(f"{service}/healthz").status_code == 200
     assert httpx.get(f"{service}/readyz").status_code == 200
     response = http.post("/v1/generate", json=_body(n=2))

@@ -33,3 +33,32 @@ def test_export_and_eval_subcommands_exist():
     assert (args.dataset_id, args.real, args.split) == (7, "b", "test")
     assert parser.parse_args(["eval", "fid", "--real", "a", "--synthetic", "b"]).extractor == "inception"
     assert parser.parse_args(["eval", "clip", "--model", "m", "--synthetic", "b"]).text == "prompt"
+
+
+def test_release_flags_reach_the_config(tmp_path):
+    """The official release's filter and inputs: SAM2.0 config alias, mask prompt with multimask output, the
+    release's attributes file and organ weights."""
+    import json
+
+    from mrgen.models.scorers import ScorerSettings
+
+    file = tmp_path / "modality_attributes.json"
+    file.write_text(json.dumps({"T1 in-phase Abdomen MRI": "fat high signal"}))
+    args = build_parser().parse_args([
+        "synthesize", "--model", "ckpt", "--source", "s", "--out", "o", "--target-modality", "T1 in-phase Abdomen MRI",
+        "--rule", "official", "--filter", "sam2", "--sam2-config", "2.0-large",
+        "--sam2-checkpoint", "sam2_hiera_large.pt",
+        "--sam2-prompt", "mask", "--sam2-multimask", "--attributes", str(file),
+        "--organ-weights", '{"liver": 0.3, "right kidney": 0.5}'])
+    from mrgen.cli.common import attribute_table, json_object
+
+    config = load_config(SynthesisConfig, args, {
+        "model": args.model, "rule": args.rule, "scorer.config_name": args.sam2_config,
+        "scorer.checkpoint": args.sam2_checkpoint, "scorer.prompt": args.sam2_prompt,
+        "scorer.multimask": args.sam2_multimask, "modality_attributes": attribute_table(args.attributes),
+        "organ_weights": json_object(args.organ_weights, "--organ-weights")})
+    assert config.scorer.sam2_config() == "configs/sam2/sam2_hiera_l.yaml"
+    assert config.scorer.model_id("sam2").endswith(":sam2_hiera_large.pt:mask+multimask")
+    assert config.modality_attributes == {"T1 in-phase Abdomen MRI": "fat high signal"}
+    assert config.organ_weights == {"liver": 0.3, "right kidney": 0.5} and config.rule == "official"
+    assert ScorerSettings(config_name="2.0-tiny").sam2_config() == "configs/sam2/sam2_hiera_t.yaml"

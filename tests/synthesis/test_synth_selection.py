@@ -44,14 +44,6 @@ PAPER_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,candidates,keep,kept,relaxed,fates", PAPER_CASES, ids=[c[0] for c in PAPER_CASES])
-def test_paper_rule(name, candidates, keep, kept, relaxed, fates):
-    sel = select(candidates, keep=keep, rule="paper")
-    assert sel.kept == kept
-    assert sel.relaxed is relaxed
-    assert sel.fates == fates
-
-
 def test_strict_organ_conf_threshold_applies_per_organ():
     # means pass (.90 / .91) but one organ's confidence .79 < .80
     c = cand(0, (0.9, 0.79), (0.9, 0.99), (0.9, 0.95))
@@ -99,3 +91,48 @@ def test_unfiltered_and_bad_arguments():
         select([], rule="best")
     with pytest.raises(ValueError, match="keep"):
         select([], keep=0)
+
+
+# The release's filter_json: top 5 by mean IoU (stable: ties keep candidate order), zeros skipped, relax when FEWER
+# THAN 2 of the top 5 pass strictly and then keep only the single best passing the relaxed thresholds.
+CONF_LOW = ((0.92, 0.86), (0.90, 0.84))       # means .91 / .85: strict fail (mean conf), relaxed pass
+OFFICIAL_CASES = [
+    # (name, candidates, keep, expected kept, relaxed, expected fates)
+    ("two pass: the best keep of them", [cand(0, *PASS_LOW), cand(1, *HOPELESS), cand(2, *PASS_HI), cand(3, *PASS_MID)],
+     2, [2, 3], False, {0: PASSED_NOT_KEPT, 1: REJECTED, 2: KEPT, 3: KEPT}),
+    ("exactly one passes: relaxed round, a better-ranked relaxed pass wins", [cand(0, *PASS_LOW), cand(1, *CONF_LOW)],
+     2, [1], True, {0: PASSED_NOT_KEPT, 1: KEPT_RELAXED}),
+    ("exactly one passes and ranks first: kept, only one", [cand(0, *PASS_HI), cand(1, *CONF_LOW), cand(2, *HOPELESS)],
+     2, [0], False, {0: KEPT, 1: REJECTED, 2: REJECTED}),
+    ("none strict: the single best relaxed", [cand(0, *MEAN_FAIL), cand(1, *RELAX_BEST), cand(2, *HOPELESS)], 2,
+     [1], True, {0: REJECTED, 1: KEPT_RELAXED, 2: REJECTED}),
+    ("nothing even relaxed", [cand(0, *HOPELESS)], 2, [], False, {0: REJECTED}),
+    ("an IoU of 0 is skipped in checks and mean, its confidence still counts",
+     [cand(0, (0.0, 0.95), (0.90, 0.95)), cand(1, (0.0, 0.50), (0.95, 0.95)), cand(2, *PASS_LOW)], 2,
+     [0, 2], False, {0: KEPT, 1: REJECTED, 2: KEPT}),
+    ("ties keep candidate order (confidence is no tie-break)", [cand(0, (0.9, 0.91), (0.9, 0.91)),
+                                                                cand(1, (0.9, 0.99), (0.9, 0.99))], 1,
+     [0], False, {0: KEPT, 1: PASSED_NOT_KEPT}),
+    ("every IoU 0: no mean, fails and ranks last", [cand(0, (0.0, 0.99)), cand(1, *PASS_LOW), cand(2, *PASS_MID)], 2,
+     [2, 1], False, {0: REJECTED, 1: KEPT, 2: KEPT}),
+]
+
+
+TABLE = [("paper", *case) for case in PAPER_CASES] + [("official", *case) for case in OFFICIAL_CASES]
+
+
+@pytest.mark.parametrize("rule,name,candidates,keep,kept,relaxed,fates", TABLE, ids=[f"{c[0]}: {c[1]}" for c in TABLE])
+def test_rule_table(rule, name, candidates, keep, kept, relaxed, fates):
+    sel = select(candidates, keep=keep, rule=rule)
+    assert sel.kept == kept
+    assert sel.relaxed is relaxed
+    assert sel.fates == fates
+
+
+def test_official_means_skip_zeros_as_the_release_does():
+    c = cand(0, (0.0, 0.9), (0.8, 0.7), (0.0, 0.0, False))
+    assert c.mean_iou("official") == pytest.approx(0.8)       # mean of the non-zero IoUs
+    assert c.mean_conf("official") == pytest.approx(0.8)      # mean of the non-zero confidences
+    assert c.mean_iou("paper") == pytest.approx(0.8 / 3)
+    # the exactly-one case under the paper rule keeps the strict passer, no relaxation
+    assert select([cand(0, *PASS_LOW), cand(1, *CONF_LOW)], keep=2, rule="paper").kept == [0]

@@ -25,8 +25,8 @@ class AdaptiveUDF(StageUDF):
     def __init__(self, bundle_uri: str, candidates: int, wave_size: int, keep: int, rule: str,
                  thresholds: dict[str, float], steps: int, guidance: float, sampler: str, run_seed: int,
                  kind: str, scorer: dict[str, Any], batch_size: int | None = None, torch_threads: int = 1,
-                 fault_marker: str | None = None):
-        self.gen = Generator(bundle_uri, steps, guidance, sampler, run_seed, batch_size, torch_threads)
+                 fault_marker: str | None = None, organ_weights: dict[str, float] | None = None):
+        self.gen = Generator(bundle_uri, steps, guidance, sampler, run_seed, batch_size, torch_threads, organ_weights)
         self.scorer = load_scorer(kind, scorer, torch_threads)
         self.candidates, self.wave, self.keep, self.rule = candidates, wave_size, keep, rule
         self.thresholds = Thresholds(**thresholds)

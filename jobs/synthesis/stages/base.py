@@ -99,6 +99,7 @@ class StageSpec:
     num_cpus: float = 0.25
     num_gpus: float = 0.0
     pool: tuple[int, int] | None = None
+    block_rows: int | None = None  # tasks only: blocks of this many rows out (one batch of the next actor stage)
 
     @property
     def name(self) -> str:
@@ -115,4 +116,19 @@ class StageSpec:
             return ds.map_batches(self.udf, fn_constructor_kwargs=self.ctor_kwargs,
                                   compute=ray.data.ActorPoolStrategy(min_size=self.pool[0], max_size=self.pool[1]),
                                   **common)
-        return ds.map_batches(_run_in_task, fn_kwargs={"udf_cls": self.udf, "kwargs": self.ctor_kwargs}, **common)
+        ds = ds.map_batches(_run_in_task, fn_kwargs={"udf_cls": self.udf, "kwargs": self.ctor_kwargs}, **common)
+        return split_blocks(ds, self.block_rows, common) if self.block_rows else ds
+
+
+def split_blocks(ds, rows: int, remote_args: dict[str, Any]):
+    """``ds`` with blocks of at most ``rows`` rows, split inside the tasks that made them.
+
+    An actor task takes a whole block: blocks of many masks would keep a pool at one busy actor (no reason to grow
+    onto a joining node) and make a lost node redo all of their masks. Ray's streaming repartition fuses into the
+    upstream map only when their remote args match, and ``Dataset.repartition`` gives it the default 1 CPU, which
+    a small node's remaining fraction cannot hold: its remote args are set to the map's (Ray is pinned).
+    """
+    ds = ds.repartition(target_num_rows_per_block=rows)
+    args = {k: remote_args[k] for k in ("num_cpus", "num_gpus") if k in remote_args}
+    object.__setattr__(ds._logical_plan.dag, "ray_remote_args", args)
+    return ds

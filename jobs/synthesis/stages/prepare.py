@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from mrgen.datasets.prompt import build_prompt
+from mrgen.datasets.prompt import PromptRecipe
 from mrgen.datasets.schema import decode_organ_map
 from mrgen.jobs.synthesis.keys import mask_key
 from mrgen.jobs.synthesis.stages.base import StageUDF, column, optional_text
@@ -52,8 +52,10 @@ class PrepareUDF(StageUDF):
     ONE_TO_ONE = False
 
     def __init__(self, modalities: dict[str, str], resolution: int, min_area: float,
-                 wanted: Sequence[str] | None = None, done: Sequence[str] = (), condition: dict[str, Any] | None = None):
+                 wanted: Sequence[str] | None = None, done: Sequence[str] = (), condition: dict[str, Any] | None = None,
+                 prompt_template: str = "mrgen"):
         self.modalities = modalities  # target label → attribute text
+        self.recipe = PromptRecipe(prompt_template)  # the release's prompts name the dataset's labels (organ map)
         self.condition = MaskCondition.from_manifest(condition or {})
         self.resolution, self.min_area = resolution, min_area
         self.wanted = set(wanted) if wanted is not None else None
@@ -88,7 +90,8 @@ class PrepareUDF(StageUDF):
                 row = {"mask_key": key, "source_slice_id": sid, "source_dataset": str(batch["dataset"][i]),
                        "volume_id": str(batch["volume_id"][i]), "slice_index": int(batch["slice_index"][i]),
                        "modality": modality, "modality_attributes": attributes, "region": region, "organs": json.dumps(organs),
-                       "prompt": build_prompt(modality, attributes, region, organs), "height": h, "width": w,
+                       "prompt": self.recipe.render(modality, attributes, region, organs, list(organ_map.values())),
+                       "height": h, "width": w,
                        "mask": bytes(raw) if raw is not None else b"", "organ_map": organ_text,
                        "pixel_spacing": json.dumps([float(x) for x in batch["pixel_spacing"][i]]),
                        "source_file": str(batch["source_file"][i]), "source_sha256": str(batch["source_sha256"][i]),

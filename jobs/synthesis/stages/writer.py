@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mrgen.datasets.schema import Column, arrow_schema, encode_image
+from mrgen.datasets.schema import Column, encode_image
 from mrgen.datasets.store import ShardWriter
 from mrgen.jobs.synthesis.keys import group_key, modality_slug
 from mrgen.jobs.synthesis.stages.base import StageUDF, column, optional_text
@@ -196,7 +196,3 @@ def read_audit(out: str) -> pa.Table:
             fs, path = storage.arrow_filesystem(storage.join(folder, name))
             tables.append(pq.read_table(path, filesystem=fs).replace_schema_metadata(None))
     return pa.concat_tables(tables) if tables else AUDIT_SCHEMA.empty_table()
-
-
-def synthetic_schema() -> pa.Schema:
-    return arrow_schema(SYNTH_COLUMNS)

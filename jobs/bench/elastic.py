@@ -1,0 +1,344 @@
+"""Elastic synthesis on a multi-node Ray cluster on this machine, the way Ray's own tests build one
+(``ray.cluster_utils.Cluster``: a head and worker raylets, each with its own CPUs and object store).
+
+Scenarios, each compared with an undisturbed run of the same settings and seed:
+
+* a node joins mid-run: the generator and filter actor pools grow onto it;
+* a node dies mid-run: the worker node holding generator actors is killed (not drained) while masks are in flight;
+* the driver dies: `mrgen synthesize` runs as a subprocess, is SIGKILLed mid-run, and the same command is rerun.
+
+Figures of each (:func:`outcome`): masks lost, masks duplicated, whether the kept candidates are bit-identical to the
+undisturbed run's, files left half-written, wall seconds.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mrgen.jobs.bench.synth_bench import Sampler
+
+MB = 2**20
+GENERATOR, FILTER = "MapWorker(MapBatches(GeneratorUDF))", "MapWorker(MapBatches(FilterUDF))"
+# The head's 1 CPU holds one generator (0.5 CPU) and one filter actor (0.25) beside the tasks: a second actor of
+# either pool fits only on a worker node.
+HEAD_CPUS, NODE_CPUS = 1, 2
+# A killed node is declared dead after a few seconds rather than Ray's default ~30 s (heartbeats every 3 s, 5 missed,
+# each timing out after 10 s): its actors restart and its tasks retry sooner.
+HEALTH_CHECK = {"health_check_initial_delay_ms": 1000, "health_check_period_ms": 1000,
+                "health_check_timeout_ms": 2000, "health_check_failure_threshold": 5}
+
+
+class LocalCluster:
+    """A head raylet (and worker raylets added later) on this machine; this process's driver joins it."""
+
+    def __init__(self, head_cpus: int = HEAD_CPUS, object_store_mb: int = 200):
+        import ray
+        from ray.cluster_utils import Cluster
+
+        from mrgen.platform.cluster import RayConfig, init_ray
+
+        if ray.is_initialized():
+            raise RuntimeError("LocalCluster: this process is already connected to Ray; ray.shutdown() first")
+        self._store = object_store_mb * MB
+        with _address_file_kept():
+            self.cluster = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": head_cpus, "object_store_memory": self._store, "include_dashboard": False,
+                "_system_config": HEALTH_CHECK})
+        init_ray(RayConfig(address=self.address, no_progress_timeout_s=300), log_to_driver=False)
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    def add(self, cpus: int = NODE_CPUS):
+        """A new worker node (call from the main thread: a raylet's start installs signal handlers)."""
+        node = self.cluster.add_node(num_cpus=cpus, object_store_memory=self._store)
+        self.cluster.wait_for_nodes()
+        return node
+
+    def kill(self, node) -> None:
+        """The node's raylet, object store and workers killed at once, as when a spot node vanishes."""
+        self.cluster.remove_node(node, allow_graceful=False)
+
+    def workers(self, n: int, cpus: int = NODE_CPUS) -> list:
+        """Exactly ``n`` worker nodes: extra ones drained and removed, missing ones added."""
+        nodes = list(self.cluster.worker_nodes)
+        for node in nodes[n:]:
+            self.cluster.remove_node(node)
+        return nodes[:n] + [self.add(cpus) for _ in range(n - len(nodes))]
+
+    def close(self) -> None:
+        import ray
+
+        ray.shutdown()
+        with _address_file_kept():  # its shutdown deletes the file, whoever wrote it
+            self.cluster.shutdown()
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def _address_file_kept():
+    """Keep /tmp/ray/ray_current_cluster as it was: ``Cluster`` writes its head's address there, and every
+    ``ray.init()`` without an address on this machine (other jobs, other sessions' tests) would then join this
+    cluster instead of starting its own."""
+    from ray._common.utils import get_ray_address_file
+
+    path = get_ray_address_file(None)
+    before = open(path).read() if os.path.exists(path) else None
+    try:
+        yield
+    finally:
+        if before is None:
+            if os.path.exists(path):
+                os.remove(path)
+        else:
+            with open(path, "w") as f:
+                f.write(before)
+
+
+def actor_nodes() -> dict[str, set[str]]:
+    """Live actors' class name → ids of the nodes they run on (from the GCS actor table: no dashboard needed)."""
+    import ray
+
+    out: dict[str, set[str]] = {}
+    for actor in ray._private.state.actors().values():
+        if actor["State"] == "ALIVE":
+            out.setdefault(actor["ActorClassName"], set()).add(actor["Address"]["NodeID"])
+    return out
+
+
+class ActorWatch(Sampler):
+    """Every node each actor class was seen alive on while the context was open (sampled every 0.5 s)."""
+
+    interval_s = 0.5
+
+    def __init__(self):
+        self.seen: dict[str, set[str]] = {}
+
+    def sample(self) -> None:
+        for name, nodes in actor_nodes().items():
+            self.seen.setdefault(name, set()).update(nodes)
+
+
+class Background:
+    """``fn()`` in a thread (the main thread stays free to add and kill nodes); :meth:`result` joins it."""
+
+    def __init__(self, fn: Callable[[], Any]):
+        self._out: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                self._out["value"] = fn()
+            except BaseException as exc:  # re-raised in result()
+                self._out["error"] = exc
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if "error" in self._out:
+            raise self._out["error"]
+        return self._out["value"]
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s:.0f} s for {what}")
+        time.sleep(poll_s)
+
+
+def synth_settings(bundle: str, db: str, out: str, masks: int = 16) -> list[str]:
+    """Overrides of the tiny preset for every scenario: 2 modalities × ``masks`` phantom masks, random SAM2 at 256,
+    thresholds 0 (an untrained SAM2 passes nothing else), pools of up to 2 actors."""
+    from mrgen.datasets.phantom import TARGET_MODALITY
+
+    return [f"model={bundle}", f"source={db}", f"out={out}", f"target_modalities=['{TARGET_MODALITY}','T1 in-phase']",
+            "source_datasets=['phantom-src']", f"max_masks={masks}", "candidates=3", "keep=1", "steps=10",
+            "scorer.random=true", "scorer.image_size=256", "thresholds.organ_iou=0", "thresholds.organ_conf=0",
+            "thresholds.mean_iou=0", "thresholds.mean_conf=0", "masks_per_shard=4", "contact_sheet_masks=0",
+            "generator.num_cpus=0.5", "generator.pool_max=2", "filter_stage.pool_max=2"]
+
+
+def out_of(settings: list[str]) -> str:
+    return next(s.split("=", 1)[1] for s in settings if s.startswith("out="))
+
+
+def synthesize(settings: list[str]) -> tuple[dict[str, Any], float]:
+    """(report, wall seconds) of `mrgen synthesize` in this process."""
+    from mrgen.jobs.synthesis.config import SynthesisConfig
+    from mrgen.jobs.synthesis.run import main
+
+    start = time.perf_counter()
+    report = main(SynthesisConfig.load("tiny", settings))
+    return report, time.perf_counter() - start
+
+
+def _finished(out: str) -> int:
+    from mrgen.jobs.synthesis.stages.writer import finished_masks
+
+    return len(finished_masks(out))
+
+
+def undisturbed(cluster: LocalCluster, settings: list[str], workers: int) -> dict[str, Any]:
+    cluster.workers(workers)
+    report, seconds = synthesize(settings)
+    return {"workers": workers, "wall_s": round(seconds, 1), "masks": report["masks_finished"]}
+
+
+def node_joins(cluster: LocalCluster, settings: list[str]) -> dict[str, Any]:
+    """Head only; a worker node is added once the first generator and filter actors are up."""
+    cluster.workers(0)
+    with ActorWatch() as watch:
+        job = Background(lambda: synthesize(settings))
+        wait_until(lambda: {GENERATOR, FILTER} <= set(watch.seen) or job.done(), 600, "the first actors")
+        node = cluster.add()
+        done_at_join = _finished(out_of(settings))
+        _, seconds = job.result()
+    grew = {name: node.node_id in watch.seen.get(cls, set()) for name, cls in (("generator", GENERATOR),
+                                                                               ("filter", FILTER))}
+    return {"wall_s": round(seconds, 1), "masks_done_at_join": done_at_join, "pools_grew_onto_new_node": grew}
+
+
+def node_dies(cluster: LocalCluster, settings: list[str], after_masks: int = 4) -> dict[str, Any]:
+    """Head + one worker node, killed once it holds a generator actor and ``after_masks`` masks are finished."""
+    (node,) = cluster.workers(1)
+    out = out_of(settings)
+    job = Background(lambda: synthesize(settings))
+    wait_until(lambda: job.done() or (node.node_id in actor_nodes().get(GENERATOR, set())
+                                      and _finished(out) >= after_masks), 600, "a generator actor on the worker")
+    done_at_kill = _finished(out)
+    on_node = len(actor_nodes().get(GENERATOR, set()) & {node.node_id})
+    cluster.kill(node)
+    _, seconds = job.result()
+    return {"wall_s": round(seconds, 1), "masks_done_at_kill": done_at_kill, "generators_on_killed_node": on_node}
+
+
+def driver_dies(cluster: LocalCluster, settings: list[str], after_masks: int = 4) -> dict[str, Any]:
+    """`mrgen synthesize` as a subprocess joined to the cluster, SIGKILLed mid-run; then the same command again."""
+    from mrgen.jobs.synthesis.stages.writer import audit_parts
+    from mrgen.platform import storage
+
+    cluster.workers(1)
+    out = out_of(settings)
+    command = [sys.executable, "-m", "mrgen.cli", "synthesize", "--config", "tiny", "--ray-address", cluster.address,
+               *[a for s in settings for a in ("--set", s)]]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    start = time.perf_counter()
+    first = subprocess.Popen(command, **quiet)
+    try:
+        wait_until(lambda: first.poll() is not None or _finished(out) >= after_masks, 600, "masks of the first run")
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    killed_after = time.perf_counter() - start
+    time.sleep(2.0)  # the job's workers die with their driver
+    before = {p["file"]: storage.read_bytes(storage.join(out, p["file"])) for p in audit_parts(out)}
+    start = time.perf_counter()
+    rerun = subprocess.run(command, timeout=900, **quiet)
+    rerun_s = time.perf_counter() - start
+    if rerun.returncode:
+        raise RuntimeError(f"the rerun of `mrgen synthesize` exited with {rerun.returncode}")
+    report = json.loads(storage.read_text(storage.join(out, "report.json")))
+    kept = sum(storage.exists(storage.join(out, f)) and storage.read_bytes(storage.join(out, f)) == data
+               for f, data in before.items())
+    return {"wall_s": round(killed_after + rerun_s, 1), "killed_after_s": round(killed_after, 1),
+            "driver_killed": first.returncode == -signal.SIGKILL,
+            "masks_done_at_kill": sum(len(p["masks"]) for p in audit_parts(out) if p["file"] in before),
+            "rerun": {"already_done": report["already_done"], "masks_done": report["this_run"].get("masks_done", 0)},
+            "audit_parts_at_kill": len(before), "audit_parts_untouched": kept}
+
+
+def leftovers(out: str) -> list[str]:
+    """Files of ``out`` that a cut-short write left: anything but finished parts, and shards the index omits."""
+    from mrgen.datasets.store import load_index
+    from mrgen.jobs.synthesis.stages.writer import AUDIT_DIR
+    from mrgen.platform import storage
+
+    listed = {s.file for s in load_index(out).shards}
+    found = []
+    for folder in ("v1", AUDIT_DIR):
+        for name in storage.listdir(storage.join(out, folder)):
+            path = f"{folder}/{name}"
+            if not (name.startswith("part-") and name.endswith(".parquet")) or (folder == "v1" and path not in listed):
+                found.append(path)
+    return found
+
+
+def outcome(out: str, reference: str) -> dict[str, Any]:
+    """Masks lost and duplicated against the undisturbed run ``reference``, and whether the kept candidates match."""
+    from mrgen.datasets.store import read_table
+    from mrgen.jobs.synthesis.stages.writer import audit_parts
+
+    expected = {k for p in audit_parts(reference) for k in p["masks"]}
+    keys = [k for p in audit_parts(out) for k in p["masks"]]
+    columns = ["slice_id", "image", "seed"]
+    rows = read_table(out, columns=columns).to_pylist()
+    mine = {r["slice_id"]: r for r in rows}
+    ref = {r["slice_id"]: r for r in read_table(reference, columns=columns).to_pylist()}
+    return {"masks": len(expected), "masks_lost": len(expected - set(keys)),
+            "masks_duplicated": len(keys) - len(set(keys)) + len(rows) - len(mine), "kept_candidates": len(rows),
+            "kept_bit_identical": mine.keys() == ref.keys() and all(mine[k] == ref[k] for k in ref),
+            "half_written": leftovers(out)}
+
+
+def run_elastic_bench(masks: int = 32, train_steps: int = 60, train_out: str | None = None) -> dict[str, Any]:
+    """Every scenario on a random tiny bundle and the tiny phantom DB in a temporary folder; prints the figures.
+    ``train_out``: where the training run checkpoints (default: the temporary folder; an ``s3://`` URI for object
+    storage); ``train_steps=0`` leaves training out."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from mrgen.datasets.phantom import PhantomConfig, build_phantom_db
+    from mrgen.jobs.bench.elastic_train import TRAIN_HEAD_CPUS, training_node_dies, training_undisturbed
+    from mrgen.models.bundle import build_random_bundle
+    from mrgen.platform import storage
+
+    work = Path(tempfile.mkdtemp(prefix="mrgen-elastic-bench-"))
+    db, bundle = str(work / "db"), str(work / "bundle")
+    build_phantom_db(db, PhantomConfig.load("tiny"), use_ray=False)
+    build_random_bundle("tiny").save(bundle)
+    runs = {name: synth_settings(bundle, db, str(work / name), masks) for name in
+            ("undisturbed", "undisturbed_head_only", "node_joins", "node_dies", "driver_dies")}
+    with LocalCluster() as cluster:
+        base = undisturbed(cluster, runs["undisturbed"], workers=1)
+        base_head = undisturbed(cluster, runs["undisturbed_head_only"], workers=0)
+        scenarios = {"node_joins": (node_joins(cluster, runs["node_joins"]), base_head),
+                     "node_dies": (node_dies(cluster, runs["node_dies"]), base),
+                     "driver_dies": (driver_dies(cluster, runs["driver_dies"]), base)}
+    reference = out_of(runs["undisturbed"])
+    figures: dict[str, Any] = {"synthesis": {"undisturbed": base, "undisturbed_head_only": base_head}}
+    for name, (seen, baseline) in scenarios.items():
+        figures["synthesis"][name] = {**outcome(out_of(runs[name]), reference), **seen,
+                                      "wall_vs_undisturbed": round(seen["wall_s"] / baseline["wall_s"], 2)}
+    if train_steps:
+        root = train_out or str(work / "train")
+        with LocalCluster(head_cpus=TRAIN_HEAD_CPUS) as cluster:
+            calm = training_undisturbed(cluster, db, storage.join(root, "undisturbed"), train_steps)
+            hit = training_node_dies(cluster, db, storage.join(root, "node_dies"), train_steps)
+        figures["training"] = {"undisturbed": calm, "node_dies": {
+            **hit, "wall_vs_undisturbed": round(hit["wall_s"] / calm["wall_s"], 2)}}
+    shutil.rmtree(work, ignore_errors=True)
+    figures["note"] = ("one machine's cores shared by every node: wall ratios show the cost of lost work and restarts, "
+                       "not of lost capacity; driver_dies includes two Python start-ups of `mrgen synthesize`")
+    print(json.dumps(figures, indent=1))
+    return figures

@@ -1,0 +1,287 @@
+"""`mrgen bench gpu` (and `infra/gpu-check.sh`): the figures a lent GPU machine should produce, as one JSON.
+
+1. ``tiny_stages``: the tiny preset's three training stages (autoencoder, UNet, controller) as bare loops on the
+   device for a few hundred steps, steps/s against the same loops on the CPU;
+2. ``paper_training``: `mrgen train all --config paper` for a few steps per stage on one GPU (bf16, DeepSpeed
+   ZeRO-2, NCCL): samples/s and peak GPU memory of each stage;
+3. ``synthesis``: the paper-scale generator (512², DDIM 50, CFG 7, 20 candidates, bf16): candidates/s, and the
+   physical limit: the GPU's peak bf16 rate over the FLOPs of one candidate (counted with
+   ``torch.utils.flop_counter.FlopCounterMode`` on one controller + UNet forward and one decode);
+4. ``endpoint``: the service at paper scale (`mrgen bench serve`'s batching on vs off): requests/s and p99.
+
+Paper-scale weights are random (the networks' cost does not depend on their values); the text tower is a random
+open_clip transformer of BiomedCLIP's width 768 (no hub here), which runs once per prompt. ``tiny=True`` runs every
+section at the tiny preset for a few steps, on the CPU in CI, so that this check cannot rot.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STAGES = ("vae", "unet", "controlnet")
+# dense bf16 tensor-core peaks (TFLOP/s, vendor data sheets, no sparsity); the first name the device's contains wins
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "GH200": 989.4, "B200": 2250.0,
+                    "A100": 312.0, "L40S": 362.1, "L4": 121.0, "A10": 125.0, "RTX 4090": 165.2}
+# BiomedCLIP's token width, random weights: the frozen text tower costs one forward per prompt
+PAPER_TEXT_ENCODER = {"pretrained": "", "seed": 0, "model_cfg": {
+    "embed_dim": 768, "custom_text": True,
+    "vision_cfg": {"image_size": 32, "patch_size": 16, "width": 32, "layers": 1, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 768, "heads": 12, "layers": 2}}}
+
+
+def peak_bf16_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def measured_matmul_tflops(device: torch.device, dtype: torch.dtype, n: int, reps: int = 10) -> float:
+    """The dense matmul rate this device reaches (an attainable peak beside the data sheet's)."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rows(db: str, n: int) -> dict[str, Any]:
+    """``n`` decoded training rows with masks (what every stage's loss takes), read without Ray."""
+    from mrgen.datasets.store import read_table
+    from mrgen.jobs.train.data import STAGE_COLUMNS, decode
+
+    table = read_table(db, columns=STAGE_COLUMNS["controlnet"], has_mask=True).slice(0, n)
+    return decode({c: np.array(table.column(c).to_pylist() + [None], dtype=object)[:-1] for c in table.column_names})
+
+
+def stage_steps_per_s(stage: str, bundle, batch: dict[str, Any], device: torch.device, steps: int) -> float:
+    """A bare AdamW loop of ``stage`` (the training job's task and loss) on ``device``: optimizer steps/s."""
+    from mrgen.jobs.train.stages import build_task
+    from mrgen.models.configs import model_config
+
+    task = build_task(stage, model_config("tiny"), bundle, 1e-6, 0.0, 0.1, seed=0)
+    task.to(device, torch.float32)
+    model = task.trainable.to(device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> None:
+        loss = task.loss(model, batch, device, torch.float32)
+        loss = loss[0] if isinstance(loss, tuple) else loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):  # warm-up (kernels, allocator)
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return steps / (time.perf_counter() - start)
+
+
+def tiny_stages(db: str, device: torch.device, steps: int, cpu_steps: int, batch_size: int = 8) -> dict[str, Any]:
+    from mrgen.models.bundle import build_random_bundle
+
+    batch = _rows(db, batch_size)
+    runs = {device.type: (device, steps)}
+    if device.type != "cpu":
+        runs["cpu"] = (torch.device("cpu"), cpu_steps)
+    rates: dict[str, dict[str, float]] = {}
+    for kind, (where, n) in runs.items():
+        bundle = build_random_bundle("tiny")  # frozen parts of the UNet and controller stages, moved to ``where``
+        rates[kind] = {stage: stage_steps_per_s(stage, bundle, batch, where, n) for stage in STAGES}
+    out: dict[str, Any] = {"batch_size": batch_size, "steps": steps, "cpu_steps": cpu_steps if "cpu" in runs else steps}
+    for stage in STAGES:
+        rate, cpu = rates[device.type][stage], rates["cpu"][stage]
+        out[stage] = {"steps_per_s": round(rate, 2), "cpu_steps_per_s": round(cpu, 2),
+                      "speedup_vs_cpu": round(rate / cpu, 2)}
+    return out
+
+
+def paper_training(db: str, out: str, device: torch.device, tiny: bool, steps: int, batch_sizes: dict[str, int],
+                   stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
+    """`mrgen train all`'s ``stages`` in order (each from the previous one's bundle) for ``steps`` steps each."""
+    from mrgen.jobs.train.config import TrainConfig
+    from mrgen.jobs.train.run import main
+
+    gpu = device.type == "cuda"
+    sets = ["num_workers=1", f"gpus_per_worker={int(gpu)}", f"precision={'bf16' if gpu else 'fp32'}", "zero_stage=2",
+            f"checkpoint_every={steps}", "keep_checkpoints=2", "sample_every=0", f"log_every={max(1, steps // 4)}",
+            "scaling_samples=8", "cache_data=false", "max_failures=0", *(["cpus_per_worker=1"] if not gpu else []),
+            *(f"{s}.{k}" for s in stages for k in (f"max_steps={steps}", "warmup_steps=1")),
+            *(f"{s}.batch_size={b}" for s, b in batch_sizes.items())]
+    config = TrainConfig.load("tiny" if tiny else "paper", sets)
+    if not tiny:
+        config = config.with_overrides({"architecture": {"text_encoder": PAPER_TEXT_ENCODER}})
+    figures: dict[str, Any] = {"config": "tiny" if tiny else "paper", "precision": config.resolved_precision(),
+                               "zero_stage": config.zero_stage, "backend": "nccl" if gpu else "gloo"}
+    for stage in stages:
+        result = main(config, db, out, stage)
+        steady = result.history[1:] or result.history  # the first interval holds start-up
+        peaks = [h.get("peak_memory_mib") for h in result.history if h.get("peak_memory_mib") is not None]
+        figures[stage] = {"steps": result.steps, "batch_size": config.stage(stage).batch_size,
+                          "samples_per_s": round(float(np.median([h["samples_per_s"] for h in steady])), 2),
+                          "peak_memory_gib": round(max(peaks) / 1024, 2) if peaks else None,
+                          "wall_s": round(result.seconds, 1)}
+    return figures
+
+
+def flops_per_candidate(pipe, size: int, steps: int, guidance: float) -> dict[str, float]:
+    """FLOPs of one candidate: ``steps`` × (2 with CFG) controller + UNet forwards at batch 1, plus one decode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mrgen.models.autoencoder import decode_latents
+
+    bundle, device, dtype = pipe.bundle, pipe.device, pipe.dtype
+    latent = torch.randn(1, pipe.latent_channels, size // pipe.factor, size // pipe.factor)
+    text = bundle.text_encoder.encode([""]).to(device, dtype)
+    channels = int(bundle.controlnet.config.conditioning_channels)
+    cond = torch.zeros(1, channels, size, size, device=device, dtype=dtype)
+    t = torch.tensor([500], device=device)
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as forward:
+            x = latent.to(device, dtype)
+            down, mid = bundle.controlnet(x, t, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False)
+            bundle.unet(x, t, encoder_hidden_states=text, down_block_additional_residuals=down,
+                        mid_block_additional_residual=mid)
+        with FlopCounterMode(display=False) as decode:
+            decode_latents(bundle.vae, latent.to(device), bundle.latent_scaling)
+    passes = 2 if guidance != 1.0 else 1
+    step = float(forward.get_total_flops())
+    total = steps * passes * step + float(decode.get_total_flops())
+    return {"gflop_per_denoiser_forward": round(step / 1e9, 2), "gflop_decode": round(decode.get_total_flops() / 1e9, 2),
+            "tflop_per_candidate": round(total / 1e12, 4)}
+
+
+def synthesis(bundle, device: torch.device, size: int, candidates: int, steps: int, guidance: float) -> dict[str, Any]:
+    from mrgen.models.pipeline import MRGenPipeline
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    pipe = MRGenPipeline(bundle.to(device, dtype), device=device)
+    mask = np.zeros((1, size, size), np.uint8)
+    mask[0, size // 4: size // 2, size // 4: 3 * size // 4] = 1
+
+    def run(n_steps: int) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        pipe.generate(["T2 SPIR MRI, abdomen"], mask, candidates, steps=n_steps, guidance=guidance, sampler="ddim",
+                      seeds=list(range(candidates)), organ_maps={1: "liver"})
+        _sync(device)
+        return time.perf_counter() - start
+
+    run(2)  # warm-up
+    seconds = run(steps)
+    rate = candidates / seconds
+    flops = flops_per_candidate(pipe, size, steps, guidance)
+    peak = peak_bf16_tflops(device)
+    matmul = measured_matmul_tflops(device, dtype, 8192 if device.type == "cuda" else 512)
+    limit = peak * 1e12 / (flops["tflop_per_candidate"] * 1e12) if peak else None
+    attainable = matmul / flops["tflop_per_candidate"]
+    return {"resolution": size, "sampler": f"ddim {steps}", "guidance": guidance, "candidates": candidates,
+            "dtype": str(dtype).removeprefix("torch."), "seconds": round(seconds, 2),
+            "candidates_per_s": round(rate, 4), **flops, "device_name": _device_name(device),
+            "peak_bf16_tflops": peak, "physical_limit_candidates_per_s": round(limit, 3) if limit else None,
+            "fraction_of_physical_limit": round(rate / limit, 4) if limit else None,
+            "measured_matmul_tflops": round(matmul, 2),
+            "candidates_per_s_at_measured_matmul_rate": round(attainable, 3)}
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def endpoint(bundle_uri: str, tiny: bool, duration_s: float, clients: int) -> dict[str, Any]:
+    from mrgen.serving.loadgen import benchmark
+
+    if tiny:
+        return benchmark(model=bundle_uri, clients=clients, duration_s=duration_s, steps=2, warmup_s=0.5)
+    # one GPU replica, no SAM2 filter (no checkpoint here): the generator's batching is what is measured
+    return benchmark(model=bundle_uri, clients=clients, duration_s=duration_s, steps=50, warmup_s=5.0,
+                     config="paper", size=512, overrides={"filter.kind": "none", "limits.max_image_size": 512})
+
+
+def _timed(figures: dict[str, Any], name: str, fn: Callable[[], dict[str, Any]]) -> None:
+    """``figures[name] = fn()`` with its wall seconds; an error is recorded and the next section still runs."""
+    start = time.perf_counter()
+    print(f"[bench gpu] {name} ...", flush=True)
+    try:
+        figures[name] = fn()
+    except Exception as exc:  # one JSON of everything that worked is the point of a one-shot check
+        figures[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    figures[name]["section_wall_s"] = round(time.perf_counter() - start, 1)
+
+
+def run_gpu_bench(device: str = "cuda", tiny: bool = False, sections: tuple[str, ...] | None = None,
+                  workdir: str | None = None) -> dict[str, Any]:
+    """Every section (or those named in ``sections``) on ``device``; prints and returns one JSON object."""
+    from mrgen.datasets.phantom import PhantomConfig, build_phantom_db
+    from mrgen.models.bundle import build_random_bundle
+    from mrgen.platform.cluster import init_ray
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: torch sees no CUDA device here (use --device cpu --tiny for the CI mode)")
+    wanted = sections or ("tiny_stages", "paper_training", "synthesis", "endpoint")
+    work = Path(workdir or tempfile.mkdtemp(prefix="mrgen-gpu-bench-"))
+    started = time.perf_counter()
+    figures: dict[str, Any] = {"device": device, "device_name": _device_name(dev), "tiny": tiny,
+                               "torch": torch.__version__, "cuda": torch.version.cuda}
+    init_ray()
+    tiny_db = str(work / "db-tiny")
+    build_phantom_db(tiny_db, PhantomConfig.load("tiny"), use_ray=False)
+    if "tiny_stages" in wanted:
+        steps, cpu_steps = (3, 2) if tiny else (300, 20)
+        _timed(figures, "tiny_stages", lambda: tiny_stages(tiny_db, dev, steps, cpu_steps))
+    if "paper_training" in wanted:
+        def train() -> dict[str, Any]:
+            db = tiny_db
+            if not tiny:
+                db = str(work / "db-paper")
+                build_phantom_db(db, PhantomConfig.load("paper", ["volumes=3", "slices_per_volume=16",
+                                                                  "test_volumes=1"]), use_ray=False)
+            return paper_training(db, str(work / "train"), dev, tiny, steps=2 if tiny else 20,
+                                  batch_sizes={} if tiny else {"vae": 8})
+        _timed(figures, "paper_training", train)
+        shutil.rmtree(work / "train", ignore_errors=True)  # paper checkpoints are tens of GB
+    if {"synthesis", "endpoint"} & set(wanted):
+        bundle = build_random_bundle("tiny") if tiny else build_random_bundle(
+            "paper", overrides={"text_encoder": PAPER_TEXT_ENCODER})
+        bundle_uri = str(work / "bundle")
+        if "endpoint" in wanted:
+            bundle.save(bundle_uri)
+        if "synthesis" in wanted:
+            size, candidates, steps = (64, 2, 3) if tiny else (512, 20, 50)
+            _timed(figures, "synthesis", lambda: synthesis(bundle, dev, size, candidates, steps, guidance=7.0))
+        del bundle
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        if "endpoint" in wanted:
+            _timed(figures, "endpoint", lambda: endpoint(bundle_uri, tiny, duration_s=1.0 if tiny else 20.0,
+                                                         clients=2 if tiny else 8))
+    if workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    figures["wall_s"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(figures, indent=1))
+    return figures
