@@ -12,7 +12,7 @@ export RAY_AUTH_MODE = disabled
 export HF_HUB_OFFLINE = 1
 export OMP_WAIT_POLICY = PASSIVE
 
-.PHONY: demo test bench env clean-env
+.PHONY: demo test lint bench env clean-env
 
 env: $(VENV)/.deps $(VENV)/.mrgen
 
@@ -35,6 +35,9 @@ demo: env
 
 test: env
 	$(BIN)/python -m pytest $(ARGS)
+
+lint: env
+	$(BIN)/ruff check .
 
 bench: env
 	$(BIN)/mrgen bench all

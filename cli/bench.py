@@ -67,11 +67,28 @@ def _serve_run(args: argparse.Namespace) -> dict[str, Any]:
                      max_batch_size=args.max_batch_size)
 
 
+def _adaptive_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--masks", type=int, default=16, help="source masks (spread over the DB's training slices)")
+    parser.add_argument("--candidates", type=int, default=8, help="candidates per mask without the adaptive budget")
+    parser.add_argument("--keep", type=int, default=2, help="candidates kept per mask")
+    parser.add_argument("--wave-size", type=int, default=2, help="candidates per wave (adaptive)")
+    parser.add_argument("--db", default=None, help="phantom MRGen-DB (default: the embedded default, built in a temp dir)")
+
+
+def _adaptive_run(args: argparse.Namespace) -> dict[str, Any]:
+    from mrgen.jobs.bench.adaptive_bench import run_adaptive_bench
+
+    return run_adaptive_bench(masks=args.masks, candidates=args.candidates, keep=args.keep, wave_size=args.wave_size,
+                              db=args.db)
+
+
 BENCHMARKS: dict[str, Benchmark] = {
     "db": Benchmark("MRGen-DB ingest slices/s and Ray Data read slices/s (local, s3://moto) vs. plain pyarrow",
                     _db_arguments, _db_run),
     "train": Benchmark("training samples/s of Ray Train + DeepSpeed vs. a bare PyTorch loop, and data-wait share",
                        _train_arguments, _train_run),
+    "adaptive": Benchmark("generator-seconds per kept sample with the adaptive budget vs. every candidate, embedded "
+                          "generator and LiteMedSAM", _adaptive_arguments, _adaptive_run),
     "serve": Benchmark("generation service throughput and p50/p95/p99 latency, batching on vs. off (max batch 1)",
                        _serve_arguments, _serve_run),
 }

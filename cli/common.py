@@ -8,10 +8,12 @@ from pathlib import Path
 from mrgen.platform.config import ConfigBase, ConfigError
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, example: str) -> None:
+    """``--config``, ``--set`` (``example``: a key of this command's section, shown in the help) and
+    ``--ray-address``."""
     parser.add_argument("--config", default=None, help="preset name (tiny, paper) or YAML file; default tiny")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set lr=1e-4 (repeatable)")
+                        help=f"override a config key, e.g. --set {example} (repeatable)")
     parser.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
 
 
@@ -22,6 +24,16 @@ def load_config(cls: type[ConfigBase], args: argparse.Namespace, flags: dict | N
         return config.with_overrides(flags or {})
     except ConfigError as exc:
         raise SystemExit(f"mrgen: {exc}") from None
+
+
+def run_job(command: str, job, config, input_error: type[Exception]):
+    """``job(config)``; None after printing ``mrgen COMMAND: reason`` when it raises ``input_error`` (an input it
+    cannot use: the command then exits with 2)."""
+    try:
+        return job(config)
+    except input_error as exc:
+        print(f"mrgen {command}: {exc}", flush=True)
+        return None
 
 
 def json_object(text: str | None, flag: str) -> dict:

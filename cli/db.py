@@ -30,13 +30,15 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("phantom", help="build the embedded synthetic abdominal MR database",
                        description="Render seeded synthetic abdominal MR volumes into an MRGen-DB "
-                                   "(phantom-src with masks, phantom-tgt with test masks only, phantom-pool unannotated).")
+                                   "(phantom-src with masks, phantom-tgt with test masks only, phantom-pool "
+                                   "unannotated).")
     p.add_argument("--out", required=True, help="DB location (path, file:// or s3:// URI)")
-    add_config_flags(p)
+    add_config_flags(p, example="volumes=4")
     p.add_argument("--seed", type=int, default=None, help="random seed (config key seed)")
     p.add_argument("--volumes", type=int, default=None, help="volumes per dataset (config key volumes)")
     p.add_argument("--resolution", type=int, default=None, help="slice size in pixels (config key resolution)")
-    p.add_argument("--ray", dest="use_ray", action="store_true", help="render in parallel on Ray (local or --ray-address)")
+    p.add_argument("--ray", dest="use_ray", action="store_true",
+                   help="render in parallel on Ray (local or --ray-address)")
     p.set_defaults(func=cmd_phantom, config_default="default")
 
     p = sub.add_parser("info", help="print a DB's counts per dataset / modality / region / has_mask / split")
@@ -65,7 +67,8 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
     if args.config is None:
         args.config = args.config_default
-    config = load_config(PhantomConfig, args, {"seed": args.seed, "volumes": args.volumes, "resolution": args.resolution})
+    config = load_config(PhantomConfig, args, {"seed": args.seed, "volumes": args.volumes,
+                                               "resolution": args.resolution})
     if args.use_ray or args.ray_address:
         from mrgen.platform.cluster import RayConfig, init_ray
 

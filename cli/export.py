@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.add_argument("--split", default="test", help="split of --real to export (default test)")
     n.add_argument("--real-dataset", action="append", default=None, help="only these datasets of --real (repeatable)")
     n.add_argument("--real-modality", action="append", default=None, help="only these modalities of --real")
-    n.add_argument("--labels", default=None, help="comma-separated organ names in label order (default: from organ maps)")
+    n.add_argument("--labels", default=None,
+                   help="comma-separated organ names in label order (default: from organ maps)")
     n.add_argument("--verify", action="store_true", help="run nnU-Net's verify_dataset_integrity afterwards")
     n.set_defaults(func=_nnunet)
 

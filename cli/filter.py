@@ -10,11 +10,13 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="filter_command", metavar="ACTION", required=True)
     c = sub.add_parser("calibrate", help="thresholds from a scorer's scores of real slices against their own masks",
                        description="Score real annotated slices against their own masks and set each filter threshold "
-                                   "at a quantile of its distribution; the file is what `mrgen synthesize --thresholds` "
+                                   "at a quantile of its distribution; the file is what `mrgen synthesize "
+                                   "--thresholds` "
                                    "and `mrgen serve --set filter.thresholds_file=` take.")
     c.add_argument("--db", required=True, metavar="URI", help="MRGen-DB with annotated slices")
     c.add_argument("--scorer", choices=["medsam", "sam2"], default="medsam", help="scorer to calibrate")
-    c.add_argument("--checkpoint", default=None, help="scorer weights (sam2: required; medsam: default the shipped ones)")
+    c.add_argument("--checkpoint", default=None,
+                   help="scorer weights (sam2: required; medsam: default the shipped ones)")
     c.add_argument("--sam2-config", default="tiny", help="sam2 config name or alias (tiny, large, 2.0-large)")
     c.add_argument("--dataset", action="append", default=None, help="only these datasets (repeatable)")
     c.add_argument("--split", default="train", help="split of the slices scored (default train)")

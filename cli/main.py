@@ -1,6 +1,7 @@
 """`mrgen`: one command, a subcommand per job. Each `cli/<group>.py` adds its own subparsers.
 
-This is the only code that reaches both `jobs` and `serving`; it parses flags and calls their `main()`s.
+This is the only code that reaches both `jobs` and `serving`; it parses flags and calls their library functions
+(`run_synthesis`, `run_training`, ...), printing results and turning errors into exit codes.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 
 # Subcommand modules, each with `register(subparsers)`; a handler is stored as `func` on the namespace.
 GROUPS = ["db", "train", "eval", "filter", "synthesize", "sample", "export", "segment", "serve", "generate",
-          "experiment", "bench", "submit"]
+          "demo", "bench", "submit"]
 
 
 def build_parser() -> argparse.ArgumentParser:

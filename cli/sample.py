@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from mrgen.cli.common import json_object
+from mrgen.cli.common import json_object, run_job
 
 
 def register(subparsers) -> None:
@@ -34,7 +35,6 @@ def register(subparsers) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     from mrgen.jobs.sample.config import SampleConfig
-    from mrgen.jobs.sample.run import sample_entry
     from mrgen.platform.config import ConfigError
 
     fields = {k: getattr(args, k) for k in ("model", "mask", "modality", "out", "region", "prompt", "attributes", "n",
@@ -46,3 +46,15 @@ def handle(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise SystemExit(f"mrgen sample: {exc}") from None
     return sample_entry(config)
+
+
+def sample_entry(config) -> int:
+    """Run the job and print where its files went: 0, or 2 with the reason when an input is unusable."""
+    from mrgen.jobs.sample.run import RECORD, SampleInputError, run_sample
+
+    record = run_job("sample", run_sample, config, SampleInputError)
+    if record is None:
+        return 2
+    print(f"wrote {len(record['files'])} candidates and {RECORD} to {Path(config.out)} "
+          f"(bundle {record['bundle_id'][:12]}; prompt {record['prompt']!r})", flush=True)
+    return 0

@@ -30,9 +30,10 @@ def register(subparsers) -> None:
     t.add_argument("--dataset", action="append", default=None, help="only these datasets (repeatable)")
     t.add_argument("--modality", action="append", default=None, help="only these modality labels (repeatable)")
     t.add_argument("--split", default="train", help="split to train on ('any' for all; default train)")
-    t.add_argument("--budget", default=None, metavar="K=V,...", help="epochs, iterations, width, batch, val_iterations, minutes")
+    t.add_argument("--budget", default=None, metavar="K=V,...",
+                   help="epochs, iterations, width, batch, val_iterations, minutes")
     t.add_argument("--gpus", type=float, default=None, help="GPUs of the training task (segment.num_gpus)")
-    add_config_flags(t)
+    add_config_flags(t, example="epochs=20")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="volumetric Dice of a segmenter on real test volumes")
@@ -51,7 +52,7 @@ def register(subparsers) -> None:
     e.add_argument("--limit", type=int, default=None, metavar="N",
                    help="with --pooled: at most N slices, evenly spread in slice-id order")
     e.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
-    add_config_flags(e)
+    add_config_flags(e, example="device=cpu")
     e.set_defaults(func=_eval)
 
 

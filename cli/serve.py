@@ -30,7 +30,7 @@ def register(subparsers) -> None:
                         help="require 'Authorization: Bearer $VAR' on /v1 routes")
     parser.add_argument("--print-config", nargs="?", const="-", default=None, metavar="FILE",
                         help="write the Ray Serve config YAML (to FILE, or stdout) and exit")
-    add_config_flags(parser)
+    add_config_flags(parser, example="default_steps=20")
     parser.set_defaults(func=handle)
 
 

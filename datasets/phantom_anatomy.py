@@ -50,7 +50,8 @@ class Lobe:
     power_below: float | None = None  # a different taper below the centre (a pointed lower tip)
     notch: tuple[float, float] | None = None  # (angle, depth) of a kidney-like hilum indentation
 
-    def inside(self, X: np.ndarray, Y: np.ndarray, zeta: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice], np.ndarray]:
+    def inside(self, X: np.ndarray, Y: np.ndarray,
+               zeta: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice], np.ndarray]:
         """Slice indices where the lobe appears, the in-plane box it fits in, and its mask there [k, h, w]."""
         t = (zeta - self.cz) / self.az
         rows = np.nonzero(np.abs(t) < 1)[0]
@@ -134,7 +135,8 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
     S = []
     # Muscles and thoracic structures under the organs.
     for side in (-1, 1):
-        S.append(Structure(MUSCLE, [_lobe(rng, side * 0.14, spine_y + 0.12, 0.55, 0.09, 0.08, 0.65, shape=0.03)], in_cavity=False))
+        S.append(Structure(MUSCLE, [_lobe(rng, side * 0.14, spine_y + 0.12, 0.55, 0.09, 0.08, 0.65, shape=0.03)],
+                           in_cavity=False))
         S.append(Structure(MUSCLE, [_lobe(rng, side * 0.15, spine_y - 0.06, 0.3, 0.07, 0.06, 0.28, shape=0.03)]))
         S.append(Structure(LUNG, [_lobe(rng, side * 0.4, 0.12, 1.12, 0.3, 0.33, 0.3)]))
     S.append(Structure(HEART, [_lobe(rng, 0.08, -0.22, 1.14, 0.28, 0.24, 0.2)]))
@@ -145,19 +147,27 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
         _lobe(rng, -0.33, -0.03, 0.76, 0.4, 0.4, 0.22, size=organ_size[0], power_below=rng.uniform(2.2, 3.0)),
         _lobe(rng, 0.1, -0.28, 0.83, 0.3, 0.16, 0.1, rot=-0.2, size=organ_size[0]),
     ], organ_id=1))
-    S.append(Structure(SPLEEN, [_lobe(rng, 0.53, 0.2, 0.76, 0.12, 0.22, 0.14, rot=0.5, size=organ_size[1])], organ_id=2))
+    S.append(Structure(SPLEEN, [_lobe(rng, 0.53, 0.2, 0.76, 0.12, 0.22, 0.14, rot=0.5,
+                                      size=organ_size[1])], organ_id=2))
     S.append(Structure(KIDNEY, [_lobe(rng, -0.33, spine_y - 0.05, 0.54, 0.12, 0.16, 0.14, rot=-0.45, size=organ_size[2],
                                       notch=(0.0, 0.3))], organ_id=3))
     S.append(Structure(KIDNEY, [_lobe(rng, 0.33, spine_y - 0.05, 0.58, 0.12, 0.16, 0.14, rot=0.45, size=organ_size[3],
                                       notch=(np.pi, 0.3))], organ_id=4))
-    S.append(Structure(BLADDER, [_lobe(rng, 0.0, -0.18, 0.17, 0.19, 0.15, 0.09, size=rng.uniform(0.7, 1.2), shape=0.05)], organ_id=5))
-    S.append(Structure(PROSTATE, [_lobe(rng, 0.0, 0.0, 0.06, 0.09, 0.07, 0.065, size=organ_size[5], shape=0.04)], organ_id=6))
+    S.append(Structure(BLADDER, [_lobe(rng, 0.0, -0.18, 0.17, 0.19, 0.15, 0.09, size=rng.uniform(0.7, 1.2),
+                                       shape=0.05)], organ_id=5))
+    S.append(Structure(PROSTATE, [_lobe(rng, 0.0, 0.0, 0.06, 0.09, 0.07, 0.065, size=organ_size[5],
+                                        shape=0.04)], organ_id=6))
     # Structures that cut into organ labels.
-    S.append(Structure(BILE, [_lobe(rng, -0.15, -0.22, 0.68, 0.05, 0.07, 0.06, size=rng.uniform(0.6, 1.3))], clears_label=True))
-    S.append(Structure(MARROW, [_lobe(rng, 0.0, spine_y, 0.55, 0.09, 0.08, 0.7, shape=0.02)], clears_label=True, in_cavity=False))
-    S.append(Structure(CSF, [_lobe(rng, 0.0, spine_y + 0.12, 0.55, 0.035, 0.03, 0.75, shape=0.0)], clears_label=True, in_cavity=False))
-    S.append(Structure(VESSEL, [_lobe(rng, 0.06, spine_y - 0.15, 0.72, 0.04, 0.04, 0.42, shape=0.0)], clears_label=True))
-    S.append(Structure(VESSEL, [_lobe(rng, -0.08, spine_y - 0.14, 0.7, 0.05, 0.045, 0.32, shape=0.02)], clears_label=True))
+    S.append(Structure(BILE, [_lobe(rng, -0.15, -0.22, 0.68, 0.05, 0.07, 0.06, size=rng.uniform(0.6, 1.3))],
+                       clears_label=True))
+    S.append(Structure(MARROW, [_lobe(rng, 0.0, spine_y, 0.55, 0.09, 0.08, 0.7, shape=0.02)], clears_label=True,
+                       in_cavity=False))
+    S.append(Structure(CSF, [_lobe(rng, 0.0, spine_y + 0.12, 0.55, 0.035, 0.03, 0.75, shape=0.0)], clears_label=True,
+                       in_cavity=False))
+    S.append(Structure(VESSEL, [_lobe(rng, 0.06, spine_y - 0.15, 0.72, 0.04, 0.04, 0.42, shape=0.0)],
+                       clears_label=True))
+    S.append(Structure(VESSEL, [_lobe(rng, -0.08, spine_y - 0.14, 0.7, 0.05, 0.045, 0.32, shape=0.02)],
+                       clears_label=True))
     return Anatomy(structures=S, body=body, liver_fat=float(rng.uniform(0.0, 0.12)),
                    tissue_jitter=rng.uniform(0.95, 1.05, size=(len(TISSUE_NAMES), 3)),
                    zeta0=float(rng.uniform(-0.03, 0.03)), zeta_span=float(rng.uniform(0.96, 1.04)))

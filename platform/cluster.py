@@ -19,7 +19,8 @@ from mrgen.platform.config import ConfigBase
 # back-to-back report; half the wall time of a stage reporting every 10 steps).
 _DEFAULT_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1",
                 "RAY_DATA_USE_DATASOURCE_V2": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
-_FORWARDED = ("RAY_DATA_USE_DATASOURCE_V2", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
+_FORWARDED = ("RAY_DATA_USE_DATASOURCE_V2", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "AWS_ACCESS_KEY_ID",
+              "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
               "MRGEN_S3_ENDPOINT", "HF_HUB_OFFLINE", "OMP_NUM_THREADS")
 
 
@@ -27,10 +28,12 @@ class RayConfig(ConfigBase):
     """Where jobs run."""
 
     section = "ray"
-    address: str | None = Field(None, description="existing cluster ('auto', 'ray://host:10001'); None starts a local one")
+    address: str | None = Field(None, description="existing cluster ('auto', 'ray://host:10001'); "
+                                                  "None starts a local one")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local cluster (default: all)")
     object_store_memory_mb: int | None = Field(None, ge=64, description="object store of a local cluster")
-    no_progress_timeout_s: float = Field(600.0, gt=0, description="Ray Data fails a dataset that makes no progress this long")
+    no_progress_timeout_s: float = Field(600.0, gt=0,
+                                         description="Ray Data fails a dataset that makes no progress this long")
 
 
 def runtime_env_vars() -> dict[str, str]:

@@ -44,7 +44,8 @@ class ConfigBase(BaseModel):
     @classmethod
     def from_preset(cls: type[C], name: str) -> C:
         if name not in cls._presets:
-            raise ConfigError(f"unknown preset {name!r} for '{cls.section or cls.__name__}': choose from {cls.presets()}")
+            raise ConfigError(f"unknown preset {name!r} for '{cls.section or cls.__name__}': choose from "
+                              f"{cls.presets()}")
         return _validate(cls, cls._presets[name](), source=f"preset {name!r}")
 
     @classmethod
@@ -53,6 +54,9 @@ class ConfigBase(BaseModel):
         data = _source_dict(cls, source)
         for item in overrides:
             key, value = split_override(item)
+            if cls.section and key.startswith(f"{cls.section}.") and cls.section not in cls.model_fields:
+                raise ConfigError(f"override {item!r}: keys are relative to the '{cls.section}' section, as in its "
+                                  f"YAML mapping: write {key[len(cls.section) + 1:]}={item.split('=', 1)[1]}")
             _set_path(data, key, value)
         return _validate(cls, data, source=str(source or "tiny"))
 
@@ -62,7 +66,8 @@ class ConfigBase(BaseModel):
         return _validate(cls, data, source=source)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump({self.section: self.model_dump(mode="json")} if self.section else self.model_dump(mode="json"), sort_keys=True)
+        return yaml.safe_dump({self.section: self.model_dump(mode="json")} if self.section
+                              else self.model_dump(mode="json"), sort_keys=True)
 
     def with_overrides(self: C, overrides: dict[str, Any]) -> C:
         data = self.model_dump()
@@ -102,8 +107,10 @@ def _source_dict(cls: type[ConfigBase], source: str | Path | None) -> dict[str, 
         raw = raw[cls.section]
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: section '{cls.section}' must be a mapping")
-    elif cls.section and set(raw) & _KNOWN_SECTIONS - {cls.section}:
-        return cls.load("tiny").model_dump() if "tiny" in cls._presets else {}
+    elif cls.section and _only_sections(cls, raw):
+        others = ", ".join(sorted(k for k in raw if k != "preset"))
+        raise ConfigError(f"{path}: no '{cls.section}' section (the file holds only the sections {others}): "
+                          f"put the '{cls.section}' keys under '{cls.section}:' or give a preset")
     base_name = raw.pop("preset", None)
     data = cls._presets[base_name]() if base_name else {}
     if base_name and base_name not in cls._presets:
@@ -112,7 +119,11 @@ def _source_dict(cls: type[ConfigBase], source: str | Path | None) -> dict[str, 
     return data
 
 
-_KNOWN_SECTIONS = {"db", "train", "synthesis", "serve", "segment", "experiment", "storage", "evaluate"}
+def _only_sections(cls: type[ConfigBase], raw: dict[str, Any]) -> bool:
+    """A file of other sections only: every key but ``preset`` a mapping and none a field of ``cls`` (no list of
+    section names to keep in step with the jobs: any mapping that ``cls`` does not know is another section)."""
+    keys = [k for k in raw if k != "preset"]
+    return bool(keys) and all(isinstance(raw[k], dict) and k not in cls.model_fields for k in keys)
 
 
 def _validate(cls: type[C], data: dict[str, Any], source: str) -> C:
@@ -128,7 +139,8 @@ def _validate(cls: type[C], data: dict[str, Any], source: str) -> C:
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"vae": {"max_steps": 5}}`` → ``{"vae.max_steps": 5}``: as overrides, each replaces one key, never a section."""
+    """``{"vae": {"max_steps": 5}}`` → ``{"vae.max_steps": 5}``: as overrides, each replaces one key, never a section.
+    """
     out: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict) and value:

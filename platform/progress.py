@@ -20,7 +20,8 @@ class Progress:
         console = current()
         if console is not None:
             console.progress(self.label, self.done, self.total,
-                             " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()))
+                             " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                      for k, v in fields.items()))
         now = time.monotonic()
         if now - self._last >= self.interval or (self.total is not None and self.done >= self.total):
             self._last = now

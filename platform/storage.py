@@ -43,7 +43,8 @@ class StorageSettings(ConfigBase):
 
     def resolved(self) -> StorageSettings:
         env = StorageSettings.from_env()
-        return StorageSettings(**{k: getattr(self, k) if getattr(self, k) is not None else getattr(env, k) for k in type(self).model_fields})
+        return StorageSettings(**{k: getattr(self, k) if getattr(self, k) is not None else getattr(env, k)
+                                  for k in type(self).model_fields})
 
     def s3_options(self) -> dict[str, Any]:
         s = self.resolved()
@@ -242,10 +243,10 @@ def publish_dir(folder: str | Path, uri: str, marker: str | None, settings: Stor
     """Publish the finished local ``folder`` as the folder ``uri``, replacing what was there as a whole.
 
     ``marker`` names the file of ``folder`` whose presence means "complete" (``None`` for a folder that has none,
-    such as a copy of a foreign layout: object storage then sees its files appear one by one). Locally the folder is moved into
-    place (copied first to a hidden sibling when it lies elsewhere) and swapped with an existing one in one
-    ``renameat2(RENAME_EXCHANGE)`` where the filesystem allows, else by renaming the old one aside first; the old
-    one is deleted afterwards, never merged with. On object storage the old marker goes first, then the old
+    such as a copy of a foreign layout: object storage then sees its files appear one by one). Locally the folder is
+    moved into place (copied first to a hidden sibling when it lies elsewhere) and swapped with an existing one in
+    one ``renameat2(RENAME_EXCHANGE)`` where the filesystem allows, else by renaming the old one aside first; the
+    old one is deleted afterwards, never merged with. On object storage the old marker goes first, then the old
     objects; the new files are uploaded and the marker last, so a reader that finds the marker finds it whole.
     """
     folder = Path(folder)

@@ -14,7 +14,7 @@ from ray.serve import Application
 
 from mrgen.platform.config import flatten, split_override
 from mrgen.serving.config import ServeConfig
-from mrgen.serving.generator import Generator
+from mrgen.serving.generator import GeneratorReplica
 from mrgen.serving.ingress import Ingress
 from mrgen.serving.filter import Filter
 
@@ -55,7 +55,7 @@ def build_app(args: GeneratorAppArgs | dict[str, Any]) -> Application:
 def build_app_from_config(config: ServeConfig) -> Application:
     res = config.resources
     env = _runtime_env(config)
-    generator = serve.deployment(Generator, name="Generator").options(
+    generator = serve.deployment(GeneratorReplica, name="Generator").options(
         autoscaling_config=config.autoscaling.to_ray(),
         max_ongoing_requests=config.max_ongoing_requests,
         max_queued_requests=config.max_queued_requests,

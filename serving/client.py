@@ -59,7 +59,8 @@ class GeneratorClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def generate(self, mask: str | os.PathLike | np.ndarray, modality: str, organ_map: dict[int | str, str] | None = None,
+    def generate(self, mask: str | os.PathLike | np.ndarray, modality: str,
+                 organ_map: dict[int | str, str] | None = None,
                  n: int = 1, *, region: str | None = None, organs: list[str] | None = None, keep: int | None = None,
                  steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
                  seed: int | None = None) -> Generation:

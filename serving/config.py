@@ -82,16 +82,13 @@ class FilterSettings(ThresholdConfig):
         """These settings with ``thresholds_file``'s thresholds in place (ConfigError naming the file if unusable)."""
         if not self.thresholds_file:
             return self
-        from mrgen.models.selection import load_calibration
+        from mrgen.models.selection import calibrated_thresholds
 
         try:
-            calibration = load_calibration(self.thresholds_file)
+            t = calibrated_thresholds(self.thresholds_file, self.kind)
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"serve.filter.thresholds_file {self.thresholds_file}: {exc}") from None
-        if calibration.scorer != self.kind:
-            raise ConfigError(f"serve.filter.thresholds_file {self.thresholds_file} was calibrated for the "
-                              f"{calibration.scorer} scorer, but serve.filter.kind is {self.kind!r}")
-        t = calibration.thresholds
+            raise ConfigError(f"serve.filter.thresholds_file {self.thresholds_file}: {exc} "
+                              f"(serve.filter.kind)") from None
         return self.model_copy(update={"organ_iou": t.organ_iou, "organ_conf": t.organ_conf, "mean_iou": t.mean_iou,
                                        "mean_conf": t.mean_conf, "relax_by": t.relax_by, "thresholds_file": None})
 

@@ -24,7 +24,8 @@ class Filter:
         cfg = FilterSettings.model_validate(settings)
         self.rule = cfg.rule
         self.thresholds, self.relax_by = cfg.thresholds(), cfg.relax_by
-        self.scorer = build_scorer(cfg.kind, cfg.scorer, device="cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.scorer = build_scorer(cfg.kind, cfg.scorer, device="cuda" if use_gpu
+                                   and torch.cuda.is_available() else "cpu")
         self._scored = Counter("mrgen_filter_candidates_total", "candidates scored by the filter", tag_keys=("fate",))
 
     def model_id(self) -> str:

@@ -20,7 +20,7 @@ from mrgen.serving.schemas import GenerationJob, GenerationResult
 BATCH_SIZE_BOUNDARIES = [1, 2, 3, 4, 6, 8, 12, 16, 32]
 
 
-class Generator:
+class GeneratorReplica:
     """Wraps `MRGenPipeline` (built once in `__init__`, like nnU-Net's predictor) behind a batched call."""
 
     def __init__(self, model_uri: str, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.05,

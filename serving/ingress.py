@@ -90,7 +90,8 @@ class Ingress:
             info = await self._generator_info()
         except Exception as exc:  # not ready yet: the generator is starting or gone
             return _error(503, f"generator not ready: {type(exc).__name__}: {exc}")
-        return {"status": "ready", "bundle_id": info["bundle_id"], "filter": self.config.filter.kind if self.filter is not None else None}
+        return {"status": "ready", "bundle_id": info["bundle_id"],
+                "filter": self.config.filter.kind if self.filter is not None else None}
 
     @api.get("/metrics")
     async def prometheus(self):

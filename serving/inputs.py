@@ -53,7 +53,8 @@ def decode_mask_png(text: str, max_side: int, size_multiple: int, field: str = "
         image = Image.open(io.BytesIO(data))
         width, height = image.size  # header only: a huge image is rejected before its pixels are decoded
     except Image.DecompressionBombError as exc:  # PIL refuses headers of > 2x MAX_IMAGE_PIXELS before we can look
-        raise BadRequest(field, f"image too large ({exc}); the largest allowed side is {max_side}", status=413) from None
+        raise BadRequest(field, f"image too large ({exc}); the largest allowed side is {max_side}",
+                         status=413) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadRequest(field, f"not a readable PNG ({exc})") from None
     try:

@@ -75,7 +75,8 @@ def check_loopback(url: str) -> None:
     try:
         address = ipaddress.ip_address(host if host else socket.gethostbyname(host))
     except ValueError:
-        raise LoadError(f"{url}: the load generator only targets loopback addresses (127.0.0.1, ::1, localhost)") from None
+        raise LoadError(f"{url}: the load generator only targets loopback addresses "
+                        "(127.0.0.1, ::1, localhost)") from None
     if not address.is_loopback:
         raise LoadError(f"{url}: {host} is not a loopback address; the load generator only targets this machine")
 
@@ -176,7 +177,8 @@ def benchmark(model: str | None = None, clients: int = 8, duration_s: float = 20
     on, off = results["batching on"], results["batching off"]
     ratio = on.throughput / off.throughput if off.throughput else float("inf")
     p99_ratio = on.percentile(99) / off.percentile(99) if off.latencies_s else float("nan")
-    print(f"batching on / off: throughput ×{ratio:.2f}, p99 ×{p99_ratio:.2f}; errors {on.error_count + off.error_count} "
+    print(f"batching on / off: throughput ×{ratio:.2f}, p99 ×{p99_ratio:.2f}; errors "
+          f"{on.error_count + off.error_count} "
           f"({clients} clients, {duration_s:.0f} s each, n={n}, steps={steps}, max batch {max_batch_size})", flush=True)
     return {"on": on.summary(), "off": off.summary(), "throughput_ratio": round(ratio, 3),
             "p99_ratio": round(p99_ratio, 3)}

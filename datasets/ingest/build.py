@@ -80,7 +80,8 @@ class BuildReport:
         return data
 
     def summary(self) -> str:
-        lines = [f"built {self.built_volumes} volumes ({self.rows} slices, {self.shards_written} shards) into {self.out} "
+        lines = [f"built {self.built_volumes} volumes ({self.rows} slices, {self.shards_written} shards) into "
+                 f"{self.out} "
                  f"in {self.seconds:.1f}s; {self.already_present} already present; {len(self.skipped)} skipped"]
         lines += [f"  skipped: {s}" for s in self.skipped]
         return "\n".join(lines)
@@ -115,12 +116,15 @@ def ingest_volume(row: ManifestRow, attributes: str, config: DBConfig) -> pa.Tab
         except ReadError as exc:
             raise VolumeError(row.label, str(exc)) from None
         if mask.shape != image.shape:
-            raise VolumeError(row.label, f"image/label shape mismatch: image {image.shape}, label {mask.shape} (slices, rows, columns)")
+            raise VolumeError(row.label, f"image/label shape mismatch: image {image.shape}, label {mask.shape} "
+                                         "(slices, rows, columns)")
         unknown = sorted(set(np.unique(mask).tolist()) - {0} - set(row.labels))
         if unknown:
-            raise VolumeError(row.label, f"label values {unknown[:10]} absent from 'labels' {json.dumps({str(k): v for k, v in row.labels.items()})}")
+            raise VolumeError(row.label, f"label values {unknown[:10]} absent from 'labels' "
+                                         f"{json.dumps({str(k): v for k, v in row.labels.items()})}")
     try:
-        prepared = preprocess_volume(image.array, mask, image.spacing, config.resolution, tuple(config.clip_percentiles))
+        prepared = preprocess_volume(image.array, mask, image.spacing, config.resolution,
+                                     tuple(config.clip_percentiles))
     except PreprocessError as exc:
         raise VolumeError(row.image, str(exc)) from None
     return _slice_table(row, attributes, prepared, source_sha256(row.image))

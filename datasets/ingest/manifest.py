@@ -87,7 +87,8 @@ def read_manifest(path: str | Path) -> tuple[list[ManifestRow], list[RowProblem]
             problems.append(RowProblem(str(path), number, str(exc)))
             continue
         if row.key in seen:
-            problems.append(RowProblem(str(path), number, f"field 'volume_id': volume {row.key!r} already given in row {seen[row.key]}"))
+            problems.append(RowProblem(str(path), number,
+                                       f"field 'volume_id': volume {row.key!r} already given in row {seen[row.key]}"))
             continue
         seen[row.key] = number
         rows.append(row)
@@ -120,7 +121,8 @@ def _parse_row(raw: dict[str, Any], number: int, root: Path) -> ManifestRow:
     for name in REQUIRED:
         value = raw.get(name)
         if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"missing field '{name}'" if value in (None, "") else f"field '{name}' must be a non-empty string")
+            raise ValueError(f"missing field '{name}'" if value in (None, "")
+                             else f"field '{name}' must be a non-empty string")
     unknown = sorted(set(raw) - set(KNOWN))
     if unknown:
         raise ValueError(f"unknown field '{unknown[0]}' (fields: {', '.join(KNOWN)})")

@@ -35,10 +35,12 @@ def check_image(image: np.ndarray) -> None:
     finite = np.isfinite(image)
     if not finite.all():
         bad = np.argwhere(~finite)[0]
-        raise PreprocessError(f"{int((~finite).sum())} NaN/Inf voxels (first at slice {bad[0]}, row {bad[1]}, column {bad[2]})")
+        raise PreprocessError(f"{int((~finite).sum())} NaN/Inf voxels (first at slice {bad[0]}, row {bad[1]}, column "
+                              f"{bad[2]})")
     low, high = float(image.min()), float(image.max())
     if low == high:
-        raise PreprocessError("empty volume: all voxels are 0" if high == 0 else f"empty volume: every voxel equals {high:g}")
+        raise PreprocessError("empty volume: all voxels are 0" if high == 0
+                              else f"empty volume: every voxel equals {high:g}")
 
 
 def normalize(image: np.ndarray, with_mask: bool, clip_percentiles: tuple[float, float]) -> np.ndarray:
@@ -80,7 +82,8 @@ def preprocess_volume(image: np.ndarray, mask: np.ndarray | None, spacing: tuple
     """Normalise and resize ``image`` [Z, H, W] (and ``mask`` of the same shape, organ ids ≤ 255)."""
     check_image(image)
     if mask is not None and mask.shape != image.shape:
-        raise PreprocessError(f"image/label shape mismatch: image {image.shape}, label {mask.shape} (slices, rows, columns)")
+        raise PreprocessError(f"image/label shape mismatch: image {image.shape}, label {mask.shape} (slices, rows, "
+                              "columns)")
     images = resize_images(normalize(image, mask is not None, clip_percentiles), resolution)
     masks = resize_masks(mask, resolution) if mask is not None else None
     height, width = image.shape[1:]

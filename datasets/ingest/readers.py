@@ -60,7 +60,8 @@ def detect_format(path: str | Path) -> str:
         if suffixes <= set(IMAGE_SUFFIXES):
             return "image-folder"
         if suffixes & {*NIFTI_SUFFIXES, *IMAGE_SUFFIXES}:
-            raise UnsupportedFormatError(f"unsupported format: folder {path} mixes file types {sorted(s or '(none)' for s in suffixes)}")
+            raise UnsupportedFormatError(f"unsupported format: folder {path} mixes file types "
+                                         f"{sorted(s or '(none)' for s in suffixes)}")
         return "dicom-series"
     if not path.exists():
         raise ReadError(f"file not found: {path}")
@@ -71,7 +72,8 @@ def detect_format(path: str | Path) -> str:
     if name.endswith(DICOM_SUFFIXES) or _has_dicom_preamble(path):
         return "dicom"
     raise UnsupportedFormatError(
-        f"unsupported format {_suffix(path) or '(no extension)'!r}: expected NIfTI (.nii/.nii.gz), DICOM, PNG/JPEG or a folder")
+        f"unsupported format {_suffix(path) or '(no extension)'!r}: expected NIfTI (.nii/.nii.gz), DICOM, PNG/JPEG or "
+        "a folder")
 
 
 def read_volume(path: str | Path, label: bool = False) -> Volume:
@@ -197,9 +199,12 @@ def _first(ds, *paths):
 
 def _rescale(ds, frame_group=None):
     slope = _first(frame_group, "PixelValueTransformationSequence.RescaleSlope") if frame_group is not None else None
-    intercept = _first(frame_group, "PixelValueTransformationSequence.RescaleIntercept") if frame_group is not None else None
-    slope = slope if slope is not None else _first(ds, "RescaleSlope", "SharedFunctionalGroupsSequence.PixelValueTransformationSequence.RescaleSlope")
-    intercept = intercept if intercept is not None else _first(ds, "RescaleIntercept", "SharedFunctionalGroupsSequence.PixelValueTransformationSequence.RescaleIntercept")
+    intercept = (_first(frame_group, "PixelValueTransformationSequence.RescaleIntercept")
+                 if frame_group is not None else None)
+    slope = slope if slope is not None else _first(ds, "RescaleSlope",
+                                                   "SharedFunctionalGroupsSequence.PixelValueTransformationSequence.RescaleSlope")
+    intercept = intercept if intercept is not None else _first(ds, "RescaleIntercept",
+                                                               "SharedFunctionalGroupsSequence.PixelValueTransformationSequence.RescaleIntercept")
     return float(slope if slope is not None else 1.0), float(intercept if intercept is not None else 0.0)
 
 
@@ -222,7 +227,8 @@ def _frames_of(ds, label: bool):
 
 
 def _geometry(ds):
-    orientation = _first(ds, "ImageOrientationPatient", "SharedFunctionalGroupsSequence.PlaneOrientationSequence.ImageOrientationPatient",
+    orientation = _first(ds, "ImageOrientationPatient",
+                         "SharedFunctionalGroupsSequence.PlaneOrientationSequence.ImageOrientationPatient",
                          "PerFrameFunctionalGroupsSequence.PlaneOrientationSequence.ImageOrientationPatient")
     spacing = _first(ds, "PixelSpacing", "SharedFunctionalGroupsSequence.PixelMeasuresSequence.PixelSpacing",
                      "PerFrameFunctionalGroupsSequence.PixelMeasuresSequence.PixelSpacing")
@@ -274,18 +280,21 @@ def _read_dicom_series(path: Path, label: bool) -> Volume:
         try:
             datasets.append(pydicom.dcmread(str(file)))
         except Exception as exc:  # noqa: BLE001
-            raise ReadError(f"unreadable DICOM file {file.name} in series {path.name}: {type(exc).__name__}: {exc}") from exc
+            raise ReadError(f"unreadable DICOM file {file.name} in series {path.name}: "
+                            f"{type(exc).__name__}: {exc}") from exc
     series = {str(getattr(ds, "SeriesInstanceUID", "")) for ds in datasets}
     if len(series) > 1:
         raise ReadError(f"folder {path.name} holds {len(series)} DICOM series; give one series per manifest row")
-    order = sorted(range(len(datasets)), key=lambda i: (int(getattr(datasets[i], "InstanceNumber", 0) or 0), files[i].name))
+    order = sorted(range(len(datasets)), key=lambda i: (int(getattr(datasets[i], "InstanceNumber", 0) or 0),
+                                                        files[i].name))
     datasets, files = [datasets[i] for i in order], [files[i] for i in order]
     frames = []
     for ds, file in zip(datasets, files):
         try:
             frames.extend(_frames_of(ds, label))
         except Exception as exc:  # noqa: BLE001
-            raise ReadError(f"unreadable DICOM file {file.name} in series {path.name}: {type(exc).__name__}: {exc}") from exc
+            raise ReadError(f"unreadable DICOM file {file.name} in series {path.name}: "
+                            f"{type(exc).__name__}: {exc}") from exc
     if len(frames) != len(files):
         raise ReadError(f"series {path.name}: multi-frame files inside a series folder are not supported")
     return _assemble(frames, datasets[0], path, files)

@@ -1,1 +1,2 @@
-"""Benchmarks run by `mrgen bench <name>`: each prints its figures and ratios against a baseline run in the same process."""
+"""Benchmarks run by `mrgen bench <name>`: each prints its figures and ratios against a baseline run in the same
+process."""

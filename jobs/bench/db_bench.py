@@ -61,7 +61,8 @@ def read_pyarrow(uri: str, batch_size: int) -> Iterator[int]:
     from mrgen.datasets.store import read_table
 
     for record_batch in read_table(uri).to_batches(max_chunksize=batch_size):
-        batch = {name: record_batch.column(name).to_numpy(zero_copy_only=False) for name in ("image", "mask", "height", "width")}
+        batch = {name: record_batch.column(name).to_numpy(zero_copy_only=False)
+                 for name in ("image", "mask", "height", "width")}
         yield len(decode_batch(batch)["image"])
 
 
@@ -142,7 +143,8 @@ def run_db_bench(volumes: int = 8, slices: int = 64, size: int = 128, resolution
             ray_rate, ray_count, ray_first = _best_rate(read_ray, uri, batch_size, repeats)
             arrow_rate, arrow_count, arrow_first = _best_rate(read_pyarrow, uri, batch_size, repeats)
             if ray_count != report.rows or arrow_count != report.rows:
-                raise RuntimeError(f"{where}: read {ray_count} (Ray) / {arrow_count} (pyarrow) slices, built {report.rows}")
+                raise RuntimeError(f"{where}: read {ray_count} (Ray) / {arrow_count} (pyarrow) slices, built "
+                                   f"{report.rows}")
             figures[f"ray_read_{where}_slices_per_s"] = ray_rate
             figures[f"pyarrow_read_{where}_slices_per_s"] = arrow_rate
             figures[f"ray_first_batch_{where}_s"] = ray_first
@@ -162,7 +164,8 @@ def format_figures(f: dict[str, Any]) -> str:
         f"  read local  Ray Data         {f['ray_read_local_slices_per_s']:10.1f} slices/s"
         f"   (first batch after {f['ray_first_batch_local_s']:.2f}s)",
         f"  read local  pyarrow baseline {f['pyarrow_read_local_slices_per_s']:10.1f} slices/s"
-        f"   (first batch after {f['pyarrow_first_batch_local_s']:.2f}s)   Ray/pyarrow = {f['ray_vs_pyarrow_local']:.3f}",
+        f"   (first batch after {f['pyarrow_first_batch_local_s']:.2f}s)   Ray/pyarrow = "
+        f"{f['ray_vs_pyarrow_local']:.3f}",
         f"  read s3     Ray Data         {f['ray_read_s3_slices_per_s']:10.1f} slices/s"
         f"   (first batch after {f['ray_first_batch_s3_s']:.2f}s)",
         f"  read s3     pyarrow baseline {f['pyarrow_read_s3_slices_per_s']:10.1f} slices/s"

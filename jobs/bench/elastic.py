@@ -27,13 +27,15 @@ from mrgen.jobs.bench.synth_bench import Sampler
 
 MB = 2**20
 GENERATOR, FILTER = "MapWorker(MapBatches(GeneratorUDF))", "MapWorker(MapBatches(FilterUDF))"
-# The head's 1 CPU holds one generator (0.5 CPU) and one filter actor (0.25) beside the tasks: a second actor of
-# either pool fits only on a worker node.
-HEAD_CPUS, NODE_CPUS = 1, 2
-# A killed node is declared dead after a few seconds rather than Ray's default ~30 s (heartbeats every 3 s, 5 missed,
-# each timing out after 10 s): its actors restart and its tasks retry sooner.
+# The head's 2 CPUs hold one generator (1 CPU) and one filter actor (0.75) beside one light task (0.25): a second
+# actor of either pool fits only on a worker node (2 CPUs: one of each).
+HEAD_CPUS, NODE_CPUS = 2, 2
+GENERATOR_CPUS, FILTER_CPUS = 1, 0.75
+# A killed node is declared dead after ~8 s rather than Ray's default ~15-65 s (a check every 3 s, 5 failed, each
+# timing out after 10 s): a dead raylet refuses each check at once, so its actors restart and its tasks retry
+# sooner, while a live raylet on a loaded machine still has 5 s to answer each check.
 HEALTH_CHECK = {"health_check_initial_delay_ms": 1000, "health_check_period_ms": 1000,
-                "health_check_timeout_ms": 2000, "health_check_failure_threshold": 5}
+                "health_check_timeout_ms": 5000, "health_check_failure_threshold": 8}
 
 
 class LocalCluster:
@@ -166,16 +168,19 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, poll_
         time.sleep(poll_s)
 
 
-def synth_settings(bundle: str, db: str, out: str, masks: int = 16) -> list[str]:
+def synth_settings(bundle: str, db: str, out: str, masks: int = 32) -> list[str]:
     """Overrides of the tiny preset for every scenario: 2 modalities × ``masks`` phantom masks, random SAM2 at 256,
-    thresholds 0 (an untrained SAM2 passes nothing else), pools of up to 2 actors."""
+    thresholds 0 (an untrained SAM2 passes nothing else), pools of 2-3 actors. The head fits one actor of each pool:
+    the second waits, pending as on an autoscaling cluster, until a worker node joins (growth by backlog alone would
+    grow only the slower pool)."""
     from mrgen.datasets.phantom import TARGET_MODALITY
 
     return [f"model={bundle}", f"source={db}", f"out={out}", f"target_modalities=['{TARGET_MODALITY}','T1 in-phase']",
             "source_datasets=['phantom-src']", f"max_masks={masks}", "candidates=3", "keep=1", "steps=10",
             "scorer.random=true", "scorer.image_size=256", "thresholds.organ_iou=0", "thresholds.organ_conf=0",
             "thresholds.mean_iou=0", "thresholds.mean_conf=0", "masks_per_shard=4", "contact_sheet_masks=0",
-            "generator.num_cpus=0.5", "generator.pool_max=2", "filter_stage.pool_max=2"]
+            f"generator.num_cpus={GENERATOR_CPUS}", f"filter_stage.num_cpus={FILTER_CPUS}", "generator.pool_min=2",
+            "generator.pool_max=3", "filter_stage.pool_min=2", "filter_stage.pool_max=3"]
 
 
 def out_of(settings: list[str]) -> str:
@@ -185,10 +190,10 @@ def out_of(settings: list[str]) -> str:
 def synthesize(settings: list[str]) -> tuple[dict[str, Any], float]:
     """(report, wall seconds) of `mrgen synthesize` in this process."""
     from mrgen.jobs.synthesis.config import SynthesisConfig
-    from mrgen.jobs.synthesis.run import main
+    from mrgen.jobs.synthesis.run import run_synthesis
 
     start = time.perf_counter()
-    report = main(SynthesisConfig.load("tiny", settings))
+    report = run_synthesis(SynthesisConfig.load("tiny", settings))
     return report, time.perf_counter() - start
 
 
@@ -204,18 +209,32 @@ def undisturbed(cluster: LocalCluster, settings: list[str], workers: int) -> dic
     return {"workers": workers, "wall_s": round(seconds, 1), "masks": report["masks_finished"]}
 
 
-def node_joins(cluster: LocalCluster, settings: list[str]) -> dict[str, Any]:
-    """Head only; a worker node is added once the first generator and filter actors are up."""
+POOLS = (("generator", GENERATOR), ("filter", FILTER))
+
+
+def node_joins(cluster: LocalCluster, settings: list[str], then_dies: bool = False) -> dict[str, Any]:
+    """Head only; a worker node is added once the first generator and filter actors are up. ``then_dies``: the
+    new node is killed as soon as both pools have grown onto it (one run for both scenarios, as CI does)."""
     cluster.workers(0)
+    out = out_of(settings)
     with ActorWatch() as watch:
         job = Background(lambda: synthesize(settings))
         wait_until(lambda: {GENERATOR, FILTER} <= set(watch.seen) or job.done(), 600, "the first actors")
         node = cluster.add()
-        done_at_join = _finished(out_of(settings))
+        done_at_join = _finished(out)
+
+        def grew() -> dict[str, bool]:
+            return {name: node.node_id in watch.seen.get(cls, set()) for name, cls in POOLS}
+
+        killed: dict[str, Any] = {}
+        if then_dies:
+            wait_until(lambda: job.done() or all(grew().values()), 600, "both pools on the new node")
+            killed = {"masks_done_at_kill": _finished(out),
+                      "generators_on_killed_node": len(actor_nodes().get(GENERATOR, set()) & {node.node_id})}
+            cluster.kill(node)
         _, seconds = job.result()
-    grew = {name: node.node_id in watch.seen.get(cls, set()) for name, cls in (("generator", GENERATOR),
-                                                                               ("filter", FILTER))}
-    return {"wall_s": round(seconds, 1), "masks_done_at_join": done_at_join, "pools_grew_onto_new_node": grew}
+    return {"wall_s": round(seconds, 1), "masks_done_at_join": done_at_join, "pools_grew_onto_new_node": grew(),
+            **killed}
 
 
 def node_dies(cluster: LocalCluster, settings: list[str], after_masks: int = 4) -> dict[str, Any]:

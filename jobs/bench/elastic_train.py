@@ -32,10 +32,10 @@ def checkpoints(out: str) -> int:
 def train(db: str, out: str, steps: int, every: int) -> tuple[Any, float]:
     """(TrainResult, wall seconds) of the stage in this process."""
     from mrgen.jobs.train.config import TrainConfig
-    from mrgen.jobs.train.run import main
+    from mrgen.jobs.train.run import run_training
 
     start = time.perf_counter()
-    result = main(TrainConfig.load("tiny", train_settings(steps, every)), db, out, STAGE)
+    result = run_training(TrainConfig.load("tiny", train_settings(steps, every)), db, out, STAGE)
     return result, time.perf_counter() - start
 
 
@@ -56,7 +56,7 @@ def training_node_dies(cluster: LocalCluster, db: str, out: str, steps: int = 60
     (node,) = cluster.workers(1, cpus=TRAIN_NODE_CPUS)
     job = Background(lambda: train(db, out, steps, every))
     wait_until(lambda: job.done() or checkpoints(out) >= 2, 900, "two training checkpoints")
-    killed_at = checkpoints(out) * every
+    in_storage = checkpoints(out)  # at most keep_checkpoints: older ones are deleted
     cluster.kill(node)
     cluster.add(TRAIN_NODE_CPUS)
-    return {**_figures(*job.result(), steps), "killed_after_checkpoints_to_step": killed_at}
+    return {**_figures(*job.result(), steps), "checkpoints_in_storage_at_kill": in_storage}

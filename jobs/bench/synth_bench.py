@@ -2,7 +2,7 @@
 
 (a) bare compute: the same sampling (same batches) and SAM2 scoring (one embedding per candidate, organs
     batched) in a plain single-process loop;
-(b) the Ray pipeline (`jobs.synthesis.run.main`), wall time including actor start-up, and its marginal rate
+(b) the Ray pipeline (`jobs.synthesis.run.run_synthesis`), wall time including actor start-up, and its marginal rate
     between the 1× and 10× runs (start-up cancels out);
 (c) the reference algorithm: every candidate of every mask generated first, then SAM2 ``set_image`` once per
     organ (``Sam2Scorer.score_reference``).
@@ -81,7 +81,8 @@ def _work_rows(db: str, masks: int, modality: str, resolution: int) -> list[dict
     return [{k: out[k][i] for k in out} for i in usable][:masks]
 
 
-def _bare_loop(bundle: str, rows: list[dict], candidates: int, steps: int, sam2: dict, reference: bool) -> dict[str, float]:
+def _bare_loop(bundle: str, rows: list[dict], candidates: int, steps: int, sam2: dict,
+               reference: bool) -> dict[str, float]:
     import torch
 
     from mrgen.datasets.schema import decode_organ_map
@@ -98,7 +99,8 @@ def _bare_loop(bundle: str, rows: list[dict], candidates: int, steps: int, sam2:
     for r in rows:
         mask = np.frombuffer(r["mask"], np.uint8).reshape(int(r["height"]), int(r["width"]))
         seeds = [candidate_seed(0, r["source_slice_id"], r["modality"], i) for i in range(candidates)]
-        images = pipe.generate([r["prompt"]], mask[None], candidates, steps=steps, guidance=7.0, sampler="ddim", seeds=seeds)
+        images = pipe.generate([r["prompt"]], mask[None], candidates, steps=steps, guidance=7.0,
+                               sampler="ddim", seeds=seeds)
         if reference:
             generated.append((r, mask, images))  # all candidates of all masks first
         else:
@@ -135,7 +137,7 @@ def run_synth_bench(masks: int = 2, scale: int = 10, candidates: int = 4, steps:
                     db: str | None = None) -> dict[str, Any]:
     from mrgen.datasets.phantom import TARGET_MODALITY, PhantomConfig, build_phantom_db
     from mrgen.jobs.synthesis.config import SynthesisConfig
-    from mrgen.jobs.synthesis.run import main
+    from mrgen.jobs.synthesis.run import run_synthesis
     from mrgen.models.bundle import build_random_bundle
     from mrgen.platform.cluster import RayConfig, init_ray
 
@@ -170,7 +172,7 @@ def run_synth_bench(masks: int = 2, scale: int = 10, candidates: int = 4, steps:
         try:
             with PeakRSS() as mem:
                 start = time.perf_counter()
-                report = main(config)
+                report = run_synthesis(config)
                 seconds = time.perf_counter() - start
         finally:
             run_module.wanted_slices = original

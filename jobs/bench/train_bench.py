@@ -49,10 +49,11 @@ def bare_loop(bundle_uri: str, images: np.ndarray, prompts: list[str], steps: in
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def run_train_bench(db_uri: str | None = None, steps: int = 40, batch_size: int = 8, log_every: int = 5) -> dict[str, Any]:
+def run_train_bench(db_uri: str | None = None, steps: int = 40, batch_size: int = 8,
+                    log_every: int = 5) -> dict[str, Any]:
     from mrgen.jobs.train.config import TrainConfig
     from mrgen.jobs.train.data import decode, read_slices
-    from mrgen.jobs.train.run import main
+    from mrgen.jobs.train.run import run_training
     from mrgen.models.bundle import build_random_bundle
     from mrgen.platform.cluster import init_ray
 
@@ -67,16 +68,18 @@ def run_train_bench(db_uri: str | None = None, steps: int = 40, batch_size: int 
     bundle_uri = str(work / "init-bundle")
     build_random_bundle("tiny", seed=0).save(bundle_uri)
 
-    rows = read_slices(db_uri, ["height", "width", "image", "prompt"], split="train").take_batch(64, batch_format="numpy")
+    rows = read_slices(db_uri, ["height", "width", "image", "prompt"], split="train").take_batch(64,
+                                                                                                 batch_format="numpy")
     data = decode(rows)
     config = TrainConfig.load("tiny", [
-        "num_workers=1", "cpus_per_worker=1", "torch_threads=1", f"unet.max_steps={steps}", f"unet.batch_size={batch_size}",
+        "num_workers=1", "cpus_per_worker=1", "torch_threads=1", f"unet.max_steps={steps}",
+        f"unet.batch_size={batch_size}",
         f"log_every={log_every}", f"checkpoint_every={steps}", "sample_every=0"])
     bare = bare_loop(bundle_uri, data["image"], data["prompt"], steps, config.unet.lr, batch_size)
     print(f"[bench train] bare PyTorch loop: {bare:.1f} samples/s", flush=True)
 
     try:
-        result = main(config, db_uri, str(work / "out"), "unet", init=bundle_uri)
+        result = run_training(config, db_uri, str(work / "out"), "unet", init=bundle_uri)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     steady = result.history[1:] or result.history

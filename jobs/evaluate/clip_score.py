@@ -59,7 +59,8 @@ class ClipScorer:
         out = []
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
-                out.append(F.normalize(self.model.encode_text(self.tokenizer(texts[start:start + batch_size])), dim=-1).numpy())
+                out.append(F.normalize(self.model.encode_text(self.tokenizer(texts[start:start + batch_size])),
+                                       dim=-1).numpy())
         return np.concatenate(out)
 
 

@@ -43,7 +43,8 @@ def fid_network_path() -> str:
     return path
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                     eps: float = 1e-6) -> float:
     """‖μ1−μ2‖² + Tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^½); an ε·I offset stabilises a singular product (pytorch-fid)."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
@@ -151,7 +152,8 @@ def iter_images(uri: str, limit: int | None = None, **filters: Any) -> Iterator[
     index = load_index(uri)
     expr = row_filter_expression(**filters)
     names = set(index.extra_columns)
-    columns = ["slice_id", "height", "width", "image", "prompt", "modality"] + (["source_slice_id"] if "source_slice_id" in names else [])
+    columns = ["slice_id", "height", "width", "image", "prompt",
+               "modality"] + (["source_slice_id"] if "source_slice_id" in names else [])
     n = 0
     for shard_uri in shard_uris(uri, select_shards(index, **filters)):
         fs, path = storage.arrow_filesystem(shard_uri)
@@ -184,6 +186,7 @@ def compute_fid(real: str, synthetic: str, extractor: str = "inception", weights
             "comparable_with_published": extractor == "inception"}
 
 
-def summary_filters(split: str | None, datasets: Sequence[str] | None, modalities: Sequence[str] | None) -> dict[str, Any]:
+def summary_filters(split: str | None, datasets: Sequence[str] | None,
+                    modalities: Sequence[str] | None) -> dict[str, Any]:
     return {"split": split, "dataset": list(datasets) if datasets else None,
             "modality": list(modalities) if modalities else None}

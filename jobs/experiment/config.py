@@ -129,8 +129,9 @@ def _default() -> dict[str, Any]:
             "synthesis": "tiny", "synthesis_overrides": {"candidates": 4, "keep": 2, "steps": 20, "sampler": "dpm",
                                                          "guidance": 2.0, "max_masks": 64, "mask_selection": "spread",
                                                          "filter_stage": {"pool_min": 1, "pool_max": 2}},
-            # four segmenters share the 2 CPUs (num_cpus 0.5 each); no test-time mirroring (4x the prediction cost)
-            "segment": "default", "segment_overrides": {"num_cpus": 0.5, "mirroring": False},
+            # four segmenters share the 2 CPUs (num_cpus 0.5 each); no test-time mirroring (4x the prediction cost).
+            # 80 x 50 iterations is a cap a fast machine might reach: the budget decides, shortening later epochs
+            "segment": "default", "segment_overrides": {"num_cpus": 0.5, "mirroring": False, "epochs": 80},
             "fid_limit": 192, "fit_slices": 48, "minutes": 20}
 
 

@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from mrgen.jobs.segment.train import MANIFEST as SEGMENTER_MANIFEST
+from mrgen.jobs.synthesis.run import REPORT as SYNTHESIS_REPORT
+from mrgen.models.bundle import MANIFEST
 from mrgen.platform import storage
 
 TRAINED_ON = {"source-only": "real source-modality slices",
@@ -67,7 +70,8 @@ def _following_lines(f: dict[str, Any] | None) -> list[str]:
         return []
     return [f"Samples (`mask_following.png`, {f['sampler']} {f['steps']} steps, guidance {f['guidance']}): at the "
             f"{f['organs']} organs of {f['slices']} {f['split']} masks, the organ contrast (inside minus a "
-            f"{f['ring']}-pixel ring around) differs from the real slice's by {f['error_own']:.4f} in the sample drawn with "
+            f"{f['ring']}-pixel ring around) differs from the real slice's by {f['error_own']:.4f} in the sample "
+            f"drawn with "
             f"that mask and by {f['error_other']:.4f} in the same-seed sample drawn with another slice's mask: "
             f"following **{f['following']:+.3f}** (1 − own/other; 0: the samples ignore their masks). Ceiling set by "
             f"the autoencoder (the real slices' reconstructions scored the same way): {f['autoencoder_ceiling']:+.3f}.",
@@ -88,7 +92,7 @@ def _fit_lines(fits: dict[str, dict[str, Any]], trained_on: dict[str, str]) -> l
 def trained_amounts(exp, manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Steps each generator stage ran (as its bundle's manifest records them) and iterations each segmenter ran
     (fewer than configured under a budget)."""
-    bundle_manifest = _json(storage.join(exp.bundle, "mrgen_manifest.json")) or {}
+    bundle_manifest = _json(storage.join(exp.bundle, MANIFEST)) or {}
     stages = (bundle_manifest.get("training") or {}).get("stages", {})
     steps = {stage: {"steps": record.get("steps"), "max_steps": record.get("max_steps")}
              for stage, record in stages.items()}
@@ -187,22 +191,24 @@ def write_report_folder(exp) -> dict[str, Any]:
     fid = _json(exp.path("fid.json")) or {}
     mask_check = _json(exp.mask_check) or {}
     mask_loss, following = mask_check.get("loss", {}), mask_check.get("samples")
-    synthesis = _json(storage.join(exp.synthetic, "report.json")) or {}
+    synthesis = _json(storage.join(exp.synthetic, SYNTHESIS_REPORT)) or {}
     calibration = _json(exp.calibration) if exp.calibration else None
     trained_on = {n: TRAINED_ON[n] if exp.filtered or n != "mrgen" else "MRGen synthetic target-modality slices "
                   "(unfiltered)" for n in names}
-    manifests = {n: _json(storage.join(exp.segmenter(n), "mrgen_segmenter.json")) or {} for n in names}
+    manifests = {n: _json(storage.join(exp.segmenter(n), SEGMENTER_MANIFEST)) or {} for n in names}
     mean = {n: evals[n]["mean_dice"] for n in evals}
     ratio = (mean["mrgen"] / mean["source-only"]) if mean.get("source-only") and mean.get("mrgen") is not None else None
-    unfiltered = _json(storage.join(exp.synthetic_unfiltered, "report.json")) or {}
+    unfiltered = _json(storage.join(exp.synthetic_unfiltered, SYNTHESIS_REPORT)) or {}
     result = {
         "out": exp.out, "config": exp.config.model_dump(mode="json"),
-        "dice": {n: {"mean": ev["mean_dice"], "per_organ": ev["dice"]["per_organ"], "per_volume": ev["dice"]["per_volume"],
+        "dice": {n: {"mean": ev["mean_dice"], "per_organ": ev["dice"]["per_organ"],
+                     "per_volume": ev["dice"]["per_volume"],
                      "training_slices": manifests[n].get("training_cases"), "trained_on": trained_on[n]}
                  for n, ev in evals.items()},
         "dice_ratio_mrgen_over_source_only": ratio, "goal": goal(mean),
         "generator": {"uri": exp.config.generator, "bundle": exp.bundle,
-                      "manifest": {k: v for k, v in (_json(storage.join(exp.bundle, "mrgen_manifest.json")) or {}).items()
+                      "manifest": {k: v for k, v in
+                                   (_json(storage.join(exp.bundle, MANIFEST)) or {}).items()
                                    if k in ("training", "evaluation", "bundle_hash", "organ_vocabulary")}},
         "filter": {"kind": exp.config.filter, "model": synthesis.get("filter_model"),
                    "thresholds": (calibration or {}).get("thresholds"),
@@ -260,7 +266,8 @@ def write_report_folder(exp) -> dict[str, Any]:
         "Denoising loss of UNet + controller (fixed noise and timesteps) with each source slice's own mask, an empty "
         "condition and another slice's mask, and of the UNet alone; gain = 1 - own/other (0: the masks are ignored). "
         "Where `empty` lies near `own` and far below `UNet alone`, the controller mostly corrects the UNet whatever "
-        f"the mask. Synthesis uses the `{exp.config.source_split}` masks; `test` masks were never seen in training.", "",
+        f"the mask. Synthesis uses the `{exp.config.source_split}` masks; `test` masks were never seen in training.",
+        "",
         "| masks | slices | own | empty | other | UNet alone | gain |", "|---|---|---|---|---|---|---|",
         *(f"| {split} | {c['slices']} | {c['mse_true']:.4f} | {c['mse_empty']:.4f} | {c['mse_shuffled']:.4f} | "
           f"{c.get('mse_unet', float('nan')):.4f} | {c['gain']:+.3f} |" for split, c in mask_loss.items()), "",

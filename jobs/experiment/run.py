@@ -259,14 +259,14 @@ def calibrate_filter(exp: Experiment) -> None:
 
 
 def _synthesize(exp: Experiment, config, key: str) -> None:
-    from mrgen.jobs.synthesis.run import main
+    from mrgen.jobs.synthesis.run import run_synthesis
 
-    report = main(config)
+    report = run_synthesis(config)
     if not report.get("rows"):
         totals = report.get("totals") or {}
         raise RuntimeError(f"synthesis kept no image ({totals.get('candidates_generated')} generated, filter "
-                           f"{report.get('filter_model')}): an untrained SAM2 passes nothing at the paper's thresholds; "
-                           f"use experiment.filter=medsam or none. Delete {config.out} and rerun.")
+                           f"{report.get('filter_model')}): an untrained SAM2 passes nothing at the paper's "
+                           f"thresholds; use experiment.filter=medsam or none. Delete {config.out} and rerun.")
     exp.results[key] = {k: report.get(k) for k in ("out", "rows", "totals", "scores_meaningful", "filter_model",
                                                    "seconds", "contact_sheet")}
     totals = report["totals"]
@@ -420,7 +420,9 @@ def _segmenters_trained(exp: Experiment) -> bool:
 
 
 def _synthesized(uri: str) -> bool:
-    return storage.exists(storage.join(uri, "report.json"))
+    from mrgen.jobs.synthesis.run import REPORT
+
+    return storage.exists(storage.join(uri, REPORT))
 
 
 STEPS: list[Step] = [
@@ -429,7 +431,8 @@ STEPS: list[Step] = [
     Step("build-oracle-db", build_oracle_db, lambda e: False, lambda e: e.config.oracle),
     Step("train-generator", train_generator, _generator_trained, lambda e: e.trains_generator),
     Step("check-controller", check_controller, lambda e: _all_exist(e.mask_check, e.mask_following_sheet)),
-    Step("calibrate-filter", calibrate_filter, lambda e: _all_exist(e.calibration), lambda e: e.calibration is not None),
+    Step("calibrate-filter", calibrate_filter, lambda e: _all_exist(e.calibration),
+         lambda e: e.calibration is not None),
     Step("synthesize", synthesize, lambda e: _synthesized(e.synthetic)),
     Step("synthesize-unfiltered", synthesize_unfiltered, lambda e: _synthesized(e.synthetic_unfiltered),
          lambda e: "mrgen-unfiltered" in e.segmenters),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,7 +84,7 @@ def to_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def main(config: SampleConfig) -> dict[str, Any]:
+def run_sample(config: SampleConfig) -> dict[str, Any]:
     from mrgen.models.bundle import BundleError, ModelBundle, resolve_model_uri
     from mrgen.models.condition import UnknownOrganError
     from mrgen.models.pipeline import MRGenPipeline
@@ -118,14 +117,3 @@ def main(config: SampleConfig) -> dict[str, Any]:
               "layout": bundle.manifest.get("layout", "mrgen")}
     storage.write_text(storage.join(config.out, RECORD), json.dumps(record, indent=1))
     return record
-
-
-def sample_entry(config: SampleConfig) -> int:
-    try:
-        record = main(config)
-    except SampleInputError as exc:
-        print(f"mrgen sample: {exc}", flush=True)
-        return 2
-    print(f"wrote {len(record['files'])} candidates and {RECORD} to {Path(config.out)} "
-          f"(bundle {record['bundle_id'][:12]}; prompt {record['prompt']!r})", flush=True)
-    return 0

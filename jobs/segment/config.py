@@ -100,7 +100,8 @@ def parse_budget(text: str | None) -> dict[str, Any]:
         try:
             out[field] = kind(value)
         except ValueError:
-            raise ConfigError(f"--budget {key}={value!r}: expected {'a number' if kind is float else 'an integer'}") from None
+            expected = "a number" if kind is float else "an integer"
+            raise ConfigError(f"--budget {key}={value!r}: expected {expected}") from None
     return out
 
 

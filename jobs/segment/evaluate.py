@@ -101,9 +101,11 @@ def evaluate_in_process(config: SegmentConfig, model_uri: str, test_uri: str, sp
         present = _test_organs(test_uri, {k: v for k, v in filters.items() if v is not None})
         result = {
             "model": model_uri, "test": test_uri, "filters": {k: v for k, v in filters.items() if v is not None},
-            "pooled": pooled, "n_volumes": len(report.per_volume), "n_slices": n_slices, "labels": {str(k): v for k, v in labels.items()},
+            "pooled": pooled, "n_volumes": len(report.per_volume), "n_slices": n_slices,
+            "labels": {str(k): v for k, v in labels.items()},
             "organs_not_in_model": [o for o in present if o not in organs],
-            "training": {k: manifest.get(k) for k in ("sources", "training_cases", "final", "timings")} if manifest else None,
+            "training": {k: manifest.get(k) for k in ("sources", "training_cases", "final", "timings")}
+            if manifest else None,
             "dice": report.to_json(), "mean_dice": report.to_json()["mean_dice"],
             "seconds": round(time.monotonic() - started, 1),
         }

@@ -28,7 +28,8 @@ class VolumePredictor:
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
         model_dir = Path(model_dir)
-        missing = [p for p in ("plans.json", "dataset.json", f"fold_{fold}/{checkpoint}") if not (model_dir / p).exists()]
+        missing = [p for p in ("plans.json", "dataset.json", f"fold_{fold}/{checkpoint}")
+                   if not (model_dir / p).exists()]
         if missing:
             raise FileNotFoundError(f"{model_dir}: not an nnU-Net model folder (missing {', '.join(missing)})")
         self.predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,

@@ -60,7 +60,8 @@ def is_trained(uri: str) -> bool:
 def load_manifest(uri: str) -> dict[str, Any]:
     path = storage.join(uri, MANIFEST)
     if not storage.exists(path):
-        raise SegmentInputError(f"{uri}: no {MANIFEST}: not a finished segmenter (train one with `mrgen segment train`)")
+        raise SegmentInputError(f"{uri}: no {MANIFEST}: not a finished segmenter "
+                                "(train one with `mrgen segment train`)")
     return json.loads(storage.read_text(path))
 
 
@@ -77,7 +78,8 @@ def label_names(sources: Sequence[TrainSource]) -> list[str]:
     return rank_organs(*found)
 
 
-def export_training_set(sources: Sequence[TrainSource], raw_root: Path, labels: list[str], channel_name: str) -> dict[str, Any]:
+def export_training_set(sources: Sequence[TrainSource], raw_root: Path, labels: list[str],
+                        channel_name: str) -> dict[str, Any]:
     """One nnU-Net raw dataset ``raw_root/Dataset001_mrgen`` holding every source's selected masked slices.
 
     Each source is exported by ``export_nnunet`` (its training side, filtered, with the shared label order), so
@@ -137,7 +139,8 @@ def plan_and_preprocess(config: SegmentConfig) -> dict[str, Any]:
     if config.batch_size is not None:
         two_d["batch_size"] = config.batch_size
     plans_file.write_text(json.dumps(plans, indent=1))
-    preprocess_dataset(DATASET_ID, plans_identifier, ("2d",), [config.processes], verbose=False, show_progress_bar=False)
+    preprocess_dataset(DATASET_ID, plans_identifier, ("2d",), [config.processes], verbose=False,
+                       show_progress_bar=False)
     os.environ["nnUNet_n_proc_DA"] = str(config.augmentation_processes)
     import torch
 

@@ -34,14 +34,19 @@ class SynthesisConfig(ConfigBase):
     model: str | None = Field(None, description="model bundle URI")
     source: str | None = Field(None, description="MRGen-DB URI whose masked slices condition the generation")
     out: str | None = Field(None, description="output URI: a synthetic MRGen-DB plus audit/, metrics.prom, report.json")
-    target_modalities: list[str] = Field(default_factory=list, description="modality labels to synthesise; each mask is used once per label")
-    source_datasets: list[str] = Field(default_factory=list, description="only masks of these source datasets (empty: all)")
-    source_splits: list[str] = Field(default_factory=list, description="only masks of these splits (empty: all; the paper uses train+test)")
+    target_modalities: list[str] = Field(default_factory=list,
+                                         description="modality labels to synthesise; each mask is used once per label")
+    source_datasets: list[str] = Field(default_factory=list,
+                                       description="only masks of these source datasets (empty: all)")
+    source_splits: list[str] = Field(default_factory=list,
+                                     description="only masks of these splits (empty: all; the paper uses train+test)")
     max_masks: int | None = Field(None, ge=1, description="use only N masks (sorted by slice id; see mask_selection)")
     mask_selection: Literal["first", "spread"] = Field("first", description="with max_masks: the first N masks, or N "
                                                                              "evenly spread over all of them (every "
                                                                              "volume and level)")
-    min_mask_area: float = Field(0.005, ge=0, lt=1, description="skip masks covering less than this fraction of the image (official code: 0.5 %)")
+    min_mask_area: float = Field(0.005, ge=0, lt=1,
+                                 description="skip masks covering less than this fraction of the image (official code: "
+                                             "0.5 %)")
     modality_attributes: dict[str, str] = Field(default_factory=dict, description="extra modality label → attribute "
                                                 "text (official release bundles: the whole table, looked up exactly; "
                                                 "--attributes FILE fills it from modality_attributes.json)")
@@ -54,7 +59,8 @@ class SynthesisConfig(ConfigBase):
     steps: int = Field(50, ge=1, description="sampling steps (paper: DDIM 50; DPM-Solver++: 20)")
     guidance: float = Field(7.0, ge=0, description="classifier-free guidance weight")
     seed: int = Field(0, description="run seed; candidate seeds derive from it, the mask id, modality and index")
-    gen_batch_size: int | None = Field(None, ge=1, description="images per UNet forward (None: all candidates of the batch)")
+    gen_batch_size: int | None = Field(None, ge=1,
+                                       description="images per UNet forward (None: all candidates of the batch)")
     torch_threads: int = Field(1, ge=1, description="torch threads per actor")
 
     filter: Literal["sam2", "medsam", "none"] = Field("sam2", description="quality filter: sam2 (the paper's; needs "
@@ -77,7 +83,9 @@ class SynthesisConfig(ConfigBase):
     masks_per_shard: int = Field(8, ge=1, description="masks written per output shard")
     contact_sheet_masks: int = Field(4, ge=0, description="masks shown on the run's contact sheet")
     dataset_suffix: str = Field("-mrgen", description="synthetic rows get dataset '<source dataset><suffix>'")
-    fault_marker: str | None = Field(None, description="TEST KNOB: a generator actor exits hard once (creating this file) on its 2nd batch")
+    fault_marker: str | None = Field(None,
+                                     description="TEST KNOB: a generator actor exits hard once (creating this file) on "
+                                                 "its 2nd batch")
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")

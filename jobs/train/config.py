@@ -49,7 +49,8 @@ class TrainConfig(ConfigBase):
     unet: StageSettings = Field(default_factory=lambda: StageSettings(lr=1e-3))
     controlnet: StageSettings = Field(default_factory=lambda: StageSettings(lr=1e-3))
 
-    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step (DeepSpeed gradient_accumulation_steps)")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step (DeepSpeed "
+                                                 "gradient_accumulation_steps)")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
     adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
     weight_decay: float = Field(1e-2, ge=0, description="AdamW decoupled weight decay")
@@ -60,7 +61,8 @@ class TrainConfig(ConfigBase):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU")
 
     checkpoint_every: int = Field(20, ge=1, description="save a checkpoint every K optimizer steps (and at the end)")
-    keep_checkpoints: int = Field(2, ge=2, description="latest k checkpoints kept (never 1: the newest may be in flight)")
+    keep_checkpoints: int = Field(2, ge=2,
+                                  description="latest k checkpoints kept (never 1: the newest may be in flight)")
     sample_every: int = Field(0, ge=0, description="write a PNG sample grid every V steps (0 = only at the end)")
     sample_count: int = Field(4, ge=1, le=16, description="images per sample grid")
     sample_steps: int = Field(10, ge=1, description="DDIM steps for sample grids")
@@ -72,7 +74,8 @@ class TrainConfig(ConfigBase):
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per CPU worker")
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the latest checkpoint before giving up")
 
-    prompt_drop_p: float = Field(0.1, ge=0, le=1, description="share of prompts replaced by '' (classifier-free guidance)")
+    prompt_drop_p: float = Field(0.1, ge=0, le=1,
+                                 description="share of prompts replaced by '' (classifier-free guidance)")
     augment_p: float = Field(0.2, ge=0, le=1, description="autoencoder augmentation probability (flips, rotations)")
     pair_augment_p: float = Field(0.0, ge=0, le=1, description="controller stage: probability of one random affine "
                                                                "map applied to a slice and its mask together "
@@ -83,7 +86,8 @@ class TrainConfig(ConfigBase):
     data_repeat: int = Field(1, ge=1, description="passes over the stage's selection per data epoch (small DBs: "
                                                    "fewer epoch restarts, less waiting for data)")
     cache_data: bool = Field(False, description="read the stage's data (all data_repeat passes) into the object store "
-                                               "once; later data epochs re-read nothing. Small DBs: each restart of the "
+                                               "once; later data epochs re-read nothing. Small DBs: each restart of "
+                                               "the "
                                                "read stalled the tiny controller stage ~20 s every ~135 steps (a fifth "
                                                "of its time). Large DBs stream (False)")
     shuffle: Literal["blocks", "global"] = Field(
@@ -104,10 +108,12 @@ class TrainConfig(ConfigBase):
         for name in STAGES:
             s: StageSettings = getattr(self, name)
             if s.warmup_steps >= s.max_steps:
-                raise ValueError(f"{name}.warmup_steps ({s.warmup_steps}) must be below {name}.max_steps ({s.max_steps})")
+                raise ValueError(f"{name}.warmup_steps ({s.warmup_steps}) must be below {name}.max_steps "
+                                 f"({s.max_steps})")
             bad = set(s.filters) - (set(INDEX_COLUMNS) - {"has_mask"})
             if bad:
-                raise ValueError(f"{name}.filters: cannot filter on {sorted(bad)}; use {sorted(set(INDEX_COLUMNS) - {'has_mask'})}")
+                raise ValueError(f"{name}.filters: cannot filter on {sorted(bad)}; use "
+                                 f"{sorted(set(INDEX_COLUMNS) - {'has_mask'})}")
         try:
             res = self.build_model_config().resolution
         except (TypeError, ValueError) as exc:

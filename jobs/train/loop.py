@@ -137,7 +137,8 @@ class Metrics:
         self.loss = metrics.gauge("mrgen_train_loss", "mean training loss of the last interval", labels).labels(stage)
         self.lr = metrics.gauge("mrgen_train_learning_rate", "current learning rate", labels).labels(stage)
         self.rate = metrics.gauge("mrgen_train_samples_per_second", "samples/s over all workers", labels).labels(stage)
-        self.wait = metrics.gauge("mrgen_train_data_wait_fraction", "share of step time waiting for data", labels).labels(stage)
+        self.wait = metrics.gauge("mrgen_train_data_wait_fraction", "share of step time waiting for data",
+                                  labels).labels(stage)
         self.steps = metrics.counter("mrgen_train_steps", "optimizer steps done", labels).labels(stage)
 
     def update(self, m: dict[str, Any], steps: int) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mrgen.jobs.train.config import STAGES, TrainConfig
+from mrgen.models.bundle import MANIFEST
 from mrgen.platform import storage
 
 PREVIOUS = {"unet": "vae", "controlnet": "unet"}
@@ -63,8 +64,8 @@ def _storage(out_uri: str) -> tuple[str, Any]:
     return path, fs
 
 
-def main(config: TrainConfig, db_uri: str, out_uri: str, stage: str, resume: bool = False,
-         init: str | None = None, ray_address: str | None = None) -> TrainResult:
+def run_training(config: TrainConfig, db_uri: str, out_uri: str, stage: str, resume: bool = False,
+                 init: str | None = None, ray_address: str | None = None) -> TrainResult:
     """Train one stage and write its bundle; returns what happened (history of reported metrics included)."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -126,7 +127,8 @@ def main(config: TrainConfig, db_uri: str, out_uri: str, stage: str, resume: boo
                           history=train_state["history"], train_state=train_state,
                           checkpoint_path=result.checkpoint.path, seconds=time.monotonic() - started)
     last = outcome.history[-1] if outcome.history else {}
-    print(f"[train {stage}] done: {outcome.steps} steps in {outcome.seconds:.0f}s, loss {last.get('loss', float('nan')):.4f}; "
+    print(f"[train {stage}] done: {outcome.steps} steps in {outcome.seconds:.0f}s, loss "
+          f"{last.get('loss', float('nan')):.4f}; "
           f"bundle {bundle_uri}", flush=True)
     return outcome
 
@@ -206,7 +208,7 @@ def measure_scaling(vae, db_uri: str, config: TrainConfig) -> float:
 
 def is_finished(out_uri: str, stage: str) -> bool:
     """Whether ``out_uri`` holds the stage's finished bundle (its manifest is written last)."""
-    return storage.exists(storage.join(out_uri, stage, "bundle", "mrgen_manifest.json"))
+    return storage.exists(storage.join(out_uri, stage, "bundle", MANIFEST))
 
 
 def run_all(config: TrainConfig, db_uri: str, out_uri: str, resume: bool = False,
@@ -218,5 +220,5 @@ def run_all(config: TrainConfig, db_uri: str, out_uri: str, resume: bool = False
         if resume and is_finished(out_uri, stage):
             print(f"[train {stage}] already finished: {storage.join(out_uri, stage, 'bundle')}", flush=True)
             continue
-        results.append(main(config, db_uri, out_uri, stage, resume=resume, ray_address=ray_address))
+        results.append(run_training(config, db_uri, out_uri, stage, resume=resume, ray_address=ray_address))
     return results

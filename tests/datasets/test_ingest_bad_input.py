@@ -72,15 +72,18 @@ def write_sources(src: Path) -> list[dict]:
         {**base, "image": "corrupt.nii.gz"},  # row 3
         {**base, "image": "truncated.nii.gz"},  # row 4
         {**base, "image": "truncated_dicom.dcm"},  # row 5
-        {**base, "image": "good_b.nii.gz", "volume_id": "mismatch", "label": "mismatch_seg.nii.gz", "labels": {"1": "liver"}},  # 6
-        {**base, "image": "good_b.nii.gz", "volume_id": "values", "label": "values_seg.nii.gz", "labels": {"1": "liver"}},  # 7
+        {**base, "image": "good_b.nii.gz", "volume_id": "mismatch", "label": "mismatch_seg.nii.gz",
+         "labels": {"1": "liver"}},  # 6
+        {**base, "image": "good_b.nii.gz", "volume_id": "values", "label": "values_seg.nii.gz",
+         "labels": {"1": "liver"}},  # 7
         {**base, "image": "nan.nii.gz"},  # row 8
         {**base, "image": "inf.nii.gz"},  # row 9
         {**base, "image": "zeros.nii.gz"},  # row 10
         {**base, "image": "no_slices"},  # row 11
         {**base, "image": "volume.mha"},  # row 12
         {"dataset": "bad", "image": "good_b.nii.gz", "volume_id": "no_modality"},  # row 13
-        {"dataset": "bad", "modality": "ultrasound elastography", "image": "good_b.nii.gz", "volume_id": "unknown"},  # 14
+        {"dataset": "bad", "modality": "ultrasound elastography", "image": "good_b.nii.gz",
+         "volume_id": "unknown"},  # 14
         {**base, "image": "missing.nii.gz"},  # row 15
     ]
 
@@ -131,7 +134,8 @@ def test_report_file_lists_every_skip(built):
     assert (report.built_volumes, report.rows, len(report.skipped)) == (2, 6, 13)
     on_disk = json.loads((Path(built["out"]) / REPORT_FILE).read_text())
     assert [(s["row"], s["reason"]) for s in on_disk["skipped"]] == [(s.row, s.reason) for s in report.skipped]
-    assert sorted(read_table(built["out"], columns=["volume_id"]).column("volume_id").to_pylist()) == ["good_a"] * 3 + ["good_b"] * 3
+    assert sorted(read_table(built["out"],
+                             columns=["volume_id"]).column("volume_id").to_pylist()) == ["good_a"] * 3 + ["good_b"] * 3
 
 
 def test_strict_stops_at_manifest_problem_before_building(built, tmp_path):

@@ -20,7 +20,8 @@ ROW_MM, COL_MM, SLICE_MM = 0.8, 0.7, 3.0
 def stack(seed=0) -> np.ndarray:
     """uint16 [slice, row, column], slice k filled with a pattern that differs per slice and per pixel."""
     rng = np.random.default_rng(seed)
-    return (rng.integers(0, 3000, size=(SLICES, ROWS, COLS)) + np.arange(SLICES)[:, None, None] * 5000).astype(np.uint16)
+    return (rng.integers(0, 3000, size=(SLICES, ROWS, COLS))
+            + np.arange(SLICES)[:, None, None] * 5000).astype(np.uint16)
 
 
 def _dicom_base(sop_class) -> Dataset:

@@ -21,7 +21,8 @@ def write_manifest(src: Path, names: list[str]) -> Path:
             data = np.random.default_rng(i).random((9, 7, 2 + i % 2)).astype(np.float32)
             nib.save(nib.Nifti1Image(data, np.eye(4)), str(src / f"{name}.nii.gz"))
     manifest = src / "manifest.jsonl"
-    manifest.write_text("\n".join(json.dumps({"image": f"{n}.nii.gz", "dataset": "r", "modality": "T1"}) for n in names))
+    manifest.write_text("\n".join(json.dumps({"image": f"{n}.nii.gz", "dataset": "r", "modality": "T1"})
+                                  for n in names))
     return manifest
 
 

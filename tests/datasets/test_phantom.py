@@ -107,7 +107,8 @@ def test_every_shard_is_valid_and_index_counts_match(tiny_db):
     assert rows == index.rows
     assert index.counts() == {c: dict(sorted(v.items())) for c, v in totals.items()}
     n = TINY.slices_per_volume * TINY.volumes
-    assert index.counts()["dataset"] == {"phantom-pool": n * len(TINY.pool_modalities), "phantom-src": n, "phantom-tgt": n}
+    assert index.counts()["dataset"] == {"phantom-pool": n * len(TINY.pool_modalities), "phantom-src": n,
+                                         "phantom-tgt": n}
 
 
 def test_source_has_masks_target_train_has_none_target_test_has_them(tables):

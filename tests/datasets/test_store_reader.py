@@ -31,17 +31,24 @@ def test_filters_prune_shards_and_rows(tiny_db):
     index = load_index(tiny_db)
     target_train = select_shards(index, dataset="phantom-tgt", has_mask=False)
     assert 0 < len(target_train) < len(index.shards)
-    assert all(s.values["dataset"] == {"phantom-tgt": s.rows} and s.values["has_mask"] == {"false": s.rows} for s in target_train)
+    assert all(s.values["dataset"] == {"phantom-tgt": s.rows} and s.values["has_mask"] == {"false": s.rows}
+               for s in target_train)
     assert select_shards(index, dataset="no-such-dataset") == []
     assert len(select_shards(index, dataset=["phantom-src", "phantom-tgt"])) < len(index.shards)
     with pytest.raises(ValueError, match="organs"):
         select_shards(index, organs="liver")
 
-    table = read_table(tiny_db, columns=["slice_id", "dataset", "split", "has_mask"], dataset="phantom-tgt", split="test")
-    assert table.num_rows == index.counts()["split"]["test"] - len([r for r in read_table(tiny_db, columns=["split", "dataset"], split="test").to_pylist() if r["dataset"] != "phantom-tgt"])
+    table = read_table(tiny_db, columns=["slice_id", "dataset", "split", "has_mask"], dataset="phantom-tgt",
+                       split="test")
+    assert table.num_rows == index.counts()["split"]["test"] - len([r
+                                                                    for r in read_table(tiny_db,
+                                                                                        columns=["split", "dataset"],
+                                                                                        split="test").to_pylist()
+                                                                    if r["dataset"] != "phantom-tgt"])
     assert set(table.column("dataset").to_pylist()) == {"phantom-tgt"} and all(table.column("has_mask").to_pylist())
 
-    ds = read_slices(tiny_db, columns=["slice_id", "dataset", "has_mask", "region"], has_mask=True, region="pelvic region")
+    ds = read_slices(tiny_db, columns=["slice_id", "dataset", "has_mask", "region"], has_mask=True,
+                     region="pelvic region")
     rows = ds.take_all()
     assert rows and all(r["has_mask"] and r["region"] == "pelvic region" for r in rows)
     assert {r["dataset"] for r in rows} == {"phantom-src", "phantom-tgt"}

@@ -14,20 +14,32 @@ def test_bench_gpu_flags():
     assert (args.device, args.tiny, args.sections) == ("cpu", True, ["synthesis"])
 
 
-def test_tiny_cpu_mode_yields_every_figure(tmp_path, ray_session):
-    from mrgen.jobs.bench.gpu_bench import STAGES, run_gpu_bench
+def _tiny_cpu(tmp_path, *sections: str) -> dict:
+    from mrgen.jobs.bench.gpu_bench import run_gpu_bench
 
-    figures = run_gpu_bench(device="cpu", tiny=True, workdir=str(tmp_path))
+    figures = run_gpu_bench(device="cpu", tiny=True, sections=sections, workdir=str(tmp_path))
     errors = {k: v["error"] for k, v in figures.items() if isinstance(v, dict) and "error" in v}
     assert not errors, errors
+    assert set(sections) <= set(figures), figures
+    return figures
+
+
+def test_tiny_cpu_mode_stages_training_synthesis(tmp_path, ray_session):
+    from mrgen.jobs.bench.gpu_bench import STAGES
+
+    figures = _tiny_cpu(tmp_path, "tiny_stages", "paper_training", "synthesis")
     for stage in STAGES:
         assert figures["tiny_stages"][stage]["steps_per_s"] > 0, figures["tiny_stages"]
-        trained = figures["paper_training"][stage]
-        assert trained["steps"] == 2 and trained["samples_per_s"] > 0, figures["paper_training"]
+    trained = figures["paper_training"]["vae"]
+    assert trained["steps"] == 2 and trained["samples_per_s"] > 0, figures["paper_training"]
     synth = figures["synthesis"]
     assert synth["candidates_per_s"] > 0 and synth["gflop_per_denoiser_forward"] > 0, synth
-    # 3 DDIM steps x CFG (2 forwards) x one forward, plus one decode
+    # 3 DDIM steps x CFG (2 forwards) x one controller + UNet forward, plus one decode
     assert abs(synth["tflop_per_candidate"] * 1e3 - (6 * synth["gflop_per_denoiser_forward"]
                                                       + synth["gflop_decode"])) < 0.01, synth
+
+
+def test_tiny_cpu_mode_endpoint(tmp_path, ray_session):
+    figures = _tiny_cpu(tmp_path, "endpoint")
     for run in ("on", "off"):
         assert figures["endpoint"][run]["requests_ok"] > 0 and figures["endpoint"][run]["errors"] == 0, figures

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,3 +68,27 @@ def test_loads_by_name_and_follows_source_masks(default_db):
                                      sampler="dpm", dataset="phantom-src")
     assert scores["following"] > FOLLOWING_FLOOR, scores
     assert scores["following"] >= 0.5 * scores["autoencoder_ceiling"], scores
+
+
+def test_synthesize_with_the_embedded_model_and_refuse_another_size(tiny_db, tmp_path, capsys):
+    """`mrgen synthesize --model embedded` runs on a DB it fits; a DB of another slice size is refused naming both."""
+    from mrgen.cli.main import main
+    from mrgen.datasets.phantom import TARGET_MODALITY, PhantomConfig, build_phantom_db
+    from mrgen.datasets.store import read_table
+    from mrgen.jobs.synthesis.stages.writer import read_audit
+
+    common = ["synthesize", "--model", EMBEDDED, "--target-modality", TARGET_MODALITY, "--filter", "none",
+              "--candidates", "2", "--keep", "1", "--steps", "4", "--max-masks", "2"]
+    assert main(common + ["--source", tiny_db, "--out", str(tmp_path / "synth")]) == 0
+    rows = read_table(str(tmp_path / "synth"), ["image", "modality"]).to_pylist()
+    used = {r["mask_key"] for r in read_audit(str(tmp_path / "synth")).to_pylist() if r["fate"] != "skipped"}
+    assert used and len(rows) == len(used) and {r["modality"] for r in rows} == {TARGET_MODALITY}
+    assert all(np.frombuffer(r["image"], np.uint8).std() > 5 for r in rows)  # images, not blank slices
+
+    small = str(tmp_path / "db32")
+    build_phantom_db(small, PhantomConfig.load("tiny").model_copy(update={"resolution": 32}))
+    capsys.readouterr()
+    assert main(common + ["--source", small, "--out", str(tmp_path / "refused")]) == 2
+    said = capsys.readouterr().out
+    assert "64x64" in said and "32x32" in said and EMBEDDED in said, said
+    assert not (tmp_path / "refused").exists()

@@ -73,4 +73,5 @@ def test_mask_following_samples_same_seeds_with_own_and_rolled_masks():
     assert scores["following"] == 1 - scores["error_own"] / scores["error_other"]
     recon = reconstruct(bundle.vae, torch.from_numpy(images))[:, 0].numpy()
     assert recon.shape == images.shape and 0 <= recon.min() and recon.max() <= 1
-    assert scores["autoencoder_ceiling"] == following_errors(images, recon, np.roll(recon, 2, axis=0), masks)["following"]
+    assert scores["autoencoder_ceiling"] == following_errors(images, recon, np.roll(recon, 2, axis=0),
+                                                             masks)["following"]

@@ -40,7 +40,8 @@ def test_yaml_file_with_section_and_preset(tmp_path):
     assert Demo.load(flat).lr == 0.5
 
 
-@pytest.mark.parametrize("override,key", [("steps=0", "steps"), ("lr=-1", "lr"), ("bogus=1", "bogus"), ("steps=abc", "steps")])
+@pytest.mark.parametrize("override,key", [("steps=0", "steps"), ("lr=-1", "lr"), ("bogus=1", "bogus"),
+                                          ("steps=abc", "steps")])
 def test_bad_value_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key):
         Demo.load("tiny", [override])
@@ -53,6 +54,16 @@ def test_unknown_preset_and_bad_yaml(tmp_path):
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         Demo.load(bad)
+
+
+def test_a_file_of_other_sections_only_is_an_error_naming_file_and_sections(tmp_path):
+    path = tmp_path / "others.yaml"
+    path.write_text("train:\n  lr: 1\nphantom:\n  volumes: 2\n")
+    with pytest.raises(ConfigError, match=r"others\.yaml: no 'demo' section .*phantom, train"):
+        Demo.load(path)  # never silently the tiny preset
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("nested:\n  a: 1\n")  # a mapping that is a field of the section: top-level layout
+    assert Demo.load(nested).nested == {"a": 1}
 
 
 def test_round_trip_yaml(tmp_path):

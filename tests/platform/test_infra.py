@@ -1,4 +1,5 @@
-"""infra/ holds no logic: manifests call real `mrgen` commands and valid Serve configs, the image installs every package."""
+"""infra/ holds no logic: manifests call real `mrgen` commands and valid Serve configs, the image installs every
+package."""
 import re
 import shlex
 from pathlib import Path
@@ -21,7 +22,8 @@ def test_every_manifest_parses_and_has_a_kind_or_is_a_serve_config():
         assert doc.get("kind") in {"RayCluster", "RayJob", "RayService"} or "applications" in doc, path
 
 
-@pytest.mark.parametrize("path", [p for p in _manifests() if yaml.safe_load(p.read_text()).get("kind") == "RayJob"], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in _manifests() if yaml.safe_load(p.read_text()).get("kind") == "RayJob"],
+                         ids=lambda p: p.name)
 def test_rayjob_entrypoints_are_valid_mrgen_commands(path):
     from mrgen.cli.main import build_parser
 
@@ -41,7 +43,8 @@ def test_serve_configs_follow_rays_schema():
         if doc.get("kind") == "RayService":
             doc = yaml.safe_load(doc["spec"]["serveConfigV2"])
         if "applications" in doc:
-            ServeDeploySchema.model_validate(doc) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(doc)
+            ServeDeploySchema.model_validate(doc) if hasattr(ServeDeploySchema,
+                                                             "model_validate") else ServeDeploySchema.parse_obj(doc)
             found += 1
     assert found >= 1
 

@@ -3,7 +3,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 ROOTS = ["platform", "datasets", "models", "jobs", "serving", "cli"]
@@ -24,7 +23,8 @@ def test_import_platform_from_repo_root_is_stdlib():
 
 def test_import_datasets_from_repo_root_is_not_ours():
     code = "import importlib.util as u; s = u.find_spec('datasets'); print(s.origin if s and s.origin else s)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout.strip()
     # Either PyPI's `datasets` (not installed here) or nothing with a module file: never our folder as a package.
     assert out in ("None",) or not out.startswith(str(REPO / "datasets")), out
 

@@ -48,7 +48,8 @@ def test_submit_runs_an_mrgen_command_as_a_ray_job(ray_head, tiny_db):
             if time.time() > deadline:
                 raise
             time.sleep(1)
-    out = subprocess.run([sys.executable, "-m", "mrgen.cli", "submit", "--address", address, "--", "mrgen", "db", "info", tiny_db],
+    out = subprocess.run([sys.executable, "-m", "mrgen.cli", "submit", "--address", address, "--", "mrgen", "db",
+                          "info", tiny_db],
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "phantom-src" in out.stdout  # the job's own output, streamed back from the cluster

@@ -55,7 +55,8 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session, monkeypat
     # unfiltered: the first candidates of the same masks, same seeds
     from mrgen.jobs.synthesis.stages.writer import read_audit
 
-    filtered = {(r["mask_key"], r["candidate_index"]): r["seed"] for r in read_audit(str(out / "synthetic")).to_pylist()}
+    filtered = {(r["mask_key"], r["candidate_index"]): r["seed"]
+                for r in read_audit(str(out / "synthetic")).to_pylist()}
     unfiltered = read_audit(str(out / "synthetic-unfiltered")).to_pylist()
     assert unfiltered and all(filtered[(r["mask_key"], r["candidate_index"])] == r["seed"] for r in unfiltered
                               if r["candidate_index"] >= 0)
@@ -92,7 +93,8 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session, monkeypat
     saved_config = json.loads((out / "segmenters" / "mrgen" / "mrgen_segmenter.json").read_text())["config"]
     assert saved_config["max_minutes"] == budget["segmenter_minutes"]  # what the step handed the task
     # 30 minutes fit the quick step counts whole
-    assert {s: t["steps"] for s, t in budget["trained"]["generator"].items()} == dict.fromkeys(budget["generator_minutes"], 12)
+    trained = {s: t["steps"] for s, t in budget["trained"]["generator"].items()}
+    assert trained == dict.fromkeys(budget["generator_minutes"], 12)
     assert all(t["iterations"] == t["max_iterations"] == 16 for t in budget["trained"]["segmenters"].values())
     assert "its steps: vae 12 of 12" in md
 

@@ -15,7 +15,8 @@ def test_presets_and_bounds():
 
     tiny, paper = ServeConfig.load("tiny"), ServeConfig.load("paper")
     assert tiny.host == "127.0.0.1" and tiny.resources.generator_gpus == 0 and tiny.resources.generator_cpus < 1
-    assert paper.resources.generator_gpus == 1 and paper.limits.max_image_size == 512 and paper.filter.enabled and paper.filter.kind == "sam2"
+    assert paper.resources.generator_gpus == 1 and paper.limits.max_image_size == 512
+    assert paper.filter.enabled and paper.filter.kind == "sam2"
     assert tiny.limits.max_n == 20
     with pytest.raises(ConfigError, match="max_replicas"):
         ServeConfig.load("tiny", ["autoscaling.min_replicas=3", "autoscaling.max_replicas=2"])

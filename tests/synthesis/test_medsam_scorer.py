@@ -59,7 +59,8 @@ def test_checkpoint_path_and_refusals(scorer, tmp_path):
     mask = np.zeros((64, 64), np.uint8)
     mask[10:30, 12:40] = 1
     loaded = MedSamScorer(ScorerSettings(checkpoint=str(ckpt)))
-    assert loaded.score(image, mask, {1: "liver"})[0].organs[0].iou == scorer.score(image, mask, {1: "liver"})[0].organs[0].iou
+    assert loaded.score(image, mask, {1: "liver"})[0].organs[0].iou == scorer.score(image, mask,
+                                                                                    {1: "liver"})[0].organs[0].iou
     torch.save({"nope": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(MedSamLoadError, match="not a LiteMedSAM state dict"):
         MedSamScorer(ScorerSettings(checkpoint=str(tmp_path / "bad.pth")))

@@ -1,4 +1,5 @@
-"""Bad input to `mrgen synthesize`: clear errors before anything runs, or skips with reasons; nothing written is lost."""
+"""Bad input to `mrgen synthesize`: clear errors before anything runs, or skips with reasons; nothing written is
+lost."""
 from __future__ import annotations
 
 import shutil
@@ -11,7 +12,7 @@ import pytest
 from mrgen.datasets.schema import arrow_schema, encode_image, encode_mask
 from mrgen.datasets.store import ShardWriter, read_table
 from mrgen.jobs.synthesis.config import SynthesisConfig
-from mrgen.jobs.synthesis.run import SynthesisInputError, main
+from mrgen.jobs.synthesis.run import SynthesisInputError, run_synthesis
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,8 @@ def odd_db(tiny_db, tmp_path_factory) -> str:
     good = dict(good, slice_id="odd/good/0000", dataset="odd", volume_id="good")
     out = str(tmp_path_factory.mktemp("odd_db") / "db")
     writer = ShardWriter(out)
-    writer.write(pa.Table.from_pylist([good, small, bad_ids], schema=arrow_schema()), ["odd/good", "odd/small", "odd/badid"])
+    writer.write(pa.Table.from_pylist([good, small, bad_ids], schema=arrow_schema()),
+                 ["odd/good", "odd/small", "odd/badid"])
     writer.commit()
     return out
 
@@ -52,22 +54,22 @@ def _config(bundle: str, db: str, out: str, *extra: str) -> SynthesisConfig:
 def test_errors_before_anything_runs(bundle, odd_db, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(SynthesisInputError, match="unknown modality label 'T9 SPARKLE'"):
-        main(_config(bundle, odd_db, str(out), "target_modalities=['T9 SPARKLE']"))
+        run_synthesis(_config(bundle, odd_db, str(out), "target_modalities=['T9 SPARKLE']"))
     partial = tmp_path / "partial-bundle"
     shutil.copytree(bundle, partial)
     shutil.rmtree(partial / "controlnet")
     with pytest.raises(SynthesisInputError, match="controlnet/config.json"):
-        main(_config(str(partial), odd_db, str(out)))
+        run_synthesis(_config(str(partial), odd_db, str(out)))
     with pytest.raises(SynthesisInputError, match="--sam2-random"):
-        main(_config(bundle, odd_db, str(out), "filter=sam2"))
+        run_synthesis(_config(bundle, odd_db, str(out), "filter=sam2"))
     with pytest.raises(SynthesisInputError, match="not an MRGen-DB"):
-        main(_config(bundle, str(tmp_path / "nothing"), str(out)))
+        run_synthesis(_config(bundle, str(tmp_path / "nothing"), str(out)))
     assert not out.exists()
 
 
 def test_bad_masks_are_skipped_with_reasons_and_nothing_is_lost(bundle, odd_db, tmp_path):
     out = str(tmp_path / "out")
-    report = main(_config(bundle, odd_db, out))
+    report = run_synthesis(_config(bundle, odd_db, out))
     reasons = sorted(report["totals"]["skipped"].values())
     assert len(reasons) == 2
     assert "mask holds organ ids [9] missing from its organ_map" in reasons[0]
@@ -77,8 +79,8 @@ def test_bad_masks_are_skipped_with_reasons_and_nothing_is_lost(bundle, odd_db, 
     assert table["fate"].to_pylist() == ["kept_unfiltered"] and table["filter_model"].to_pylist() == ["none"]
     index_before = Path(out, "index.json").read_text()
     with pytest.raises(SynthesisInputError):
-        main(_config(bundle, odd_db, out, "target_modalities=['T9 SPARKLE']"))
+        run_synthesis(_config(bundle, odd_db, out, "target_modalities=['T9 SPARKLE']"))
     with pytest.raises(SynthesisInputError, match=r"other settings \(seed\)"):
-        main(_config(bundle, odd_db, out, "seed=7"))  # resuming with other settings would mix runs
+        run_synthesis(_config(bundle, odd_db, out, "seed=7"))  # resuming with other settings would mix runs
     assert Path(out, "index.json").read_text() == index_before
     assert read_table(out).num_rows == 1

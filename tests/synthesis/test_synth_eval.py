@@ -12,7 +12,8 @@ from mrgen.jobs.evaluate.fid import FeatureExtractor, compute_fid, fid_from_feat
 
 def test_frechet_distance_closed_forms():
     # 1-D: (μ1-μ2)² + σ1² + σ2² - 2 σ1 σ2 = 4 + 1 + 4 - 4 = 5
-    assert frechet_distance(np.array([0.0]), np.array([[1.0]]), np.array([2.0]), np.array([[4.0]])) == pytest.approx(5.0)
+    assert frechet_distance(np.array([0.0]), np.array([[1.0]]), np.array([2.0]),
+                            np.array([[4.0]])) == pytest.approx(5.0)
     rng = np.random.default_rng(0)
     a = rng.normal(size=(400, 6))
     assert fid_from_features(a, a) == pytest.approx(0.0, abs=1e-6)
@@ -75,7 +76,8 @@ def test_inception_fid_network_is_the_checked_default_and_measures_blur(tiny_db,
 def _tiny_clip(folder):
     import open_clip
 
-    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
+                                           "head_width": 16},
            "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
     torch.manual_seed(0)
     model = open_clip.CLIP(**cfg)

@@ -15,7 +15,7 @@ import pytest
 
 from mrgen.datasets.store import load_index, read_table
 from mrgen.jobs.synthesis.config import SynthesisConfig
-from mrgen.jobs.synthesis.run import main
+from mrgen.jobs.synthesis.run import run_synthesis
 from mrgen.jobs.synthesis.stages.writer import audit_parts, read_audit
 from mrgen.platform import storage
 
@@ -78,7 +78,7 @@ def first_run(bundle, tiny_db, tmp_path_factory):
     root = tmp_path_factory.mktemp("synth_runs")
     marker = root / "actor-killed"
     out = str(root / "run-a")
-    report = main(_config(bundle, tiny_db, out, f"fault_marker={marker}"))
+    report = run_synthesis(_config(bundle, tiny_db, out, f"fault_marker={marker}"))
     return {"out": out, "report": report, "marker": marker, "root": root}
 
 
@@ -117,7 +117,7 @@ def test_resume_on_s3_reproduces_the_missing_masks(first_run, bundle, tiny_db, s
     Path(local, "index.json").unlink()            # ... and before the index was committed
     out = "s3://mrgen-test/synth-resume"
     storage.upload_dir(local, out)
-    report = main(_config(bundle, tiny_db, out))
+    report = run_synthesis(_config(bundle, tiny_db, out))
     assert report["this_run"]["masks_done"] == len(victim["masks"])
     assert report["already_done"] == MASKS - len(victim["masks"])
     _check_each_mask_once(out)
@@ -128,13 +128,13 @@ def test_resume_on_s3_reproduces_the_missing_masks(first_run, bundle, tiny_db, s
     assert redone, "the interrupted group kept nothing: the determinism check would be empty"
     for sid in b:
         assert a[sid]["image"] == b[sid]["image"] and a[sid]["seed"] == b[sid]["seed"]
-    again = main(_config(bundle, tiny_db, out))  # a finished run: nothing left to do
+    again = run_synthesis(_config(bundle, tiny_db, out))  # a finished run: nothing left to do
     assert again["this_run"] == {} and again["rows"] == USABLE * KEEP
 
 
 def test_adaptive_budget_stops_once_keep_pass(first_run, bundle, tiny_db):
     out = str(first_run["root"] / "run-adaptive")
-    report = main(_config(bundle, tiny_db, out, "adaptive=true", "wave_size=1"))
+    report = run_synthesis(_config(bundle, tiny_db, out, "adaptive=true", "wave_size=1"))
     # every candidate passes thresholds of 0, so each usable mask stops after KEEP candidates
     assert report["this_run"]["candidates_generated"] == USABLE * KEEP
     assert report["this_run"]["candidates_per_kept"] == 1.0

@@ -14,7 +14,7 @@ from mrgen.datasets.ingest.build import build_db
 from mrgen.datasets.schema import decode_image
 from mrgen.datasets.store import read_table
 from mrgen.jobs.synthesis.config import SynthesisConfig
-from mrgen.jobs.synthesis.run import SynthesisInputError, main
+from mrgen.jobs.synthesis.run import SynthesisInputError, run_synthesis
 from mrgen.jobs.synthesis.stages.writer import read_audit
 from mrgen.models.condition import MaskCondition
 
@@ -70,7 +70,7 @@ def test_synthesis_from_a_built_db_maps_organs_by_name(real_db, named_bundle, tm
     from mrgen.models.pipeline import MRGenPipeline
 
     out = str(tmp_path / "synthetic")
-    report = main(_config(named_bundle, real_db, out))
+    report = run_synthesis(_config(named_bundle, real_db, out))
     audit = read_audit(out).to_pylist()
     skipped = [r for r in audit if r["fate"] == "skipped"]
     assert len(skipped) == 2 and all("['heart'] not in the generator's vocabulary" in r["skip_reason"] for r in skipped)
@@ -100,5 +100,5 @@ def test_a_bundle_that_fits_nothing_is_refused_naming_both(real_db, tmp_path):
     bundle.save(path)
     with pytest.raises(SynthesisInputError, match=r"knows the organs \['bladder', 'prostate'\].*hold \['heart', "
                                                   r"'liver', 'spleen'\]"):
-        main(_config(path, real_db, str(tmp_path / "out")))
+        run_synthesis(_config(path, real_db, str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()

@@ -16,7 +16,7 @@ def cand(index: int, *organs: tuple) -> CandidateScores:
 PASS_HI = ((0.95, 0.97), (0.90, 0.95))        # means .925 / .96 → strict pass
 PASS_MID = ((0.85, 0.93), (0.82, 0.91))       # means .835 / .92 → strict pass
 PASS_LOW = ((0.81, 0.92), (0.80, 0.90))       # means .805 / .91 → strict pass
-ORGAN_FAIL = ((0.99, 0.99), (0.69, 0.99))     # one organ IoU .69 < .70 though means .84 / .99 → strict fail; relaxed pass
+ORGAN_FAIL = ((0.99, 0.99), (0.69, 0.99))     # one organ IoU .69 < .70 (means .84 / .99) → strict fail; relaxed pass
 MEAN_FAIL = ((0.75, 0.95), (0.75, 0.95))      # organs ok, mean IoU .75 < .80 → strict fail; relaxed pass
 CONF_FAIL = ((0.90, 0.85), (0.90, 0.85))      # mean conf .85 < .90 → strict fail; relaxed pass (.85 >= .80)
 RELAX_BEST = ((0.78, 0.88), (0.78, 0.88))     # means .78 / .88 → strict fail; relaxed pass, better than MEAN_FAIL

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mrgen.jobs.train.config import TrainConfig
-from mrgen.jobs.train.run import main
+from mrgen.jobs.train.run import run_training
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -15,7 +15,7 @@ def test_budgeted_stage_plans_fewer_steps_and_ends_its_schedule(tiny_db, tmp_pat
     config = TrainConfig.load("tiny", [
         "num_workers=2", "vae.max_steps=5000", f"vae.max_minutes={budget_s / 60}", "vae.warmup_steps=2",
         "log_every=5", "checkpoint_every=5000", "sample_every=0", "sample_count=2", "sample_steps=2"])
-    result = main(config, tiny_db, str(tmp_path / "out"), "vae")
+    result = run_training(config, tiny_db, str(tmp_path / "out"), "vae")
     state = result.train_state
 
     assert 10 < result.steps < 5000  # replanned more than once

@@ -76,5 +76,6 @@ def test_ssim_and_psnr_reference_values():
     # constant images: only the luminance term is left, (2·μa·μb + C1) / (μa² + μb² + C1)
     c1 = 0.01**2
     expected = (2 * 0.5 * 0.25 + c1) / (0.5**2 + 0.25**2 + c1)
-    assert ssim(torch.full((1, 1, 16, 16), 0.5), torch.full((1, 1, 16, 16), 0.25)).item() == pytest.approx(expected, rel=1e-4)
+    assert ssim(torch.full((1, 1, 16, 16), 0.5), torch.full((1, 1, 16, 16),
+                                                            0.25)).item() == pytest.approx(expected, rel=1e-4)
     assert psnr(torch.tensor([0.01])).item() == pytest.approx(20.0)

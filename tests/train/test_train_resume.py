@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from mrgen.jobs.train.config import TrainConfig
-from mrgen.jobs.train.run import main
+from mrgen.jobs.train.run import run_training
 from mrgen.models.bundle import ModelBundle, build_random_bundle
 from mrgen.platform import storage
 
@@ -39,7 +39,7 @@ def test_failed_worker_restarts_from_s3_checkpoint_then_cli_resume(tiny_db, s3_s
                 "sample_count=2"]
     config = TrainConfig.load("tiny", ["num_workers=1", "controlnet.max_steps=30", "fail_at_step=25",
                                        "max_failures=1", *settings])
-    result = main(config, tiny_db, out, "controlnet", init=random_bundle)
+    result = run_training(config, tiny_db, out, "controlnet", init=random_bundle)
 
     assert result.steps == 30
     assert result.restarts == [20], "the worker group should have restarted once, from the step-20 checkpoint"
@@ -54,7 +54,7 @@ def test_failed_worker_restarts_from_s3_checkpoint_then_cli_resume(tiny_db, s3_s
     assert bundle.controlnet is not None and bundle.manifest["stages"]["controlnet"] == result.train_state["run_id"]
 
     with pytest.raises(FileExistsError, match="--resume"):
-        main(config, tiny_db, out, "controlnet", init=random_bundle)
+        run_training(config, tiny_db, out, "controlnet", init=random_bundle)
     capsys.readouterr()
 
     args = ["train", "controlnet", "--db", tiny_db, "--out", out, "--init", random_bundle, "--workers", "1",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mrgen.jobs.train.config import TrainConfig
-from mrgen.jobs.train.run import main
+from mrgen.jobs.train.run import run_training
 from mrgen.jobs.train.stages import state_hash
 from mrgen.models.bundle import ModelBundle
 
@@ -30,7 +30,7 @@ def chain(tiny_db, tmp_path_factory):
         "num_workers=2", f"vae.max_steps={STEPS}", f"unet.max_steps={STEPS}", f"controlnet.max_steps={STEPS}",
         "vae.warmup_steps=2", "unet.warmup_steps=2", "controlnet.warmup_steps=2",
         "checkpoint_every=10", "log_every=5", "sample_every=10", "sample_count=2", "sample_steps=2"])
-    results = {stage: main(config, tiny_db, out, stage) for stage in ("vae", "unet", "controlnet")}
+    results = {stage: run_training(config, tiny_db, out, stage) for stage in ("vae", "unet", "controlnet")}
     return out, results
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from mrgen.jobs.synthesis.stages.base import StageUDF
-from mrgen.jobs.synthesis.stages.generator import (Generator, GeneratorUDF, _FaultKnob, decode_row_mask,
+from mrgen.jobs.synthesis.stages.generator import (CandidateSampler, GeneratorUDF, _FaultKnob, decode_row_mask,
                                                    encode_candidates, row_organ_maps)
 from mrgen.jobs.synthesis.stages.filter import load_scorer, score_row, scores_to_json
 from mrgen.models.selection import Thresholds, strict_passes
@@ -26,7 +26,8 @@ class AdaptiveUDF(StageUDF):
                  thresholds: dict[str, float], steps: int, guidance: float, sampler: str, run_seed: int,
                  kind: str, scorer: dict[str, Any], batch_size: int | None = None, torch_threads: int = 1,
                  fault_marker: str | None = None, organ_weights: dict[str, float] | None = None):
-        self.gen = Generator(bundle_uri, steps, guidance, sampler, run_seed, batch_size, torch_threads, organ_weights)
+        self.gen = CandidateSampler(bundle_uri, steps, guidance, sampler, run_seed, batch_size, torch_threads,
+                                    organ_weights)
         self.scorer = load_scorer(kind, scorer, torch_threads)
         self.candidates, self.wave, self.keep, self.rule = candidates, wave_size, keep, rule
         self.thresholds = Thresholds(**thresholds)
@@ -42,7 +43,8 @@ class AdaptiveUDF(StageUDF):
         start = 0
         while active and start < self.candidates:
             indices = range(start, min(start + self.wave, self.candidates))
-            wave_seeds = {i: self.gen.seeds(str(batch["source_slice_id"][i]), str(batch["modality"][i]), indices) for i in active}
+            wave_seeds = {i: self.gen.seeds(str(batch["source_slice_id"][i]), str(batch["modality"][i]), indices)
+                          for i in active}
             out = self.gen.generate([str(batch["prompt"][i]) for i in active],
                                     np.stack([decode_row_mask(batch, i) for i in active]), indices,
                                     [s for i in active for s in wave_seeds[i]], row_organ_maps(batch, active))

@@ -85,7 +85,8 @@ def column(values: Any) -> np.ndarray:
     return arr
 
 
-def _run_in_task(batch: dict[str, np.ndarray], udf_cls: type[StageUDF], kwargs: dict[str, Any]) -> dict[str, np.ndarray]:
+def _run_in_task(batch: dict[str, np.ndarray], udf_cls: type[StageUDF],
+                 kwargs: dict[str, Any]) -> dict[str, np.ndarray]:
     return udf_cls(**kwargs)(batch)
 
 

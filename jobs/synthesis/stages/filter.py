@@ -31,7 +31,8 @@ def load_scorer(kind: str, scorer: dict[str, Any], torch_threads: int = 1):
     return build_scorer(kind, scorer, device=pick_device())
 
 
-def score_row(scorer, batch: dict[str, np.ndarray], i: int, images: np.ndarray, start_index: int = 0) -> list[CandidateScores]:
+def score_row(scorer, batch: dict[str, np.ndarray], i: int, images: np.ndarray,
+              start_index: int = 0) -> list[CandidateScores]:
     organs = json.loads(str(batch["organs"][i]))
     return scorer.score(images, decode_row_mask(batch, i), decode_organ_map(str(batch["organ_map"][i])), organs,
                         start_index=start_index)

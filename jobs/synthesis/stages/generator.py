@@ -55,7 +55,7 @@ class _FaultKnob:
             os._exit(1)
 
 
-class Generator:
+class CandidateSampler:
     """The bundle and sampling settings, shared by the generator and adaptive stages."""
 
     def __init__(self, bundle_uri: str, steps: int, guidance: float, sampler: str, run_seed: int,
@@ -67,7 +67,8 @@ class Generator:
 
         torch.set_num_threads(torch_threads)
         self.pipeline = MRGenPipeline(ModelBundle.load(bundle_uri, device=pick_device(), organ_weights=organ_weights))
-        self.steps, self.guidance, self.sampler, self.run_seed, self.batch_size = steps, guidance, sampler, run_seed, batch_size
+        self.steps, self.guidance, self.sampler = steps, guidance, sampler
+        self.run_seed, self.batch_size = run_seed, batch_size
 
     def seeds(self, slice_id: str, modality: str, indices: range) -> list[int]:
         return [candidate_seed(self.run_seed, slice_id, modality, i) for i in indices]
@@ -93,7 +94,8 @@ class GeneratorUDF(StageUDF):
     def __init__(self, bundle_uri: str, candidates: int, steps: int, guidance: float, sampler: str, run_seed: int,
                  batch_size: int | None = None, torch_threads: int = 1, fault_marker: str | None = None,
                  organ_weights: dict[str, float] | None = None):
-        self.gen = Generator(bundle_uri, steps, guidance, sampler, run_seed, batch_size, torch_threads, organ_weights)
+        self.gen = CandidateSampler(bundle_uri, steps, guidance, sampler, run_seed, batch_size, torch_threads,
+                                    organ_weights)
         self.candidates = candidates
         self.fault = _FaultKnob(fault_marker)
 

@@ -89,7 +89,8 @@ class PrepareUDF(StageUDF):
                     reason = bad_map or skip_reason(mask, organ_map, self.resolution, self.min_area, self.condition)
                 row = {"mask_key": key, "source_slice_id": sid, "source_dataset": str(batch["dataset"][i]),
                        "volume_id": str(batch["volume_id"][i]), "slice_index": int(batch["slice_index"][i]),
-                       "modality": modality, "modality_attributes": attributes, "region": region, "organs": json.dumps(organs),
+                       "modality": modality, "modality_attributes": attributes, "region": region,
+                       "organs": json.dumps(organs),
                        "prompt": self.recipe.render(modality, attributes, region, organs, list(organ_map.values())),
                        "height": h, "width": w,
                        "mask": bytes(raw) if raw is not None else b"", "organ_map": organ_text,

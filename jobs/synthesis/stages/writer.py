@@ -111,7 +111,8 @@ class WriterUDF(StageUDF):
 
     def _mask_rows(self, batch: dict[str, np.ndarray], i: int) -> tuple[list[dict], list[dict], bytes]:
         key, sid, modality = str(batch["mask_key"][i]), str(batch["source_slice_id"][i]), str(batch["modality"][i])
-        common_audit = {"mask_key": key, "source_slice_id": sid, "modality": modality, "prompt": str(batch["prompt"][i]),
+        common_audit = {"mask_key": key, "source_slice_id": sid, "modality": modality,
+                        "prompt": str(batch["prompt"][i]),
                         "bundle_hash": self.bundle_hash, "filter_model": self.filter_model,
                         "scores_meaningful": self.scores_meaningful, "selection_rule": self.rule}
         reason = str(batch["skip_reason"][i])
@@ -137,7 +138,8 @@ class WriterUDF(StageUDF):
             mc = sc.mean_conf(rule) if sc else np.nan
             mean_iou[c], mean_conf[c] = mi, mc
             fate = fates.get(c, "rejected")
-            audit_rows.append({**common_audit, "candidate_index": c, "seed": int(seeds[c]), "mean_iou": _nan_to_none(mi),
+            audit_rows.append({**common_audit, "candidate_index": c, "seed": int(seeds[c]),
+                               "mean_iou": _nan_to_none(mi),
                                "mean_conf": _nan_to_none(mc), "organ_scores": organ_json, "fate": fate,
                                "relaxed": relaxed and fate == "kept_relaxed", "skip_reason": ""})
             if fate not in KEPT_FATES:
@@ -146,7 +148,8 @@ class WriterUDF(StageUDF):
             rows.append({
                 "slice_id": f"{dataset}/{volume}/{slice_index:04d}-c{c:02d}", "dataset": dataset, "volume_id": volume,
                 "slice_index": slice_index, "split": "train", "modality": modality,
-                "modality_attributes": str(batch["modality_attributes"][i]), "region": optional_text(batch["region"][i]),
+                "modality_attributes": str(batch["modality_attributes"][i]),
+                "region": optional_text(batch["region"][i]),
                 "organs": json.loads(str(batch["organs"][i])), "prompt": str(batch["prompt"][i]), "height": h,
                 "width": w, "image": encode_image(images[c]), "has_mask": True, "mask": bytes(batch["mask"][i]),
                 "organ_map": str(batch["organ_map"][i]),

@@ -11,7 +11,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     try:
         config = ExperimentConfig.load(args.config or ("quick" if args.quick else "default"), args.overrides)
-        config = config.with_overrides({"generator": args.generator, "verbose": True if args.verbose else None})
+        config = config.with_overrides({"generator": args.generator, "seed": args.seed,
+                                        "verbose": True if args.verbose else None})
     except ConfigError as exc:
         raise SystemExit(f"mrgen demo: {exc}") from None
     run_experiment(args.out, config=config, ray_address=args.ray_address, db_only=args.db_only)
@@ -19,13 +20,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="run the main job on the embedded default (phantom DB → train → "
-                                           "synthesise → segment → report)",
+    p = subparsers.add_parser("demo", help="run the main job on the embedded default (phantom DB → embedded "
+                                           "generator → filtered synthesis → segmenters → report)",
                               description="The paper's cross-modality experiment on the embedded phantom MRGen-DB: "
-                                          "build the DB, train the three generator stages, synthesise the target "
-                                          "modality from source masks, train nnU-Net on real source slices and on "
-                                          "synthetic target slices, evaluate both on real target volumes, and write "
-                                          "OUT/report. A rerun resumes: finished steps are skipped.")
+                                          "build the DB, synthesise the target modality from source masks with the "
+                                          "embedded trained generator (or one trained in the run), filter the "
+                                          "candidates with LiteMedSAM at calibrated thresholds, train nnU-Net on "
+                                          "real source slices, on filtered and unfiltered synthetic target slices "
+                                          "and on real target slices (oracle), evaluate all on real target volumes, "
+                                          "and write OUT/report. A rerun resumes: finished steps are skipped.")
     p.add_argument("--out", required=True, help="output folder (path or URI)")
     p.add_argument("--quick", action="store_true", help="tiny budgets (a few minutes; CI's end-to-end run)")
     p.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
@@ -37,5 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--generator", default=None, metavar="embedded|train|URI",
                    help="embedded (default): the trained bundle the package ships; train: train one from scratch "
                         "under the budget; or any bundle URI")
+    p.add_argument("--seed", type=int, default=None, help="seed of the candidates and the segmenters' training "
+                                                          "(config key seed; rerun with others for the spread)")
     p.add_argument("--verbose", action="store_true", help="show every job's output live (default: OUT/logs/)")
     p.set_defaults(func=cmd_demo)
