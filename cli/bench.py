@@ -37,7 +37,8 @@ def _db_run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", default=None, help="MRGen-DB to stream (default: a tiny phantom DB built in a temp dir)")
+    parser.add_argument("--db", default=None,
+                        help="MRGen-DB to stream (default: a tiny phantom DB built in a temp dir)")
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps of each loop")
     parser.add_argument("--batch-size", type=int, default=8, help="micro-batch")
 
@@ -55,8 +56,8 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, default=8, help="concurrent closed-loop clients (loopback only)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per run")
     parser.add_argument("--n", type=int, default=1, help="candidates per request")
-    parser.add_argument("--steps", type=int, default=20, help="sampling steps per request (20 as DPM-Solver++; at 4 the "
-                        "proxy and ingress, not sampling, dominate a request)")
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps per request (20 as DPM-Solver++; at 4 "
+                        "the proxy and ingress, not sampling, dominate a request)")
     parser.add_argument("--max-batch-size", type=int, default=8, help="max batch of the 'batching on' run")
 
 
@@ -72,7 +73,8 @@ def _adaptive_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidates", type=int, default=8, help="candidates per mask without the adaptive budget")
     parser.add_argument("--keep", type=int, default=2, help="candidates kept per mask")
     parser.add_argument("--wave-size", type=int, default=2, help="candidates per wave (adaptive)")
-    parser.add_argument("--db", default=None, help="phantom MRGen-DB (default: the embedded default, built in a temp dir)")
+    parser.add_argument("--db", default=None,
+                        help="phantom MRGen-DB (default: the embedded default, built in a temp dir)")
 
 
 def _adaptive_run(args: argparse.Namespace) -> dict[str, Any]:

@@ -23,7 +23,7 @@ def add_ae_parser(eval_subparsers) -> argparse.ArgumentParser:
 
 
 def run_ae(args: argparse.Namespace) -> int:
-    from mrgen.jobs.train.eval_ae import evaluate_autoencoder
+    from mrgen.jobs.evaluate.autoencoder import evaluate_autoencoder
     from mrgen.platform.cluster import RayConfig, init_ray
 
     init_ray(RayConfig(address=args.ray_address))
@@ -56,9 +56,13 @@ def add_mask_parser(eval_subparsers) -> argparse.ArgumentParser:
                         "contrast follows the mask, and write --sheet-slices of them to this contact sheet")
     parser.add_argument("--following-slices", type=int, default=24, help="slices sampled for --sheet")
     parser.add_argument("--sheet-slices", type=int, default=6, help="slices on the --sheet contact sheet")
-    parser.add_argument("--steps", type=int, default=20, help="sampling steps for --sheet")
-    parser.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance for --sheet")
-    parser.add_argument("--sampler", default="dpm", choices=["ddim", "dpm"], help="sampler for --sheet")
+    from mrgen.models.sampling import SAMPLING_PRESETS
+
+    sampling = SAMPLING_PRESETS["default"]  # the demo's generator samples at these
+    parser.add_argument("--steps", type=int, default=sampling.steps, help="sampling steps for --sheet")
+    parser.add_argument("--guidance", type=float, default=sampling.guidance,
+                        help="classifier-free guidance for --sheet")
+    parser.add_argument("--sampler", default=sampling.sampler, choices=["ddim", "dpm"], help="sampler for --sheet")
     parser.add_argument("--record", action="store_true", help="write the scores into the bundle's manifest "
                                                               "(evaluation.SPLIT.mask_dependence / mask_following)")
     parser.set_defaults(func=run_mask)
@@ -66,7 +70,7 @@ def add_mask_parser(eval_subparsers) -> argparse.ArgumentParser:
 
 
 def run_mask(args: argparse.Namespace) -> int:
-    from mrgen.jobs.train.eval_mask import evaluate_mask_dependence, evaluate_mask_following
+    from mrgen.jobs.evaluate.mask import evaluate_mask_dependence, evaluate_mask_following
     from mrgen.models.bundle import ModelBundle
 
     filters = {"dataset": args.dataset} if args.dataset else {}

@@ -24,12 +24,13 @@ def register(subparsers) -> None:
                    help="modality_attributes.json (label → attribute text, the release's format)")
     p.add_argument("--organ-weights", default=None, metavar="JSON",
                    help='official release bundles: organ name → w, condition 2·w − 1, e.g. \'{"liver": 0.3}\'')
-    p.add_argument("--n", type=int, default=1, help="number of candidates")
-    p.add_argument("--seed", type=int, default=0, help="candidate i gets seed SEED + i")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps (the release: 50)")
-    p.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance (the release: 7.0)")
-    p.add_argument("--sampler", choices=["ddim", "dpm"], default="ddim", help="DDIM (the release's) or DPM-Solver++")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    # defaults: SampleConfig's (sampling: the release's DDIM 50, guidance 7.0)
+    p.add_argument("--n", type=int, help="number of candidates (default 1)")
+    p.add_argument("--seed", type=int, help="candidate i gets seed SEED + i (default 0)")
+    p.add_argument("--steps", type=int, help="sampling steps (the release: 50)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance (the release: 7.0)")
+    p.add_argument("--sampler", choices=["ddim", "dpm"], help="DDIM (the release's) or DPM-Solver++")
+    p.add_argument("--device", help="torch device (cpu, cuda; default cpu)")
     p.set_defaults(func=handle)
 
 
@@ -38,7 +39,8 @@ def handle(args: argparse.Namespace) -> int:
     from mrgen.platform.config import ConfigError
 
     fields = {k: getattr(args, k) for k in ("model", "mask", "modality", "out", "region", "prompt", "attributes", "n",
-                                            "seed", "steps", "guidance", "sampler", "device")}
+                                            "seed", "steps", "guidance", "sampler", "device")
+              if getattr(args, k) is not None}
     try:
         config = SampleConfig.load_dict({**fields, "organ_map": json_object(args.organ_map, "--organ-map"),
                                          "organ_weights": json_object(args.organ_weights, "--organ-weights")},

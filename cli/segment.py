@@ -87,7 +87,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from mrgen.datasets.store import NotADatabaseError
-    from mrgen.jobs.segment.evaluate import evaluate_segmenter
+    from mrgen.jobs.evaluate.segmenter import evaluate_segmenter
     from mrgen.jobs.segment.train import SegmentInputError
 
     config = _config(args, {"mirroring": args.mirroring})

@@ -17,9 +17,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from mrgen.models.autoencoder import decode_latents
 from mrgen.models.bundle import ModelBundle
 from mrgen.models.condition import MaskCondition
+from mrgen.models.sampling import PAPER_SAMPLING, SAMPLERS
 from mrgen.models.scheduler import build_scheduler
-
-SAMPLERS = ("ddim", "dpm", "ddpm")
 
 
 class MRGenPipeline:
@@ -48,7 +47,8 @@ class MRGenPipeline:
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[str], masks: np.ndarray | torch.Tensor | None, num_candidates: int = 1,
-                 steps: int = 50, guidance: float = 7.0, sampler: str = "ddim", seeds: Sequence[int] | None = None,
+                 steps: int = PAPER_SAMPLING.steps, guidance: float = PAPER_SAMPLING.guidance,
+                 sampler: str = PAPER_SAMPLING.sampler, seeds: Sequence[int] | None = None,
                  batch_size: int | None = None, organ_maps=None) -> np.ndarray:
         """Images ``[len(prompts) * num_candidates, H, W]`` float32 in [0, 1], mask-major order.
 

@@ -1,11 +1,13 @@
 """`ServeConfig`: the online generation service (section ``serve``), presets ``tiny`` (CPU) and ``paper`` (GPU)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from mrgen.models.sampling import PAPER_SAMPLING, SAMPLING_PRESETS, SamplingSettings
 from mrgen.models.scorers import ScorerSettings
 from mrgen.models.selection import ThresholdConfig
 from mrgen.platform.config import ConfigBase, ConfigError, preset
@@ -108,9 +110,11 @@ class ServeConfig(ConfigBase):
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     resources: ResourceSettings = Field(default_factory=ResourceSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
-    default_steps: int = Field(50, ge=1, description="sampling steps when the request gives none")
-    default_guidance: float = Field(7.0, ge=0, description="guidance scale when the request gives none")
-    default_sampler: Literal["ddim", "dpm"] = Field("ddim", description="sampler when the request gives none")
+    default_steps: int = Field(PAPER_SAMPLING.steps, ge=1, description="sampling steps when the request gives none")
+    default_guidance: float = Field(PAPER_SAMPLING.guidance, ge=0,
+                                    description="guidance scale when the request gives none")
+    default_sampler: Literal["ddim", "dpm"] = Field(PAPER_SAMPLING.sampler,
+                                                    description="sampler when the request gives none")
     modality_attributes: dict[str, str] = Field(
         default_factory=dict, description="extra modality label → attributes (as db.modality_attributes at training; "
                                           "official release bundles: the whole table, e.g. its "
@@ -131,6 +135,11 @@ class ServeConfig(ConfigBase):
             raise ValueError(f"default_steps ({self.default_steps}) > limits.max_steps ({self.limits.max_steps})")
         return self
 
+    @property
+    def sampling(self) -> SamplingSettings:
+        """How a request that names none of steps, guidance and sampler is sampled."""
+        return SamplingSettings(sampler=self.default_sampler, steps=self.default_steps, guidance=self.default_guidance)
+
     def resolve_token(self) -> str | None:
         """The bearer token: ``auth_token``, else the variable ``auth_token_env`` names (which must be set)."""
         if self.auth_token:
@@ -143,6 +152,11 @@ class ServeConfig(ConfigBase):
         return None
 
 
+def _defaults(sampling: SamplingSettings, **changes: Any) -> dict[str, Any]:
+    """A preset's sampling as the ``default_*`` fields of a request that names none."""
+    return {f"default_{k}": v for k, v in dataclasses.replace(sampling, **changes).kwargs().items()}
+
+
 @preset(ServeConfig, "tiny")
 def _tiny() -> dict[str, Any]:
     return dict(
@@ -152,7 +166,7 @@ def _tiny() -> dict[str, Any]:
         batching=dict(max_batch_size=8, batch_wait_timeout_s=0.05),
         resources=dict(generator_cpus=0.25, ingress_cpus=0.25, filter_cpus=0.25, torch_threads=1),
         limits=dict(max_body_bytes=1_000_000, max_n=20, max_steps=50, max_image_size=128),
-        default_steps=2, default_guidance=3.0, default_sampler="ddim",
+        **_defaults(SAMPLING_PRESETS["tiny"], steps=2),  # 2 steps: quick CPU requests
         request_timeout_s=60.0,
         filter=dict(kind="none", scorer=dict(config_name="tiny", image_size=256, random=True)),
     )
@@ -168,7 +182,7 @@ def _paper() -> dict[str, Any]:
         resources=dict(generator_cpus=4, generator_gpus=1, ingress_cpus=1, filter_cpus=2, filter_gpus=0.5,
                        torch_threads=4),
         limits=dict(max_body_bytes=4_000_000, max_n=20, max_steps=100, max_image_size=512),
-        default_steps=50, default_guidance=7.0, default_sampler="ddim",
+        **_defaults(SAMPLING_PRESETS["paper"]),
         request_timeout_s=600.0,
         filter=dict(kind="sam2", scorer=dict(config_name="large", image_size=1024)),
     )

@@ -103,10 +103,11 @@ def parse_request(request: GenerateRequest, config: ServeConfig, size_multiple: 
         raise BadRequest("n", f"{request.n} > the service's limit {limits.max_n}")
     if request.keep is not None and request.keep > request.n:
         raise BadRequest("keep", f"{request.keep} > n ({request.n}): cannot keep more candidates than are generated")
-    steps = request.steps if request.steps is not None else config.default_steps
+    defaults = config.sampling
+    steps = request.steps if request.steps is not None else defaults.steps
     if steps > limits.max_steps:
         raise BadRequest("steps", f"{steps} > the service's limit {limits.max_steps}")
-    guidance = request.guidance if request.guidance is not None else config.default_guidance
+    guidance = request.guidance if request.guidance is not None else defaults.guidance
     if guidance > limits.max_guidance:
         raise BadRequest("guidance", f"{guidance} > the service's limit {limits.max_guidance}")
     if request.region is not None and request.region not in REGIONS and recipe.template != "official":
@@ -137,7 +138,7 @@ def parse_request(request: GenerateRequest, config: ServeConfig, size_multiple: 
     prompt = recipe.render(request.modality.strip(), attributes, request.region, organs, labels)
     seed = request.seed if request.seed is not None else secrets.randbelow(2**31 - 64)
     job = GenerationJob(prompt=prompt, mask=mask, seeds=[seed + i for i in range(request.n)], steps=steps,
-                        guidance=float(guidance), sampler=request.sampler or config.default_sampler,
+                        guidance=float(guidance), sampler=request.sampler or defaults.sampler,
                         organ_map={i: organ_map[i] for i in present})
     return ParsedRequest(job=job, attributes=attributes, organs=list(organs), keep=request.keep)
 

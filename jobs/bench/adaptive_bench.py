@@ -28,8 +28,7 @@ def _generator_seconds_per_candidate(bundle_uri: str, db: str, config) -> float:
                      dataset=config.source_datasets).slice(0, 1).to_pylist()[0]
     mask = np.frombuffer(row["mask"], np.uint8).reshape(row["height"], row["width"])
     organ_map = decode_organ_map(row["organ_map"])
-    gen = CandidateSampler(bundle_uri, config.steps, config.guidance, config.sampler, config.seed, None,
-                           torch_threads=1)
+    gen = CandidateSampler(bundle_uri, config.sampling, config.seed, None, torch_threads=1)
     indices = range(config.wave_size)
     args = (["T2 SPIR"], mask[None], indices, gen.seeds(row["slice_id"], "T2 SPIR", indices), [organ_map])
     gen.generate(*args)  # warm-up
@@ -45,6 +44,7 @@ def run_adaptive_bench(masks: int = 16, candidates: int = 8, keep: int = 2, wave
     from mrgen.jobs.synthesis.config import SynthesisConfig
     from mrgen.jobs.synthesis.run import run_synthesis
     from mrgen.models.bundle import EMBEDDED, embedded_bundle
+    from mrgen.models.sampling import SAMPLING_PRESETS
     from mrgen.platform.cluster import RayConfig, init_ray
 
     tmp = Path(tempfile.mkdtemp(prefix="mrgen-adaptive-bench-"))
@@ -56,11 +56,13 @@ def run_adaptive_bench(masks: int = 16, candidates: int = 8, keep: int = 2, wave
     thresholds = str(tmp / "calibration.json")
     write_calibration(calibration, thresholds)
 
+    sampling = [f"{k}={v}" for k, v in SAMPLING_PRESETS["default"].kwargs().items()]  # the embedded generator's
+
     def config(name: str, adaptive: bool) -> SynthesisConfig:
         return SynthesisConfig.load("tiny", [
             f"model={EMBEDDED}", f"source={db}", f"out={tmp / name}", f"target_modalities=['{TARGET_MODALITY}']",
-            f"source_datasets=['{SOURCE_DATASET}']", f"candidates={candidates}", f"keep={keep}", "steps=20",
-            "sampler=dpm", "guidance=2.0", f"max_masks={masks}", "mask_selection=spread", "filter=medsam",
+            f"source_datasets=['{SOURCE_DATASET}']", f"candidates={candidates}", f"keep={keep}", *sampling,
+            f"max_masks={masks}", "mask_selection=spread", "filter=medsam",
             f"thresholds_file={thresholds}", f"adaptive={str(adaptive).lower()}", f"wave_size={wave_size}",
             "contact_sheet_masks=0"])
 

@@ -146,7 +146,9 @@ def paper_training(db: str, out: str, device: torch.device, tiny: bool, steps: i
 
 
 def flops_per_candidate(pipe, size: int, steps: int, guidance: float) -> dict[str, float]:
-    """FLOPs of one candidate: ``steps`` × (2 with CFG) controller + UNet forwards at batch 1, plus one decode."""
+    """FLOPs of one candidate: ``steps`` × (2 with CFG) controller + UNet forwards at batch 1, plus one decode.
+    Attention runs on SDPA's math backend here: its fused kernels are not counted on every device (the CPU's)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     from mrgen.models.autoencoder import decode_latents
@@ -157,7 +159,7 @@ def flops_per_candidate(pipe, size: int, steps: int, guidance: float) -> dict[st
     channels = int(bundle.controlnet.config.conditioning_channels)
     cond = torch.zeros(1, channels, size, size, device=device, dtype=dtype)
     t = torch.tensor([500], device=device)
-    with torch.inference_mode():
+    with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH):
         with FlopCounterMode(display=False) as forward:
             x = latent.to(device, dtype)
             down, mid = bundle.controlnet(x, t, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False)

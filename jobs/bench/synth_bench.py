@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from mrgen.models.sampling import PAPER_SAMPLING, SamplingSettings
+
 
 class Sampler:
     """Calls :meth:`sample` every ``interval_s`` in a thread while the context is open (and once at its start)."""
@@ -81,7 +83,7 @@ def _work_rows(db: str, masks: int, modality: str, resolution: int) -> list[dict
     return [{k: out[k][i] for k in out} for i in usable][:masks]
 
 
-def _bare_loop(bundle: str, rows: list[dict], candidates: int, steps: int, sam2: dict,
+def _bare_loop(bundle: str, rows: list[dict], candidates: int, sampling: SamplingSettings, sam2: dict,
                reference: bool) -> dict[str, float]:
     import torch
 
@@ -99,8 +101,7 @@ def _bare_loop(bundle: str, rows: list[dict], candidates: int, steps: int, sam2:
     for r in rows:
         mask = np.frombuffer(r["mask"], np.uint8).reshape(int(r["height"]), int(r["width"]))
         seeds = [candidate_seed(0, r["source_slice_id"], r["modality"], i) for i in range(candidates)]
-        images = pipe.generate([r["prompt"]], mask[None], candidates, steps=steps, guidance=7.0,
-                               sampler="ddim", seeds=seeds)
+        images = pipe.generate([r["prompt"]], mask[None], candidates, seeds=seeds, **sampling.kwargs())
         if reference:
             generated.append((r, mask, images))  # all candidates of all masks first
         else:
@@ -115,6 +116,8 @@ def _bare_loop(bundle: str, rows: list[dict], candidates: int, steps: int, sam2:
 
 def _sampler_cost(bundle: str, row: dict, candidates: int) -> dict[str, float]:
     """Seconds per candidate of the paper's DDIM-50 and the faster DPM-Solver++-20 (same mask, same seeds)."""
+    import dataclasses
+
     import torch
 
     from mrgen.models.bundle import ModelBundle
@@ -125,9 +128,9 @@ def _sampler_cost(bundle: str, row: dict, candidates: int) -> dict[str, float]:
     mask = np.frombuffer(row["mask"], np.uint8).reshape(int(row["height"]), int(row["width"]))[None]
     out = {}
     for name, sampler, steps in (("ddim50", "ddim", 50), ("dpm20", "dpm", 20)):
+        sampling = dataclasses.replace(PAPER_SAMPLING, sampler=sampler, steps=steps)
         start = time.perf_counter()
-        pipe.generate([row["prompt"]], mask, candidates, steps=steps, guidance=7.0, sampler=sampler,
-                      seeds=list(range(candidates)))
+        pipe.generate([row["prompt"]], mask, candidates, seeds=list(range(candidates)), **sampling.kwargs())
         out[f"{name}_s_per_candidate"] = (time.perf_counter() - start) / candidates
     out["dpm20_over_ddim50_cost"] = out["dpm20_s_per_candidate"] / out["ddim50_s_per_candidate"]
     return out
@@ -156,14 +159,19 @@ def run_synth_bench(masks: int = 2, scale: int = 10, candidates: int = 4, steps:
 
     figures: dict[str, Any] = {"masks": masks, "scale": scale, "candidates_per_mask": candidates, "steps": steps,
                                "sam2_image_size": sam2_size}
-    figures["a_bare"] = _bare_loop(bundle, rows_all[:masks], candidates, steps, sam2, reference=False)
-    figures["c_reference"] = _bare_loop(bundle, rows_all[:masks], candidates, steps, sam2, reference=True)
 
-    def pipeline(n_masks: int, name: str) -> dict[str, float]:
-        config = SynthesisConfig.load("tiny", [
+    def synthesis_config(name: str) -> SynthesisConfig:
+        return SynthesisConfig.load("tiny", [
             f"model={bundle}", f"source={db}", f"out={tmp / name}", f"target_modalities=['{TARGET_MODALITY}']",
             "source_datasets=['phantom-src']", f"candidates={candidates}", "keep=2", f"steps={steps}",
             f"scorer.image_size={sam2_size}", "scorer.random=true", "contact_sheet_masks=0"])
+
+    sampling = synthesis_config("bare").sampling  # the bare loops sample as the pipeline runs do
+    figures["a_bare"] = _bare_loop(bundle, rows_all[:masks], candidates, sampling, sam2, reference=False)
+    figures["c_reference"] = _bare_loop(bundle, rows_all[:masks], candidates, sampling, sam2, reference=True)
+
+    def pipeline(n_masks: int, name: str) -> dict[str, float]:
+        config = synthesis_config(name)
         wanted = sorted({r["source_slice_id"] for r in rows_all[:n_masks]})
         from mrgen.jobs.synthesis import run as run_module
 

@@ -144,7 +144,7 @@ def _filter_lines(exp, synthesis: dict[str, Any], calibration: dict[str, Any] | 
 
 def _segmentation_sheet(exp, uri: str, n: int) -> bool:
     from mrgen.datasets.contact_sheet import contact_sheet
-    from mrgen.jobs.segment.evaluate import load_predictions
+    from mrgen.jobs.evaluate.segmenter import load_predictions
 
     preds = {name: load_predictions(exp.path("eval", f"{name}-predictions.npz")) for name in exp.segmenters
              if storage.exists(exp.path("eval", f"{name}-predictions.npz"))}

@@ -223,7 +223,7 @@ def check_controller(exp: Experiment) -> None:
     """Mask dependence on the source masks synthesis uses (its split) and on held-out ones (generalisation), and
     same-seed samples with own and other masks (``generator/mask_following.png``), all from one loaded bundle."""
     from mrgen.datasets.phantom import SOURCE_DATASET
-    from mrgen.jobs.train.eval_mask import evaluate_mask_dependence, evaluate_mask_following
+    from mrgen.jobs.evaluate.mask import evaluate_mask_dependence, evaluate_mask_following
     from mrgen.models.bundle import ModelBundle
 
     bundle = ModelBundle.load(exp.bundle)
@@ -347,7 +347,7 @@ def evaluations(exp: Experiment) -> dict[str, dict[str, Any]]:
 def evaluate(exp: Experiment) -> None:
     import ray
 
-    from mrgen.jobs.segment.evaluate import submit_evaluation, write_report
+    from mrgen.jobs.evaluate.segmenter import submit_evaluation, write_report
 
     config = segment_config(exp)
     todo = {uri: job for uri, job in evaluations(exp).items() if not storage.exists(uri)}
@@ -370,7 +370,8 @@ def evaluate(exp: Experiment) -> None:
 
 def fid(exp: Experiment) -> None:
     from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_DATASET
-    from mrgen.jobs.evaluate.fid import FeatureExtractor, fid_from_features, load_images
+    from mrgen.jobs.evaluate.fid import FeatureExtractor, load_images
+    from mrgen.models.metrics.frechet import fid_from_features
 
     cfg = exp.config
     net = FeatureExtractor(cfg.fid_extractor, cfg.fid_weights)

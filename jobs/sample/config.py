@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from mrgen.models.sampling import PAPER_SAMPLING, SamplingSettings
 from mrgen.platform.config import ConfigBase
 
 
@@ -23,7 +24,12 @@ class SampleConfig(ConfigBase):
                                                                               "of the condition 2·w − 1 (default 1)")
     n: int = Field(1, ge=1, le=100, description="candidates")
     seed: int = Field(0, ge=0, description="candidate i has seed seed + i")
-    steps: int = Field(50, ge=1, description="sampling steps")
-    guidance: float = Field(7.0, ge=0, description="classifier-free guidance weight")
-    sampler: Literal["ddim", "dpm"] = Field("ddim", description="DDIM (the release's) or DPM-Solver++")
+    steps: int = Field(PAPER_SAMPLING.steps, ge=1, description="sampling steps")
+    guidance: float = Field(PAPER_SAMPLING.guidance, ge=0, description="classifier-free guidance weight")
+    sampler: Literal["ddim", "dpm"] = Field(PAPER_SAMPLING.sampler, description="DDIM (the release's) or "
+                                                                                "DPM-Solver++")
     device: str = Field("cpu", description="torch device (cpu, cuda)")
+
+    @property
+    def sampling(self) -> SamplingSettings:
+        return SamplingSettings(sampler=self.sampler, steps=self.steps, guidance=self.guidance)

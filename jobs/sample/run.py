@@ -100,8 +100,8 @@ def run_sample(config: SampleConfig) -> dict[str, Any]:
     prompt = build_prompt_for(config, bundle.manifest, organ_map, mask)
     seeds = [config.seed + i for i in range(config.n)]
     try:
-        images = pipeline.generate([prompt], mask[None], config.n, steps=config.steps, guidance=config.guidance,
-                                   sampler=config.sampler, seeds=seeds, organ_maps=[organ_map])
+        images = pipeline.generate([prompt], mask[None], config.n, seeds=seeds, organ_maps=[organ_map],
+                                   **config.sampling.kwargs())
     except UnknownOrganError as exc:
         raise SampleInputError(f"--organ-map: {exc}") from None
     except ValueError as exc:
@@ -113,7 +113,7 @@ def run_sample(config: SampleConfig) -> dict[str, Any]:
     record = {"bundle_id": bundle.bundle_id, "model": config.model, "prompt": prompt, "seeds": seeds,
               "files": files, "modality": config.modality, "region": config.region,
               "organ_map": {str(k): v for k, v in organ_map.items()}, "organ_weights": config.organ_weights,
-              "steps": config.steps, "guidance": config.guidance, "sampler": config.sampler,
+              **config.sampling.kwargs(),
               "layout": bundle.manifest.get("layout", "mrgen")}
     storage.write_text(storage.join(config.out, RECORD), json.dumps(record, indent=1))
     return record

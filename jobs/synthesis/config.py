@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from mrgen.models.sampling import PAPER_SAMPLING, SAMPLING_PRESETS, SamplingSettings
 from mrgen.models.scorers import ScorerSettings
 from mrgen.models.selection import ThresholdConfig
 from mrgen.platform.cluster import RayConfig
@@ -55,9 +56,10 @@ class SynthesisConfig(ConfigBase):
 
     candidates: int = Field(20, ge=1, description="candidates generated per mask")
     keep: int = Field(2, ge=1, description="candidates kept per mask")
-    sampler: Literal["ddim", "dpm"] = Field("ddim", description="DDIM (paper) or DPM-Solver++ (faster)")
-    steps: int = Field(50, ge=1, description="sampling steps (paper: DDIM 50; DPM-Solver++: 20)")
-    guidance: float = Field(7.0, ge=0, description="classifier-free guidance weight")
+    sampler: Literal["ddim", "dpm"] = Field(PAPER_SAMPLING.sampler, description="DDIM (paper) or DPM-Solver++ "
+                                                                                "(faster)")
+    steps: int = Field(PAPER_SAMPLING.steps, ge=1, description="sampling steps (paper: DDIM 50; DPM-Solver++: 20)")
+    guidance: float = Field(PAPER_SAMPLING.guidance, ge=0, description="classifier-free guidance weight")
     seed: int = Field(0, description="run seed; candidate seeds derive from it, the mask id, modality and index")
     gen_batch_size: int | None = Field(None, ge=1,
                                        description="images per UNet forward (None: all candidates of the batch)")
@@ -96,6 +98,10 @@ class SynthesisConfig(ConfigBase):
             raise ValueError("adaptive budget needs a filter (filter=sam2 or medsam)")
         return self
 
+    @property
+    def sampling(self) -> SamplingSettings:
+        return SamplingSettings(sampler=self.sampler, steps=self.steps, guidance=self.guidance)
+
     def require_io(self) -> None:
         missing = [name for name in ("model", "source", "out") if not getattr(self, name)]
         if missing:
@@ -106,14 +112,14 @@ class SynthesisConfig(ConfigBase):
 
 @preset(SynthesisConfig, "tiny")
 def _tiny() -> dict:
-    return {"candidates": 4, "keep": 2, "steps": 4, "guidance": 7.0, "scorer": {"image_size": 256},
+    return {"candidates": 4, "keep": 2, **SAMPLING_PRESETS["tiny"].kwargs(), "scorer": {"image_size": 256},
             "masks_per_shard": 4, "contact_sheet_masks": 2,
             "ray": {"num_cpus": 2, "object_store_memory_mb": 512, "no_progress_timeout_s": 300}}
 
 
 @preset(SynthesisConfig, "paper")
 def _paper() -> dict:
-    return {"candidates": 20, "keep": 2, "sampler": "ddim", "steps": 50, "guidance": 7.0,
+    return {"candidates": 20, "keep": 2, **SAMPLING_PRESETS["paper"].kwargs(),
             "scorer": {"config_name": "large", "image_size": 1024, "embed_batch": 4},
             "gen_batch_size": 10, "masks_per_shard": 32, "contact_sheet_masks": 8,
             "generator": {"num_cpus": 4, "num_gpus": 1, "pool_min": 1, "pool_max": 8, "batch_size": 1},

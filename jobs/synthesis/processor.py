@@ -47,10 +47,9 @@ def _tasks(udf, kwargs, res: StageResources, batch_size: int | None = None) -> S
 
 
 def build_stages(config: SynthesisConfig, ctx: RunContext) -> list[StageSpec]:
-    thresholds = config.thresholds.model_dump()
-    relax_by = thresholds.pop("relax_by")
-    scorer = dict(kind=config.filter, scorer=config.scorer.model_dump())
-    sampling = dict(steps=config.steps, guidance=config.guidance, sampler=config.sampler, run_seed=config.seed,
+    thresholds, relax_by = config.thresholds.thresholds(), config.thresholds.relax_by
+    scorer = dict(kind=config.filter, scorer=config.scorer)
+    sampling = dict(sampling=config.sampling, run_seed=config.seed,
                     batch_size=config.gen_batch_size, torch_threads=config.torch_threads,
                     fault_marker=config.fault_marker, organ_weights=config.organ_weights or None)
     stages = [_tasks(PrepareUDF, dict(modalities=ctx.attributes, resolution=ctx.resolution,

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -155,140 +156,239 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train_loop_per_worker(args: dict[str, Any]) -> None:
-    """Ray Train entry: ``args`` = config (dict), stage, init bundle URI or None, run URI, run id."""
-    import deepspeed
-    import ray.train
-    import ray.train.torch
+@dataclass
+class TrainState:
+    """What ``train_state.json`` holds (rank 0's copy): a checkpoint restores it whole, a run's result reads it."""
+
+    step: int = 0
+    """optimizer steps done (saved at log intervals)"""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """one report per logged interval"""
+    restored_from: list[int] = field(default_factory=list)
+    """the step of each restore from a checkpoint"""
+    run_id: str = ""
+    """the run that started from step 0 (a `--resume` run keeps it; its own id is in ``plan``)"""
+    stage: str = ""
+    plan: dict[str, Any] | None = None
+    """:meth:`StepPlan.saved` at the last report: run id, planned steps, budget seconds spent"""
+    frozen_hashes: dict[str, dict[str, str]] | None = None
+    """at the end: hashes of the frozen parts at the start and the end (they must not move)"""
+    prompt_drop: dict[str, int] | None = None
+    """at the end: prompts replaced by '' and prompts seen"""
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainState:
+        return cls(**data)
 
 
-    config = TrainConfig.model_validate(args["config"])
-    stage, run_uri = args["stage"], args["run_uri"]
-    settings = config.stage(stage)
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(config.torch_threads)
-    device = ray.train.torch.get_device()
-    dtype = DTYPES[config.resolved_precision()]
+@dataclass
+class Interval:
+    """Loss, steps and time since the last report (sampling and checkpoint time taken out)."""
 
-    bundle = None
-    if args.get("init"):
-        from mrgen.models.bundle import ModelBundle
+    wait0: float
+    """the stream's data wait at the start"""
+    loss: float = 0.0
+    micro: int = 0
+    steps: int = 0
+    t0: float = field(default_factory=time.perf_counter)
 
-        bundle = ModelBundle.load(args["init"], device="cpu", dtype=torch.float32, parts=INIT_PARTS[stage])
-        bundle.manifest.update(args.get("condition") or {})  # the controller's organ vocabulary
-    task: StageTask = build_task(stage, config.build_model_config(), bundle, config.kl_weight, config.augment_p,
-                                 config.prompt_drop_p, seed=config.seed, pair_augment_p=config.pair_augment_p)
-    task.to(device, dtype)
-    frozen_at_start = task.frozen_hashes()
+    def metrics(self, stream: BatchStream, lr_schedule, samples_per_step: int, device: torch.device,
+                world: int) -> dict[str, Any]:
+        elapsed = max(1e-9, time.perf_counter() - self.t0)
+        loss = torch.tensor([self.loss / max(1, self.micro)], dtype=torch.float64, device=device)
+        if world > 1:
+            torch.distributed.all_reduce(loss)
+            loss /= world
+        return {"loss": float(loss.item()), "lr": float(lr_schedule.get_last_lr()[0]),
+                "samples_per_s": samples_per_step * self.steps / elapsed,
+                "data_wait_fraction": (stream.wait_s - self.wait0) / elapsed,
+                "peak_memory_mib": _peak_memory_mib(device)}
 
-    plan = StepPlan(settings.max_steps, settings.max_minutes)
-    params = [p for p in task.trainable.parameters() if p.requires_grad]
-    engine, _, _, lr_schedule = deepspeed.initialize(
-        model=task.trainable, model_parameters=params, config=deepspeed_config(config, stage, world),
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
-            opt, cosine_lambda(settings.warmup_steps, lambda: plan.total, config.min_lr_ratio)))
-    model = trained_model(task)
 
-    stream = BatchStream(ray.train.get_dataset_shard("train"), settings.batch_size, config.shuffle_buffer,
-                         config.seed + rank)
-    state: dict[str, Any] = {"step": 0, "history": [], "restored_from": [], "run_id": args["run_id"], "stage": stage}
-    restored = ray.train.get_checkpoint()
-    if restored is not None:
+class Trainer:
+    """One Ray Train worker's run of one stage, as torchtitan's trainer in small: :meth:`build` the task and its
+    DeepSpeed engine, :meth:`restore` a checkpoint (if Ray Train hands one), then :meth:`train` =
+    :meth:`step` until the plan's last step, with :meth:`report` and :meth:`checkpoint` at log intervals."""
+
+    def __init__(self, args: dict[str, Any]):
+        """``args`` = config (dict), stage, init bundle URI or None, condition, run URI, run id."""
+        import ray.train
+
+        self.args = args
+        self.config = TrainConfig.model_validate(args["config"])
+        self.stage, self.run_uri, self.run_id = args["stage"], args["run_uri"], args["run_id"]
+        self.settings = self.config.stage(self.stage)
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.state = TrainState(run_id=self.run_id, stage=self.stage)
+        self.plan = StepPlan(self.settings.max_steps, self.settings.max_minutes)
+
+    def build(self) -> None:
+        """The stage's task (from the previous stage's bundle), its DeepSpeed engine and this rank's data stream."""
+        import deepspeed
+        import ray.train
+        import ray.train.torch
+
+        config, stage = self.config, self.stage
+        torch.set_num_threads(config.torch_threads)
+        self.device = ray.train.torch.get_device()
+        self.dtype = DTYPES[config.resolved_precision()]
+        self.bundle = None
+        if self.args.get("init"):
+            from mrgen.models.bundle import ModelBundle
+
+            self.bundle = ModelBundle.load(self.args["init"], device="cpu", dtype=torch.float32,
+                                           parts=INIT_PARTS[stage])
+            self.bundle.manifest.update(self.args.get("condition") or {})  # the controller's organ vocabulary
+        self.task: StageTask = build_task(stage, config.build_model_config(), self.bundle, config.kl_weight,
+                                          config.augment_p, config.prompt_drop_p, seed=config.seed,
+                                          pair_augment_p=config.pair_augment_p)
+        self.task.to(self.device, self.dtype)
+        self.frozen_at_start = self.task.frozen_hashes()
+        params = [p for p in self.task.trainable.parameters() if p.requires_grad]
+        self.engine, _, _, self.lr_schedule = deepspeed.initialize(
+            model=self.task.trainable, model_parameters=params, config=deepspeed_config(config, stage, self.world),
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
+                opt, cosine_lambda(self.settings.warmup_steps, lambda: self.plan.total, config.min_lr_ratio)))
+        self.model = trained_model(self.task)
+        self.stream = BatchStream(ray.train.get_dataset_shard("train"), self.settings.batch_size,
+                                  config.shuffle_buffer, config.seed + self.rank)
+        self.metrics = Metrics(stage) if self.rank == 0 else None
+        self.examples = Examples(stage, config.sample_count)
+
+    def restore(self) -> None:
+        """Engine, train state, data position and RNG from Ray Train's checkpoint; fresh seeds without one."""
+        import ray.train
+
+        restored = ray.train.get_checkpoint()
+        if restored is None:
+            _seed_all(self.config.seed * 1000 + self.rank + 1)
+            return
         with restored.as_directory() as folder:
-            state, rank_state = ckpt.load(Path(folder), engine, rank)
-        state["restored_from"] = state.get("restored_from", []) + [state["step"]]
-        saved_plan = state.get("plan", {})
-        if saved_plan.get("run_id") == args["run_id"]:  # Ray Train restarted this run: same plan, budget partly spent
-            plan.total, plan.spent_before = saved_plan["steps"], saved_plan["train_seconds"] or 0.0
-        stream.skip_to(rank_state["position"])
+            saved, rank_state = ckpt.load(Path(folder), self.engine, self.rank)
+        self.state = TrainState.from_json(saved)
+        self.state.restored_from.append(self.state.step)
+        saved_plan = self.state.plan or {}
+        if saved_plan.get("run_id") == self.run_id:  # Ray Train restarted this run: same plan, budget partly spent
+            self.plan.total, self.plan.spent_before = saved_plan["steps"], saved_plan["train_seconds"] or 0.0
+        self.stream.skip_to(rank_state["position"])
         ckpt.set_rng_state(rank_state["rng"])
-        if rank == 0:
-            print(f"[train {stage}] resumed from step {state['step']} (epoch {rank_state['position']['epoch']})",
-                  flush=True)
-    else:
-        _seed_all(config.seed * 1000 + rank + 1)
+        if self.rank == 0:
+            print(f"[train {self.stage}] resumed from step {self.state.step} "
+                  f"(epoch {rank_state['position']['epoch']})", flush=True)
 
-    metrics = Metrics(stage) if rank == 0 else None
-    examples = Examples(stage, config.sample_count)
-    step = start_step = state["step"]
-    interval = {"loss": 0.0, "micro": 0, "steps": 0, "t0": time.perf_counter(), "wait0": stream.wait_s}
-    engine.train()
-    plan.start()
-    while step < plan.total:
-        for _ in range(config.grad_accum):
-            batch = stream.next()
-            if rank == 0 and not examples.full:
-                examples.offer(batch)
-            loss, _parts = task.loss(engine, batch, device, dtype)
-            engine.backward(loss)
-            engine.step()
-            interval["loss"] += float(loss.detach())
-            interval["micro"] += 1
-        step += 1
-        interval["steps"] += 1
-        plan.stepped(step)
-        if config.fail_at_step is not None and step == config.fail_at_step and start_step == 0 and rank == 0:
+    def train(self) -> None:
+        self.build()
+        self.restore()
+        self.start_step = self.state.step
+        self.interval = Interval(self.stream.wait_s)
+        self.engine.train()
+        self.plan.start()
+        while self.state.step < self.plan.total:
+            self.step()
+            self.after_step()
+
+    def step(self) -> None:
+        """One optimizer step: ``grad_accum`` micro-batches (rank 0 keeps a few rows for sample grids)."""
+        for _ in range(self.config.grad_accum):
+            batch = self.stream.next()
+            if self.rank == 0 and not self.examples.full:
+                self.examples.offer(batch)
+            loss, _parts = self.task.loss(self.engine, batch, self.device, self.dtype)
+            self.engine.backward(loss)
+            self.engine.step()
+            self.interval.loss += float(loss.detach())
+            self.interval.micro += 1
+        self.state.step += 1
+        self.interval.steps += 1
+        self.plan.stepped(self.state.step)
+
+    def after_step(self) -> None:
+        """Fault injection, replanning, sample grids, then at log and checkpoint steps a report."""
+        config, step = self.config, self.state.step
+        injected = config.fail_at_step is not None and step == config.fail_at_step
+        if injected and self.start_step == 0 and self.rank == 0:
             raise RuntimeError(f"injected failure at step {step} (train.fail_at_step, tests only)")
-
-        if step % config.log_every == 0 and step < plan.total:
-            plan.replan(step, device, world)
-        last = step >= plan.total
-        do_log = step % config.log_every == 0 or last
+        if step % config.log_every == 0 and step < self.plan.total:
+            self.plan.replan(step, self.device, self.world)
+        last = step >= self.plan.total
         do_ckpt = step % config.checkpoint_every == 0 or last
         if config.sample_every and step % config.sample_every == 0 or last:
-            if rank == 0 and examples.rows:
+            if self.rank == 0 and self.examples.rows:
                 grid_start = time.perf_counter()
-                _write_grid(stage, task, model, bundle, examples, config, run_uri, step)
-                interval["t0"] += time.perf_counter() - grid_start  # sampling is not training step time
-        if not (do_log or do_ckpt):
-            continue
-        report = _interval_metrics(interval, stream, lr_schedule, settings.batch_size * config.grad_accum * world,
-                                   device, world)
-        report.update(step=step, epoch=stream.epoch, prompt_drop_rate=task.dropped / max(1, task.prompts_seen),
-                      prompts_seen=task.prompts_seen)
-        state["step"] = step
+                self.sample_grid()
+                self.interval.t0 += time.perf_counter() - grid_start  # sampling is not training step time
+        if step % config.log_every == 0 or do_ckpt:
+            report = self.report(last)
+            if do_ckpt:
+                self.checkpoint(report)
+                self.interval.t0 = time.perf_counter()  # checkpoint time is not step time
+            else:
+                import ray.train
+
+                ray.train.report(report)  # its time counts in the next interval's samples/s: it is paid every interval
+
+    def report(self, last: bool) -> dict[str, Any]:
+        """The interval's metrics into the state's history (rank 0: gauges and a console line); a new interval."""
+        config, step = self.config, self.state.step
+        samples_per_step = self.settings.batch_size * config.grad_accum * self.world
+        report = self.interval.metrics(self.stream, self.lr_schedule, samples_per_step, self.device, self.world)
+        report.update(step=step, epoch=self.stream.epoch,
+                      prompt_drop_rate=self.task.dropped / max(1, self.task.prompts_seen),
+                      prompts_seen=self.task.prompts_seen)
         # `mrgen train --resume` starts a new run (new run id) from the checkpoint: new max_steps, fresh budget
-        state["plan"] = plan.saved(args["run_id"])
-        state["history"].append(report)
-        if rank == 0:
-            metrics.update(report, interval["steps"])
-            print(f"[train {stage}] step {step}/{plan.total} loss={report['loss']:.4f} lr={report['lr']:.3g} "
-                  f"samples/s={report['samples_per_s']:.1f} data_wait={report['data_wait_fraction']:.1%}", flush=True)
-        interval = {"loss": 0.0, "micro": 0, "steps": 0, "t0": time.perf_counter(), "wait0": stream.wait_s}
+        self.state.plan = self.plan.saved(self.run_id)
+        self.state.history.append(report)
+        if self.rank == 0:
+            self.metrics.update(report, self.interval.steps)
+            print(f"[train {self.stage}] step {step}/{self.plan.total} loss={report['loss']:.4f} "
+                  f"lr={report['lr']:.3g} samples/s={report['samples_per_s']:.1f} "
+                  f"data_wait={report['data_wait_fraction']:.1%}", flush=True)
+        self.interval = Interval(self.stream.wait_s)
         if last:
-            state["frozen_hashes"] = {"start": frozen_at_start, "end": task.frozen_hashes()}
-            state["prompt_drop"] = {"dropped": task.dropped, "seen": task.prompts_seen}
-            if rank == 0:
+            self.state.frozen_hashes = {"start": self.frozen_at_start, "end": self.task.frozen_hashes()}
+            self.state.prompt_drop = {"dropped": self.task.dropped, "seen": self.task.prompts_seen}
+            if self.rank == 0:
                 from mrgen.platform import metrics as prom
                 from mrgen.platform.storage import join
 
-                prom.write_metrics(join(run_uri, "metrics.prom"))
-        if do_ckpt:
-            folder = Path(tempfile.mkdtemp(prefix=f"mrgen-{stage}-ckpt-"))
-            try:
-                ckpt.save(folder, engine, rank, state, {"position": stream.position, "rng": ckpt.rng_state()},
-                          model, stage)
-                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
-        else:
-            ray.train.report(report)  # its time counts in the next interval's samples/s: it is paid every interval
-        if do_ckpt:
-            interval["t0"] = time.perf_counter()  # checkpoint time is not step time
+                prom.write_metrics(join(self.run_uri, "metrics.prom"))
+        return report
+
+    def checkpoint(self, report: dict[str, Any]) -> None:
+        """Every rank saves (DeepSpeed's save is collective) into a local folder that Ray Train reports."""
+        import ray.train
+
+        folder = Path(tempfile.mkdtemp(prefix=f"mrgen-{self.stage}-ckpt-"))
+        try:
+            ckpt.save(folder, self.engine, self.rank, self.state.to_json(),
+                      {"position": self.stream.position, "rng": ckpt.rng_state()}, self.model, self.stage)
+            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def sample_grid(self) -> None:
+        from mrgen.jobs.train.grid import sample_grid
+        from mrgen.platform.storage import join, write_bytes
+
+        stage, step = self.stage, self.state.step
+        try:
+            png = sample_grid(stage, self.task, self.model, self.bundle, self.examples.batch(),
+                              self.config.sample_steps, self.config.seed)
+        except ImportError as exc:  # the sampling pipeline may not be installed in a minimal deployment
+            print(f"[train {stage}] no sample grid at step {step}: {exc}", flush=True)
+            return
+        write_bytes(join(self.run_uri, "samples", f"step_{step:06d}.png"), png)
+        if os.environ.get("MRGEN_TRAIN_VERBOSE"):
+            print(f"[train {stage}] sample grid for step {step} written", flush=True)
 
 
-def _interval_metrics(interval: dict[str, Any], stream: BatchStream, lr_schedule, samples_per_step: int,
-                      device: torch.device, world: int) -> dict[str, Any]:
-    elapsed = max(1e-9, time.perf_counter() - interval["t0"])
-    loss = torch.tensor([interval["loss"] / max(1, interval["micro"])], dtype=torch.float64, device=device)
-    if world > 1:
-        torch.distributed.all_reduce(loss)
-        loss /= world
-    return {"loss": float(loss.item()), "lr": float(lr_schedule.get_last_lr()[0]),
-            "samples_per_s": samples_per_step * interval["steps"] / elapsed,
-            "data_wait_fraction": (stream.wait_s - interval["wait0"]) / elapsed,
-            "peak_memory_mib": _peak_memory_mib(device)}
+def train_loop_per_worker(args: dict[str, Any]) -> None:
+    """Ray Train entry: ``args`` = config (dict), stage, init bundle URI or None, run URI, run id."""
+    Trainer(args).train()
 
 
 def _peak_memory_mib(device: torch.device) -> float | None:
@@ -297,17 +397,3 @@ def _peak_memory_mib(device: torch.device) -> float | None:
         return None
     return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
 
-
-def _write_grid(stage: str, task: StageTask, model, bundle, examples: Examples, config: TrainConfig,
-                run_uri: str, step: int) -> None:
-    from mrgen.jobs.train.grid import sample_grid
-    from mrgen.platform.storage import join, write_bytes
-
-    try:
-        png = sample_grid(stage, task, model, bundle, examples.batch(), config.sample_steps, config.seed)
-    except ImportError as exc:  # the sampling pipeline may not be installed in a minimal deployment
-        print(f"[train {stage}] no sample grid at step {step}: {exc}", flush=True)
-        return
-    write_bytes(join(run_uri, "samples", f"step_{step:06d}.png"), png)
-    if os.environ.get("MRGEN_TRAIN_VERBOSE"):
-        print(f"[train {stage}] sample grid for step {step} written", flush=True)

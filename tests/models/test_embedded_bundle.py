@@ -60,7 +60,7 @@ def test_manifest_records_how_it_was_trained(manifest):
 def test_loads_by_name_and_follows_source_masks(default_db):
     """A real test on the real model: loading, conditioning (by organ name) and sampling must all work for the
     samples to put organs where the source masks put them (other slices' masks, same noise, score far worse)."""
-    from mrgen.jobs.train.eval_mask import evaluate_mask_following
+    from mrgen.jobs.evaluate.mask import evaluate_mask_following
 
     bundle = ModelBundle.load(EMBEDDED)
     assert all(getattr(bundle, part) is not None for part in ("vae", "unet", "controlnet", "text_encoder"))

@@ -4,7 +4,7 @@ import torch
 from mrgen.models.bundle import build_random_bundle
 from mrgen.models.mask_controller import MaskController
 from mrgen.models.configs import model_config
-from mrgen.models.mask_dependence import mask_dependence
+from mrgen.models.metrics.mask_dependence import mask_dependence
 
 torch.set_num_threads(1)
 

@@ -4,7 +4,8 @@ import torch
 
 from mrgen.models.bundle import build_random_bundle
 from mrgen.models.autoencoder import reconstruct
-from mrgen.models.mask_following import following_errors, mask_following, organ_contrasts
+from mrgen.models.metrics.mask_following import following_errors, mask_following, organ_contrasts
+from mrgen.models.sampling import SamplingSettings
 
 torch.set_num_threads(1)
 
@@ -64,7 +65,7 @@ def test_mask_following_samples_same_seeds_with_own_and_rolled_masks():
     for i in range(4):
         masks[i, 8 + 10 * i:24 + 10 * i, 10:40] = 1 + i % 2
     images = _drawn(masks, {1: 0.8, 2: 0.3})
-    run = mask_following(bundle, images, masks, ["T1 MRI"] * 4, steps=2, guidance=1.5, sampler="ddim")
+    run = mask_following(bundle, images, masks, ["T1 MRI"] * 4, SamplingSettings(steps=2, guidance=1.5, sampler="ddim"))
     assert run["own"].shape == run["other"].shape == (4, 64, 64)
     np.testing.assert_array_equal(run["other_masks"], np.roll(masks, 2, axis=0))
     assert not np.array_equal(run["own"], run["other"])  # a random controller reacts to the mask

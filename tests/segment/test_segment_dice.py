@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from mrgen.jobs.segment.dice import DiceReport, dice, dice_per_organ, nanmean
+from mrgen.models.metrics.dice import DiceReport, dice, dice_per_organ, nanmean
 
 ORGANS = {1: "liver", 2: "spleen", 3: "kidney"}
 

@@ -15,7 +15,7 @@ import pytest
 from mrgen.datasets.schema import decode_image, decode_mask, decode_organ_map
 from mrgen.datasets.store import read_table
 from mrgen.jobs.segment.config import SegmentConfig
-from mrgen.jobs.segment.dice import dice_per_organ
+from mrgen.models.metrics.dice import dice_per_organ
 from mrgen.jobs.segment.train import MANIFEST, SegmentInputError, TrainSource, train_segmenter
 
 SRC = "phantom-src"
@@ -37,7 +37,7 @@ def evaluated(trained, tiny_db, tmp_path_factory):
     import io
 
     from mrgen.cli.main import main
-    from mrgen.jobs.segment.evaluate import load_predictions
+    from mrgen.jobs.evaluate.segmenter import load_predictions
 
     model, _, _ = trained
     folder = tmp_path_factory.mktemp("segment_eval")
@@ -186,7 +186,7 @@ def _candidates_db(tiny_db: str, out: str) -> list[str]:
 def test_pooled_eval_scores_candidate_slices_as_one_stack(trained, tiny_db, tmp_path, ray_session):
     """Synthetic DBs hold several candidates per slice position: per-volume stacking refuses them, --pooled
     scores the selected slices (evenly spread, slice-id order) as one stack, encoded as the exported cases."""
-    from mrgen.jobs.segment.evaluate import evaluate_segmenter, load_predictions
+    from mrgen.jobs.evaluate.segmenter import evaluate_segmenter, load_predictions
 
     model, _, config = trained
     db = str(tmp_path / "candidates")

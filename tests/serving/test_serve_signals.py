@@ -49,7 +49,8 @@ def test_sigint_stops_serve_within_seconds(serve_bundle, tmp_path):
                "--port", str(port)]
     # RAY_ADDRESS=local: its own Ray even if a `ray start` cluster on this machine left its address file
     with open(log, "w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "RAY_ADDRESS": "local"})
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "RAY_ADDRESS": "local"})
     try:
         _wait_ready(url, proc, log, timeout_s=300)
         start = time.monotonic()

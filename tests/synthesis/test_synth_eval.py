@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from mrgen.jobs.evaluate.fid import FeatureExtractor, compute_fid, fid_from_features, frechet_distance
+from mrgen.jobs.evaluate.fid import FeatureExtractor, compute_fid
+from mrgen.models.metrics.frechet import fid_from_features, frechet_distance
 
 
 def test_frechet_distance_closed_forms():

@@ -7,7 +7,7 @@ import torch
 
 from mrgen.jobs.train.config import TrainConfig
 from mrgen.jobs.train.data import decode
-from mrgen.jobs.train.eval_ae import psnr, ssim
+from mrgen.models.metrics.reconstruction import psnr, ssim
 from mrgen.jobs.train.loop import Examples, cosine_lambda, deepspeed_config
 from mrgen.platform.config import ConfigError
 

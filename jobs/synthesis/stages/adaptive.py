@@ -15,6 +15,8 @@ from mrgen.jobs.synthesis.stages.base import StageUDF
 from mrgen.jobs.synthesis.stages.generator import (CandidateSampler, GeneratorUDF, _FaultKnob, decode_row_mask,
                                                    encode_candidates, row_organ_maps)
 from mrgen.jobs.synthesis.stages.filter import load_scorer, score_row, scores_to_json
+from mrgen.models.sampling import SamplingSettings
+from mrgen.models.scorers import ScorerSettings
 from mrgen.models.selection import Thresholds, strict_passes
 
 
@@ -23,14 +25,13 @@ class AdaptiveUDF(StageUDF):
     REQUIRED = {**GeneratorUDF.REQUIRED, "organ_map": "JSON organ id → name", "organs": "organs named for the slice"}
 
     def __init__(self, bundle_uri: str, candidates: int, wave_size: int, keep: int, rule: str,
-                 thresholds: dict[str, float], steps: int, guidance: float, sampler: str, run_seed: int,
-                 kind: str, scorer: dict[str, Any], batch_size: int | None = None, torch_threads: int = 1,
+                 thresholds: Thresholds, sampling: SamplingSettings, run_seed: int, kind: str,
+                 scorer: ScorerSettings, batch_size: int | None = None, torch_threads: int = 1,
                  fault_marker: str | None = None, organ_weights: dict[str, float] | None = None):
-        self.gen = CandidateSampler(bundle_uri, steps, guidance, sampler, run_seed, batch_size, torch_threads,
-                                    organ_weights)
+        self.gen = CandidateSampler(bundle_uri, sampling, run_seed, batch_size, torch_threads, organ_weights)
         self.scorer = load_scorer(kind, scorer, torch_threads)
         self.candidates, self.wave, self.keep, self.rule = candidates, wave_size, keep, rule
-        self.thresholds = Thresholds(**thresholds)
+        self.thresholds = thresholds
         self.fault = _FaultKnob(fault_marker)
 
     def process(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:

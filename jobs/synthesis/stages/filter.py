@@ -11,6 +11,7 @@ import numpy as np
 from mrgen.datasets.schema import decode_organ_map
 from mrgen.jobs.synthesis.stages.base import StageUDF
 from mrgen.jobs.synthesis.stages.generator import decode_candidates, decode_row_mask, pick_device
+from mrgen.models.scorers import ScorerSettings
 from mrgen.models.selection import CandidateScores, OrganScore
 
 
@@ -22,7 +23,7 @@ def scores_from_json(text: str) -> list[CandidateScores]:
     return [CandidateScores(index=c["index"], organs=[OrganScore(**o) for o in c["organs"]]) for c in json.loads(text)]
 
 
-def load_scorer(kind: str, scorer: dict[str, Any], torch_threads: int = 1):
+def load_scorer(kind: str, scorer: ScorerSettings, torch_threads: int = 1):
     import torch
 
     from mrgen.models.scorers import build_scorer
@@ -44,7 +45,7 @@ class FilterUDF(StageUDF):
                 "mask": "uint8 organ ids (raw bytes)", "organ_map": "JSON organ id → name",
                 "organs": "organs named for the slice", "height": "rows", "width": "columns"}
 
-    def __init__(self, kind: str, scorer: dict[str, Any], torch_threads: int = 1):
+    def __init__(self, kind: str, scorer: ScorerSettings, torch_threads: int = 1):
         self.scorer = load_scorer(kind, scorer, torch_threads)
 
     def process(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:

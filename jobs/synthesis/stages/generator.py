@@ -14,6 +14,7 @@ import numpy as np
 from mrgen.datasets.schema import decode_organ_map
 from mrgen.jobs.synthesis.keys import candidate_seed
 from mrgen.jobs.synthesis.stages.base import StageUDF
+from mrgen.models.sampling import SamplingSettings
 
 
 def encode_candidates(images: np.ndarray) -> bytes:
@@ -58,8 +59,8 @@ class _FaultKnob:
 class CandidateSampler:
     """The bundle and sampling settings, shared by the generator and adaptive stages."""
 
-    def __init__(self, bundle_uri: str, steps: int, guidance: float, sampler: str, run_seed: int,
-                 batch_size: int | None, torch_threads: int, organ_weights: dict[str, float] | None = None):
+    def __init__(self, bundle_uri: str, sampling: SamplingSettings, run_seed: int, batch_size: int | None,
+                 torch_threads: int, organ_weights: dict[str, float] | None = None):
         import torch
 
         from mrgen.models.bundle import ModelBundle
@@ -67,7 +68,7 @@ class CandidateSampler:
 
         torch.set_num_threads(torch_threads)
         self.pipeline = MRGenPipeline(ModelBundle.load(bundle_uri, device=pick_device(), organ_weights=organ_weights))
-        self.steps, self.guidance, self.sampler = steps, guidance, sampler
+        self.sampling = sampling
         self.run_seed, self.batch_size = run_seed, batch_size
 
     def seeds(self, slice_id: str, modality: str, indices: range) -> list[int]:
@@ -80,9 +81,8 @@ class CandidateSampler:
         # runs differed): encoding each prompt alone makes a candidate independent of the masks an actor saw before
         for prompt in ("", *prompts):
             self.pipeline.bundle.text_encoder.encode([prompt])
-        return self.pipeline.generate(prompts, masks, num_candidates=len(indices), steps=self.steps,
-                                      guidance=self.guidance, sampler=self.sampler, seeds=seeds,
-                                      batch_size=self.batch_size, organ_maps=organ_maps)
+        return self.pipeline.generate(prompts, masks, num_candidates=len(indices), seeds=seeds,
+                                      batch_size=self.batch_size, organ_maps=organ_maps, **self.sampling.kwargs())
 
 
 class GeneratorUDF(StageUDF):
@@ -91,11 +91,10 @@ class GeneratorUDF(StageUDF):
                 "prompt": "text condition", "mask": "uint8 organ ids (raw bytes)", "height": "rows", "width": "columns",
                 "organ_map": "JSON organ id → name", "skip_reason": "non-empty: the mask is skipped"}
 
-    def __init__(self, bundle_uri: str, candidates: int, steps: int, guidance: float, sampler: str, run_seed: int,
+    def __init__(self, bundle_uri: str, candidates: int, sampling: SamplingSettings, run_seed: int,
                  batch_size: int | None = None, torch_threads: int = 1, fault_marker: str | None = None,
                  organ_weights: dict[str, float] | None = None):
-        self.gen = CandidateSampler(bundle_uri, steps, guidance, sampler, run_seed, batch_size, torch_threads,
-                                    organ_weights)
+        self.gen = CandidateSampler(bundle_uri, sampling, run_seed, batch_size, torch_threads, organ_weights)
         self.candidates = candidates
         self.fault = _FaultKnob(fault_marker)
 

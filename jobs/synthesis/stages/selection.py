@@ -14,10 +14,10 @@ from mrgen.models.selection import Thresholds, select, select_unfiltered, strict
 class SelectionUDF(StageUDF):
     NAME = "selection"
 
-    def __init__(self, keep: int, rule: str, thresholds: dict[str, float], relax_by: float, top_k: int,
+    def __init__(self, keep: int, rule: str, thresholds: Thresholds, relax_by: float, top_k: int,
                  filtered: bool = True):
         self.keep, self.rule, self.relax_by, self.top_k, self.filtered = keep, rule, relax_by, top_k, filtered
-        self.thresholds = Thresholds(**thresholds)
+        self.thresholds = thresholds
 
     def required(self) -> dict[str, str]:
         cols = {"n_candidates": "candidates in the row"}

@@ -23,8 +23,9 @@ from scipy.ndimage import binary_dilation
 from mrgen.models.autoencoder import reconstruct
 from mrgen.models.bundle import ModelBundle
 from mrgen.models.condition import per_mask
-from mrgen.models.mask_dependence import check_slices, other_slices
+from mrgen.models.metrics.mask_dependence import check_slices, other_slices
 from mrgen.models.pipeline import MRGenPipeline
+from mrgen.models.sampling import SAMPLING_PRESETS, SamplingSettings
 
 RING_PX = 3  # width of the ring around an organ that contrast is measured against
 
@@ -59,7 +60,7 @@ def following_errors(real: np.ndarray, own: np.ndarray, other: np.ndarray, masks
 
 
 def mask_following(bundle: ModelBundle, images: np.ndarray, masks: np.ndarray, prompts: Sequence[str],
-                   steps: int = 20, guidance: float = 2.0, sampler: str = "dpm", organ_maps=None) -> dict:
+                   sampling: SamplingSettings = SAMPLING_PRESETS["default"], organ_maps=None) -> dict:
     """Same-seed samples for each slice's own mask and for the mask rolled by half the set, and their
     :func:`following_errors`. ``images`` float [N,H,W] in [0,1], ``masks`` uint8 [N,H,W], N ≥ 2; ``organ_maps``
     (one per mask) for bundles that condition on organ names."""
@@ -67,7 +68,7 @@ def mask_following(bundle: ModelBundle, images: np.ndarray, masks: np.ndarray, p
     n = len(images)
     others = other_slices(masks)
     pipe = MRGenPipeline(bundle)
-    kwargs = {"steps": steps, "guidance": guidance, "sampler": sampler, "seeds": list(range(n))}
+    kwargs = {**sampling.kwargs(), "seeds": list(range(n))}
     maps = per_mask(organ_maps, n)
     own = pipe.generate(list(prompts), masks, organ_maps=maps, **kwargs)
     other = pipe.generate(list(prompts), others, organ_maps=other_slices(maps), **kwargs)
@@ -75,5 +76,5 @@ def mask_following(bundle: ModelBundle, images: np.ndarray, masks: np.ndarray, p
     ceiling = following_errors(images, recon, other_slices(recon), masks)["following"]
     return {"own": own, "other": other, "other_masks": others,
             "scores": {**following_errors(images, own, other, masks), "autoencoder_ceiling": ceiling, "slices": n,
-                       "ring": RING_PX, "steps": steps, "guidance": guidance, "sampler": sampler}}
+                       "ring": RING_PX, **sampling.kwargs()}}
 

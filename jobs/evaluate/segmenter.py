@@ -3,7 +3,7 @@
 In one Ray task: the test slices (masked, ``split``, optional dataset / modality filters) are exported with
 ``export_nnunet`` using the model's own label order and channel name, so images are encoded exactly as in
 training; slices are grouped by volume, ordered by slice index, predicted with :class:`VolumePredictor`,
-stacked back into volumes and scored with :mod:`mrgen.jobs.segment.dice` (its docstring has the
+stacked back into volumes and scored with :mod:`mrgen.models.metrics.dice` (its docstring has the
 empty-organ convention). The report (JSON) holds per-volume and per-organ Dice and the paper's mean.
 
 ``pooled=True`` scores the selected slices as one stack instead (:func:`pooled_stack`): Dice pooled over slices,
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from mrgen.jobs.segment.config import SegmentConfig
-from mrgen.jobs.segment.dice import DiceReport, dice_per_organ
+from mrgen.models.metrics.dice import DiceReport, dice_per_organ
 from mrgen.platform import storage
 
 

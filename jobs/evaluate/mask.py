@@ -1,5 +1,6 @@
 """`mrgen eval mask`: how much a bundle's mask controller relies on its masks — in its denoising loss
-(``models.mask_dependence``) and in its samples (``models.mask_following``, with a contact sheet)."""
+(``models.metrics.mask_dependence``) and in its samples (``models.metrics.mask_following``, with a contact
+sheet)."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,6 +8,9 @@ from typing import Any
 import numpy as np
 
 from mrgen.datasets.store import spread
+from mrgen.models.sampling import SAMPLING_PRESETS, SamplingSettings
+
+FOLLOWING_SAMPLING = SAMPLING_PRESETS["default"]  # the demo's generator's sampling
 
 
 def spread_masked_slices(db_uri: str, split: str, limit: int, min_area: float, **filters: Any) -> dict[str, Any]:
@@ -40,7 +44,7 @@ def _bundle(bundle):
 def evaluate_mask_dependence(bundle, db_uri: str, split: str = "test", limit: int = 64,
                              min_area: float = 0.02, seed: int = 0, **filters: Any) -> dict[str, Any]:
     """:func:`mask_dependence` on :func:`spread_masked_slices`; ``bundle``: a URI or a loaded ``ModelBundle``."""
-    from mrgen.models.mask_dependence import mask_dependence
+    from mrgen.models.metrics.mask_dependence import mask_dependence
 
     slices = spread_masked_slices(db_uri, split, limit, min_area, **filters)
     bundle = _bundle(bundle)
@@ -51,17 +55,19 @@ def evaluate_mask_dependence(bundle, db_uri: str, split: str = "test", limit: in
 
 
 def evaluate_mask_following(bundle, db_uri: str, sheet_uri: str | None, split: str = "train", limit: int = 24,
-                            sheet_slices: int = 6, min_area: float = 0.05, steps: int = 20, guidance: float = 2.0,
-                            sampler: str = "dpm", **filters: Any) -> dict[str, Any]:
+                            sheet_slices: int = 6, min_area: float = 0.05, steps: int = FOLLOWING_SAMPLING.steps,
+                            guidance: float = FOLLOWING_SAMPLING.guidance, sampler: str = FOLLOWING_SAMPLING.sampler,
+                            **filters: Any) -> dict[str, Any]:
     """:func:`mask_following` on ``limit`` :func:`spread_masked_slices`, and a contact sheet of ``sheet_slices``
     of them at ``sheet_uri``: per slice the real slice, the sample with its mask and the same-seed sample with
-    another slice's mask, organ outlines on all three."""
+    another slice's mask, organ outlines on all three; ``steps``, ``guidance``, ``sampler``: its sampling."""
     from mrgen.datasets.contact_sheet import contact_sheet
-    from mrgen.models.mask_following import mask_following
+    from mrgen.models.metrics.mask_following import mask_following
 
     slices = spread_masked_slices(db_uri, split, limit, min_area, **filters)
     bundle = _bundle(bundle)
-    run = mask_following(bundle, slices["image"], slices["mask"], slices["prompt"], steps, guidance, sampler,
+    sampling = SamplingSettings(sampler=sampler, steps=steps, guidance=guidance)
+    run = mask_following(bundle, slices["image"], slices["mask"], slices["prompt"], sampling,
                          organ_maps=slices["organ_map"])
     scores = run["scores"]
     if sheet_uri:
