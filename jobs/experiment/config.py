@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from mrgen.models.sampling import SAMPLING_PRESETS
 from mrgen.platform.config import ConfigBase, preset
 
 
@@ -126,8 +127,9 @@ def _default() -> dict[str, Any]:
             "filter": "medsam", "calibration_slices": 48,
             # 64 masks spread over the 192 source training slices, up to 4 candidates each (2 kept, adaptive): the
             # filter (LiteMedSAM, ~0.5-1 s per candidate on one core) is the slow part, so two filter actors
-            "synthesis": "tiny", "synthesis_overrides": {"candidates": 4, "keep": 2, "steps": 20, "sampler": "dpm",
-                                                         "guidance": 2.0, "max_masks": 64, "mask_selection": "spread",
+            "synthesis": "tiny", "synthesis_overrides": {"candidates": 4, "keep": 2, "max_masks": 64,
+                                                         **SAMPLING_PRESETS["default"].kwargs(),
+                                                         "mask_selection": "spread",
                                                          "filter_stage": {"pool_min": 1, "pool_max": 2}},
             # four segmenters share the 2 CPUs (num_cpus 0.5 each); no test-time mirroring (4x the prediction cost).
             # 80 x 50 iterations is a cap a fast machine might reach: the budget decides, shortening later epochs

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from mrgen.jobs.segment.train import MANIFEST as SEGMENTER_MANIFEST
+from mrgen.jobs.train.config import STAGES
 from mrgen.jobs.synthesis.run import REPORT as SYNTHESIS_REPORT
 from mrgen.models.bundle import MANIFEST
 from mrgen.platform import storage
@@ -94,8 +95,8 @@ def trained_amounts(exp, manifests: dict[str, dict[str, Any]]) -> dict[str, Any]
     (fewer than configured under a budget)."""
     bundle_manifest = _json(storage.join(exp.bundle, MANIFEST)) or {}
     stages = (bundle_manifest.get("training") or {}).get("stages", {})
-    steps = {stage: {"steps": record.get("steps"), "max_steps": record.get("max_steps")}
-             for stage, record in stages.items()}
+    steps = {stage: {"steps": stages[stage].get("steps"), "max_steps": stages[stage].get("max_steps")}
+             for stage in STAGES if stage in stages}  # pipeline order (manifests keep their keys sorted)
     segmenters = {}
     for name, manifest in manifests.items():
         planned = manifest.get("config") or {}
