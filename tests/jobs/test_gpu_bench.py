@@ -36,7 +36,7 @@ def test_tiny_cpu_mode_stages_training_synthesis(tmp_path, ray_session):
     assert synth["candidates_per_s"] > 0 and synth["gflop_per_denoiser_forward"] > 0, synth
     # 3 DDIM steps x CFG (2 forwards) x one controller + UNet forward, plus one decode
     assert abs(synth["tflop_per_candidate"] * 1e3 - (6 * synth["gflop_per_denoiser_forward"]
-                                                      + synth["gflop_decode"])) < 0.01, synth
+                                                      + synth["gflop_decode"])) < 0.06, synth  # 4-decimal TFLOP
 
 
 def test_tiny_cpu_mode_endpoint(tmp_path, ray_session):
