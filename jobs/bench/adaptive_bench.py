@@ -20,6 +20,7 @@ def _generator_seconds_per_candidate(bundle_uri: str, db: str, config) -> float:
     """One wave of candidates for one source mask, sampled in this process as the generator stage samples."""
     import numpy as np
 
+    from mrgen.datasets.phantom import TARGET_MODALITY
     from mrgen.datasets.schema import decode_organ_map
     from mrgen.datasets.store import read_table
     from mrgen.jobs.synthesis.stages.generator import CandidateSampler
@@ -30,7 +31,7 @@ def _generator_seconds_per_candidate(bundle_uri: str, db: str, config) -> float:
     organ_map = decode_organ_map(row["organ_map"])
     gen = CandidateSampler(bundle_uri, config.sampling, config.seed, None, torch_threads=1)
     indices = range(config.wave_size)
-    args = (["T2 SPIR"], mask[None], indices, gen.seeds(row["slice_id"], "T2 SPIR", indices), [organ_map])
+    args = ([TARGET_MODALITY], mask[None], indices, gen.seeds(row["slice_id"], TARGET_MODALITY, indices), [organ_map])
     gen.generate(*args)  # warm-up
     start = time.perf_counter()
     gen.generate(*args)

@@ -72,10 +72,10 @@ def _following_lines(f: dict[str, Any] | None) -> list[str]:
     return [f"Samples (`mask_following.png`, {f['sampler']} {f['steps']} steps, guidance {f['guidance']}): at the "
             f"{f['organs']} organs of {f['slices']} {f['split']} masks, the organ contrast (inside minus a "
             f"{f['ring']}-pixel ring around) differs from the real slice's by {f['error_own']:.4f} in the sample "
-            f"drawn with "
-            f"that mask and by {f['error_other']:.4f} in the same-seed sample drawn with another slice's mask: "
-            f"following **{f['following']:+.3f}** (1 − own/other; 0: the samples ignore their masks). Ceiling set by "
-            f"the autoencoder (the real slices' reconstructions scored the same way): {f['autoencoder_ceiling']:+.3f}.",
+            f"drawn with that mask and by {f['error_other']:.4f} in the same-seed sample drawn with another slice's "
+            f"mask: following **{f['following']:+.3f}** (1 − own/other; 0: the samples ignore their masks). Ceiling "
+            f"set by the autoencoder (the real slices' reconstructions scored the same way): "
+            f"{f['autoencoder_ceiling']:+.3f}.",
             ""]
 
 
