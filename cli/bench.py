@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mrgen.models.sampling import SAMPLING_PRESETS
+
 
 @dataclass(frozen=True)
 class Benchmark:
@@ -56,8 +58,9 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, default=8, help="concurrent closed-loop clients (loopback only)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per run")
     parser.add_argument("--n", type=int, default=1, help="candidates per request")
-    parser.add_argument("--steps", type=int, default=20, help="sampling steps per request (20 as DPM-Solver++; at 4 "
-                        "the proxy and ingress, not sampling, dominate a request)")
+    parser.add_argument("--steps", type=int, default=SAMPLING_PRESETS["default"].steps,
+                        help="sampling steps per request (default: the demo generator's; at 4 the proxy and ingress, "
+                             "not sampling, dominate a request)")
     parser.add_argument("--max-batch-size", type=int, default=8, help="max batch of the 'batching on' run")
 
 
@@ -100,7 +103,7 @@ def _synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--masks", type=int, default=2, help="masks of the 1x run (the 10x run uses scale times more)")
     parser.add_argument("--scale", type=int, default=10, help="mask multiplier of the large run")
     parser.add_argument("--candidates", type=int, default=4, help="candidates per mask")
-    parser.add_argument("--steps", type=int, default=4, help="sampling steps")
+    parser.add_argument("--steps", type=int, default=SAMPLING_PRESETS["tiny"].steps, help="sampling steps")
     parser.add_argument("--sam2-size", type=int, default=256, help="SAM2 image size")
     parser.add_argument("--db", default=None, help="phantom MRGen-DB to use (default: build one in a temp dir)")
 

@@ -72,14 +72,15 @@ def add_mask_parser(eval_subparsers) -> argparse.ArgumentParser:
 def run_mask(args: argparse.Namespace) -> int:
     from mrgen.jobs.evaluate.mask import evaluate_mask_dependence, evaluate_mask_following
     from mrgen.models.bundle import ModelBundle
+    from mrgen.models.sampling import SamplingSettings
 
     filters = {"dataset": args.dataset} if args.dataset else {}
     try:
         bundle = ModelBundle.load(args.model)
         r = evaluate_mask_dependence(bundle, args.db, args.split, args.limit, seed=args.seed, **filters)
+        sampling = SamplingSettings(args.sampler, args.steps, args.guidance)
         f = evaluate_mask_following(bundle, args.db, args.sheet, args.split, args.following_slices,
-                                    args.sheet_slices, steps=args.steps,
-                                    guidance=args.guidance, sampler=args.sampler, **filters) if args.sheet else None
+                                    args.sheet_slices, sampling=sampling, **filters) if args.sheet else None
     except (FileNotFoundError, ValueError) as exc:
         print(f"mrgen eval mask: {exc}", file=sys.stderr)
         return 2

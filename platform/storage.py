@@ -201,6 +201,15 @@ def atomic_write(uri: str, mode: str = "wb", settings: StorageSettings | None = 
         os.unlink(tmp_name)
 
 
+def remove_write_leftovers(folder_uri: str, settings: StorageSettings | None = None) -> list[str]:
+    """Remove the hidden temporary files that :func:`atomic_write` leaves in ``folder_uri`` when its writer was
+    killed (a lost node or driver) before the rename; returns their names. Only call it when no writer runs."""
+    left = [n for n in listdir(folder_uri, settings) if n.startswith(".") and n.endswith(".tmp")]
+    for name in left:
+        remove(join(folder_uri, name), settings)
+    return left
+
+
 def write_bytes(uri: str, data: bytes, settings: StorageSettings | None = None) -> None:
     with atomic_write(uri, "wb", settings) as f:
         f.write(data)

@@ -31,6 +31,9 @@ GENERATOR, FILTER = "MapWorker(MapBatches(GeneratorUDF))", "MapWorker(MapBatches
 # node (2 CPUs) holds the pools' other actors.
 HEAD_CPUS, NODE_CPUS = 1, 2
 GENERATOR_CPUS, FILTER_CPUS = 0.5, 0.25
+# Each node offers one slot per pool (custom resources, as node types do), so a pool's second actor can only run
+# on a second node: on the head's CPU alone it would also fit whenever the light task is idle.
+SLOTS = {"generator_slot": 1, "filter_slot": 1}
 # A killed node is declared dead after ~8 s rather than Ray's default ~15-65 s (a check every 3 s, 5 failed, each
 # timing out after 10 s): a dead raylet refuses each check at once, so its actors restart and its tasks retry
 # sooner, while a live raylet on a loaded machine still has 5 s to answer each check.
@@ -52,7 +55,8 @@ class LocalCluster:
         self._store = object_store_mb * MB
         with _address_file_kept():
             self.cluster = Cluster(initialize_head=True, head_node_args={
-                "num_cpus": head_cpus, "object_store_memory": self._store, "include_dashboard": False,
+                "num_cpus": head_cpus, "resources": dict(SLOTS), "object_store_memory": self._store,
+                "include_dashboard": False,
                 "_system_config": HEALTH_CHECK})
         init_ray(RayConfig(address=self.address, no_progress_timeout_s=300), log_to_driver=False)
 
@@ -62,7 +66,7 @@ class LocalCluster:
 
     def add(self, cpus: int = NODE_CPUS):
         """A new worker node (call from the main thread: a raylet's start installs signal handlers)."""
-        node = self.cluster.add_node(num_cpus=cpus, object_store_memory=self._store)
+        node = self.cluster.add_node(num_cpus=cpus, resources=dict(SLOTS), object_store_memory=self._store)
         self.cluster.wait_for_nodes()
         return node
 
@@ -170,7 +174,7 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, poll_
 
 def synth_settings(bundle: str, db: str, out: str, masks: int = 32) -> list[str]:
     """Overrides of the tiny preset for every scenario: 2 modalities × ``masks`` phantom masks, random SAM2 at 256,
-    thresholds 0 (an untrained SAM2 passes nothing else), autoscaling pools of 1-2 actors."""
+    thresholds 0 (an untrained SAM2 passes nothing else), autoscaling pools of 1-2 actors, one of each per node."""
     from mrgen.datasets.phantom import TARGET_MODALITY
 
     return [f"model={bundle}", f"source={db}", f"out={out}", f"target_modalities=['{TARGET_MODALITY}','T1 in-phase']",
@@ -178,7 +182,7 @@ def synth_settings(bundle: str, db: str, out: str, masks: int = 32) -> list[str]
             "scorer.random=true", "scorer.image_size=256", "thresholds.organ_iou=0", "thresholds.organ_conf=0",
             "thresholds.mean_iou=0", "thresholds.mean_conf=0", "masks_per_shard=4", "contact_sheet_masks=0",
             f"generator.num_cpus={GENERATOR_CPUS}", f"filter_stage.num_cpus={FILTER_CPUS}", "generator.pool_max=2",
-            "filter_stage.pool_max=2"]
+            "filter_stage.pool_max=2", "generator.resources.generator_slot=1", "filter_stage.resources.filter_slot=1"]
 
 
 def out_of(settings: list[str]) -> str:

@@ -21,11 +21,14 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from mrgen.models.sampling import PAPER_SAMPLING, SamplingSettings
 
 STAGES = ("vae", "unet", "controlnet")
 # dense bf16 tensor-core peaks (TFLOP/s, vendor data sheets, no sparsity); the first name the device's contains wins
@@ -175,7 +178,7 @@ def flops_per_candidate(pipe, size: int, steps: int, guidance: float) -> dict[st
             "tflop_per_candidate": round(total / 1e12, 4)}
 
 
-def synthesis(bundle, device: torch.device, size: int, candidates: int, steps: int, guidance: float) -> dict[str, Any]:
+def synthesis(bundle, device: torch.device, size: int, candidates: int, sampling: SamplingSettings) -> dict[str, Any]:
     from mrgen.models.pipeline import MRGenPipeline
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -186,20 +189,21 @@ def synthesis(bundle, device: torch.device, size: int, candidates: int, steps: i
     def run(n_steps: int) -> float:
         _sync(device)
         start = time.perf_counter()
-        pipe.generate(["T2 SPIR MRI, abdomen"], mask, candidates, steps=n_steps, guidance=guidance, sampler="ddim",
+        pipe.generate(["T2 SPIR MRI, abdomen"], mask, candidates, **replace(sampling, steps=n_steps).kwargs(),
                       seeds=list(range(candidates)), organ_maps={1: "liver"})
         _sync(device)
         return time.perf_counter() - start
 
     run(2)  # warm-up
-    seconds = run(steps)
+    seconds = run(sampling.steps)
     rate = candidates / seconds
-    flops = flops_per_candidate(pipe, size, steps, guidance)
+    flops = flops_per_candidate(pipe, size, sampling.steps, sampling.guidance)
     peak = peak_bf16_tflops(device)
     matmul = measured_matmul_tflops(device, dtype, 8192 if device.type == "cuda" else 512)
     limit = peak * 1e12 / (flops["tflop_per_candidate"] * 1e12) if peak else None
     attainable = matmul / flops["tflop_per_candidate"]
-    return {"resolution": size, "sampler": f"ddim {steps}", "guidance": guidance, "candidates": candidates,
+    return {"resolution": size, "sampler": f"{sampling.sampler} {sampling.steps}", "guidance": sampling.guidance,
+            "candidates": candidates,
             "dtype": str(dtype).removeprefix("torch."), "seconds": round(seconds, 2),
             "candidates_per_s": round(rate, 4), **flops, "device_name": _device_name(device),
             "peak_bf16_tflops": peak, "physical_limit_candidates_per_s": round(limit, 3) if limit else None,
@@ -278,8 +282,10 @@ def run_gpu_bench(device: str = "cuda", tiny: bool = False, sections: tuple[str,
         if "endpoint" in wanted:
             bundle.save(bundle_uri)
         if "synthesis" in wanted:
-            size, candidates, steps = (64, 2, 3) if tiny else (512, 20, 50)
-            _timed(figures, "synthesis", lambda: synthesis(bundle, dev, size, candidates, steps, guidance=7.0))
+            # the paper's DDIM 50 at guidance 7 (3 steps in the tiny mode)
+            size, candidates = (64, 2) if tiny else (512, 20)
+            sampling = replace(PAPER_SAMPLING, steps=3) if tiny else PAPER_SAMPLING
+            _timed(figures, "synthesis", lambda: synthesis(bundle, dev, size, candidates, sampling))
         del bundle
         if dev.type == "cuda":
             torch.cuda.empty_cache()

@@ -55,18 +55,16 @@ def evaluate_mask_dependence(bundle, db_uri: str, split: str = "test", limit: in
 
 
 def evaluate_mask_following(bundle, db_uri: str, sheet_uri: str | None, split: str = "train", limit: int = 24,
-                            sheet_slices: int = 6, min_area: float = 0.05, steps: int = FOLLOWING_SAMPLING.steps,
-                            guidance: float = FOLLOWING_SAMPLING.guidance, sampler: str = FOLLOWING_SAMPLING.sampler,
-                            **filters: Any) -> dict[str, Any]:
+                            sheet_slices: int = 6, min_area: float = 0.05,
+                            sampling: SamplingSettings = FOLLOWING_SAMPLING, **filters: Any) -> dict[str, Any]:
     """:func:`mask_following` on ``limit`` :func:`spread_masked_slices`, and a contact sheet of ``sheet_slices``
     of them at ``sheet_uri``: per slice the real slice, the sample with its mask and the same-seed sample with
-    another slice's mask, organ outlines on all three; ``steps``, ``guidance``, ``sampler``: its sampling."""
+    another slice's mask, organ outlines on all three; ``sampling``: how the samples are drawn."""
     from mrgen.datasets.contact_sheet import contact_sheet
     from mrgen.models.metrics.mask_following import mask_following
 
     slices = spread_masked_slices(db_uri, split, limit, min_area, **filters)
     bundle = _bundle(bundle)
-    sampling = SamplingSettings(sampler=sampler, steps=steps, guidance=guidance)
     run = mask_following(bundle, slices["image"], slices["mask"], slices["prompt"], sampling,
                          organ_maps=slices["organ_map"])
     scores = run["scores"]
@@ -80,6 +78,7 @@ def evaluate_mask_following(bundle, db_uri: str, sheet_uri: str | None, split: s
                       {"image": run["other"][k], "mask": other, "outline": True,
                        "caption": f"another slice's mask, seed {k}"}]
         contact_sheet(items, sheet_uri, columns=3, cell=160, caption_lines=2,
-                      title=f"{split} masks, {sampler} {steps} steps, cfg {guidance}: following "
+                      title=f"{split} masks, {sampling.sampler} {sampling.steps} steps, cfg {sampling.guidance}: "
+                            f"following "
                             f"{scores['following']:+.2f}, autoencoder ceiling {scores['autoencoder_ceiling']:+.2f}")
     return {**scores, "split": split, "bundle": bundle.uri, "db": db_uri, "sheet": sheet_uri}

@@ -236,7 +236,7 @@ def check_controller(exp: Experiment) -> None:
     cfg = synthesis_config(exp)
     follow = evaluate_mask_following(
         bundle, exp.db, exp.mask_following_sheet, split=exp.config.source_split, limit=exp.config.following_slices,
-        sheet_slices=exp.config.sheet_slices, steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler,
+        sheet_slices=exp.config.sheet_slices, sampling=cfg.sampling,
         dataset=SOURCE_DATASET)
     storage.write_text(exp.mask_check, json.dumps({"loss": loss, "samples": follow}, indent=1))
     exp.say(f"   samples follow their masks {follow['following']:+.3f} (autoencoder ceiling "

@@ -20,6 +20,10 @@ class StageResources(ConfigBase):
     pool_min: int = Field(1, ge=1, description="smallest actor pool (actor stages only)")
     pool_max: int = Field(1, ge=1, description="largest actor pool (actor stages only)")
     batch_size: int = Field(1, ge=1, description="masks per call of the stage")
+    resources: dict[str, float] = Field(default_factory=dict,
+                                        description="custom Ray resources per worker, e.g. {'filter_slot': 1} puts "
+                                                    "at most as many workers on a node as it offers slots (node "
+                                                    "types of a cluster: `ray start --resources`)")
 
     @model_validator(mode="after")
     def _pool(self) -> StageResources:
@@ -82,6 +86,11 @@ class SynthesisConfig(ConfigBase):
     generator: StageResources = Field(default_factory=StageResources, description="generator stage resources")
     filter_stage: StageResources = Field(default_factory=StageResources, description="filter stage resources")
     light: StageResources = Field(default_factory=StageResources, description="prepare / selection / writer tasks")
+    pool_upscale_util: float = Field(1.0, gt=0, description="an actor pool grows (up to pool_max, where resources "
+                                                            "are free, e.g. on a node that joined) once its tasks in "
+                                                            "flight per actor reach this. 1.0: every busy pool; "
+                                                            "Ray Data's default 1.75 grows only a backlogged one, so "
+                                                            "a pool downstream of the slowest stage never grew")
     masks_per_shard: int = Field(8, ge=1, description="masks written per output shard")
     contact_sheet_masks: int = Field(4, ge=0, description="masks shown on the run's contact sheet")
     dataset_suffix: str = Field("-mrgen", description="synthetic rows get dataset '<source dataset><suffix>'")

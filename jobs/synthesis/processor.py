@@ -39,11 +39,12 @@ class RunContext:
 
 def _actors(udf, kwargs, res: StageResources) -> StageSpec:
     return StageSpec(udf, kwargs, batch_size=res.batch_size, num_cpus=res.num_cpus, num_gpus=res.num_gpus,
-                     pool=(res.pool_min, res.pool_max))
+                     resources=res.resources, pool=(res.pool_min, res.pool_max))
 
 
 def _tasks(udf, kwargs, res: StageResources, batch_size: int | None = None) -> StageSpec:
-    return StageSpec(udf, kwargs, batch_size=batch_size or res.batch_size, num_cpus=res.num_cpus)
+    return StageSpec(udf, kwargs, batch_size=batch_size or res.batch_size, num_cpus=res.num_cpus,
+                     resources=res.resources)
 
 
 def build_stages(config: SynthesisConfig, ctx: RunContext) -> list[StageSpec]:

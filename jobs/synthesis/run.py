@@ -164,10 +164,8 @@ def commit(out: str, meta: dict[str, Any]) -> dict[str, Any]:
         if shard.file not in referenced:
             storage.remove(storage.join(out, *shard.file.split("/")))
     infos = [s for s in shards if s.file in referenced]
-    for folder in ("v1", AUDIT_DIR):  # temporary files of writes cut short (a killed node or driver)
-        for name in storage.listdir(storage.join(out, folder)):
-            if name.startswith(".") and name.endswith(".tmp"):
-                storage.remove(storage.join(out, folder, name))
+    for folder in ("v1", AUDIT_DIR):  # writes cut short by a killed node or driver
+        storage.remove_write_leftovers(storage.join(out, folder))
     index = ShardWriter(out, version=1, extra=SYNTH_COLUMNS, keep=infos, meta=meta).commit()
     return {"masks_finished": len(seen), "duplicate_masks": duplicates, "shards": len(infos), "rows": index.rows}
 
@@ -250,6 +248,11 @@ def run_synthesis(config: SynthesisConfig) -> dict[str, Any]:
     # registration timeout then kills and restarts actors in a loop (only used when this starts Ray)
     os.environ.setdefault("RAY_worker_register_timeout_seconds", "600")
     init_ray(config.ray)
+    import ray.data
+
+    # read by the datasets built below (each copies the driver's context when created)
+    ray.data.DataContext.get_current().autoscaling_config.actor_pool_util_upscaling_threshold = (
+        config.pool_upscale_util)
     check_same_settings(config, bundle_id, filter_model)
     done = finished_masks(config.out)
     todo_keys = [mask_key(sid, m) for sid in wanted for m in attributes if mask_key(sid, m) not in done]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from mrgen.jobs.bench.elastic import (LocalCluster, driver_dies, node_dies, node_joins, out_of, outcome,
-                                      synth_settings, undisturbed)
+from mrgen.jobs.bench.elastic import (LocalCluster, driver_dies, node_joins, out_of, outcome, synth_settings,
+                                      undisturbed)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -43,19 +43,15 @@ def _whole(run: list[str], reference: str, seen: dict) -> dict:
     return figures
 
 
-def test_node_joins_and_the_pools_grow_onto_it(cluster, settings, reference):
-    """Ray Data grows a pool only while it has a backlog, so which of the two pools grows onto the new node depends
-    on which one is the bottleneck at the time (both did in 1 of 5 runs here): at least one must."""
-    run = settings("node_joins")
-    figures = _whole(run, reference, node_joins(cluster, run))
+def test_node_joins_the_pools_grow_onto_it_then_it_dies(cluster, settings, reference):
+    """A worker joins a head-only run; both pools grow onto it (with ``pool_upscale_util`` 1.0 a busy pool grows,
+    not only the bottleneck's: under Ray Data's default 1.75 the filter grew in 1 of 5 runs here); then the node,
+    holding a generator actor with masks in flight, is killed. One run for both scenarios (`mrgen bench elastic`
+    runs them apart)."""
+    run = settings("node_joins_dies")
+    figures = _whole(run, reference, node_joins(cluster, run, then_dies=True))
     assert figures["masks_done_at_join"] < figures["masks"], "the job was over before the node joined"
-    grew = figures["pools_grew_onto_new_node"]
-    assert set(grew) == {"generator", "filter"} and any(grew.values()), figures
-
-
-def test_node_with_generators_dies_mid_run(cluster, settings, reference):
-    run = settings("node_dies")
-    figures = _whole(run, reference, node_dies(cluster, run))
+    assert figures["pools_grew_onto_new_node"] == {"generator": True, "filter": True}, figures
     assert figures["generators_on_killed_node"] == 1 and figures["masks_done_at_kill"] < figures["masks"], figures
 
 

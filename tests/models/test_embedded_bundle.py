@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from mrgen.models.bundle import EMBEDDED, MANIFEST, ModelBundle, embedded_bundle
+from mrgen.models.sampling import SAMPLING_PRESETS
 
 torch.set_num_threads(1)
 FOLLOWING_FLOOR = 0.25  # a bundle that ignores its masks scores ~0 (the untrained demo bundle: +0.02)
@@ -64,8 +65,8 @@ def test_loads_by_name_and_follows_source_masks(default_db):
 
     bundle = ModelBundle.load(EMBEDDED)
     assert all(getattr(bundle, part) is not None for part in ("vae", "unet", "controlnet", "text_encoder"))
-    scores = evaluate_mask_following(bundle, default_db, None, split="train", limit=12, steps=20, guidance=2.0,
-                                     sampler="dpm", dataset="phantom-src")
+    scores = evaluate_mask_following(bundle, default_db, None, split="train", limit=12,
+                                     sampling=SAMPLING_PRESETS["default"], dataset="phantom-src")
     assert scores["following"] > FOLLOWING_FLOOR, scores
     assert scores["following"] >= 0.5 * scores["autoencoder_ceiling"], scores
 

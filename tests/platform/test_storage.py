@@ -27,6 +27,23 @@ def test_failed_atomic_write_leaves_nothing_visible(tmp_path, s3_server):
         assert storage.listdir(base) in ([], ["a"]), storage.listdir(base)
 
 
+def test_write_killed_mid_way_leaves_a_leftover_that_is_swept(tmp_path):
+    """A writer killed before its rename (``os._exit``: no ``finally`` runs, as under SIGKILL) leaves a hidden
+    temporary file; :func:`remove_write_leftovers` removes it and nothing else."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "out"
+    storage.write_text(str(folder / "done.json"), "{}")
+    code = ("import os; from mrgen.platform import storage\n"
+            f"with storage.atomic_write({str(folder / 'cut.json')!r}) as f:\n    f.write(b'half'); os._exit(9)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 9
+    left = [n for n in storage.listdir(str(folder)) if n != "done.json"]
+    assert len(left) == 1 and left[0].startswith(".cut.json."), left
+    assert storage.remove_write_leftovers(str(folder)) == left
+    assert storage.listdir(str(folder)) == ["done.json"]
+
+
 def test_failed_overwrite_keeps_previous_version(tmp_path, s3_server):
     for base in _uris(tmp_path, s3_server):
         uri = storage.join(base, "keep.txt")

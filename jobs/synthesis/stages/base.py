@@ -99,6 +99,7 @@ class StageSpec:
     batch_size: int = 1
     num_cpus: float = 0.25
     num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per worker
     pool: tuple[int, int] | None = None
     block_rows: int | None = None  # tasks only: blocks of this many rows out (one batch of the next actor stage)
 
@@ -113,6 +114,8 @@ class StageSpec:
                                       zero_copy_batch=False)
         if self.num_gpus:
             common["num_gpus"] = self.num_gpus
+        if self.resources:
+            common["resources"] = dict(self.resources)
         if self.pool is not None:
             return ds.map_batches(self.udf, fn_constructor_kwargs=self.ctor_kwargs,
                                   compute=ray.data.ActorPoolStrategy(min_size=self.pool[0], max_size=self.pool[1]),
@@ -130,6 +133,6 @@ def split_blocks(ds, rows: int, remote_args: dict[str, Any]):
     a small node's remaining fraction cannot hold: its remote args are set to the map's (Ray is pinned).
     """
     ds = ds.repartition(target_num_rows_per_block=rows)
-    args = {k: remote_args[k] for k in ("num_cpus", "num_gpus") if k in remote_args}
+    args = {k: remote_args[k] for k in ("num_cpus", "num_gpus", "resources") if k in remote_args}
     object.__setattr__(ds._logical_plan.dag, "ray_remote_args", args)
     return ds
