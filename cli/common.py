@@ -8,13 +8,15 @@ from pathlib import Path
 from mrgen.platform.config import ConfigBase, ConfigError
 
 
-def add_config_flags(parser: argparse.ArgumentParser, example: str) -> None:
-    """``--config``, ``--set`` (``example``: a key of this command's section, shown in the help) and
-    ``--ray-address``."""
+def add_config_flags(parser: argparse.ArgumentParser, example: str, ray_address: bool = True) -> None:
+    """``--config``, ``--set`` (``example``: a key of this command's section, shown in the help) and, unless
+    ``ray_address`` is False (a command that starts no Ray), ``--ray-address``."""
     parser.add_argument("--config", default=None, help="preset name (tiny, paper) or YAML file; default tiny")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help=f"override a config key, e.g. --set {example} (repeatable)")
-    parser.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
+    if ray_address:
+        parser.add_argument("--ray-address", default=None,
+                            help="join this Ray cluster instead of starting a local one")
 
 
 def load_config(cls: type[ConfigBase], args: argparse.Namespace, flags: dict | None = None):

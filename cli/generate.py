@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from mrgen.cli.common import json_object
+from mrgen.cli.common import add_config_flags, json_object, load_config
 
 
 def register(subparsers) -> None:
@@ -19,31 +19,31 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--organ-map", default=None, metavar="JSON",
                         help='organ id → name: a JSON object or a JSON file, e.g. \'{"1": "liver"}\'')
-    parser.add_argument("--n", type=int, default=1, help="number of candidates (1-20)")
-    parser.add_argument("--keep", type=int, default=None, help="SAM2-filter and keep at most this many")
-    parser.add_argument("--region", default=None)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--guidance", type=float, default=None)
-    parser.add_argument("--sampler", choices=["ddim", "dpm"], default=None)
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--n", type=int, help="number of candidates (1-20)")
+    parser.add_argument("--keep", type=int, help="SAM2-filter and keep at most this many")
+    parser.add_argument("--region", help="body region for the prompt")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the service's)")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance (default: the service's)")
+    parser.add_argument("--sampler", choices=["ddim", "dpm"], help="sampler (default: the service's)")
+    parser.add_argument("--seed", type=int, help="seed of the first candidate (default: the service picks)")
     parser.add_argument("--token", default=os.environ.get("MRGEN_SERVE_TOKEN"),
                         help="bearer token (default $MRGEN_SERVE_TOKEN)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the answer")
+    parser.add_argument("--timeout", type=float, help="seconds to wait for the answer")
+    add_config_flags(parser, example="steps=20", ray_address=False)
     parser.set_defaults(func=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    from mrgen.serving.client import GenerationError, GeneratorClient, write_generation
+    from mrgen.serving.client import GenerateConfig, GenerationError, GeneratorClient, write_generation
 
+    config = load_config(GenerateConfig, args, {key: getattr(args, key) for key in GenerateConfig.model_fields})
     if not Path(args.mask).is_file():
         print(f"mrgen generate: --mask {args.mask}: no such file", file=sys.stderr)
         return 2
-    with GeneratorClient(args.url, token=args.token, timeout_s=args.timeout) as client:
+    with GeneratorClient(args.url, token=args.token, timeout_s=config.timeout) as client:
         try:
             organ_map = json_object(args.organ_map, "--organ-map")
-            result = client.generate(args.mask, args.modality, organ_map, args.n, keep=args.keep,
-                                     region=args.region, steps=args.steps, guidance=args.guidance,
-                                     sampler=args.sampler, seed=args.seed)
+            result = client.generate(args.mask, args.modality, organ_map, **config.request_options())
         except GenerationError as exc:
             print(f"mrgen generate: the service answered {exc}", file=sys.stderr)
             return 1

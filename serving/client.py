@@ -1,4 +1,5 @@
-"""Python client of the generation API (httpx), and the `mrgen generate` command's library side."""
+"""Python client of the generation API (httpx), and the `mrgen generate` command's library side (its config
+section ``generate``)."""
 from __future__ import annotations
 
 import base64
@@ -7,14 +8,42 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
 from mrgen.platform import storage
+from mrgen.platform.config import ConfigBase, preset
 from mrgen.serving.inputs import mask_to_png_b64
+
+DEFAULT_TIMEOUT_S = 300.0
+
+
+class GenerateConfig(ConfigBase):
+    """What `mrgen generate` asks the service for (bounds as the request schema's); None leaves the choice to the
+    service's config. The values do not depend on scale: the presets ``tiny`` and ``paper`` are the defaults."""
+
+    section = "generate"
+    n: int = Field(1, ge=1, le=20, description="number of candidates")
+    keep: int | None = Field(None, ge=1, le=20, description="SAM2-filter the candidates and keep at most this many")
+    region: str | None = Field(None, max_length=64, description="body region for the prompt")
+    steps: int | None = Field(None, ge=1, description="sampling steps (None: the service's default_steps)")
+    guidance: float | None = Field(None, ge=0, description="classifier-free guidance (None: the service's)")
+    sampler: Literal["ddim", "dpm"] | None = Field(None, description="sampler (None: the service's)")
+    seed: int | None = Field(None, ge=0, lt=2**31, description="seed of the first candidate; candidate i uses "
+                                                               "seed + i (None: the service picks)")
+    timeout: float = Field(DEFAULT_TIMEOUT_S, gt=0, description="seconds to wait for the answer")
+
+    def request_options(self) -> dict[str, Any]:
+        """Keyword arguments of :meth:`GeneratorClient.generate`."""
+        return self.model_dump(exclude={"timeout"})
+
+
+for _name in ("tiny", "paper"):
+    preset(GenerateConfig, _name)(dict)
 
 
 class GenerationError(RuntimeError):
@@ -45,7 +74,7 @@ class Generation:
 
 
 class GeneratorClient:
-    def __init__(self, url: str, token: str | None = None, timeout_s: float = 300.0):
+    def __init__(self, url: str, token: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)

@@ -132,8 +132,9 @@ def _default() -> dict[str, Any]:
                                                          "mask_selection": "spread",
                                                          "filter_stage": {"pool_min": 1, "pool_max": 2}},
             # four segmenters share the 2 CPUs (num_cpus 0.5 each); no test-time mirroring (4x the prediction cost).
-            # 80 x 50 iterations is a cap a fast machine might reach: the budget decides, shortening later epochs
-            "segment": "default", "segment_overrides": {"num_cpus": 0.5, "mirroring": False, "epochs": 80},
+            # The preset's 12 x 200 iterations are a cap a fast machine might reach: the budget decides, shortening
+            # later epochs (few epochs: each costs a validation and a log, ~1 s)
+            "segment": "default", "segment_overrides": {"num_cpus": 0.5, "mirroring": False},
             "fid_limit": 192, "fit_slices": 48, "minutes": 20}
 
 

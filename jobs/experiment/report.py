@@ -259,6 +259,9 @@ def write_report_folder(exp) -> dict[str, Any]:
            else ""), "",
         *_fit_lines(fits, trained_on),
         "## FID", "", *fid_lines, "",
+        f"{fid['n']['synthetic']} synthetic and {fid['n']['source']} real source images (the same count: FID grows "
+        f"as the sample shrinks) against {fid['n']['real_target']} real target images. "
+        if fid.get("n") else "",
         f"Features: `{fid.get('extractor', '-')}`"
         + (" (the standard FID Inception network)" if fid.get("comparable_with_published") else
            " — a random-init fallback, not comparable with published FIDs; both figures use the same network, so "

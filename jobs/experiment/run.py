@@ -370,6 +370,7 @@ def evaluate(exp: Experiment) -> None:
 
 def fid(exp: Experiment) -> None:
     from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_DATASET
+    from mrgen.datasets.store import spread
     from mrgen.jobs.evaluate.fid import FeatureExtractor, load_images
     from mrgen.models.metrics.frechet import fid_from_features
 
@@ -378,6 +379,9 @@ def fid(exp: Experiment) -> None:
     _, real_target = load_images(exp.db, cfg.fid_limit, dataset=TARGET_DATASET)
     _, source = load_images(exp.db, cfg.fid_limit, dataset=SOURCE_DATASET, split=cfg.source_split)
     _, synthetic = load_images(exp.synthetic, cfg.fid_limit)
+    # FID's bias grows as the sample shrinks: both sets compared with the real target are taken at the same count
+    same = min(len(source), len(synthetic))
+    source, synthetic = source[spread(len(source), same)], synthetic[spread(len(synthetic), same)]
     feats = {name: net(images) for name, images in
              {"real_target": real_target, "source": source, "synthetic": synthetic}.items()}
     result = {"extractor": net.id, "comparable_with_published": cfg.fid_extractor == "inception",

@@ -11,6 +11,7 @@ from typing import Any
 
 from mrgen.platform.budget import TimeBudget, units_that_fit
 
+PROBE_ITERATIONS = 20
 HOOKS = ("on_epoch_start", "on_train_epoch_start", "on_train_epoch_end", "on_epoch_end")
 
 
@@ -21,6 +22,8 @@ class EpochBudget:
         self.trainer, self.budget, self.most = trainer, budget, most
         self.iterations: list[int] = []
         self._at: dict[str, float] = {}
+        # the first epoch measures the time per iteration: a short one, so that a small budget is not spent on it
+        trainer.num_iterations_per_epoch = min(most, PROBE_ITERATIONS)
         for hook in HOOKS:
             setattr(trainer, hook, self._timed(hook, getattr(trainer, hook)))
 

@@ -28,7 +28,6 @@ from mrgen.platform.budget import TimeBudget
 
 MANIFEST = "mrgen_segmenter.json"
 DATASET_ID = 1
-TRAINER = "nnUNetTrainer"
 
 
 @dataclass(frozen=True)
@@ -148,16 +147,27 @@ def plan_and_preprocess(config: SegmentConfig) -> dict[str, Any]:
     return plans
 
 
+def trainer_class(name: str) -> type:
+    """The nnU-Net trainer class called ``name``, found as nnU-Net's ``-tr`` finds it (its trainer folder)."""
+    import nnunetv2
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    found = recursive_find_python_class(str(Path(nnunetv2.__path__[0]) / "training" / "nnUNetTrainer"), name,
+                                        "nnunetv2.training.nnUNetTrainer")
+    if found is None:
+        raise SegmentInputError(f"segment.trainer {name!r}: nnU-Net has no trainer class of that name "
+                                "(nnunetv2/training/nnUNetTrainer and its variants/)")
+    return found
+
+
 def run_trainer(plans: dict[str, Any], dataset_json: dict[str, Any], config: SegmentConfig,
                 budget: TimeBudget | None = None):
-    """``nnUNetTrainer`` with the budget set on the instance; returns the trained trainer and each epoch's
+    """``config.trainer`` with the budget set on the instance; returns the trained trainer and each epoch's
     training iterations (fewer than ``config.iterations`` where ``budget`` asked for it)."""
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
     from mrgen.jobs.segment.nnunet_env import torch_device
 
     plans = dict(plans, continue_training=False)  # what nnU-Net's run_training sets before building a trainer
-    trainer = nnUNetTrainer(plans, "2d", config.fold, dataset_json, torch_device(config))
+    trainer = trainer_class(config.trainer)(plans, "2d", config.fold, dataset_json, torch_device(config))
     trainer.num_epochs = config.epochs
     trainer.num_iterations_per_epoch = config.iterations
     trainer.num_val_iterations_per_epoch = config.val_iterations
@@ -209,7 +219,7 @@ def train_in_process(config: SegmentConfig, sources: Sequence[TrainSource], out_
         if not config.keep_best_checkpoint:
             (fold_dir / "checkpoint_best.pth").unlink(missing_ok=True)
         manifest = {
-            "format": "nnunetv2-model-folder", "trainer": TRAINER, "configuration": "2d", "fold": config.fold,
+            "format": "nnunetv2-model-folder", "trainer": config.trainer, "configuration": "2d", "fold": config.fold,
             "checkpoint": "checkpoint_final.pth", "labels": exported["dataset_json"]["labels"],
             "sources": [asdict(s) for s in sources], "cases_per_source": exported["cases_per_source"],
             "training_cases": n_cases, "config": config.model_dump(mode="json"),
@@ -253,6 +263,7 @@ def submit_training(config: SegmentConfig, sources: Sequence[TrainSource], out_u
     import ray
 
     check_sources(sources)
+    trainer_class(config.trainer)  # an unknown name fails here, not in the task
     sources = [replace(s, uri=storage.absolute(s.uri)) for s in sources]
     out_uri = storage.absolute(out_uri)
     task = ray.remote(max_calls=1)(train_in_process)

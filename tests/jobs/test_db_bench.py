@@ -10,7 +10,8 @@ def test_bench_cli_lists_db_and_all():
     parser = argparse.ArgumentParser(prog="mrgen")
     bench_cli.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["bench", "db", "--volumes", "2", "--slices", "3"])
-    assert (args.volumes, args.slices, args.size) == (2, 3, 128)
+    settings = bench_cli.bench_config(args, "db").db
+    assert (settings.volumes, settings.slices, settings.size) == (2, 3, 128)
     assert parser.parse_args(["bench", "all"]).func is not None
     assert "db" in bench_cli.BENCHMARKS
 

@@ -27,6 +27,10 @@ COMMANDS = {
     "db phantom": ("mrgen.datasets.phantom:PhantomConfig", "default"),
     "db build": ("mrgen.datasets.config:DBConfig", None),
     "db annotate-regions": ("mrgen.datasets.config:DBConfig", None),
+    "eval": ("mrgen.jobs.evaluate.config:EvaluateConfig", None),
+    "export": ("mrgen.jobs.export.config:ExportConfig", None),
+    "generate": ("mrgen.serving.client:GenerateConfig", None),
+    "bench": ("mrgen.jobs.bench.config:BenchConfig", None),
 }
 
 

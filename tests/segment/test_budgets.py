@@ -10,7 +10,7 @@ import pytest
 
 from mrgen.jobs.experiment.budget import BudgetTooSmall, generator_minutes, segmenter_minutes
 from mrgen.jobs.experiment.config import ExperimentConfig
-from mrgen.jobs.segment.epoch_budget import EpochBudget
+from mrgen.jobs.segment.epoch_budget import PROBE_ITERATIONS, EpochBudget
 from mrgen.platform.budget import TimeBudget, units_that_fit
 
 
@@ -62,6 +62,8 @@ def test_epochs_shortened_so_the_rest_fits():
     for hook in ("on_epoch_start", "on_train_epoch_start", "on_train_epoch_end", "on_epoch_end"):
         setattr(trainer, hook, lambda *a: None)
     fitted = EpochBudget(trainer, TimeBudget(100.0), most=50)
+    assert trainer.num_iterations_per_epoch == PROBE_ITERATIONS < 50  # a short first epoch measures the pace
+    trainer.num_iterations_per_epoch = 50
     _epoch(fitted, train_s=10.0, fixed_s=3.0)  # 0.2 s an iteration; 8 epochs left
     # (100 - 3 kept for the end) / 8 - 3 fixed = 9.1 s of training an epoch = 45 iterations
     assert trainer.num_iterations_per_epoch == 45 and fitted.iterations == [50]

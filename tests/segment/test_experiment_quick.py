@@ -39,6 +39,9 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session, monkeypat
     fid = report["fid"]
     for key in ("synthetic_vs_real_target", "source_vs_real_target"):
         assert math.isfinite(fid[key]) and fid[key] >= -1e-6
+    # the two sets compared with the real target at one count (FID's bias depends on it)
+    kept = read_table(str(out / "synthetic"), ["slice_id"]).num_rows
+    assert fid["n"]["source"] == fid["n"]["synthetic"] == min(kept, 32)
     md = (folder / "report.md").read_text()
     assert "source-only" in md and "mrgen" in md and "FID" in md
 

@@ -83,6 +83,22 @@ def test_model_folder_is_nnunet_layout_with_manifest(trained, tiny_db):
     assert manifest["iterations_per_epoch"] == [6, 1] and manifest["iterations"] == 7
 
 
+def test_the_configured_nnunet_trainer_variant_trains(trained):
+    import torch
+
+    model, manifest, config = trained
+    assert config.trainer != "nnUNetTrainer"  # the small presets pick a variant: the fixture trains through it
+    checkpoint = torch.load(Path(model) / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert manifest["trainer"] == checkpoint["trainer_name"] == config.trainer
+
+
+def test_an_unknown_trainer_is_refused_before_any_task(tiny_db, tmp_path, ray_session):
+    config = SegmentConfig.load("tiny", ["trainer=nnUNetTrainerNoSuchVariant"])
+    with pytest.raises(SegmentInputError, match="nnUNetTrainerNoSuchVariant"):
+        train_segmenter(config, [TrainSource(tiny_db, datasets=(SRC,))], str(tmp_path / "m"))
+    assert not (tmp_path / "m").exists()
+
+
 def test_checkpoint_loads_in_nnunet_predictor(trained):
     from mrgen.jobs.segment.predict import VolumePredictor
 

@@ -33,8 +33,12 @@ def test_export_and_eval_subcommands_exist():
     args = parser.parse_args(["export", "nnunet", "--synthetic", "a", "--out", "d", "--dataset-id", "7", "--name", "x",
                               "--real", "b", "--split", "test"])
     assert (args.dataset_id, args.real, args.split) == (7, "b", "test")
-    assert parser.parse_args(["eval", "fid", "--real", "a", "--synthetic", "b"]).extractor == "inception"
-    assert parser.parse_args(["eval", "clip", "--model", "m", "--synthetic", "b"]).text == "prompt"
+    from mrgen.cli.eval import evaluate_config
+
+    args = parser.parse_args(["eval", "fid", "--real", "a", "--synthetic", "b"])
+    assert evaluate_config(args, "fid", {"extractor": args.extractor}).extractor == "inception"
+    args = parser.parse_args(["eval", "clip", "--model", "m", "--synthetic", "b"])
+    assert evaluate_config(args, "clip", {"text": args.text}).text == "prompt"
 
 
 def test_release_flags_reach_the_config(tmp_path):

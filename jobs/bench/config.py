@@ -1,0 +1,99 @@
+"""Configuration of `mrgen bench` (section ``bench``): one mapping per benchmark, keyed by its name.
+
+A benchmark's flags override its own mapping (``mrgen bench db --volumes 4`` is ``--set db.volumes=4``); `mrgen bench
+all` takes the whole section. Inputs (``--db``, ``--model``, ``--train-out``, ``--out``) stay flags. The values do not
+depend on scale (``gpu.tiny`` picks the GPU check's mode): the presets ``tiny`` and ``paper`` are the defaults.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from mrgen.models.sampling import SAMPLING_PRESETS
+from mrgen.platform.config import ConfigBase, preset
+
+GPU_SECTIONS = ("tiny_stages", "paper_training", "synthesis", "endpoint")
+
+
+class DbBench(ConfigBase):
+    """`mrgen bench db`: ingest and read throughput."""
+
+    volumes: int = Field(8, ge=1, description="NIfTI volumes to generate and ingest")
+    slices: int = Field(64, ge=1, description="slices per volume")
+    size: int = Field(128, ge=1, description="source slice size in pixels")
+    resolution: int = Field(64, ge=1, description="DB resolution")
+    batch_size: int = Field(64, ge=1, description="read batch size")
+    repeats: int = Field(2, ge=1, description="reads per source; the best is reported")
+
+
+class TrainBench(ConfigBase):
+    """`mrgen bench train`: Ray Train + DeepSpeed vs. a bare PyTorch loop."""
+
+    steps: int = Field(40, ge=1, description="optimizer steps of each loop")
+    batch_size: int = Field(8, ge=1, description="micro-batch")
+
+
+class ServeBench(ConfigBase):
+    """`mrgen bench serve`: service throughput and latency, batching on vs. off."""
+
+    clients: int = Field(8, ge=1, description="concurrent closed-loop clients (loopback only)")
+    duration: float = Field(20.0, gt=0, description="seconds of load per run")
+    n: int = Field(1, ge=1, le=20, description="candidates per request")
+    steps: int = Field(SAMPLING_PRESETS["default"].steps, ge=1,
+                       description="sampling steps per request (default: the demo generator's; at 4 the proxy and "
+                                   "ingress, not sampling, dominate a request)")
+    max_batch_size: int = Field(8, ge=1, description="max batch of the 'batching on' run")
+
+
+class AdaptiveBench(ConfigBase):
+    """`mrgen bench adaptive`: generator-seconds per kept sample, adaptive budget vs. every candidate."""
+
+    masks: int = Field(16, ge=1, description="source masks (spread over the DB's training slices)")
+    candidates: int = Field(8, ge=1, description="candidates per mask without the adaptive budget")
+    keep: int = Field(2, ge=1, description="candidates kept per mask")
+    wave_size: int = Field(2, ge=1, description="candidates per wave (adaptive)")
+
+
+class SynthBench(ConfigBase):
+    """`mrgen bench synth`: synthesis candidates/s and peak memory at 1x and scale x masks."""
+
+    masks: int = Field(2, ge=1, description="masks of the 1x run (the large run uses scale times more)")
+    scale: int = Field(10, ge=1, description="mask multiplier of the large run")
+    candidates: int = Field(4, ge=1, description="candidates per mask")
+    steps: int = Field(SAMPLING_PRESETS["tiny"].steps, ge=1, description="sampling steps")
+    sam2_size: int = Field(256, ge=1, description="SAM2 image size")
+
+
+class ElasticBench(ConfigBase):
+    """`mrgen bench elastic`: nodes join and die under synthesis and training."""
+
+    masks: int = Field(32, ge=1, description="phantom masks per target modality (2 modalities)")
+    train_steps: int = Field(60, ge=0, description="steps of the training runs (0: no training)")
+
+
+class GpuBench(ConfigBase):
+    """`mrgen bench gpu`: the GPU check."""
+
+    device: Literal["cuda", "cpu"] | None = Field(None, description="where to run (None: cuda when torch sees one, "
+                                                                    "else cpu)")
+    tiny: bool = Field(False, description="tiny preset, a few steps per section (CI's mode; the default on the CPU)")
+    sections: list[Literal[GPU_SECTIONS]] | None = Field(None, min_length=1,
+                                                         description="run only these sections (None: all four)")
+
+
+class BenchConfig(ConfigBase):
+    """Settings of every `mrgen bench` benchmark."""
+
+    section = "bench"
+    db: DbBench = Field(default_factory=DbBench, description="`mrgen bench db`")
+    train: TrainBench = Field(default_factory=TrainBench, description="`mrgen bench train`")
+    serve: ServeBench = Field(default_factory=ServeBench, description="`mrgen bench serve`")
+    adaptive: AdaptiveBench = Field(default_factory=AdaptiveBench, description="`mrgen bench adaptive`")
+    synth: SynthBench = Field(default_factory=SynthBench, description="`mrgen bench synth`")
+    elastic: ElasticBench = Field(default_factory=ElasticBench, description="`mrgen bench elastic`")
+    gpu: GpuBench = Field(default_factory=GpuBench, description="`mrgen bench gpu`")
+
+
+for _name in ("tiny", "paper"):  # the same settings at every scale
+    preset(BenchConfig, _name)(dict)
