@@ -13,24 +13,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mrgen.cli.common import add_config_flags, load_config
+from mrgen.cli.common import add_config_flags, add_settings_flags, load_config
 
 
 @dataclass(frozen=True)
 class Benchmark:
     help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
+    add_inputs: Callable[[argparse.ArgumentParser], None]  # its input flags; its settings' flags come from the mapping
     run: Callable[[Any, argparse.Namespace], dict[str, Any]]  # (its BenchConfig mapping, the flags)
     example: str  # a `--set` key=value of its mapping, for the help
 
 
-def _db_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--volumes", type=int, help="NIfTI volumes to generate and ingest")
-    parser.add_argument("--slices", type=int, help="slices per volume")
-    parser.add_argument("--size", type=int, help="source slice size in pixels")
-    parser.add_argument("--resolution", type=int, help="DB resolution")
-    parser.add_argument("--batch-size", type=int, help="read batch size")
-    parser.add_argument("--repeats", type=int, help="reads per source; the best is reported")
+def _no_inputs(parser: argparse.ArgumentParser) -> None:
+    pass
 
 
 def _db_run(settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -39,11 +34,9 @@ def _db_run(settings, args: argparse.Namespace) -> dict[str, Any]:
     return run_db_bench(**settings.model_dump())
 
 
-def _train_arguments(parser: argparse.ArgumentParser) -> None:
+def _train_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", default=None,
                         help="MRGen-DB to stream (default: a tiny phantom DB built in a temp dir)")
-    parser.add_argument("--steps", type=int, help="optimizer steps of each loop")
-    parser.add_argument("--batch-size", type=int, help="micro-batch")
 
 
 def _train_run(settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -54,15 +47,8 @@ def _train_run(settings, args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
-def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+def _serve_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model bundle (default: a random tiny bundle in a temp dir)")
-    parser.add_argument("--clients", type=int, help="concurrent closed-loop clients (loopback only)")
-    parser.add_argument("--duration", type=float, help="seconds of load per run")
-    parser.add_argument("--n", type=int, help="candidates per request")
-    parser.add_argument("--steps", type=int,
-                        help="sampling steps per request (default: the demo generator's; at 4 the proxy and ingress, "
-                             "not sampling, dominate a request)")
-    parser.add_argument("--max-batch-size", type=int, help="max batch of the 'batching on' run")
 
 
 def _serve_run(settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -72,11 +58,7 @@ def _serve_run(settings, args: argparse.Namespace) -> dict[str, Any]:
                      steps=settings.steps, max_batch_size=settings.max_batch_size)
 
 
-def _adaptive_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--masks", type=int, help="source masks (spread over the DB's training slices)")
-    parser.add_argument("--candidates", type=int, help="candidates per mask without the adaptive budget")
-    parser.add_argument("--keep", type=int, help="candidates kept per mask")
-    parser.add_argument("--wave-size", type=int, help="candidates per wave (adaptive)")
+def _adaptive_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", default=None,
                         help="phantom MRGen-DB (default: the embedded default, built in a temp dir)")
 
@@ -89,22 +71,17 @@ def _adaptive_run(settings, args: argparse.Namespace) -> dict[str, Any]:
 
 BENCHMARKS: dict[str, Benchmark] = {
     "db": Benchmark("MRGen-DB ingest slices/s and Ray Data read slices/s (local, s3://moto) vs. plain pyarrow",
-                    _db_arguments, _db_run, "db.volumes=4"),
+                    _no_inputs, _db_run, "db.volumes=4"),
     "train": Benchmark("training samples/s of Ray Train + DeepSpeed vs. a bare PyTorch loop, and data-wait share",
-                       _train_arguments, _train_run, "train.steps=20"),
+                       _train_inputs, _train_run, "train.steps=20"),
     "adaptive": Benchmark("generator-seconds per kept sample with the adaptive budget vs. every candidate, embedded "
-                          "generator and LiteMedSAM", _adaptive_arguments, _adaptive_run, "adaptive.masks=8"),
+                          "generator and LiteMedSAM", _adaptive_inputs, _adaptive_run, "adaptive.masks=8"),
     "serve": Benchmark("generation service throughput and p50/p95/p99 latency, batching on vs. off (max batch 1)",
-                       _serve_arguments, _serve_run, "serve.clients=4"),
+                       _serve_inputs, _serve_run, "serve.clients=4"),
 }
 
 
-def _synth_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--masks", type=int, help="masks of the 1x run (the 10x run uses scale times more)")
-    parser.add_argument("--scale", type=int, help="mask multiplier of the large run")
-    parser.add_argument("--candidates", type=int, help="candidates per mask")
-    parser.add_argument("--steps", type=int, help="sampling steps")
-    parser.add_argument("--sam2-size", type=int, help="SAM2 image size")
+def _synth_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", default=None, help="phantom MRGen-DB to use (default: build one in a temp dir)")
 
 
@@ -115,12 +92,10 @@ def _synth_run(settings, args: argparse.Namespace) -> dict[str, Any]:
 
 
 BENCHMARKS["synth"] = Benchmark("synthesis candidates/s: Ray pipeline vs. bare loop vs. reference algorithm; "
-                                "peak memory 1x vs 10x masks", _synth_arguments, _synth_run, "synth.scale=5")
+                                "peak memory 1x vs 10x masks", _synth_inputs, _synth_run, "synth.scale=5")
 
 
-def _elastic_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--masks", type=int, help="phantom masks per target modality (2 modalities)")
-    parser.add_argument("--train-steps", type=int, help="steps of the training runs (0: no training)")
+def _elastic_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-out", default=None, help="where training checkpoints go (default: a temp dir; "
                         "an s3:// URI tests object storage)")
 
@@ -133,18 +108,7 @@ def _elastic_run(settings, args: argparse.Namespace) -> dict[str, Any]:
 
 BENCHMARKS["elastic"] = Benchmark("a multi-node Ray cluster on this machine: nodes join and die, the driver dies; "
                                   "masks lost / duplicated and wall time vs. an undisturbed run",
-                                  _elastic_arguments, _elastic_run, "elastic.masks=16")
-
-
-def _gpu_arguments(parser: argparse.ArgumentParser) -> None:
-    from mrgen.jobs.bench.config import GPU_SECTIONS
-
-    parser.add_argument("--device", choices=("cuda", "cpu"),
-                        help="where to run (default: cuda when torch sees one, else cpu)")
-    parser.add_argument("--tiny", action="store_true", default=None, help="tiny preset, a few steps per section "
-                        "(CI's mode; the default on the CPU, where paper scale takes hours)")
-    parser.add_argument("--sections", nargs="+", metavar="NAME", choices=GPU_SECTIONS,
-                        help="run only these sections (default: all four)")
+                                  _elastic_inputs, _elastic_run, "elastic.masks=16")
 
 
 def _gpu_run(settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -163,7 +127,7 @@ def _gpu_run(settings, args: argparse.Namespace) -> dict[str, Any]:
 
 BENCHMARKS["gpu"] = Benchmark("the GPU check: tiny stages' steps/s vs CPU, paper-scale training (bf16, ZeRO-2, "
                               "NCCL), synthesis candidates/s vs the FLOP-bound limit, endpoint req/s and p99",
-                              _gpu_arguments, _gpu_run, "gpu.tiny=true")
+                              _no_inputs, _gpu_run, "gpu.tiny=true")
 
 
 def register(subparsers) -> None:
@@ -171,7 +135,8 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     for name, bench in BENCHMARKS.items():
         p = sub.add_parser(name, help=bench.help, description=bench.help)
-        bench.add_arguments(p)
+        add_settings_flags(p, _settings_class(name))
+        bench.add_inputs(p)
         p.add_argument("--out", default=None, help="also write the figures as JSON to this file")
         add_config_flags(p, example=bench.example, ray_address=False)
         p.set_defaults(func=lambda args, name=name: _run_one(name, args))
@@ -186,13 +151,19 @@ def bench_config(args: argparse.Namespace, name: str | None = None):
     mapping (a flag's dest is its field)."""
     from mrgen.jobs.bench.config import BenchConfig
 
-    fields = BenchConfig.model_fields[name].annotation.model_fields if name else {}
+    fields = _settings_class(name).model_fields if name else {}
     return load_config(BenchConfig, args, {f"{name}.{key}": getattr(args, key) for key in fields if hasattr(args, key)})
+
+
+def _settings_class(name: str) -> type:
+    from mrgen.jobs.bench.config import BenchConfig
+
+    return BenchConfig.model_fields[name].annotation
 
 
 def _defaults(bench: Benchmark) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
+    bench.add_inputs(parser)
     return parser.parse_args([])
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import types
+import typing
 from pathlib import Path
 
 from mrgen.platform.config import ConfigBase, ConfigError
@@ -62,3 +64,31 @@ def attribute_table(path: str | None) -> dict | None:
         return read_attributes_file(path)
     except ValueError as exc:
         raise SystemExit(f"mrgen: --attributes {exc}") from None
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, settings: type) -> None:
+    """A flag per field of the pydantic ``settings`` class (``--batch-size`` for ``batch_size``), its help the
+    field's description and its default None, so that a flag not given leaves the config's value."""
+    for name, field in settings.model_fields.items():
+        kind, choices, many = _flag_type(field.annotation)
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=field.description)
+        else:
+            parser.add_argument(flag, dest=name, type=kind, choices=choices, nargs="+" if many else None,
+                                default=None, metavar=name.upper() if many else None, help=field.description)
+
+
+def _flag_type(annotation) -> tuple[type, tuple | None, bool]:
+    """(argparse type, choices, several values) of a field annotation: ``int``, ``Literal[...]``, ``X | None``,
+    ``list[...]``."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    many = typing.get_origin(annotation) is list
+    if many:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) is typing.Literal:
+        choices = typing.get_args(annotation)
+        return type(choices[0]), choices, many
+    return annotation, None, many

@@ -87,6 +87,14 @@ def preset(cls: type[ConfigBase], name: str) -> Callable[[Callable[[], dict[str,
     return register
 
 
+def same_at_every_scale(cls: type[C]) -> type[C]:
+    """Class decorator of a section whose values do not depend on scale: its presets ``tiny`` and ``paper`` are its
+    fields' defaults (so ``--config tiny|paper`` works as for every other command)."""
+    for name in ("tiny", "paper"):
+        preset(cls, name)(dict)
+    return cls
+
+
 def _source_dict(cls: type[ConfigBase], source: str | Path | None) -> dict[str, Any]:
     if source is None:
         source = "tiny" if "tiny" in cls._presets else None

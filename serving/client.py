@@ -16,12 +16,13 @@ from PIL import Image
 from pydantic import Field
 
 from mrgen.platform import storage
-from mrgen.platform.config import ConfigBase, preset
+from mrgen.platform.config import ConfigBase, same_at_every_scale
 from mrgen.serving.inputs import mask_to_png_b64
 
 DEFAULT_TIMEOUT_S = 300.0
 
 
+@same_at_every_scale
 class GenerateConfig(ConfigBase):
     """What `mrgen generate` asks the service for (bounds as the request schema's); None leaves the choice to the
     service's config. The values do not depend on scale: the presets ``tiny`` and ``paper`` are the defaults."""
@@ -40,10 +41,6 @@ class GenerateConfig(ConfigBase):
     def request_options(self) -> dict[str, Any]:
         """Keyword arguments of :meth:`GeneratorClient.generate`."""
         return self.model_dump(exclude={"timeout"})
-
-
-for _name in ("tiny", "paper"):
-    preset(GenerateConfig, _name)(dict)
 
 
 class GenerationError(RuntimeError):

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from mrgen.models.sampling import SAMPLING_PRESETS
-from mrgen.platform.config import ConfigBase, preset
+from mrgen.platform.config import ConfigBase, same_at_every_scale
 
 GPU_SECTIONS = ("tiny_stages", "paper_training", "synthesis", "endpoint")
 
@@ -82,6 +82,7 @@ class GpuBench(ConfigBase):
                                                          description="run only these sections (None: all four)")
 
 
+@same_at_every_scale
 class BenchConfig(ConfigBase):
     """Settings of every `mrgen bench` benchmark."""
 
@@ -93,7 +94,3 @@ class BenchConfig(ConfigBase):
     synth: SynthBench = Field(default_factory=SynthBench, description="`mrgen bench synth`")
     elastic: ElasticBench = Field(default_factory=ElasticBench, description="`mrgen bench elastic`")
     gpu: GpuBench = Field(default_factory=GpuBench, description="`mrgen bench gpu`")
-
-
-for _name in ("tiny", "paper"):  # the same settings at every scale
-    preset(BenchConfig, _name)(dict)

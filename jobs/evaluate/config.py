@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 
 from mrgen.jobs.evaluate.mask import FOLLOWING_SAMPLING
 from mrgen.models.sampling import SamplingSettings
-from mrgen.platform.config import ConfigBase, preset
+from mrgen.platform.config import ConfigBase, same_at_every_scale
 
 Split = Literal["train", "val", "test"]
 
@@ -60,6 +60,7 @@ class ClipSettings(ConfigBase):
     limit: int | None = Field(None, ge=1, description="at most this many images per side (None: all)")
 
 
+@same_at_every_scale
 class EvaluateConfig(ConfigBase):
     """Settings of the `mrgen eval` metrics, one mapping per subcommand."""
 
@@ -68,7 +69,3 @@ class EvaluateConfig(ConfigBase):
     mask: MaskEvalSettings = Field(default_factory=MaskEvalSettings, description="`mrgen eval mask`")
     fid: FidSettings = Field(default_factory=FidSettings, description="`mrgen eval fid`")
     clip: ClipSettings = Field(default_factory=ClipSettings, description="`mrgen eval clip`")
-
-
-for _name in ("tiny", "paper"):  # the same settings at every scale
-    preset(EvaluateConfig, _name)(dict)

@@ -8,9 +8,10 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from mrgen.platform.config import ConfigBase, preset
+from mrgen.platform.config import ConfigBase, same_at_every_scale
 
 
+@same_at_every_scale
 class ExportConfig(ConfigBase):
     """nnU-Net v2 raw dataset export of MRGen-DB slices."""
 
@@ -25,7 +26,3 @@ class ExportConfig(ConfigBase):
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return value.split(",") if isinstance(value, str) else value
-
-
-for _name in ("tiny", "paper"):  # the same settings at every scale
-    preset(ExportConfig, _name)(dict)

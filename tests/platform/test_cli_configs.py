@@ -224,3 +224,24 @@ def test_bad_keys_exit_naming_them(argv, key):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert str(exc.value.code).startswith("mrgen: ") and key in str(exc.value.code)
+
+
+def test_settings_flags_come_from_the_fields():
+    """Each bench's flags are generated from its settings class: name, help, type, choices, lists and booleans."""
+    import argparse
+
+    from mrgen.cli.common import add_settings_flags
+    from mrgen.jobs.bench.config import GpuBench, SynthBench
+
+    parser = argparse.ArgumentParser()
+    add_settings_flags(parser, GpuBench)
+    add_settings_flags(parser, SynthBench)
+    assert vars(parser.parse_args([])) == dict.fromkeys([*GpuBench.model_fields, *SynthBench.model_fields])
+    got = parser.parse_args(["--device", "cpu", "--tiny", "--sections", "synthesis", "endpoint", "--sam2-size", "128"])
+    assert (got.device, got.tiny, got.sections, got.sam2_size) == ("cpu", True, ["synthesis", "endpoint"], 128)
+    assert parser.parse_args(["--no-tiny"]).tiny is False
+    for bad in (["--device", "tpu"], ["--sections", "nope"], ["--scale", "x"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+    helps = {a.dest: a.help for a in parser._actions}
+    assert helps["sam2_size"] == SynthBench.model_fields["sam2_size"].description
