@@ -485,9 +485,16 @@ def run_experiment(out_dir: str, quick: bool = False, config: ExperimentConfig |
     out = storage.absolute(out_dir)
     log = os.path.join(storage.local_path(out), "logs", "experiment.log") if storage.is_local(out) else None
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    import ray
+
     exp = Experiment(out=out, config=config, ray_address=ray_address)
+    started_ray = not ray.is_initialized()
     with Console(log, verbose=config.verbose) as console:
         if log and not config.verbose:
             console.line(f"mrgen demo → {out} (logs: {log})")
-        exp = run_steps(exp, STEPS[:1] if db_only else None)
+        try:
+            exp = run_steps(exp, STEPS[:1] if db_only else None)
+        finally:
+            if started_ray and ray.is_initialized():
+                ray.shutdown()  # inside the console: the workers' last lines reach the log, not the terminal
     return exp.results["db"] if db_only else exp.results["report"]
