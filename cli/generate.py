@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from mrgen.cli.common import add_config_flags, json_object, load_config
+from mrgen.cli.common import add_config_flags, add_settings_flags, json_object, load_config
 
 
 def register(subparsers) -> None:
@@ -19,16 +19,11 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--organ-map", default=None, metavar="JSON",
                         help='organ id → name: a JSON object or a JSON file, e.g. \'{"1": "liver"}\'')
-    parser.add_argument("--n", type=int, help="number of candidates (1-20)")
-    parser.add_argument("--keep", type=int, help="SAM2-filter and keep at most this many")
-    parser.add_argument("--region", help="body region for the prompt")
-    parser.add_argument("--steps", type=int, help="sampling steps (default: the service's)")
-    parser.add_argument("--guidance", type=float, help="classifier-free guidance (default: the service's)")
-    parser.add_argument("--sampler", choices=["ddim", "dpm"], help="sampler (default: the service's)")
-    parser.add_argument("--seed", type=int, help="seed of the first candidate (default: the service picks)")
     parser.add_argument("--token", default=os.environ.get("MRGEN_SERVE_TOKEN"),
                         help="bearer token (default $MRGEN_SERVE_TOKEN)")
-    parser.add_argument("--timeout", type=float, help="seconds to wait for the answer")
+    from mrgen.serving.client import GenerateConfig
+
+    add_settings_flags(parser, GenerateConfig)  # --n, --keep, --region, --steps, ... --timeout
     add_config_flags(parser, example="steps=20", ray_address=False)
     parser.set_defaults(func=handle)
 
