@@ -122,7 +122,8 @@ def _gpu_run(settings, args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit("mrgen bench gpu --device cpu: paper scale on the CPU takes hours; add --tiny")
         print("mrgen bench gpu: no CUDA device; running the tiny CPU mode (--tiny)", file=sys.stderr)
     return run_gpu_bench(device=device, tiny=settings.tiny or device == "cpu",
-                         sections=tuple(settings.sections) if settings.sections else None)
+                         sections=tuple(settings.sections) if settings.sections else None,
+                         on_section=lambda figures: _write(args.out, figures))
 
 
 BENCHMARKS["gpu"] = Benchmark("the GPU check: tiny stages' steps/s vs CPU, paper-scale training (bf16, ZeRO-2, "

@@ -230,7 +230,8 @@ def endpoint(bundle_uri: str, tiny: bool, duration_s: float, clients: int) -> di
                      config="paper", size=512, overrides={"filter.kind": "none", "limits.max_image_size": 512})
 
 
-def _timed(figures: dict[str, Any], name: str, fn: Callable[[], dict[str, Any]]) -> None:
+def _timed(figures: dict[str, Any], name: str, fn: Callable[[], dict[str, Any]],
+           on_section: Callable[[dict[str, Any]], None] | None = None) -> None:
     """``figures[name] = fn()`` with its wall seconds; an error is recorded and the next section still runs."""
     start = time.perf_counter()
     print(f"[bench gpu] {name} ...", flush=True)
@@ -239,11 +240,15 @@ def _timed(figures: dict[str, Any], name: str, fn: Callable[[], dict[str, Any]])
     except Exception as exc:  # one JSON of everything that worked is the point of a one-shot check
         figures[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
     figures[name]["section_wall_s"] = round(time.perf_counter() - start, 1)
+    if on_section:
+        on_section(figures)
 
 
 def run_gpu_bench(device: str = "cuda", tiny: bool = False, sections: tuple[str, ...] | None = None,
-                  workdir: str | None = None) -> dict[str, Any]:
-    """Every section (or those named in ``sections``) on ``device``; prints and returns one JSON object."""
+                  workdir: str | None = None,
+                  on_section: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every section (or those named in ``sections``) on ``device``; prints and returns one JSON object.
+    ``on_section`` gets the figures so far after each section (a lease that ends mid-run keeps what finished)."""
     from mrgen.datasets.phantom import PhantomConfig, build_phantom_db
     from mrgen.models.bundle import build_random_bundle
     from mrgen.platform.cluster import init_ray
@@ -262,7 +267,7 @@ def run_gpu_bench(device: str = "cuda", tiny: bool = False, sections: tuple[str,
         build_phantom_db(tiny_db, PhantomConfig.load("tiny"), use_ray=False)
     if "tiny_stages" in wanted:
         steps, cpu_steps = (3, 2) if tiny else (300, 20)
-        _timed(figures, "tiny_stages", lambda: tiny_stages(tiny_db, dev, steps, cpu_steps))
+        _timed(figures, "tiny_stages", lambda: tiny_stages(tiny_db, dev, steps, cpu_steps), on_section)
     if "paper_training" in wanted:
         def train() -> dict[str, Any]:
             db = tiny_db
@@ -273,7 +278,7 @@ def run_gpu_bench(device: str = "cuda", tiny: bool = False, sections: tuple[str,
             # tiny: one stage (each is a Ray Train start-up, ~35 s on 2 cores); the CI test's budget is a minute
             return paper_training(db, str(work / "train"), dev, tiny, steps=2 if tiny else 20,
                                   batch_sizes={} if tiny else {"vae": 8}, stages=("vae",) if tiny else STAGES)
-        _timed(figures, "paper_training", train)
+        _timed(figures, "paper_training", train, on_section)
         shutil.rmtree(work / "train", ignore_errors=True)  # paper checkpoints are tens of GB
     if {"synthesis", "endpoint"} & set(wanted):
         bundle = build_random_bundle("tiny") if tiny else build_random_bundle(
@@ -285,13 +290,13 @@ def run_gpu_bench(device: str = "cuda", tiny: bool = False, sections: tuple[str,
             # the paper's DDIM 50 at guidance 7 (3 steps in the tiny mode)
             size, candidates = (64, 2) if tiny else (512, 20)
             sampling = replace(PAPER_SAMPLING, steps=3) if tiny else PAPER_SAMPLING
-            _timed(figures, "synthesis", lambda: synthesis(bundle, dev, size, candidates, sampling))
+            _timed(figures, "synthesis", lambda: synthesis(bundle, dev, size, candidates, sampling), on_section)
         del bundle
         if dev.type == "cuda":
             torch.cuda.empty_cache()
         if "endpoint" in wanted:
             _timed(figures, "endpoint", lambda: endpoint(bundle_uri, tiny, duration_s=1.0 if tiny else 20.0,
-                                                         clients=2 if tiny else 8))
+                                                         clients=2 if tiny else 8), on_section)
     if workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     figures["wall_s"] = round(time.perf_counter() - started, 1)

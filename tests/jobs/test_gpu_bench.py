@@ -17,7 +17,10 @@ def test_bench_gpu_flags():
 def _tiny_cpu(tmp_path, *sections: str) -> dict:
     from mrgen.jobs.bench.gpu_bench import run_gpu_bench
 
-    figures = run_gpu_bench(device="cpu", tiny=True, sections=sections, workdir=str(tmp_path))
+    seen: list[list[str]] = []  # the sections finished at each call: what `--out` holds if the run is cut off
+    figures = run_gpu_bench(device="cpu", tiny=True, sections=sections, workdir=str(tmp_path),
+                            on_section=lambda f: seen.append([k for k in sections if k in f]))
+    assert seen == [list(sections[:i + 1]) for i in range(len(sections))], seen
     errors = {k: v["error"] for k, v in figures.items() if isinstance(v, dict) and "error" in v}
     assert not errors, errors
     assert set(sections) <= set(figures), figures
