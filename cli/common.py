@@ -10,10 +10,12 @@ from pathlib import Path
 from mrgen.platform.config import ConfigBase, ConfigError
 
 
-def add_config_flags(parser: argparse.ArgumentParser, example: str, ray_address: bool = True) -> None:
-    """``--config``, ``--set`` (``example``: a key of this command's section, shown in the help) and, unless
-    ``ray_address`` is False (a command that starts no Ray), ``--ray-address``."""
-    parser.add_argument("--config", default=None, help="preset name (tiny, paper) or YAML file; default tiny")
+def add_config_flags(parser: argparse.ArgumentParser, example: str, ray_address: bool = True,
+                     preset: str = "tiny") -> None:
+    """``--config`` (``preset``: the command's default, named in the help), ``--set`` (``example``: a key of this
+    command's section) and, unless ``ray_address`` is False (a command that starts no Ray), ``--ray-address``."""
+    parser.add_argument("--config", default=None,
+                        help=f"preset name (e.g. tiny, paper) or YAML file; default: {preset}")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help=f"override a config key, e.g. --set {example} (repeatable)")
     if ray_address:
