@@ -11,11 +11,12 @@ from mrgen.platform.config import ConfigBase, ConfigError
 
 
 def add_config_flags(parser: argparse.ArgumentParser, example: str, ray_address: bool = True,
-                     preset: str = "tiny") -> None:
-    """``--config`` (``preset``: the command's default, named in the help), ``--set`` (``example``: a key of this
-    command's section) and, unless ``ray_address`` is False (a command that starts no Ray), ``--ray-address``."""
-    parser.add_argument("--config", default=None,
-                        help=f"preset name (e.g. tiny, paper) or YAML file; default: {preset}")
+                     preset: str | None = None) -> None:
+    """``--config`` (its default ``preset``, or None: the section's own defaults, the tiny preset), ``--set``
+    (``example``: a key of this command's section) and, unless ``ray_address`` is False (a command that starts no
+    Ray), ``--ray-address``."""
+    parser.add_argument("--config", default=preset,
+                        help=f"preset name (e.g. tiny, paper) or YAML file; default: {preset or 'tiny'}")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help=f"override a config key, e.g. --set {example} (repeatable)")
     if ray_address:

@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     p.add_argument("--resolution", type=int, default=None, help="slice size in pixels (config key resolution)")
     p.add_argument("--ray", dest="use_ray", action="store_true",
                    help="render in parallel on Ray (local or --ray-address)")
-    p.set_defaults(func=cmd_phantom, config_default="default")
+    p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("info", help="print a DB's counts per dataset / modality / region / has_mask / split")
     p.add_argument("uri", help="DB location")
@@ -65,8 +65,6 @@ def register(subparsers) -> None:
 def cmd_phantom(args: argparse.Namespace) -> int:
     from mrgen.datasets.phantom import PhantomConfig, build_phantom_db
 
-    if args.config is None:
-        args.config = args.config_default
     config = load_config(PhantomConfig, args, {"seed": args.seed, "volumes": args.volumes,
                                                "resolution": args.resolution})
     if args.use_ray or args.ray_address:
