@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mrgen.cli.common import add_config_flags, add_settings_flags, load_config
+from mrgen.cli.common import add_config_flags, add_settings_flags, load_config, settings_flags
 
 
 @dataclass(frozen=True)
@@ -152,8 +152,7 @@ def bench_config(args: argparse.Namespace, name: str | None = None):
     mapping (a flag's dest is its field)."""
     from mrgen.jobs.bench.config import BenchConfig
 
-    fields = _settings_class(name).model_fields if name else {}
-    return load_config(BenchConfig, args, {f"{name}.{key}": getattr(args, key) for key in fields if hasattr(args, key)})
+    return load_config(BenchConfig, args, settings_flags(args, _settings_class(name), f"{name}.") if name else {})
 
 
 def _settings_class(name: str) -> type:

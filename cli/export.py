@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mrgen.cli.common import add_config_flags, load_config
+from mrgen.cli.common import add_config_flags, add_settings_flags, load_config, settings_flags
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,12 +16,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.add_argument("--dataset-id", type=int, required=True, help="nnU-Net dataset id (1..999)")
     n.add_argument("--name", required=True, help="dataset name (letters, digits, '-')")
     n.add_argument("--real", help="MRGen-DB URI whose masked slices become imagesTs/labelsTs")
-    n.add_argument("--split", help="split of --real to export (default test)")
     n.add_argument("--real-dataset", action="append", default=None, help="only these datasets of --real (repeatable)")
     n.add_argument("--real-modality", action="append", default=None, help="only these modalities of --real")
-    n.add_argument("--labels", help="comma-separated organ names in label order (default: from organ maps)")
-    n.add_argument("--verify", action="store_true", default=None,
-                   help="run nnU-Net's verify_dataset_integrity afterwards")
+    from mrgen.jobs.export.config import ExportConfig
+
+    add_settings_flags(n, ExportConfig)  # --split, --labels, --verify
     add_config_flags(n, example="labels=liver,spleen", ray_address=False)
     n.set_defaults(func=_nnunet)
 
@@ -30,8 +29,7 @@ def _nnunet(args: argparse.Namespace) -> int:
     from mrgen.jobs.export.config import ExportConfig
     from mrgen.jobs.export.nnunet import ExportError, export_nnunet
 
-    config = load_config(ExportConfig, args, {"split": args.split, "labels": args.labels or None,
-                                              "verify": args.verify})
+    config = load_config(ExportConfig, args, settings_flags(args, ExportConfig))
     try:
         summary = export_nnunet(args.out, args.dataset_id, args.name, synthetic=args.synthetic, real=args.real,
                                 real_split=config.split, real_datasets=args.real_dataset,

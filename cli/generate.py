@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from mrgen.cli.common import add_config_flags, add_settings_flags, json_object, load_config
+from mrgen.cli.common import add_config_flags, add_settings_flags, json_object, load_config, settings_flags
 
 
 def register(subparsers) -> None:
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
 def handle(args: argparse.Namespace) -> int:
     from mrgen.serving.client import GenerateConfig, GenerationError, GeneratorClient, write_generation
 
-    config = load_config(GenerateConfig, args, {key: getattr(args, key) for key in GenerateConfig.model_fields})
+    config = load_config(GenerateConfig, args, settings_flags(args, GenerateConfig))
     if not Path(args.mask).is_file():
         print(f"mrgen generate: --mask {args.mask}: no such file", file=sys.stderr)
         return 2

@@ -5,7 +5,7 @@ Light on purpose (no torch, no diffusers), so configs and the CLI can import it;
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 SAMPLERS = ("ddim", "dpm", "ddpm")
 
@@ -17,12 +17,12 @@ class SamplingSettings:
     Image seeds are not part of it: each caller derives one per image from its own run seed.
     """
 
-    sampler: str = "ddim"
-    """DDIM (the paper's), DPM-Solver++ (``dpm``, as good in about 20 steps) or DDPM."""
-    steps: int = 50
-    """sampling steps"""
-    guidance: float = 7.0
-    """classifier-free guidance weight (1.0: no unconditional pass)"""
+    sampler: str = field(default="ddim", metadata={
+        "description": "ddim (the paper's), dpm (DPM-Solver++, as good in about 20 steps) or ddpm",
+        "choices": SAMPLERS})
+    steps: int = field(default=50, metadata={"description": "sampling steps"})
+    guidance: float = field(default=7.0, metadata={"description": "classifier-free guidance weight (1.0: no "
+                                                                  "unconditional pass)"})
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:

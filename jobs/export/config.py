@@ -18,11 +18,13 @@ class ExportConfig(ConfigBase):
     section = "export"
     split: str = Field("test", min_length=1, description="split of --real exported as imagesTs/labelsTs")
     labels: list[str] | None = Field(None, min_length=1, description="organ names in label order, 1, 2, ... "
-                                                                     "(None: from the slices' organ maps); a list or "
-                                                                     "a comma-separated string")
+                                                                     "(None: from the slices' organ maps); names or "
+                                                                     "comma-separated names")
     verify: bool = Field(False, description="run nnU-Net's verify_dataset_integrity on the exported dataset")
 
     @field_validator("labels", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
-        return value.split(",") if isinstance(value, str) else value
+        if isinstance(value, str):
+            value = [value]
+        return [name for item in value for name in item.split(",")] if isinstance(value, list) else value

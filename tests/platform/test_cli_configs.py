@@ -184,6 +184,8 @@ def test_export_nnunet(calls):
     assert (calls["export"][1]["real_split"], calls["export"][1]["labels"]) == ("val", ["liver", "spleen"])
     assert main([*base, "--set", "labels=[liver]", "--labels", "kidney,liver", "--split", "train"]) == 0
     assert (calls["export"][1]["real_split"], calls["export"][1]["labels"]) == ("train", ["kidney", "liver"])
+    assert main([*base, "--labels", "kidney", "liver,spleen"]) == 0
+    assert calls["export"][1]["labels"] == ["kidney", "liver", "spleen"]
 
 
 def test_generate(calls, mask_png, tmp_path):
