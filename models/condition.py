@@ -10,8 +10,10 @@ A bundle records how it was conditioned in its manifest:
 * no vocabulary (bundles written before it existed): ``mask_encoding`` ``ratio`` / ``linear`` of the raw ids,
   as :func:`mask_to_condition` always did.
 
-Our vocabularies give the organ ranked ``k`` (by its smallest id in the training DB, then name) ``k / (k + 1)``
-on a background of 0: on the phantom exactly the ``ratio`` encoding of its ids. The official MRGen release
+Our vocabularies rank the organs (by their smallest id in the training DB, then name) and encode organ ``k``
+either as one intensity ``k / (k + 1)`` on a background of 0 (``mask_encoding`` ``vocabulary``: on the phantom
+exactly the ``ratio`` encoding of its ids) or as channel ``k`` of a one-hot condition (``onehot``: the
+vocabulary maps name → channel, the controller takes one channel per organ). The official MRGen release
 conditions on background −1 and organ → 2·w − 1 (per-dataset weights ``w``: :func:`official_vocabulary`).
 """
 from __future__ import annotations
@@ -67,33 +69,37 @@ def _id_masks(mask: np.ndarray | torch.Tensor, num_ids: int = 255) -> torch.Tens
 class MaskCondition:
     """How one bundle turns masks into its controller's input (see the module docstring)."""
 
-    organs: dict[str, float] | None = None  # name → intensity; None: by raw id (``encoding``)
+    organs: dict[str, float] | None = None  # name → intensity (one-hot: channel); None: by raw id (``encoding``)
     background: float = 0.0
     default: float | None = None  # intensity of an organ not in ``organs`` (None: refused)
-    encoding: str = "ratio"  # without a vocabulary
+    encoding: str = "ratio"  # without a vocabulary: ratio / linear; with one: vocabulary / onehot
     weights: dict[str, float] = field(default_factory=dict)  # official release: the organ weights given
 
     # ----- building ---------------------------------------------------------------------------------------
     @classmethod
-    def from_organ_names(cls, names: Sequence[str]) -> MaskCondition:
-        """Our vocabulary for a training set's organs in rank order: organ ``k`` (1-based) → ``k / (k + 1)``."""
-        names = list(dict.fromkeys(names))
-        return cls(organs={name: k / (k + 1) for k, name in enumerate(names, start=1)})
+    def from_organ_names(cls, names: Sequence[str], onehot: bool = False) -> MaskCondition:
+        """Our vocabulary for a training set's organs in rank order: organ ``k`` (1-based) → ``k / (k + 1)``, or
+        → channel ``k`` with ``onehot``."""
+        ranked = enumerate(dict.fromkeys(names), start=1)
+        if onehot:
+            return cls(organs={name: float(k) for k, name in ranked}, encoding="onehot")
+        return cls(organs={name: k / (k + 1) for k, name in ranked}, encoding="vocabulary")
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> MaskCondition:
         vocabulary = manifest.get("organ_vocabulary")
         if vocabulary is None:
             return cls(encoding=manifest.get("mask_encoding", "ratio"))
+        encoding = "onehot" if manifest.get("mask_encoding") == "onehot" else "vocabulary"
         return cls(organs={str(k): float(v) for k, v in vocabulary.items()},
                    background=float(manifest.get("condition_background", 0.0)),
-                   default=manifest.get("condition_default"), encoding="vocabulary",
+                   default=manifest.get("condition_default"), encoding=encoding,
                    weights=dict(manifest.get("organ_weights", {})))
 
     def manifest_fields(self) -> dict[str, Any]:
         if self.organs is None:
             return {"mask_encoding": self.encoding}
-        out = {"mask_encoding": "vocabulary", "organ_vocabulary": dict(self.organs),
+        out = {"mask_encoding": self.encoding, "organ_vocabulary": dict(self.organs),
                "condition_background": self.background}
         if self.default is not None:
             out["condition_default"] = self.default
@@ -105,6 +111,11 @@ class MaskCondition:
     @property
     def by_name(self) -> bool:
         return self.organs is not None
+
+    @property
+    def channels(self) -> int:
+        """Channels of the controller's input: one per organ for one-hot, else one."""
+        return len(self.organs) if self.encoding == "onehot" else 1
 
     def unknown(self, names: Sequence[str]) -> list[str]:
         """Names this condition cannot encode (always none without a vocabulary or with a default)."""
@@ -132,7 +143,8 @@ class MaskCondition:
 
     def encode(self, masks: np.ndarray | torch.Tensor,
                organ_maps: Mapping[int, str] | Sequence[Mapping[int, str] | None] | None = None) -> torch.Tensor:
-        """``[B, H, W]`` id masks → ``[B, 1, H, W]`` float32; ``organ_maps``: one per mask or one for all."""
+        """``[B, H, W]`` id masks → ``[B, C, H, W]`` float32 (``C`` = :attr:`channels`); ``organ_maps``: one per
+        mask or one for all."""
         if self.organs is None:
             return mask_to_condition(masks, encoding=self.encoding)
         ids = _id_masks(masks)
@@ -141,10 +153,14 @@ class MaskCondition:
         for i, organ_map in enumerate(maps):
             table = torch.from_numpy(self.value_table(organ_map, present=ids[i].unique().tolist()))
             out[i] = table[ids[i]]
+        if self.encoding == "onehot":  # out holds channel numbers, 0 = background
+            return torch.nn.functional.one_hot(out.long(), self.channels + 1)[..., 1:].permute(0, 3, 1, 2).float()
         return out.unsqueeze(1)
 
     def empty(self, batch: int, size: int) -> torch.Tensor:
         """The condition of slices without a mask (all background)."""
+        if self.encoding == "onehot":
+            return torch.zeros(batch, self.channels, size, size)
         return torch.full((batch, 1, size, size), self.background if self.organs is not None else 0.0)
 
 

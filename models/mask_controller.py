@@ -1,4 +1,5 @@
-"""Stage 3: the mask condition controller — a diffusers ``ControlNetModel`` with a 1-channel condition.
+"""Stage 3: the mask condition controller — a diffusers ``ControlNetModel`` conditioned on the mask (one channel of
+organ intensities, or one channel per organ: ``models.condition.MaskCondition``).
 
 It is initialised from the trained UNet's encoder (``from_unet``), its conditioning embedding downsamples the
 mask by the autoencoder's factor, and its residuals are added to the UNet decoder. The saved folder is a plain

@@ -75,15 +75,18 @@ class MRGenPipeline:
         return np.concatenate(out).astype(np.float32)
 
     def _condition(self, masks, num_prompts: int, organ_maps=None) -> tuple[torch.Tensor | None, int]:
-        """The controller's input ``[B, 1, H, W]`` (None for text-only) and the image side to generate."""
+        """The controller's input ``[B, C, H, W]`` (None for text-only) and the image side to generate."""
         if masks is None:
             return None, self.resolution
         if self.bundle.controlnet is None:
             raise ValueError("masks given but the model bundle has no controlnet part")
         condition = self.condition.encode(masks, organ_maps)
         channels = int(self.bundle.controlnet.config.conditioning_channels)
-        if channels != 1:  # a controller trained on RGB renderings of the mask
-            condition = condition.expand(-1, channels, -1, -1)
+        if channels != condition.shape[1]:
+            if condition.shape[1] != 1:
+                raise ValueError(f"the bundle's controller takes {channels} condition channels, its mask encoding "
+                                 f"({self.condition.encoding}) gives {condition.shape[1]}")
+            condition = condition.expand(-1, channels, -1, -1)  # a controller trained on RGB renderings of the mask
         if condition.shape[0] != num_prompts:
             raise ValueError(f"masks: {condition.shape[0]} masks for {num_prompts} prompts")
         size = condition.shape[-1]

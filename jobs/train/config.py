@@ -80,6 +80,10 @@ class TrainConfig(ConfigBase):
     pair_augment_p: float = Field(0.0, ge=0, le=1, description="controller stage: probability of one random affine "
                                                                "map applied to a slice and its mask together "
                                                                "(models.mask_controller.augment_pairs)")
+    mask_condition: Literal["intensity", "onehot"] = Field(
+        "intensity", description="controller stage: how a mask's organs enter the controller. intensity = one channel, "
+                                 "organ k of the vocabulary at k/(k+1) (the release's kind: one value per organ); "
+                                 "onehot = one channel per organ of the vocabulary")
     kl_weight: float = Field(1e-4, ge=0, description="γ of the autoencoder loss")
     unmasked_fraction: float = Field(0.3, ge=0, lt=1, description="controller stage: share of slices without a mask "
                                                                    "(trained with an empty condition)")

@@ -190,7 +190,7 @@ def organ_vocabulary(db_uri: str, config: TrainConfig) -> dict[str, Any]:
     names = rank_organs(organ_first_ids(db_uri, **filters))
     if not names:
         raise ValueError(f"{db_uri}: no masked slice with an organ in the controlnet stage's selection {filters}")
-    return MaskCondition.from_organ_names(names).manifest_fields()
+    return MaskCondition.from_organ_names(names, onehot=config.mask_condition == "onehot").manifest_fields()
 
 
 def measure_scaling(vae, db_uri: str, config: TrainConfig) -> float:

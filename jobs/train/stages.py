@@ -122,7 +122,8 @@ def build_task(stage: str, mcfg: ModelConfig, bundle, kl_weight: float, augment_
         if bundle.unet is None:
             raise ValueError("stage 'controlnet' needs a bundle with a trained UNet (run the unet stage first)")
         frozen["unet"] = freeze(bundle.unet)
-        trainable = MaskController.from_unet(bundle.unet, mcfg.controlnet)
+        channels = MaskCondition.from_manifest(bundle.manifest).channels
+        trainable = MaskController.from_unet(bundle.unet, {**mcfg.controlnet, "conditioning_channels": channels})
     else:
         raise ValueError(f"unknown stage {stage!r}")
     trainable.requires_grad_(True)

@@ -62,3 +62,17 @@ def test_manifest_round_trip_and_legacy_bundles():
     assert not legacy.by_name and legacy.unknown(["anything"]) == []
     assert torch.equal(legacy.encode(_mask(0, 1, 3)), mask_to_condition(_mask(0, 1, 3)))
     assert torch.equal(MaskCondition.from_manifest({}).encode(_mask(2)), mask_to_condition(_mask(2)))
+
+
+def test_onehot_vocabulary_gives_each_organ_its_own_channel_by_name():
+    vocab = MaskCondition.from_organ_names(["liver", "spleen", "right kidney"], onehot=True)
+    assert vocab.channels == 3
+    cond = vocab.encode(_mask(0, 3, 1, 2), {3: "liver", 1: "spleen", 2: "right kidney"})
+    assert cond.shape == (1, 3, 1, 4)
+    assert cond[0, :, 0].tolist() == [[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]  # liver, spleen, right kidney
+    assert torch.equal(vocab.empty(2, 4), torch.zeros(2, 3, 4, 4))
+    again = MaskCondition.from_manifest(vocab.manifest_fields())
+    assert again.channels == 3 and torch.equal(again.encode(_mask(1, 2), {1: "liver", 2: "spleen"}),
+                                               vocab.encode(_mask(1, 2), {1: "liver", 2: "spleen"}))
+    with pytest.raises(UnknownOrganError, match="heart"):
+        vocab.encode(_mask(1), {1: "heart"})

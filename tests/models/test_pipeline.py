@@ -98,3 +98,28 @@ def test_bfloat16_bundle_generates(pipe, masks, tmp_path):
     reference = pipe.generate(PROMPTS[:1], masks[:1], 1, steps=2, seeds=[0])
     assert images.dtype == np.float32 and np.isfinite(images).all()
     assert np.abs(images - reference).mean() < 0.1  # same model, lower precision
+
+
+def test_onehot_bundle_draws_each_organ_from_its_own_channel(masks):
+    """A controller with one condition channel per organ: the organ's *name* picks the channel, so renaming an organ
+    changes the image and relabelling its id does not; a controller whose channels do not fit the vocabulary is
+    refused naming both counts."""
+    from mrgen.models.condition import MaskCondition
+
+    vocabulary = MaskCondition.from_organ_names(["liver", "spleen", "bladder"], onehot=True).manifest_fields()
+    bundle = build_random_bundle("tiny", seed=1, overrides={"controlnet": {"conditioning_channels": 3}})
+    bundle.manifest.update(vocabulary)
+    onehot = MRGenPipeline(bundle)
+    one = masks[:1]
+
+    def draw(mask, organ_map):
+        return onehot.generate(PROMPTS[:1], mask, 1, steps=STEPS, seeds=[0], organ_maps=[organ_map])
+
+    liver = draw(one, {1: "liver"})
+    assert liver.shape == (1, 64, 64)
+    np.testing.assert_allclose(draw(np.where(one == 1, 5, 0).astype(np.uint8), {5: "liver"}), liver, atol=1e-5)
+    assert np.abs(draw(one, {1: "spleen"}) - liver).max() > 1e-3
+    single = build_random_bundle("tiny", seed=1)
+    single.manifest.update(vocabulary)
+    with pytest.raises(ValueError, match="takes 1 condition channels.*gives 3"):
+        MRGenPipeline(single).generate(PROMPTS[:1], one, 1, steps=STEPS, seeds=[0], organ_maps=[{1: "liver"}])
