@@ -63,6 +63,10 @@ class PhantomConfig(ConfigBase):
     pool_test_volumes: int = Field(0, ge=0, description="of the pool bodies, how many form the pool's test split")
     pool_modalities: list[str] = Field(default_factory=lambda: ["T1 MRI", "T2 MRI", "T1 out-of-phase MRI"],
                                        description="modality labels rendered for phantom-pool")
+    pool_masks: list[str] = Field(default_factory=list,
+                                  description="pool modalities whose volumes also carry organ masks: annotated "
+                                              "collections in other modalities, as MRGen-DB has (the controller then "
+                                              "learns masks in several modalities, not only the source's)")
     source_modality: str = Field(SOURCE_MODALITY, description="modality of phantom-src (with masks)")
     target_modality: str = Field(TARGET_MODALITY, description="modality of phantom-tgt (masks only on test volumes)")
     fov_mm: float = Field(380.0, gt=0, description="in-plane field of view; pixel spacing = fov_mm / resolution")
@@ -83,6 +87,13 @@ class PhantomConfig(ConfigBase):
             raise ValueError(f"pool_test_volumes ({self.pool_test_volumes}) must be < volumes ({self.volumes})")
         if not 0 <= self.clip_percentiles[0] < self.clip_percentiles[1] <= 100:
             raise ValueError(f"clip_percentiles must satisfy 0 <= low < high <= 100, got {self.clip_percentiles}")
+        return self
+
+    @model_validator(mode="after")
+    def _pool_masks_in_pool(self) -> PhantomConfig:
+        unknown = [m for m in self.pool_masks if m not in self.pool_modalities]
+        if unknown:
+            raise ValueError(f"pool_masks {unknown} are not among pool_modalities {self.pool_modalities}")
         return self
 
     @field_validator("source_modality", "target_modality", "pool_modalities")
@@ -139,7 +150,8 @@ def plan_volumes(config: PhantomConfig) -> list[VolumeSpec]:
     for modality in config.pool_modalities:
         for i in range(n):
             split = "test" if i >= n - config.pool_test_volumes else "train"
-            specs.append(VolumeSpec(POOL_DATASET, f"vol{i:03d}-{_slug(modality)}", i, modality, split, False, False))
+            specs.append(VolumeSpec(POOL_DATASET, f"vol{i:03d}-{_slug(modality)}", i, modality, split,
+                                    modality in config.pool_masks, False))
     return specs
 
 

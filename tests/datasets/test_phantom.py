@@ -57,6 +57,17 @@ def test_bad_config_names_the_key():
         PhantomConfig.load("tiny", ["pool_modalities=[banana scan]"])
     with pytest.raises(ConfigError, match="CT"):  # known label, but the phantom has no CT physics
         PhantomConfig.load("tiny", ["target_modality=CT abdomen"])
+    with pytest.raises(ConfigError, match="pool_masks.*PD MRI"):
+        PhantomConfig.load("tiny", ["pool_masks=[PD MRI]"])
+
+
+def test_pool_masks_annotate_those_pool_modalities_only():
+    config = TINY.with_overrides({"pool_masks": [TINY.pool_modalities[0]]})
+    annotated = {(s.modality, s.with_mask) for s in plan_volumes(config) if s.dataset == "phantom-pool"}
+    assert annotated == {(m, m == TINY.pool_modalities[0]) for m in TINY.pool_modalities}
+    spec = next(s for s in plan_volumes(config) if s.with_mask and s.dataset == "phantom-pool")
+    plain = next(s for s in plan_volumes(TINY) if s.volume_id == spec.volume_id)
+    assert render_volume(config, spec)[0].tobytes() == render_volume(TINY, plain)[0].tobytes()  # same images
 
 
 def test_rendering_is_deterministic_for_a_seed():
