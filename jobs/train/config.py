@@ -80,6 +80,9 @@ class TrainConfig(ConfigBase):
     pair_augment_p: float = Field(0.0, ge=0, le=1, description="controller stage: probability of one random affine "
                                                                "map applied to a slice and its mask together "
                                                                "(models.mask_controller.augment_pairs)")
+    controller_timesteps: Literal["uniform", "cubic"] = Field(
+        "uniform", description="controller stage: timestep sampling. cubic = (1 - u^3) T, most draws at high noise "
+                               "where a mask decides the layout (T2I-Adapter's schedule)")
     mask_condition: Literal["intensity", "onehot"] = Field(
         "intensity", description="controller stage: how a mask's organs enter the controller. intensity = one channel, "
                                  "organ k of the vocabulary at k/(k+1) (the release's kind: one value per organ); "

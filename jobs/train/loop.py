@@ -245,7 +245,8 @@ class Trainer:
             self.bundle.manifest.update(self.args.get("condition") or {})  # the controller's organ vocabulary
         self.task: StageTask = build_task(stage, config.build_model_config(), self.bundle, config.kl_weight,
                                           config.augment_p, config.prompt_drop_p, seed=config.seed,
-                                          pair_augment_p=config.pair_augment_p)
+                                          pair_augment_p=config.pair_augment_p,
+                                          controller_timesteps=config.controller_timesteps)
         self.task.to(self.device, self.dtype)
         self.frozen_at_start = self.task.frozen_hashes()
         params = [p for p in self.task.trainable.parameters() if p.requires_grad]

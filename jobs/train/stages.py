@@ -58,6 +58,7 @@ class StageTask:
     scheduler: Any = None
     condition: MaskCondition = field(default_factory=MaskCondition)
     pair_augment_p: float = 0.0  # controller stage: joint affine augmentation of image and mask
+    timesteps: str = "uniform"  # controller stage: the timestep schedule (stratified_timesteps)
     dropped: int = 0
     prompts_seen: int = 0
 
@@ -85,7 +86,8 @@ class StageTask:
         with torch.no_grad():
             latents = encode_latents(self.frozen["vae"], images, self.latent_scaling).to(dtype)
         noise = torch.randn_like(latents)
-        t = stratified_timesteps(latents.shape[0], self.scheduler.config.num_train_timesteps, device)
+        t = stratified_timesteps(latents.shape[0], self.scheduler.config.num_train_timesteps, device,
+                                 self.timesteps if self.stage == "controlnet" else "uniform")
         noisy = self.scheduler.add_noise(latents, noise, t)
         text = self.text_states(batch["prompt"], dtype)
         if self.stage == "unet":
@@ -99,16 +101,21 @@ class StageTask:
         return mse, {"mse": mse.detach()}
 
 
-def stratified_timesteps(n: int, total: int, device: torch.device) -> torch.Tensor:
-    """``n`` timesteps uniform on [0, total), one per stratum in random order: the same expected loss as
-    independent draws, with much less batch-to-batch noise (logged losses of short runs become comparable)."""
-    offset = torch.rand(1)
-    t = ((torch.arange(n) + offset) * (total / n)).long().clamp_(0, total - 1)
+def stratified_timesteps(n: int, total: int, device: torch.device, schedule: str = "uniform") -> torch.Tensor:
+    """``n`` timesteps on [0, total), one per stratum in random order: the same expected loss as independent draws,
+    with much less batch-to-batch noise (logged losses of short runs become comparable). ``schedule``: uniform, or
+    cubic = ``(1 - u³)·total`` (T2I-Adapter's non-uniform sampling: most draws at high noise, where a sample's
+    layout, what a mask decides, is made)."""
+    u = (torch.arange(n) + torch.rand(1)) / n
+    if schedule == "cubic":
+        u = 1 - u ** 3
+    t = (u * total).long().clamp_(0, total - 1)
     return t[torch.randperm(n)].to(device)
 
 
 def build_task(stage: str, mcfg: ModelConfig, bundle, kl_weight: float, augment_p: float,
-               prompt_drop_p: float, seed: int, pair_augment_p: float = 0.0) -> StageTask:
+               prompt_drop_p: float, seed: int, pair_augment_p: float = 0.0,
+               controller_timesteps: str = "uniform") -> StageTask:
     """The stage's models: fresh trainable part (seeded, identical on every rank), frozen parts from ``bundle``."""
     torch.manual_seed(seed)
     if stage == "vae":
@@ -132,7 +139,8 @@ def build_task(stage: str, mcfg: ModelConfig, bundle, kl_weight: float, augment_
     return StageTask(stage, trainable, frozen, latent_scaling=float(bundle.manifest["latent_scaling"]),
                      prompt_drop_p=prompt_drop_p, scheduler=scheduler,
                      condition=MaskCondition.from_manifest(bundle.manifest),
-                     pair_augment_p=pair_augment_p if stage == "controlnet" else 0.0)
+                     pair_augment_p=pair_augment_p if stage == "controlnet" else 0.0,
+                     timesteps=controller_timesteps)
 
 
 def trained_model(task: StageTask) -> nn.Module:

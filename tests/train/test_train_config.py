@@ -79,3 +79,16 @@ def test_ssim_and_psnr_reference_values():
     assert ssim(torch.full((1, 1, 16, 16), 0.5), torch.full((1, 1, 16, 16),
                                                             0.25)).item() == pytest.approx(expected, rel=1e-4)
     assert psnr(torch.tensor([0.01])).item() == pytest.approx(20.0)
+
+
+def test_cubic_controller_timesteps_draw_mostly_high_noise():
+    import torch
+
+    from mrgen.jobs.train.stages import stratified_timesteps
+
+    uniform = stratified_timesteps(4000, 1000, torch.device("cpu")).float()
+    cubic = stratified_timesteps(4000, 1000, torch.device("cpu"), "cubic").float()
+    assert abs(uniform.mean().item() - 500) < 5 and abs(cubic.mean().item() - 750) < 5  # E[1 - u^3] = 3/4
+    assert abs((cubic >= 500).float().mean().item() - 0.5 ** (1 / 3)) < 0.01
+    assert cubic.min() >= 0 and cubic.max() <= 999
+    assert torch.bincount(uniform.long(), minlength=1000).tolist() == [4] * 1000  # stratified: 4 per timestep

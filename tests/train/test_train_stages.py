@@ -29,7 +29,8 @@ def chain(tiny_db, tmp_path_factory):
     config = TrainConfig.load("tiny", [
         "num_workers=2", f"vae.max_steps={STEPS}", f"unet.max_steps={STEPS}", f"controlnet.max_steps={STEPS}",
         "vae.warmup_steps=2", "unet.warmup_steps=2", "controlnet.warmup_steps=2",
-        "checkpoint_every=10", "log_every=5", "sample_every=10", "sample_count=2", "sample_steps=2"])
+        "checkpoint_every=10", "log_every=5", "sample_every=10", "sample_count=2", "sample_steps=2",
+        "mask_condition=onehot", "controller_timesteps=cubic"])  # the intensity path: the demo's own training
     results = {stage: run_training(config, tiny_db, out, stage) for stage in ("vae", "unet", "controlnet")}
     return out, results
 
@@ -93,6 +94,11 @@ def test_stage3_leaves_frozen_parts_bitwise_unchanged(chain):
     # while the controller itself did change: its zero-initialised output convolutions are no longer zero
     final = ModelBundle.load(str(Path(out) / "bundle"))
     assert any(torch.count_nonzero(block.weight) for block in final.controlnet.controlnet_down_blocks)
+    # one condition channel per organ of the DB's vocabulary, recorded in the manifest by name
+    vocabulary = final.manifest["organ_vocabulary"]
+    assert final.manifest["mask_encoding"] == "onehot" and sorted(vocabulary.values()) == list(
+        range(1, len(vocabulary) + 1))
+    assert final.controlnet.config.conditioning_channels == len(vocabulary) > 1
 
 
 def test_eval_ae_reports_psnr_ssim_mse(chain, tiny_db, capsys):
