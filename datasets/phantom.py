@@ -243,7 +243,9 @@ def write_shard(uri: str, version: int, config: PhantomConfig, specs: list[Volum
 
 def phantom_meta(config: PhantomConfig) -> dict[str, Any]:
     """The index ``meta`` a phantom DB of ``config`` carries (its ``store.meta_digest`` names the DB's content)."""
-    return {"generator": "phantom", "phantom": config.model_dump(mode="json"),
+    # a DB without pool masks keeps the digest it had before the field existed (the embedded bundle records it)
+    fields = config.model_dump(mode="json", exclude={"pool_masks"} if not config.pool_masks else None)
+    return {"generator": "phantom", "phantom": fields,
             "source_modality": config.source_modality,
             "target_modality": config.target_modality, "source_dataset": SOURCE_DATASET,
             "target_dataset": TARGET_DATASET,

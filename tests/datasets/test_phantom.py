@@ -68,6 +68,11 @@ def test_pool_masks_annotate_those_pool_modalities_only():
     spec = next(s for s in plan_volumes(config) if s.with_mask and s.dataset == "phantom-pool")
     plain = next(s for s in plan_volumes(TINY) if s.volume_id == spec.volume_id)
     assert render_volume(config, spec)[0].tobytes() == render_volume(TINY, plain)[0].tobytes()  # same images
+    from mrgen.datasets.phantom import phantom_meta
+    from mrgen.datasets.store import meta_digest
+
+    assert "pool_masks" not in phantom_meta(TINY)["phantom"]  # older DBs keep their digest
+    assert meta_digest(phantom_meta(config)) != meta_digest(phantom_meta(TINY))
 
 
 def test_rendering_is_deterministic_for_a_seed():
