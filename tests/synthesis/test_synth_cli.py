@@ -36,9 +36,11 @@ def test_export_and_eval_subcommands_exist():
     from mrgen.cli.eval import evaluate_config
 
     args = parser.parse_args(["eval", "fid", "--real", "a", "--synthetic", "b"])
-    assert evaluate_config(args, "fid", {"extractor": args.extractor}).extractor == "inception"
+    assert evaluate_config(args, "fid").extractor == "inception"
+    args = parser.parse_args(["eval", "fid", "--real", "a", "--synthetic", "b", "--extractor", "resnet18"])
+    assert evaluate_config(args, "fid").extractor == "resnet18"
     args = parser.parse_args(["eval", "clip", "--model", "m", "--synthetic", "b"])
-    assert evaluate_config(args, "clip", {"text": args.text}).text == "prompt"
+    assert evaluate_config(args, "clip").text == "prompt"
 
 
 def test_release_flags_reach_the_config(tmp_path):
