@@ -12,15 +12,19 @@ def evaluate_config(args: argparse.Namespace, metric: str):
     """``metric``'s mapping of the ``evaluate`` section: --config, --set, then the settings flags given."""
     from mrgen.jobs.evaluate.config import EvaluateConfig
 
-    settings = EvaluateConfig.model_fields[metric].annotation
-    return getattr(load_config(EvaluateConfig, args, settings_flags(args, settings, f"{metric}.")), metric)
+    flags = settings_flags(args, _metric_settings(metric), f"{metric}.")
+    return getattr(load_config(EvaluateConfig, args, flags), metric)
 
 
 def add_metric_flags(parser: argparse.ArgumentParser, metric: str) -> None:
     """The flags of ``metric``'s settings (``mrgen.jobs.evaluate.config``), read back by :func:`evaluate_config`."""
+    add_settings_flags(parser, _metric_settings(metric))
+
+
+def _metric_settings(metric: str) -> type:
     from mrgen.jobs.evaluate.config import EvaluateConfig
 
-    add_settings_flags(parser, EvaluateConfig.model_fields[metric].annotation)
+    return EvaluateConfig.model_fields[metric].annotation
 
 
 def add_ae_parser(eval_subparsers) -> argparse.ArgumentParser:

@@ -58,7 +58,7 @@ class StageTask:
     scheduler: Any = None
     condition: MaskCondition = field(default_factory=MaskCondition)
     pair_augment_p: float = 0.0  # controller stage: joint affine augmentation of image and mask
-    timesteps: str = "uniform"  # controller stage: the timestep schedule (stratified_timesteps)
+    timesteps: str = "uniform"  # the timestep schedule (stratified_timesteps; only the controller stage's varies)
     dropped: int = 0
     prompts_seen: int = 0
 
@@ -86,8 +86,7 @@ class StageTask:
         with torch.no_grad():
             latents = encode_latents(self.frozen["vae"], images, self.latent_scaling).to(dtype)
         noise = torch.randn_like(latents)
-        t = stratified_timesteps(latents.shape[0], self.scheduler.config.num_train_timesteps, device,
-                                 self.timesteps if self.stage == "controlnet" else "uniform")
+        t = stratified_timesteps(latents.shape[0], self.scheduler.config.num_train_timesteps, device, self.timesteps)
         noisy = self.scheduler.add_noise(latents, noise, t)
         text = self.text_states(batch["prompt"], dtype)
         if self.stage == "unet":
@@ -123,14 +122,15 @@ def build_task(stage: str, mcfg: ModelConfig, bundle, kl_weight: float, augment_
     if bundle is None:
         raise ValueError(f"stage {stage!r} needs the previous stage's bundle (--init)")
     frozen = {"vae": freeze(bundle.vae), "text_encoder": freeze(bundle.text_encoder)}
+    condition = MaskCondition.from_manifest(bundle.manifest)
     if stage == "unet":
         trainable = build_unet(mcfg.unet)
     elif stage == "controlnet":
         if bundle.unet is None:
             raise ValueError("stage 'controlnet' needs a bundle with a trained UNet (run the unet stage first)")
         frozen["unet"] = freeze(bundle.unet)
-        channels = MaskCondition.from_manifest(bundle.manifest).channels
-        trainable = MaskController.from_unet(bundle.unet, {**mcfg.controlnet, "conditioning_channels": channels})
+        trainable = MaskController.from_unet(bundle.unet, {**mcfg.controlnet,
+                                                           "conditioning_channels": condition.channels})
     else:
         raise ValueError(f"unknown stage {stage!r}")
     trainable.requires_grad_(True)
@@ -138,9 +138,8 @@ def build_task(stage: str, mcfg: ModelConfig, bundle, kl_weight: float, augment_
     scheduler = build_scheduler("ddpm", getattr(bundle, "scheduler_config", None))
     return StageTask(stage, trainable, frozen, latent_scaling=float(bundle.manifest["latent_scaling"]),
                      prompt_drop_p=prompt_drop_p, scheduler=scheduler,
-                     condition=MaskCondition.from_manifest(bundle.manifest),
-                     pair_augment_p=pair_augment_p if stage == "controlnet" else 0.0,
-                     timesteps=controller_timesteps)
+                     condition=condition, pair_augment_p=pair_augment_p if stage == "controlnet" else 0.0,
+                     timesteps=controller_timesteps if stage == "controlnet" else "uniform")
 
 
 def trained_model(task: StageTask) -> nn.Module:
