@@ -120,6 +120,14 @@ def _default() -> dict:
                                 "PD MRI", "STIR MRI", "DWI MRI", "ADC MRI", "T1 C+ MRI"]}
 
 
+@preset(PhantomConfig, "diverse")
+def _diverse() -> dict:
+    """Many bodies, masks in five modalities (MRGen-DB's situation in small): the DB on which the tiny controller
+    first carries masks over to the target modality (docs/results.md, 2026-12-04 night)."""
+    annotated = ["T1 MRI", "T2 MRI", "T2 HASTE MRI", "STIR MRI"]
+    return {**_default(), "volumes": 100, "pool_modalities": annotated, "pool_masks": annotated}
+
+
 @preset(PhantomConfig, "paper")
 def _paper() -> dict:
     """512², about CHAOS-MRI T2-SPIR's size per dataset (§B.2: 16 + 4 volumes, ~32 slices each)."""

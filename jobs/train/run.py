@@ -150,7 +150,9 @@ def _assemble_bundle(config: TrainConfig, stage: str, model_dir: Path, init: str
                            manifest=manifest)
     parts = ("vae", "text_encoder", "scheduler") + (("unet",) if stage == "controlnet" else ())
     previous = ModelBundle.load(init, parts=parts)
-    manifest = {k: v for k, v in previous.manifest.items() if k not in ("parts", "bundle_hash", "created")}
+    # "evaluation" scored the previous bundle, not this one (mrgen eval writes it for the new bundle)
+    stale = ("parts", "bundle_hash", "created", "evaluation")
+    manifest = {k: v for k, v in previous.manifest.items() if k not in stale}
     manifest.update(run_id=run_id, stages={**manifest.get("stages", {}), stage: run_id})
     if stage == "unet":
         return dataclasses.replace(previous, unet=UNet2DConditionModel.from_pretrained(str(model_dir)).eval(),
@@ -169,10 +171,12 @@ def training_record(previous: dict[str, Any] | None, config: TrainConfig, stage:
     history = train_state.get("history") or [{}]
     settings = config.stage(stage)
     record = dict(previous or {})
-    record.update(db=db_uri, db_digest=db_digest(db_uri), model=config.model, architecture=config.architecture)
+    digest = db_digest(db_uri)
+    record.update(db=db_uri, db_digest=digest, model=config.model, architecture=config.architecture)
     record.setdefault("stages", {})
     record["stages"] = {**record["stages"], stage: {
         "command": command_line(), "code": code_version(), "run_id": train_state.get("run_id"),
+        "db": db_uri, "db_digest": digest,  # stages may train on different DBs (--init from another run)
         "steps": int(train_state["step"]), "max_steps": settings.max_steps, "max_minutes": settings.max_minutes,
         "lr": settings.lr, "batch_size": settings.batch_size, "workers": config.num_workers, "seed": config.seed,
         "final_loss": history[-1].get("loss"), "seconds": round(seconds, 1),

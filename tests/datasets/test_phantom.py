@@ -43,7 +43,9 @@ def _images(rows):
 def test_constants_and_presets():
     assert ORGAN_IDS == {1: "liver", 2: "spleen", 3: "right kidney", 4: "left kidney", 5: "bladder", 6: "prostate"}
     assert SOURCE_MODALITY != TARGET_MODALITY
-    assert {"tiny", "paper"} <= set(PhantomConfig.presets())
+    assert {"tiny", "default", "diverse", "paper"} <= set(PhantomConfig.presets())
+    diverse = PhantomConfig.load("diverse")
+    assert diverse.pool_masks == diverse.pool_modalities and diverse.volumes > PhantomConfig.load("default").volumes
     assert PhantomConfig.load("paper").resolution == 512
     assert TINY.resolution == 64
 

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from mrgen.datasets.store import db_digest
 from mrgen.jobs.train.config import TrainConfig
 from mrgen.jobs.train.run import run_training
 from mrgen.models.bundle import ModelBundle, build_random_bundle
@@ -22,6 +23,7 @@ def random_bundle(tmp_path_factory) -> str:
     uri = str(tmp_path_factory.mktemp("train_init") / "bundle")
     bundle = build_random_bundle("tiny", seed=0)
     bundle.controlnet = None
+    bundle.manifest["evaluation"] = {"train": {"mask_following": {"following": 0.9}}}  # scores this bundle only
     bundle.save(uri)
     return uri
 
@@ -52,6 +54,8 @@ def test_failed_worker_restarts_from_s3_checkpoint_then_cli_resume(tiny_db, s3_s
     assert set(hashes["start"]) == {"vae", "text_encoder", "unet"} and hashes["start"] == hashes["end"]
     bundle = ModelBundle.load(storage.join(out, "bundle"))
     assert bundle.controlnet is not None and bundle.manifest["stages"]["controlnet"] == result.train_state["run_id"]
+    assert "evaluation" not in bundle.manifest  # the init bundle's scores do not describe the new controller
+    assert bundle.manifest["training"]["stages"]["controlnet"]["db_digest"] == db_digest(tiny_db)
 
     with pytest.raises(FileExistsError, match="--resume"):
         run_training(config, tiny_db, out, "controlnet", init=random_bundle)
