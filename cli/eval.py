@@ -88,7 +88,8 @@ def run_mask(args: argparse.Namespace) -> int:
         bundle = ModelBundle.load(args.model)
         r = evaluate_mask_dependence(bundle, args.db, config.split, config.limit, seed=config.seed, **filters)
         f = evaluate_mask_following(bundle, args.db, args.sheet, config.split, config.following_slices,
-                                    config.sheet_slices, sampling=config.sampling, **filters) if args.sheet else None
+                                    config.sheet_slices, sampling=config.sampling, scorer=_scorer(config),
+                                    **filters) if args.sheet else None
     except (FileNotFoundError, ValueError) as exc:
         print(f"mrgen eval mask: {exc}", file=sys.stderr)
         return 2
@@ -99,6 +100,11 @@ def run_mask(args: argparse.Namespace) -> int:
         print(f"samples: organ contrast error own mask {f['error_own']:.4f}, other mask {f['error_other']:.4f} at "
               f"{f['organs']} organs (following {f['following']:+.3f}; autoencoder ceiling "
               f"{f['autoencoder_ceiling']:+.3f}); sheet {f['sheet']}")
+    if f and "segmenter" in f:
+        s = f["segmenter"]
+        print(f"segmenter ({s['scorer']}) IoU with the own mask at {s['organs']} organs: real {s['iou_real']:.3f}, "
+              f"own-mask samples {s['iou_own']:.3f}, other-mask samples {s['iou_other']:.3f} (following "
+              f"{s['following_iou']:+.3f})")
     print(json.dumps({**r, "samples": f} if f else r))
     if args.record:
         from mrgen.models.bundle import update_manifest
@@ -107,6 +113,14 @@ def run_mask(args: argparse.Namespace) -> int:
         update_manifest(args.model, evaluation={**bundle.manifest.get("evaluation", {}), config.split: scores})
         print(f"recorded in {args.model}'s manifest (evaluation.{config.split})")
     return 0
+
+
+def _scorer(config):
+    if config.scorer == "none":
+        return None
+    from mrgen.models.scorers import ScorerSettings, build_scorer
+
+    return build_scorer(config.scorer, ScorerSettings())
 
 
 # name -> function adding that `mrgen eval` subcommand

@@ -5,8 +5,9 @@ Three datasets mirror the paper's setting (§4, B.2):
 * ``phantom-src``  — the source modality (:data:`SOURCE_MODALITY`), every volume with organ masks, train + test;
 * ``phantom-tgt``  — the target modality (:data:`TARGET_MODALITY`): training volumes WITHOUT masks, test volumes
   WITH masks (for evaluation only);
-* ``phantom-pool`` — unannotated volumes in other modalities (``pool_modalities``), for text-guided pretraining;
-  each pool body is rendered in every pool modality (registered, like multi-sequence studies).
+* ``phantom-pool`` — volumes in other modalities (``pool_modalities``), for text-guided pretraining, annotated in
+  the ``pool_masks`` modalities (the controller's other mask-annotated data); each pool body is rendered in every
+  pool modality (registered, like multi-sequence studies).
 
 Anatomy comes from :mod:`phantom_anatomy`, signal from :mod:`phantom_mr`. Each slice's region is known from its
 height in the body. Preprocessing follows C.1 per dataset origin: the source and target datasets stand for
@@ -112,26 +113,29 @@ def _tiny() -> dict:
     return {"resolution": 64, "slices_per_volume": 16, "volumes": 3, "test_volumes": 1}
 
 
-@preset(PhantomConfig, "default")
-def _default() -> dict:
-    """The size `mrgen db phantom` and `mrgen demo` build: enough volumes to train and evaluate at 64x64."""
+@preset(PhantomConfig, "small")
+def _small() -> dict:
+    """Ten bodies, masks on the source only: quick to build, and enough to train and evaluate at 64x64 (the
+    benchmarks' DB; the default until December 2026)."""
     return {"resolution": 64, "slices_per_volume": 24, "volumes": 10, "test_volumes": 2, "pool_test_volumes": 1,
             "pool_modalities": ["T1 MRI", "T2 MRI", "T1 out-of-phase MRI", "T1 fat-sat MRI", "T2 HASTE MRI",
                                 "PD MRI", "STIR MRI", "DWI MRI", "ADC MRI", "T1 C+ MRI"]}
 
 
-@preset(PhantomConfig, "diverse")
-def _diverse() -> dict:
-    """Many bodies, masks in five modalities (MRGen-DB's situation in small): the DB on which the tiny controller
-    first carries masks over to the target modality (docs/results.md, 2026-12-04 night)."""
+@preset(PhantomConfig, "default")
+def _default() -> dict:
+    """What `mrgen db phantom` and `mrgen demo` build and the embedded generator trained on: MRGen-DB's situation
+    in small, many bodies with masks in five modalities (the source and four pool modalities), none in the target.
+    On ten bodies with source masks only the tiny controller learns its training masks by heart and carries
+    nothing over to the target modality (docs/results.md, 2026-12-04 night)."""
     annotated = ["T1 MRI", "T2 MRI", "T2 HASTE MRI", "STIR MRI"]
-    return {**_default(), "volumes": 100, "pool_modalities": annotated, "pool_masks": annotated}
+    return {**_small(), "volumes": 100, "pool_modalities": annotated, "pool_masks": annotated}
 
 
 @preset(PhantomConfig, "paper")
 def _paper() -> dict:
     """512², about CHAOS-MRI T2-SPIR's size per dataset (§B.2: 16 + 4 volumes, ~32 slices each)."""
-    return {**_default(), "resolution": 512, "slices_per_volume": 32, "volumes": 20, "test_volumes": 4,
+    return {**_small(), "resolution": 512, "slices_per_volume": 32, "volumes": 20, "test_volumes": 4,
             "pool_test_volumes": 1, "shard_rows": 256}
 
 

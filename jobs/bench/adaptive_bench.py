@@ -52,7 +52,7 @@ def run_adaptive_bench(masks: int = 16, candidates: int = 8, keep: int = 2, wave
     init_ray(RayConfig(num_cpus=2, object_store_memory_mb=512, no_progress_timeout_s=900))
     if db is None:
         db = str(tmp / "db")
-        build_phantom_db(db, PhantomConfig.load("default"))
+        build_phantom_db(db, PhantomConfig.load("small"))
     calibration = calibrate(db, "medsam", limit=calibration_slices, dataset=[SOURCE_DATASET], split="train")
     thresholds = str(tmp / "calibration.json")
     write_calibration(calibration, thresholds)

@@ -148,7 +148,7 @@ def run_synth_bench(masks: int = 2, scale: int = 10, candidates: int = 4, steps:
     init_ray(RayConfig(num_cpus=2, object_store_memory_mb=512, no_progress_timeout_s=600))
     if db is None:
         db = str(tmp / "db")
-        build_phantom_db(db, PhantomConfig.load("default"))
+        build_phantom_db(db, PhantomConfig.load("small"))
     bundle = str(tmp / "bundle")
     build_random_bundle("tiny").save(bundle)
     sam2 = {"config_name": "configs/sam2.1/sam2.1_hiera_t.yaml", "image_size": sam2_size, "random": True,

@@ -36,6 +36,9 @@ class MaskEvalSettings(ConfigBase):
     sheet_slices: int = Field(6, ge=1, description="slices on the --sheet contact sheet")
     sampling: SamplingSettings = Field(FOLLOWING_SAMPLING, description="sampler, steps and guidance for --sheet "
                                                                        "(default: the demo generator's)")
+    scorer: Literal["none", "medsam"] = Field(
+        "none", description="with --sheet, also segment the real slices and both samples with this pretrained "
+                            "promptable segmenter (LiteMedSAM), prompted by the own mask's boxes: IoU following")
 
     @field_validator("sampling", mode="before")
     @classmethod

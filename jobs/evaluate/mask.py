@@ -56,17 +56,19 @@ def evaluate_mask_dependence(bundle, db_uri: str, split: str = "test", limit: in
 
 def evaluate_mask_following(bundle, db_uri: str, sheet_uri: str | None, split: str = "train", limit: int = 24,
                             sheet_slices: int = 6, min_area: float = 0.05,
-                            sampling: SamplingSettings = FOLLOWING_SAMPLING, **filters: Any) -> dict[str, Any]:
+                            sampling: SamplingSettings = FOLLOWING_SAMPLING, scorer=None,
+                            **filters: Any) -> dict[str, Any]:
     """:func:`mask_following` on ``limit`` :func:`spread_masked_slices`, and a contact sheet of ``sheet_slices``
     of them at ``sheet_uri``: per slice the real slice, the sample with its mask and the same-seed sample with
-    another slice's mask, organ outlines on all three; ``sampling``: how the samples are drawn."""
+    another slice's mask, organ outlines on all three; ``sampling``: how the samples are drawn; ``scorer`` (a
+    ``models.scorers`` scorer): also the segmenter's IoU following."""
     from mrgen.datasets.contact_sheet import contact_sheet
     from mrgen.models.metrics.mask_following import mask_following
 
     slices = spread_masked_slices(db_uri, split, limit, min_area, **filters)
     bundle = _bundle(bundle)
     run = mask_following(bundle, slices["image"], slices["mask"], slices["prompt"], sampling,
-                         organ_maps=slices["organ_map"])
+                         organ_maps=slices["organ_map"], scorer=scorer)
     scores = run["scores"]
     if sheet_uri:
         items = []

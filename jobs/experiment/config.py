@@ -31,7 +31,7 @@ class ExperimentConfig(ConfigBase):
                                                     "run (train / train_overrides, under the budget); else a bundle "
                                                     "URI")
     seed: int = Field(0, ge=0, description="seed of synthesis (candidate seeds) and of the segmenters' training")
-    phantom: str = Field("default", description="PhantomConfig preset of the DB (tiny / default / paper)")
+    phantom: str = Field("default", description="PhantomConfig preset of the DB (tiny / small / default / paper)")
     phantom_overrides: dict[str, Any] = Field(default_factory=dict, description="PhantomConfig keys → values")
     train: str = Field("tiny", description="TrainConfig preset of the generator (mrgen train all)")
     train_overrides: dict[str, Any] = Field(default_factory=dict, description="TrainConfig keys → values, e.g. "
@@ -125,7 +125,7 @@ def _default() -> dict[str, Any]:
             "train_overrides": {"vae.max_steps": 600, "unet.max_steps": 2000, "controlnet.max_steps": 1000,
                                 "checkpoint_every": 500, "sample_every": 0},
             "filter": "medsam", "calibration_slices": 48,
-            # 64 masks spread over the 192 source training slices, up to 4 candidates each (2 kept, adaptive): the
+            # 64 masks spread over the source training slices, up to 4 candidates each (2 kept, adaptive): the
             # filter (LiteMedSAM, ~0.5-1 s per candidate on one core) is the slow part, so two filter actors
             "synthesis": "tiny", "synthesis_overrides": {"candidates": 4, "keep": 2, "max_masks": 64,
                                                          **SAMPLING_PRESETS["default"].kwargs(),

@@ -11,6 +11,12 @@ own-mask sample (``error_own`` small) but not in the other-mask sample, whose or
 ``autoencoder_ceiling`` is the same score for a perfect diffusion model and controller, whose samples would be
 the real slices themselves passed through the bundle's autoencoder (own: slice ``i``'s reconstruction, other:
 slice ``i + N/2``'s): no sampler can follow masks better than the decoder can draw organs.
+
+With a ``scorer`` (the filter's promptable segmenter, e.g. LiteMedSAM), :func:`segmenter_following` also asks
+whether a pretrained segmenter finds the organs where the mask puts them: prompted with the own mask's organ
+boxes, its IoU with the own mask on the real slice (the reference), the own-mask sample and the other-mask sample.
+Contrast alone misjudges a generator that draws an organ in the right place with a contrast the real slice does
+not have; the segmenter judges shape and place.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from mrgen.models.condition import per_mask
 from mrgen.models.metrics.mask_dependence import check_slices, other_slices
 from mrgen.models.pipeline import MRGenPipeline
 from mrgen.models.sampling import SAMPLING_PRESETS, SamplingSettings
+from mrgen.models.scorers import Scorer
 
 RING_PX = 3  # width of the ring around an organ that contrast is measured against
 
@@ -59,11 +66,33 @@ def following_errors(real: np.ndarray, own: np.ndarray, other: np.ndarray, masks
             "following": 1 - error_own / error_other if error_other > 0 else 0.0}
 
 
+def segmenter_following(scorer: Scorer, real: np.ndarray, own: np.ndarray, other: np.ndarray, masks: np.ndarray,
+                         organ_maps=None) -> dict[str, float]:
+    """Mean IoU (over every slice's present organs) of ``scorer``'s segmentation prompted by the own mask, with the
+    own mask, on the real slices, the own-mask and the other-mask samples; ``following_iou`` = (own − other) /
+    (real − other): 1 when the samples' organs are found as well as the real ones, 0 when no better than elsewhere."""
+    maps = [m if m is not None else {int(i): str(i) for i in np.unique(mask) if i}
+            for m, mask in zip(per_mask(organ_maps, len(masks)), masks)]
+    ious = {"real": [], "own": [], "other": []}
+    for k, mask in enumerate(np.asarray(masks)):
+        scored = scorer.score(np.stack([real[k], own[k], other[k]]), mask, maps[k])
+        for key, candidate in zip(ious, scored):
+            ious[key] += [o.iou for o in candidate.organs if o.present]
+    if not ious["real"]:
+        raise ValueError("no organ in the masks: nothing to segment")
+    out = {f"iou_{key}": float(np.mean(v)) for key, v in ious.items()}
+    span = out["iou_real"] - out["iou_other"]
+    return {**out, "organs": len(ious["real"]), "scorer": scorer.model_id,
+            "following_iou": (out["iou_own"] - out["iou_other"]) / span if span > 0 else 0.0}
+
+
 def mask_following(bundle: ModelBundle, images: np.ndarray, masks: np.ndarray, prompts: Sequence[str],
-                   sampling: SamplingSettings = SAMPLING_PRESETS["default"], organ_maps=None) -> dict:
+                   sampling: SamplingSettings = SAMPLING_PRESETS["default"], organ_maps=None,
+                   scorer: Scorer | None = None) -> dict:
     """Same-seed samples for each slice's own mask and for the mask rolled by half the set, and their
-    :func:`following_errors`. ``images`` float [N,H,W] in [0,1], ``masks`` uint8 [N,H,W], N ≥ 2; ``organ_maps``
-    (one per mask) for bundles that condition on organ names."""
+    :func:`following_errors` (and :func:`segmenter_following` with a ``scorer``). ``images`` float [N,H,W] in
+    [0,1], ``masks`` uint8 [N,H,W], N ≥ 2; ``organ_maps`` (one per mask) for bundles that condition on organ
+    names."""
     check_slices(bundle, images, masks, prompts, "mask_following")
     n = len(images)
     others = other_slices(masks)
@@ -74,7 +103,9 @@ def mask_following(bundle: ModelBundle, images: np.ndarray, masks: np.ndarray, p
     other = pipe.generate(list(prompts), others, organ_maps=other_slices(maps), **kwargs)
     recon = reconstruct(bundle.vae, torch.from_numpy(np.asarray(images, np.float32)))[:, 0].numpy()
     ceiling = following_errors(images, recon, other_slices(recon), masks)["following"]
-    return {"own": own, "other": other, "other_masks": others,
-            "scores": {**following_errors(images, own, other, masks), "autoencoder_ceiling": ceiling, "slices": n,
-                       "ring": RING_PX, **sampling.kwargs()}}
+    scores = {**following_errors(images, own, other, masks), "autoencoder_ceiling": ceiling, "slices": n,
+              "ring": RING_PX, **sampling.kwargs()}
+    if scorer is not None:
+        scores["segmenter"] = segmenter_following(scorer, np.asarray(images), own, other, masks, maps)
+    return {"own": own, "other": other, "other_masks": others, "scores": scores}
 

@@ -43,9 +43,10 @@ def _images(rows):
 def test_constants_and_presets():
     assert ORGAN_IDS == {1: "liver", 2: "spleen", 3: "right kidney", 4: "left kidney", 5: "bladder", 6: "prostate"}
     assert SOURCE_MODALITY != TARGET_MODALITY
-    assert {"tiny", "default", "diverse", "paper"} <= set(PhantomConfig.presets())
-    diverse = PhantomConfig.load("diverse")
-    assert diverse.pool_masks == diverse.pool_modalities and diverse.volumes > PhantomConfig.load("default").volumes
+    assert {"tiny", "small", "default", "paper"} <= set(PhantomConfig.presets())
+    default = PhantomConfig.load("default")  # masks in the source and every pool modality, never in the target
+    assert default.pool_masks == default.pool_modalities and default.volumes > PhantomConfig.load("small").volumes
+    assert not default.target_train_masks and default.target_modality not in default.pool_masks
     assert PhantomConfig.load("paper").resolution == 512
     assert TINY.resolution == 64
 

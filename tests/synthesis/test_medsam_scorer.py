@@ -66,3 +66,17 @@ def test_checkpoint_path_and_refusals(scorer, tmp_path):
         MedSamScorer(ScorerSettings(checkpoint=str(tmp_path / "bad.pth")))
     with pytest.raises(ValueError, match="box prompts only"):
         MedSamScorer(ScorerSettings(prompt="mask"))
+
+
+def test_segmenter_following_tells_drawn_organs_from_organs_elsewhere(scorer, slices):
+    """IoU following with the real scorer: "samples" that are the real slices follow fully; samples whose organs lie
+    where another slice's mask put them score lower on the own mask than the real ones do."""
+    from mrgen.models.metrics.mask_following import segmenter_following
+
+    real = np.stack([s[0] for s in slices])
+    masks = np.stack([s[1] for s in slices])
+    shifted = np.roll(real, (17, 23), axis=(1, 2))
+    full = segmenter_following(scorer, real, real, shifted, masks, [s[2] for s in slices])
+    assert full["iou_own"] == full["iou_real"] > full["iou_other"] + 0.05 and full["following_iou"] == 1.0, full
+    none = segmenter_following(scorer, real, shifted, shifted, masks, [s[2] for s in slices])
+    assert none["following_iou"] == 0.0 and full["organs"] == none["organs"] >= len(slices), none
