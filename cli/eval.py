@@ -99,7 +99,8 @@ def run_mask(args: argparse.Namespace) -> int:
     if f:
         print(f"samples: organ contrast error own mask {f['error_own']:.4f}, other mask {f['error_other']:.4f} at "
               f"{f['organs']} organs (following {f['following']:+.3f}; autoencoder ceiling "
-              f"{f['autoencoder_ceiling']:+.3f}); sheet {f['sheet']}")
+              f"{f['autoencoder_ceiling']:+.3f}); separation following {f['separation_following']:+.3f} (ceiling "
+              f"{f['separation_ceiling']:+.3f}); sheet {f['sheet']}")
     if f and "segmenter" in f:
         s = f["segmenter"]
         print(f"segmenter ({s['scorer']}) IoU with the own mask at {s['organs']} organs: real {s['iou_real']:.3f}, "

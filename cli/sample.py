@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, help="candidate i gets seed SEED + i (default 0)")
     p.add_argument("--steps", type=int, help="sampling steps (the release: 50)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance (the release: 7.0)")
+    p.add_argument("--conditioning-scale", type=float,
+                   help="weight of the mask controller's residuals (default 1.0; >1: stricter mask shapes)")
     p.add_argument("--sampler", choices=["ddim", "dpm"], help="DDIM (the release's) or DPM-Solver++")
     p.add_argument("--device", help="torch device (cpu, cuda; default cpu)")
     p.set_defaults(func=handle)
@@ -39,7 +41,8 @@ def handle(args: argparse.Namespace) -> int:
     from mrgen.platform.config import ConfigError
 
     fields = {k: getattr(args, k) for k in ("model", "mask", "modality", "out", "region", "prompt", "attributes", "n",
-                                            "seed", "steps", "guidance", "sampler", "device")
+                                            "seed", "steps", "guidance", "conditioning_scale", "sampler",
+                                            "device")
               if getattr(args, k) is not None}
     try:
         config = SampleConfig.load_dict({**fields, "organ_map": json_object(args.organ_map, "--organ-map"),

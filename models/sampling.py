@@ -23,6 +23,9 @@ class SamplingSettings:
     steps: int = field(default=50, metadata={"description": "sampling steps"})
     guidance: float = field(default=7.0, metadata={"description": "classifier-free guidance weight (1.0: no "
                                                                   "unconditional pass)"})
+    conditioning_scale: float = field(default=1.0, metadata={
+        "description": "weight of the mask controller's residuals (diffusers' controlnet_conditioning_scale): "
+                       "above 1 the organs follow the mask's shape more strictly, at some cost in realism"})
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -31,16 +34,19 @@ class SamplingSettings:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
+        if self.conditioning_scale < 0:
+            raise ValueError(f"conditioning_scale must be >= 0, got {self.conditioning_scale}")
 
     def kwargs(self) -> dict:
-        """``steps``, ``guidance`` and ``sampler`` as :meth:`MRGenPipeline.generate` takes them."""
+        """The settings as keyword arguments of :meth:`MRGenPipeline.generate`."""
         return asdict(self)
 
 
 # one sampling default per preset; a job's config starts from its preset's (the paper's: its fields' defaults).
-# "tiny": random test bundles, few steps; "default": the demo's trained tiny generator (`mrgen demo`, `mrgen eval
-# mask`), whose samples lose the body outline at the paper's guidance 7 (docs/results.md), so DPM-Solver++ 20 at 2
+# "tiny": random test bundles, few steps; "default": the embedded trained tiny generator (`mrgen demo`, `mrgen eval
+# mask`): DPM-Solver++ 20 at guidance 4, where its Inception FID to real T2-SPIR is lowest (a sweep over guidance 1-7,
+# docs/results.md)
 SAMPLING_PRESETS = {"tiny": SamplingSettings(steps=4),
-                    "default": SamplingSettings(sampler="dpm", steps=20, guidance=2.0),
+                    "default": SamplingSettings(sampler="dpm", steps=20, guidance=4.0),
                     "paper": SamplingSettings()}
 PAPER_SAMPLING = SAMPLING_PRESETS["paper"]

@@ -34,6 +34,7 @@ class GenerateConfig(ConfigBase):
     steps: int | None = Field(None, ge=1, description="sampling steps (None: the service's default_steps)")
     guidance: float | None = Field(None, ge=0, description="classifier-free guidance (None: the service's)")
     sampler: Literal["ddim", "dpm"] | None = Field(None, description="sampler (None: the service's)")
+    conditioning_scale: float | None = Field(None, ge=0, description="mask controller weight (None: the service's)")
     seed: int | None = Field(None, ge=0, lt=2**31, description="seed of the first candidate; candidate i uses "
                                                                "seed + i (None: the service picks)")
     timeout: float = Field(DEFAULT_TIMEOUT_S, gt=0, description="seconds to wait for the answer")
@@ -89,10 +90,11 @@ class GeneratorClient:
                  organ_map: dict[int | str, str] | None = None,
                  n: int = 1, *, region: str | None = None, organs: list[str] | None = None, keep: int | None = None,
                  steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
-                 seed: int | None = None) -> Generation:
+                 seed: int | None = None, conditioning_scale: float | None = None) -> Generation:
         """`mask`: a PNG file of organ ids or a uint8 [H, W] array. Raises `GenerationError` on a non-200."""
         body = request_body(mask, modality, organ_map, n, region=region, organs=organs, keep=keep, steps=steps,
-                            guidance=guidance, sampler=sampler, seed=seed)
+                            guidance=guidance, sampler=sampler, seed=seed,
+                            conditioning_scale=conditioning_scale)
         response = self.http.post("/v1/generate", json=body)
         data = _json_or_raise(response)
         images = []

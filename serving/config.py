@@ -63,6 +63,7 @@ class LimitSettings(ConfigBase):
     max_steps: int = Field(100, ge=1, description="most sampling steps per request")
     max_image_size: int = Field(512, ge=16, description="largest mask height or width in pixels")
     max_guidance: float = Field(30.0, gt=0, description="largest classifier-free guidance scale")
+    max_conditioning_scale: float = Field(5.0, gt=0, description="largest mask controller weight")
 
 
 class FilterSettings(ThresholdConfig):
@@ -115,6 +116,8 @@ class ServeConfig(ConfigBase):
                                     description="guidance scale when the request gives none")
     default_sampler: Literal["ddim", "dpm"] = Field(PAPER_SAMPLING.sampler,
                                                     description="sampler when the request gives none")
+    default_conditioning_scale: float = Field(PAPER_SAMPLING.conditioning_scale, ge=0,
+                                              description="mask controller weight when the request gives none")
     modality_attributes: dict[str, str] = Field(
         default_factory=dict, description="extra modality label → attributes (as db.modality_attributes at training; "
                                           "official release bundles: the whole table, e.g. its "
@@ -137,8 +140,9 @@ class ServeConfig(ConfigBase):
 
     @property
     def sampling(self) -> SamplingSettings:
-        """How a request that names none of steps, guidance and sampler is sampled."""
-        return SamplingSettings(sampler=self.default_sampler, steps=self.default_steps, guidance=self.default_guidance)
+        """How a request that names none of steps, guidance, sampler and conditioning scale is sampled."""
+        return SamplingSettings(sampler=self.default_sampler, steps=self.default_steps, guidance=self.default_guidance,
+                                conditioning_scale=self.default_conditioning_scale)
 
     def resolve_token(self) -> str | None:
         """The bearer token: ``auth_token``, else the variable ``auth_token_env`` names (which must be set)."""

@@ -1,9 +1,9 @@
 """Generator deployment: loads the model bundle once per replica, samples batches of compatible requests.
 
 Concurrent calls are collected by `@serve.batch`; inside one collected batch, jobs with equal settings
-(steps, guidance, sampler, image size) become ONE pipeline call with every candidate of every job, and jobs with
-other settings get their own call. Each image has its own seed, so a candidate is the same whatever it is
-batched with.
+(steps, guidance, sampler, conditioning scale, image size) become ONE pipeline call with every candidate of every
+job, and jobs with other settings get their own call. Each image has its own seed, so a candidate is the same
+whatever it is batched with.
 """
 from __future__ import annotations
 
@@ -87,6 +87,7 @@ class GeneratorReplica:
         start = time.perf_counter()
         images = self.pipeline.generate(prompts, masks, num_candidates=1, steps=first.steps,
                                         guidance=first.guidance, sampler=first.sampler, seeds=seeds,
+                                        conditioning_scale=first.conditioning_scale,
                                         organ_maps=organ_maps)
         self._seconds.observe(time.perf_counter() - start)
         self._batch_size.observe(len(group))

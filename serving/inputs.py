@@ -110,6 +110,9 @@ def parse_request(request: GenerateRequest, config: ServeConfig, size_multiple: 
     guidance = request.guidance if request.guidance is not None else defaults.guidance
     if guidance > limits.max_guidance:
         raise BadRequest("guidance", f"{guidance} > the service's limit {limits.max_guidance}")
+    scale = request.conditioning_scale if request.conditioning_scale is not None else defaults.conditioning_scale
+    if scale > limits.max_conditioning_scale:
+        raise BadRequest("conditioning_scale", f"{scale} > the service's limit {limits.max_conditioning_scale}")
     if request.region is not None and request.region not in REGIONS and recipe.template != "official":
         raise BadRequest("region", f"{request.region!r} is not one of {list(REGIONS)}")
     try:
@@ -139,6 +142,7 @@ def parse_request(request: GenerateRequest, config: ServeConfig, size_multiple: 
     seed = request.seed if request.seed is not None else secrets.randbelow(2**31 - 64)
     job = GenerationJob(prompt=prompt, mask=mask, seeds=[seed + i for i in range(request.n)], steps=steps,
                         guidance=float(guidance), sampler=request.sampler or defaults.sampler,
+                        conditioning_scale=float(scale),
                         organ_map={i: organ_map[i] for i in present})
     return ParsedRequest(job=job, attributes=attributes, organs=list(organs), keep=request.keep)
 

@@ -45,6 +45,8 @@ class GenerateRequest(BaseModel):
     steps: int | None = Field(None, ge=1, description="sampling steps (default from the service config)")
     guidance: float | None = Field(None, ge=0, description="classifier-free guidance scale")
     sampler: str | None = Field(None, pattern="^(ddim|dpm)$", description="ddim or dpm")
+    conditioning_scale: float | None = Field(None, ge=0, description="weight of the mask controller's residuals "
+                                                                     "(>1: stricter mask shapes)")
     seed: int | None = Field(None, ge=0, lt=2**31, description="seed of the first candidate; candidate i uses seed+i")
     timeout_s: float | None = Field(None, gt=0, description="give up (504) after this many seconds; at most the "
                                                             "service's request_timeout_s")
@@ -81,11 +83,12 @@ class GenerationJob:
     steps: int
     guidance: float
     sampler: str
+    conditioning_scale: float = 1.0
     organ_map: dict[int, str] = field(default_factory=dict)  # id → name: the generator conditions on names
 
     @property
     def batch_key(self) -> tuple:
-        return (self.steps, round(self.guidance, 6), self.sampler, self.mask.shape)
+        return (self.steps, round(self.guidance, 6), self.sampler, round(self.conditioning_scale, 6), self.mask.shape)
 
 
 @dataclass

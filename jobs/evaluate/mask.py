@@ -82,5 +82,6 @@ def evaluate_mask_following(bundle, db_uri: str, sheet_uri: str | None, split: s
         contact_sheet(items, sheet_uri, columns=3, cell=160, caption_lines=2,
                       title=f"{split} masks, {sampling.sampler} {sampling.steps} steps, cfg {sampling.guidance}: "
                             f"following "
-                            f"{scores['following']:+.2f}, autoencoder ceiling {scores['autoencoder_ceiling']:+.2f}")
+                            f"{scores['following']:+.2f}, autoencoder ceiling {scores['autoencoder_ceiling']:+.2f}; "
+                            f"separation {scores['separation_following']:+.2f} of {scores['separation_ceiling']:+.2f}")
     return {**scores, "split": split, "bundle": bundle.uri, "db": db_uri, "sheet": sheet_uri}

@@ -75,7 +75,9 @@ def _following_lines(f: dict[str, Any] | None) -> list[str]:
             f"drawn with that mask and by {f['error_other']:.4f} in the same-seed sample drawn with another slice's "
             f"mask: following **{f['following']:+.3f}** (1 − own/other; 0: the samples ignore their masks). Ceiling "
             f"set by the autoencoder (the real slices' reconstructions scored the same way): "
-            f"{f['autoencoder_ceiling']:+.3f}.",
+            f"{f['autoencoder_ceiling']:+.3f}. Separation (how much more of each sample's variance around the organs "
+            f"the mask it was drawn with explains than the other mask does, η²; blind to intensities): "
+            f"**{f['separation_following']:+.3f}**, ceiling {f['separation_ceiling']:+.3f}.",
             ""]
 
 

@@ -239,8 +239,9 @@ def check_controller(exp: Experiment) -> None:
         sheet_slices=exp.config.sheet_slices, sampling=cfg.sampling,
         dataset=SOURCE_DATASET)
     storage.write_text(exp.mask_check, json.dumps({"loss": loss, "samples": follow}, indent=1))
-    exp.say(f"   samples follow their masks {follow['following']:+.3f} (autoencoder ceiling "
-            f"{follow['autoencoder_ceiling']:+.3f}); sheet {exp.mask_following_sheet}")
+    exp.say(f"   samples follow their masks: contrast {follow['following']:+.3f} (autoencoder ceiling "
+            f"{follow['autoencoder_ceiling']:+.3f}), separation {follow['separation_following']:+.3f} (ceiling "
+            f"{follow['separation_ceiling']:+.3f}); sheet {exp.mask_following_sheet}")
 
 
 def calibrate_filter(exp: Experiment) -> None:

@@ -26,10 +26,14 @@ class SampleConfig(ConfigBase):
     seed: int = Field(0, ge=0, description="candidate i has seed seed + i")
     steps: int = Field(PAPER_SAMPLING.steps, ge=1, description="sampling steps")
     guidance: float = Field(PAPER_SAMPLING.guidance, ge=0, description="classifier-free guidance weight")
+    conditioning_scale: float = Field(PAPER_SAMPLING.conditioning_scale, ge=0,
+                                      description="weight of the mask controller's residuals (diffusers' "
+                                                  "controlnet_conditioning_scale; >1: stricter mask shapes)")
     sampler: Literal["ddim", "dpm"] = Field(PAPER_SAMPLING.sampler, description="DDIM (the release's) or "
                                                                                 "DPM-Solver++")
     device: str = Field("cpu", description="torch device (cpu, cuda)")
 
     @property
     def sampling(self) -> SamplingSettings:
-        return SamplingSettings(sampler=self.sampler, steps=self.steps, guidance=self.guidance)
+        return SamplingSettings(sampler=self.sampler, steps=self.steps, guidance=self.guidance,
+                                conditioning_scale=self.conditioning_scale)

@@ -64,6 +64,9 @@ class SynthesisConfig(ConfigBase):
                                                                                 "(faster)")
     steps: int = Field(PAPER_SAMPLING.steps, ge=1, description="sampling steps (paper: DDIM 50; DPM-Solver++: 20)")
     guidance: float = Field(PAPER_SAMPLING.guidance, ge=0, description="classifier-free guidance weight")
+    conditioning_scale: float = Field(PAPER_SAMPLING.conditioning_scale, ge=0,
+                                      description="weight of the mask controller's residuals (diffusers' "
+                                                  "controlnet_conditioning_scale; >1: stricter mask shapes)")
     seed: int = Field(0, description="run seed; candidate seeds derive from it, the mask id, modality and index")
     gen_batch_size: int | None = Field(None, ge=1,
                                        description="images per UNet forward (None: all candidates of the batch)")
@@ -109,7 +112,8 @@ class SynthesisConfig(ConfigBase):
 
     @property
     def sampling(self) -> SamplingSettings:
-        return SamplingSettings(sampler=self.sampler, steps=self.steps, guidance=self.guidance)
+        return SamplingSettings(sampler=self.sampler, steps=self.steps, guidance=self.guidance,
+                                conditioning_scale=self.conditioning_scale)
 
     def require_io(self) -> None:
         missing = [name for name in ("model", "source", "out") if not getattr(self, name)]

@@ -201,8 +201,9 @@ def _summarise(audit) -> dict[str, Any]:
 
 REPORT = "report.json"  # OUT/report.json: what a run did, written after its commit
 
-RUN_SETTINGS = ("seed", "candidates", "keep", "sampler", "steps", "guidance", "filter", "scorer", "rule", "thresholds",
-                "official_top_k", "adaptive", "wave_size", "min_mask_area", "dataset_suffix", "organ_weights")
+RUN_SETTINGS = ("seed", "candidates", "keep", "sampler", "steps", "guidance", "conditioning_scale", "filter", "scorer",
+                "rule", "thresholds", "official_top_k", "adaptive", "wave_size", "min_mask_area", "dataset_suffix",
+                "organ_weights")
 
 
 def check_same_settings(config: SynthesisConfig, bundle_id: str, filter_model: str) -> None:

@@ -8,9 +8,17 @@ on both samples. A generator that draws organs where its mask puts them reproduc
 own-mask sample (``error_own`` small) but not in the other-mask sample, whose organs lie elsewhere
 (``error_other`` larger); ``following`` = 1 − error_own / error_other (0: the samples ignore their masks).
 
-``autoencoder_ceiling`` is the same score for a perfect diffusion model and controller, whose samples would be
-the real slices themselves passed through the bundle's autoencoder (own: slice ``i``'s reconstruction, other:
-slice ``i + N/2``'s): no sampler can follow masks better than the decoder can draw organs.
+Contrast asks the samples for the real slice's organ intensities, which a generator may draw in the mask's shape
+and still miss (an organ darker or brighter than in that body). :func:`separation_following` asks only whether the
+mask a sample was drawn with explains it better than the other mask does: on the pixels of either mask's organs and
+a ring around them, the share of the sample's variance that each mask's organ labels explain (η², between-label
+over total variance), own minus other, averaged over both samples of a pair. It is exactly 0 for same-seed samples
+that ignore their masks (the two samples are then the same image) and needs no intensity to match.
+
+``autoencoder_ceiling`` (and ``separation_ceiling``) is the same score for a perfect diffusion model and
+controller, whose samples would be the real slices themselves passed through the bundle's autoencoder (own: slice
+``i``'s reconstruction, other: slice ``i + N/2``'s): no sampler can follow masks better than the decoder can draw
+organs.
 
 With a ``scorer`` (the filter's promptable segmenter, e.g. LiteMedSAM), :func:`segmenter_following` also asks
 whether a pretrained segmenter finds the organs where the mask puts them: prompted with the own mask's organ
@@ -66,6 +74,33 @@ def following_errors(real: np.ndarray, own: np.ndarray, other: np.ndarray, masks
             "following": 1 - error_own / error_other if error_other > 0 else 0.0}
 
 
+def explained_variance(image: np.ndarray, labels: np.ndarray, region: np.ndarray) -> float:
+    """η²: the share of ``image``'s variance over ``region`` that the ``labels`` explain (1 − within / total)."""
+    x, lab = image[region].astype(np.float64), labels[region]
+    total = float(((x - x.mean()) ** 2).sum())
+    if total <= 0:
+        return 0.0
+    within = sum(float(((x[lab == v] - x[lab == v].mean()) ** 2).sum()) for v in np.unique(lab))
+    return 1.0 - within / total
+
+
+def separation_following(own: np.ndarray, other: np.ndarray, masks: np.ndarray, other_masks: np.ndarray,
+                         ring: int = RING_PX) -> float:
+    """Mean over pairs of ½[(η²(own, M) − η²(own, M')) + (η²(other, M') − η²(other, M))]: how much better each
+    sample is explained by the mask it was drawn with (M for ``own``, M' for ``other``) than by the other one, on
+    the pixels of either mask's organs dilated by ``ring``. 0 when the samples ignore their masks."""
+    scores = []
+    for a, b, m, m2 in zip(own, other, np.asarray(masks), np.asarray(other_masks)):
+        region = binary_dilation((m > 0) | (m2 > 0), iterations=ring)
+        if not region.any():
+            continue
+        scores.append(0.5 * (explained_variance(a, m, region) - explained_variance(a, m2, region)
+                             + explained_variance(b, m2, region) - explained_variance(b, m, region)))
+    if not scores:
+        raise ValueError("no organ in the masks: nothing to measure")
+    return float(np.mean(scores))
+
+
 def segmenter_following(scorer: Scorer, real: np.ndarray, own: np.ndarray, other: np.ndarray, masks: np.ndarray,
                          organ_maps=None) -> dict[str, float]:
     """Mean IoU (over every slice's present organs) of ``scorer``'s segmentation prompted by the own mask, with the
@@ -103,8 +138,10 @@ def mask_following(bundle: ModelBundle, images: np.ndarray, masks: np.ndarray, p
     other = pipe.generate(list(prompts), others, organ_maps=other_slices(maps), **kwargs)
     recon = reconstruct(bundle.vae, torch.from_numpy(np.asarray(images, np.float32)))[:, 0].numpy()
     ceiling = following_errors(images, recon, other_slices(recon), masks)["following"]
-    scores = {**following_errors(images, own, other, masks), "autoencoder_ceiling": ceiling, "slices": n,
-              "ring": RING_PX, **sampling.kwargs()}
+    scores = {**following_errors(images, own, other, masks), "autoencoder_ceiling": ceiling,
+              "separation_following": separation_following(own, other, masks, others),
+              "separation_ceiling": separation_following(recon, other_slices(recon), masks, others),
+              "slices": n, "ring": RING_PX, **sampling.kwargs()}
     if scorer is not None:
         scores["segmenter"] = segmenter_following(scorer, np.asarray(images), own, other, masks, maps)
     return {"own": own, "other": other, "other_masks": others, "scores": scores}

@@ -4,7 +4,8 @@ import torch
 
 from mrgen.models.bundle import build_random_bundle
 from mrgen.models.autoencoder import reconstruct
-from mrgen.models.metrics.mask_following import following_errors, mask_following, organ_contrasts
+from mrgen.models.metrics.mask_following import (explained_variance, following_errors, mask_following,
+                                                 organ_contrasts, separation_following)
 from mrgen.models.sampling import SamplingSettings
 
 torch.set_num_threads(1)
@@ -52,11 +53,38 @@ def test_samples_that_draw_organs_at_their_mask_follow_and_ones_that_ignore_it_d
     assert ignoring["following"] == 0.0
 
 
+def test_explained_variance_is_the_labels_share_of_the_variance():
+    labels = np.array([[0, 0, 1, 1]])
+    region = np.ones_like(labels, bool)
+    assert explained_variance(np.array([[0.2, 0.2, 0.8, 0.8]]), labels, region) == pytest.approx(1.0)
+    assert explained_variance(np.array([[0.2, 0.8, 0.2, 0.8]]), labels, region) == pytest.approx(0.0)
+    assert explained_variance(np.full((1, 4), 0.5), labels, region) == 0.0  # a flat image: nothing to explain
+
+
+def test_separation_sees_organs_drawn_in_their_mask_whatever_their_intensity():
+    masks = _masks()
+    others = np.roll(masks, len(masks) // 2, axis=0)
+    real = _drawn(masks, {1: 0.9, 2: 0.2})
+    swapped = {1: 0.3, 2: 0.7}  # the right shapes in intensities the real images do not have
+    own, other = _drawn(masks, swapped), _drawn(others, swapped)
+    assert following_errors(real, own, other, masks)["following"] < 0.5  # contrast calls it poor following
+    drawn = separation_following(own, other, masks, others)
+    assert drawn > 0.3
+    assert drawn == pytest.approx(separation_following(real, _drawn(others, {1: 0.9, 2: 0.2}), masks, others), abs=0.15)
+    rng = np.random.default_rng(0)
+    same = rng.random(masks.shape).astype(np.float32)  # one image per seed whatever the mask
+    assert separation_following(same, same, masks, others) == 0.0
+    blurred = 0.5 * own + 0.5 * rng.random(masks.shape).astype(np.float32)
+    assert 0 < separation_following(blurred, 0.5 * other + 0.5 * rng.random(masks.shape), masks, others) < drawn
+
+
 def test_no_organ_to_measure_is_an_error():
     empty = np.zeros((2, 16, 16), np.uint8)
     images = np.zeros((2, 16, 16), np.float32)
     with pytest.raises(ValueError, match="no organ"):
         following_errors(images, images, images, empty)
+    with pytest.raises(ValueError, match="no organ"):
+        separation_following(images, images, empty, empty)
 
 
 def test_mask_following_samples_same_seeds_with_own_and_rolled_masks():
@@ -76,3 +104,6 @@ def test_mask_following_samples_same_seeds_with_own_and_rolled_masks():
     assert recon.shape == images.shape and 0 <= recon.min() and recon.max() <= 1
     assert scores["autoencoder_ceiling"] == following_errors(images, recon, np.roll(recon, 2, axis=0),
                                                              masks)["following"]
+    assert scores["separation_following"] == separation_following(run["own"], run["other"], masks, run["other_masks"])
+    assert scores["separation_ceiling"] == separation_following(recon, np.roll(recon, 2, axis=0), masks,
+                                                                run["other_masks"])

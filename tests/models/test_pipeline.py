@@ -60,6 +60,16 @@ def test_guidance_prompt_and_mask_change_the_image(pipe, masks):
         assert np.abs(base - other).max() > 1e-3
 
 
+def test_conditioning_scale_weighs_the_mask_controller(pipe, masks):
+    def sample(scale, m=masks[:1]):
+        return pipe.generate(PROMPTS[:1], m, 1, steps=STEPS, seeds=[0], conditioning_scale=scale)
+
+    np.testing.assert_allclose(sample(0.0), pipe.generate_text_only(PROMPTS[:1], steps=STEPS, seeds=[0]), atol=1e-6)
+    np.testing.assert_allclose(sample(0.0), sample(0.0, masks[1:]), atol=1e-6)  # the mask no longer matters
+    mask_effect = {s: np.abs(sample(s) - sample(s, masks[1:])).mean() for s in (1.0, 3.0)}
+    assert mask_effect[3.0] > mask_effect[1.0] > 1e-4
+
+
 def test_text_only_generation(pipe):
     images = pipe.generate(PROMPTS, None, 1, steps=STEPS, seeds=[0, 1])
     assert images.shape == (2, 64, 64)

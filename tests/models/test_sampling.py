@@ -13,7 +13,7 @@ def test_each_job_preset_samples_as_its_sampling_preset():
         served = ServeConfig.load(name).sampling  # the tiny service takes fewer steps
         assert (served.sampler, served.guidance) == (preset.sampler, preset.guidance)
     assert SynthesisConfig().sampling == ServeConfig().sampling == PAPER_SAMPLING == SamplingSettings()
-    assert PAPER_SAMPLING.kwargs() == {"sampler": "ddim", "steps": 50, "guidance": 7.0}
+    assert PAPER_SAMPLING.kwargs() == {"sampler": "ddim", "steps": 50, "guidance": 7.0, "conditioning_scale": 1.0}
 
 
 @pytest.mark.parametrize("bad, field", [({"sampler": "euler"}, "sampler"), ({"steps": 0}, "steps"),

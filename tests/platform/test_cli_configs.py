@@ -41,7 +41,7 @@ def test_defaults_are_the_former_argparse_defaults():
     assert (e.ae.split, e.ae.limit, e.ae.batch_size) == ("test", None, 16)
     assert (e.mask.split, e.mask.limit, e.mask.seed, e.mask.following_slices, e.mask.sheet_slices) == \
         ("test", 64, 0, 24, 6)
-    assert e.mask.sampling == SamplingSettings("dpm", 20, 2.0) == SAMPLING_PRESETS["default"]
+    assert e.mask.sampling == SamplingSettings("dpm", 20, 4.0) == SAMPLING_PRESETS["default"]
     assert (e.fid.extractor, e.fid.limit, e.clip.text, e.clip.limit) == ("inception", None, "prompt", None)
     x = ExportConfig()
     assert (x.split, x.labels, x.verify) == ("test", None, False)
@@ -59,7 +59,7 @@ def test_defaults_are_the_former_argparse_defaults():
 
 
 def test_a_partial_sampling_mapping_keeps_the_other_defaults():
-    assert EvaluateConfig.load(None, ["mask.sampling.steps=4"]).mask.sampling == SamplingSettings("dpm", 4, 2.0)
+    assert EvaluateConfig.load(None, ["mask.sampling.steps=4"]).mask.sampling == SamplingSettings("dpm", 4, 4.0)
     with pytest.raises(ConfigError, match="mask.sampling: .*steps must be >= 1"):
         EvaluateConfig.load(None, ["mask.sampling.steps=0"])
 
@@ -151,7 +151,7 @@ def test_eval_mask_sampling_flags_beat_the_config(calls, monkeypatch):
 
     monkeypatch.setattr(ModelBundle, "load", staticmethod(lambda uri, **kw: None))
     following = {"error_own": 0, "error_other": 0, "organs": 0, "following": 0, "autoencoder_ceiling": 0,
-                 "sheet": "s"}
+                 "separation_following": 0, "separation_ceiling": 0, "sheet": "s"}
     monkeypatch.setattr(mask, "evaluate_mask_following", lambda *a, **kw: calls.update(following=(a, kw)) or following)
     base = ["eval", "mask", "--model", "m", "--db", "d", "--sheet", "s.png"]
     assert main(base) == 0
@@ -161,7 +161,9 @@ def test_eval_mask_sampling_flags_beat_the_config(calls, monkeypatch):
     args, kwargs = calls["following"]
     assert args[4:] == (24, 2) and kwargs["sampling"] == SamplingSettings("dpm", 7, 3.0)
     assert main([*base, "--set", "mask.sampling.steps=7", "--steps", "5", "--sampler", "ddim"]) == 0
-    assert calls["following"][1]["sampling"] == SamplingSettings("ddim", 5, 2.0)
+    assert calls["following"][1]["sampling"] == SamplingSettings("ddim", 5, 4.0)
+    assert main([*base, "--conditioning-scale", "2"]) == 0
+    assert calls["following"][1]["sampling"] == SamplingSettings("dpm", 20, 4.0, conditioning_scale=2.0)
 
 
 def test_eval_fid_and_clip(calls):
@@ -192,7 +194,7 @@ def test_generate(calls, mask_png, tmp_path):
     base = ["generate", "--url", "http://x", "--mask", mask_png, "--modality", "T1", "--out", str(tmp_path / "o")]
     assert main(base) == 0 and calls["timeout"] == 300.0
     assert calls["generate"][1] == dict(n=1, keep=None, region=None, steps=None, guidance=None, sampler=None,
-                                        seed=None)
+                                        seed=None, conditioning_scale=None)
     assert main([*base, "--set", "steps=20", "--set", "n=3", "--set", "timeout=5"]) == 0
     assert calls["timeout"] == 5 and (calls["generate"][1]["steps"], calls["generate"][1]["n"]) == (20, 3)
     assert main([*base, "--set", "steps=20", "--steps", "2", "--timeout", "9"]) == 0

@@ -75,6 +75,7 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session, monkeypat
     assert following["slices"] == 4 and following["organs"] >= 1 and (out / "generator" / "mask_following.png").exists()
     assert following["following"] == 1 - following["error_own"] / following["error_other"]
     assert f"following **{following['following']:+.3f}**" in md
+    assert f"**{following['separation_following']:+.3f}**, ceiling {following['separation_ceiling']:+.3f}" in md
 
     fit = report["fit"]
 

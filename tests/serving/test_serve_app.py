@@ -186,6 +186,8 @@ def _bad_bodies() -> dict[str, tuple[object, str]]:
         "steps over limit": (_body(steps=51), "limit"),
         "negative guidance": (_body(guidance=-1), "guidance"),
         "guidance over limit": (_body(guidance=1000), "limit"),
+        "negative conditioning scale": (_body(conditioning_scale=-1), "conditioning_scale"),
+        "conditioning scale over limit": (_body(conditioning_scale=50), "conditioning_scale"),
         "unknown sampler": (_body(sampler="euler"), "sampler"),
         "negative seed": (_body(seed=-5), "seed"),
         "zero timeout": (_body(timeout_s=0), "timeout_s"),
