@@ -379,19 +379,26 @@ def fid(exp: Experiment) -> None:
     net = FeatureExtractor(cfg.fid_extractor, cfg.fid_weights)
     _, real_target = load_images(exp.db, cfg.fid_limit, dataset=TARGET_DATASET)
     _, source = load_images(exp.db, cfg.fid_limit, dataset=SOURCE_DATASET, split=cfg.source_split)
-    _, synthetic = load_images(exp.synthetic, cfg.fid_limit)
-    # FID's bias grows as the sample shrinks: both sets compared with the real target are taken at the same count
-    same = min(len(source), len(synthetic))
-    source, synthetic = source[spread(len(source), same)], synthetic[spread(len(synthetic), same)]
-    feats = {name: net(images) for name, images in
-             {"real_target": real_target, "source": source, "synthetic": synthetic}.items()}
+    target = net(real_target)
+
+    def beside_source(synthetic_uri: str) -> dict[str, Any]:
+        # FID's bias grows as the sample shrinks: both sets compared with the real target are taken at one count
+        _, synthetic = load_images(synthetic_uri, cfg.fid_limit)
+        same = min(len(source), len(synthetic))
+        return {"n": {"real_target": len(real_target), "source": same, "synthetic": same},
+                "synthetic_vs_real_target": fid_from_features(net(synthetic[spread(len(synthetic), same)]), target),
+                "source_vs_real_target": fid_from_features(net(source[spread(len(source), same)]), target)}
+
     result = {"extractor": net.id, "comparable_with_published": cfg.fid_extractor == "inception",
-              "n": {k: len(v) for k, v in feats.items()},
-              "synthetic_vs_real_target": fid_from_features(feats["synthetic"], feats["real_target"]),
-              "source_vs_real_target": fid_from_features(feats["source"], feats["real_target"])}
+              **beside_source(exp.synthetic)}
+    if "mrgen-unfiltered" in exp.segmenters:  # the first candidates: more images, not the filter's choice
+        result["unfiltered"] = beside_source(exp.synthetic_unfiltered)
     storage.write_text(exp.path("fid.json"), json.dumps(result, indent=1))
-    exp.say(f"   synthetic vs real target {result['synthetic_vs_real_target']:.1f}, real source vs real target "
-            f"{result['source_vs_real_target']:.1f} ({net.id})")
+    exp.say(f"   features: {net.id}")
+    for label, r in (("synthetic", result), ("unfiltered synthetic", result.get("unfiltered"))):
+        if r:
+            exp.say(f"   {label} vs real target {r['synthetic_vs_real_target']:.1f}, real source vs real target "
+                    f"{r['source_vs_real_target']:.1f} ({r['n']['synthetic']} images each)")
 
 
 def report(exp: Experiment) -> None:
