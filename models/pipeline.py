@@ -100,7 +100,7 @@ class MRGenPipeline:
         return self.generate(prompts, None, num_candidates, **kwargs)
 
     def _sample(self, prompts: list[str], condition: torch.Tensor | None, seeds: list[int], size: int, steps: int,
-                guidance: float, sampler: str, conditioning_scale: float = 1.0) -> np.ndarray:
+                guidance: float, sampler: str, conditioning_scale: float) -> np.ndarray:
         bundle = self.bundle
         scheduler = build_scheduler(sampler, bundle.scheduler_config)
         scheduler.set_timesteps(steps, device=self.device)

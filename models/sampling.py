@@ -5,7 +5,8 @@ Light on purpose (no torch, no diffusers), so configs and the CLI can import it;
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 SAMPLERS = ("ddim", "dpm", "ddpm")
 
@@ -36,6 +37,12 @@ class SamplingSettings:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
         if self.conditioning_scale < 0:
             raise ValueError(f"conditioning_scale must be >= 0, got {self.conditioning_scale}")
+
+    @classmethod
+    def from_fields(cls, config: Any, prefix: str = "") -> SamplingSettings:
+        """The settings a job config holds as fields of its own (``steps``, ... or, with ``prefix="default_"``,
+        ``default_steps``, ...)."""
+        return cls(**{f.name: getattr(config, prefix + f.name) for f in fields(cls)})
 
     def kwargs(self) -> dict:
         """The settings as keyword arguments of :meth:`MRGenPipeline.generate`."""

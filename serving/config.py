@@ -141,8 +141,7 @@ class ServeConfig(ConfigBase):
     @property
     def sampling(self) -> SamplingSettings:
         """How a request that names none of steps, guidance, sampler and conditioning scale is sampled."""
-        return SamplingSettings(sampler=self.default_sampler, steps=self.default_steps, guidance=self.default_guidance,
-                                conditioning_scale=self.default_conditioning_scale)
+        return SamplingSettings.from_fields(self, prefix="default_")
 
     def resolve_token(self) -> str | None:
         """The bearer token: ``auth_token``, else the variable ``auth_token_env`` names (which must be set)."""

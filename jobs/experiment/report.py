@@ -255,6 +255,13 @@ def write_report_folder(exp) -> dict[str, Any]:
                           f"{u['synthetic_vs_real_target']:.2f} |",
                           f"| real source vs real target ({u['n']['source']} images) | "
                           f"{u['source_vs_real_target']:.2f} |"]
+    if exp.trains_generator:
+        generator = (f"trained in this run, train preset `{exp.config.train}` with "
+                     f"{exp.config.train_overrides or 'no overrides'}")
+        unconverged = "Small budgets train neither the generator nor the segmenters"
+    else:
+        generator = f"`{exp.bundle}`, trained beforehand (its manifest says how)"
+        unconverged = "The budget does not train the segmenters"
     md = [
         "# MRGen cross-modality experiment", "",
         f"Output: `{exp.out}`. Segmenters: nnU-Net v2 2d (preset `{exp.config.segment}`); test: the held-out real "
@@ -286,14 +293,11 @@ def write_report_folder(exp) -> dict[str, Any]:
         *_following_lines(following),
         *_filter_lines(exp, synthesis, calibration),
         "## Budgets", "",
-        (f"Generator: trained in this run, train preset `{exp.config.train}` with "
-         f"{exp.config.train_overrides or 'no overrides'}. " if exp.trains_generator else
-         f"Generator: `{exp.bundle}`, trained beforehand (its manifest says how). ")
-        + f"Segmenters: preset `{exp.config.segment}` with {exp.config.segment_overrides or 'no overrides'}; "
-        "training slices: " + ", ".join(f"{n} {manifests[n].get('training_cases', '-')}" for n in names) + ". "
-        + ("Small budgets train neither the generator nor the segmenters" if exp.trains_generator else
-           "The budget does not train the segmenters")
-        + " to convergence: read the Dice figures as what this run measured, not as the paper's effect.", "",
+        f"Generator: {generator}. Segmenters: preset `{exp.config.segment}` with "
+        f"{exp.config.segment_overrides or 'no overrides'}; training slices: "
+        + ", ".join(f"{n} {manifests[n].get('training_cases', '-')}" for n in names) + ". "
+        f"{unconverged} to convergence: read the Dice figures as what this run measured, not as "
+        "the paper's effect.", "",
         *_budget_lines(exp, result["budget"]["trained"]),
         "## Steps (seconds)", "",
         ", ".join(f"{k} {v:.0f}" for k, v in result["step_seconds"].items()) or "(all steps resumed)", "",

@@ -35,5 +35,4 @@ class SampleConfig(ConfigBase):
 
     @property
     def sampling(self) -> SamplingSettings:
-        return SamplingSettings(sampler=self.sampler, steps=self.steps, guidance=self.guidance,
-                                conditioning_scale=self.conditioning_scale)
+        return SamplingSettings.from_fields(self)

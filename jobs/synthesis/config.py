@@ -112,8 +112,7 @@ class SynthesisConfig(ConfigBase):
 
     @property
     def sampling(self) -> SamplingSettings:
-        return SamplingSettings(sampler=self.sampler, steps=self.steps, guidance=self.guidance,
-                                conditioning_scale=self.conditioning_scale)
+        return SamplingSettings.from_fields(self)
 
     def require_io(self) -> None:
         missing = [name for name in ("model", "source", "out") if not getattr(self, name)]

@@ -137,10 +137,11 @@ def mask_following(bundle: ModelBundle, images: np.ndarray, masks: np.ndarray, p
     own = pipe.generate(list(prompts), masks, organ_maps=maps, **kwargs)
     other = pipe.generate(list(prompts), others, organ_maps=other_slices(maps), **kwargs)
     recon = reconstruct(bundle.vae, torch.from_numpy(np.asarray(images, np.float32)))[:, 0].numpy()
-    ceiling = following_errors(images, recon, other_slices(recon), masks)["following"]
-    scores = {**following_errors(images, own, other, masks), "autoencoder_ceiling": ceiling,
+    other_recon = other_slices(recon)
+    scores = {**following_errors(images, own, other, masks),
+              "autoencoder_ceiling": following_errors(images, recon, other_recon, masks)["following"],
               "separation_following": separation_following(own, other, masks, others),
-              "separation_ceiling": separation_following(recon, other_slices(recon), masks, others),
+              "separation_ceiling": separation_following(recon, other_recon, masks, others),
               "slices": n, "ring": RING_PX, **sampling.kwargs()}
     if scorer is not None:
         scores["segmenter"] = segmenter_following(scorer, np.asarray(images), own, other, masks, maps)
