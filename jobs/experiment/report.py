@@ -97,7 +97,8 @@ def trained_amounts(exp, manifests: dict[str, dict[str, Any]]) -> dict[str, Any]
     (fewer than configured under a budget)."""
     bundle_manifest = _json(storage.join(exp.bundle, MANIFEST)) or {}
     stages = (bundle_manifest.get("training") or {}).get("stages", {})
-    steps = {stage: {"steps": stages[stage].get("steps"), "max_steps": stages[stage].get("max_steps")}
+    steps = {stage: {"steps": stages[stage].get("steps"), "max_steps": stages[stage].get("max_steps"),
+                     "fine_tuned_runs": _earlier_runs(stages[stage])}
              for stage in STAGES if stage in stages}  # pipeline order (manifests keep their keys sorted)
     segmenters = {}
     for name, manifest in manifests.items():
@@ -107,8 +108,19 @@ def trained_amounts(exp, manifests: dict[str, dict[str, Any]]) -> dict[str, Any]
     return {"generator": steps, "segmenters": segmenters}
 
 
+def _earlier_runs(record: dict[str, Any]) -> list[int]:
+    """Steps of the runs a warm-started stage fine-tuned, newest first (``warm_start_from`` in its record)."""
+    runs = []
+    while "warm_start_from" in record:
+        record = record["warm_start_from"]
+        runs.append(record.get("steps"))
+    return runs
+
+
 def _budget_lines(exp, trained: dict[str, Any]) -> list[str]:
     gen = ", ".join(f"{s} {t['steps']}" + (f" of {t['max_steps']}" if t["max_steps"] else "")
+                    + (f" (fine-tuning earlier runs of {' + '.join(map(str, t['fine_tuned_runs']))} steps)"
+                       if t.get("fine_tuned_runs") else "")
                     for s, t in trained["generator"].items())
     seg = ", ".join(f"{n} {t['iterations']}" + (f" of {t['max_iterations']}" if t["max_iterations"] else "")
                     for n, t in trained["segmenters"].items())

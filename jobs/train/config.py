@@ -87,9 +87,18 @@ class TrainConfig(ConfigBase):
         "intensity", description="controller stage: how a mask's organs enter the controller. intensity = one channel, "
                                  "organ k of the vocabulary at k/(k+1) (the release's kind: one value per organ); "
                                  "onehot = one channel per organ of the vocabulary")
+    warm_start: bool = Field(False, description="unet / controlnet stage: start the trained part from the --init "
+                                                "bundle's own one (fine-tuning, as diffusers' train_controlnet.py "
+                                                "--controlnet_model_name_or_path) instead of fresh (controller: a copy "
+                                                "of the UNet's encoder)")
     kl_weight: float = Field(1e-4, ge=0, description="γ of the autoencoder loss")
     unmasked_fraction: float = Field(0.3, ge=0, lt=1, description="controller stage: share of slices without a mask "
-                                                                   "(trained with an empty condition)")
+                                                                   "(trained with an empty condition; the paper's "
+                                                                   "guard against overfitting the masks). Where only "
+                                                                   "the target modality lacks masks, as in the "
+                                                                   "phantom, they are all target slices; fine-tuning "
+                                                                   "the embedded controller with 0 raised its held-out "
+                                                                   "target-modality following (docs/results.md)")
     data_repeat: int = Field(1, ge=1, description="passes over the stage's selection per data epoch (small DBs: "
                                                    "fewer epoch restarts, less waiting for data)")
     cache_data: bool = Field(False, description="read the stage's data (all data_repeat passes) into the object store "

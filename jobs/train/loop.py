@@ -241,12 +241,13 @@ class Trainer:
             from mrgen.models.bundle import ModelBundle
 
             self.bundle = ModelBundle.load(self.args["init"], device="cpu", dtype=torch.float32,
-                                           parts=INIT_PARTS[stage])
+                                           parts=INIT_PARTS[stage] + ((stage,) * config.warm_start))
             self.bundle.manifest.update(self.args.get("condition") or {})  # the controller's organ vocabulary
         self.task: StageTask = build_task(stage, config.build_model_config(), self.bundle, config.kl_weight,
                                           config.augment_p, config.prompt_drop_p, seed=config.seed,
                                           pair_augment_p=config.pair_augment_p,
-                                          controller_timesteps=config.controller_timesteps)
+                                          controller_timesteps=config.controller_timesteps,
+                                          warm_start=config.warm_start)
         self.task.to(self.device, self.dtype)
         self.frozen_at_start = self.task.frozen_hashes()
         params = [p for p in self.task.trainable.parameters() if p.requires_grad]

@@ -164,7 +164,8 @@ def _assemble_bundle(config: TrainConfig, stage: str, model_dir: Path, init: str
 def training_record(previous: dict[str, Any] | None, config: TrainConfig, stage: str, db_uri: str,
                     train_state: dict[str, Any], seconds: float) -> dict[str, Any]:
     """The manifest's ``training``: how each stage of this bundle was trained (command, commit, DB digest, steps,
-    seeds, final losses), so that the recorded command reproduces it."""
+    seeds, final losses), so that the recorded command reproduces it; a warm-started stage keeps the record of the
+    run it fine-tuned (``warm_start_from``), so the chain of commands does."""
     from mrgen.datasets.store import db_digest
     from mrgen.platform.provenance import code_version, command_line
 
@@ -173,8 +174,9 @@ def training_record(previous: dict[str, Any] | None, config: TrainConfig, stage:
     record = dict(previous or {})
     digest = db_digest(db_uri)
     record.update(db=db_uri, db_digest=digest, model=config.model, architecture=config.architecture)
-    record.setdefault("stages", {})
-    record["stages"] = {**record["stages"], stage: {
+    stages = record.get("stages", {})
+    lineage = {"warm_start_from": stages[stage]} if config.warm_start and stage in stages else {}
+    record["stages"] = {**stages, stage: {**lineage,
         "command": command_line(), "code": code_version(), "run_id": train_state.get("run_id"),
         "db": db_uri, "db_digest": digest,  # stages may train on different DBs (--init from another run)
         "steps": int(train_state["step"]), "max_steps": settings.max_steps, "max_minutes": settings.max_minutes,

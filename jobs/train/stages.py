@@ -114,8 +114,9 @@ def stratified_timesteps(n: int, total: int, device: torch.device, schedule: str
 
 def build_task(stage: str, mcfg: ModelConfig, bundle, kl_weight: float, augment_p: float,
                prompt_drop_p: float, seed: int, pair_augment_p: float = 0.0,
-               controller_timesteps: str = "uniform") -> StageTask:
-    """The stage's models: fresh trainable part (seeded, identical on every rank), frozen parts from ``bundle``."""
+               controller_timesteps: str = "uniform", warm_start: bool = False) -> StageTask:
+    """The stage's models: fresh trainable part (seeded, identical on every rank), or with ``warm_start`` the
+    bundle's own (fine-tuning), frozen parts from ``bundle``."""
     torch.manual_seed(seed)
     if stage == "vae":
         return StageTask(stage, VaeObjective(build_autoencoder(mcfg.vae), kl_weight, augment_p))
@@ -123,16 +124,19 @@ def build_task(stage: str, mcfg: ModelConfig, bundle, kl_weight: float, augment_
         raise ValueError(f"stage {stage!r} needs the previous stage's bundle (--init)")
     frozen = {"vae": freeze(bundle.vae), "text_encoder": freeze(bundle.text_encoder)}
     condition = MaskCondition.from_manifest(bundle.manifest)
-    if stage == "unet":
-        trainable = build_unet(mcfg.unet)
-    elif stage == "controlnet":
+    if stage not in ("unet", "controlnet"):
+        raise ValueError(f"unknown stage {stage!r}")
+    if stage == "controlnet":
         if bundle.unet is None:
             raise ValueError("stage 'controlnet' needs a bundle with a trained UNet (run the unet stage first)")
         frozen["unet"] = freeze(bundle.unet)
+    if warm_start:
+        trainable = _warm_start(bundle, stage, condition)
+    elif stage == "unet":
+        trainable = build_unet(mcfg.unet)
+    else:
         trainable = MaskController.from_unet(bundle.unet, {**mcfg.controlnet,
                                                            "conditioning_channels": condition.channels})
-    else:
-        raise ValueError(f"unknown stage {stage!r}")
     trainable.requires_grad_(True)
     trainable.train()
     scheduler = build_scheduler("ddpm", getattr(bundle, "scheduler_config", None))
@@ -140,6 +144,16 @@ def build_task(stage: str, mcfg: ModelConfig, bundle, kl_weight: float, augment_
                      prompt_drop_p=prompt_drop_p, scheduler=scheduler,
                      condition=condition, pair_augment_p=pair_augment_p if stage == "controlnet" else 0.0,
                      timesteps=controller_timesteps if stage == "controlnet" else "uniform")
+
+
+def _warm_start(bundle, stage: str, condition: MaskCondition) -> nn.Module:
+    part = getattr(bundle, stage)
+    if part is None:
+        raise ValueError(f"warm_start: the --init bundle {bundle.uri} has no {stage} part to start from")
+    if stage == "controlnet" and part.config.conditioning_channels != condition.channels:
+        raise ValueError(f"warm_start: the --init bundle's controller takes {part.config.conditioning_channels} "
+                         f"condition channels; the mask encoding {condition.encoding!r} gives {condition.channels}")
+    return part
 
 
 def trained_model(task: StageTask) -> nn.Module:

@@ -73,3 +73,21 @@ def test_epochs_shortened_so_the_rest_fits():
     fitted.budget = TimeBudget(1.0)
     _epoch(fitted, train_s=10.0, fixed_s=3.0)
     assert trainer.num_iterations_per_epoch == 1 and fitted.iterations == [50, 45, 50]  # out of time: at least 1
+
+
+def test_report_budget_line_counts_the_runs_a_warm_started_stage_fine_tuned(tmp_path):
+    import json
+
+    from mrgen.jobs.experiment.report import _budget_lines, trained_amounts
+    from mrgen.models.bundle import MANIFEST
+
+    first = {"steps": 100, "max_steps": 100}
+    chain = {"steps": 30, "max_steps": 40, "warm_start_from": {"steps": 20, "max_steps": 20, "warm_start_from": first}}
+    stages = {"controlnet": chain, "unet": {"steps": 50, "max_steps": 50}}
+    (tmp_path / MANIFEST).write_text(json.dumps({"training": {"stages": stages}}))
+    exp = SimpleNamespace(bundle=str(tmp_path), config=SimpleNamespace(minutes=None, generator="embedded"),
+                          trains_generator=False)
+    trained = trained_amounts(exp, {})
+    assert list(trained["generator"]) == ["unet", "controlnet"]  # pipeline order
+    line = _budget_lines(exp, trained)[0]
+    assert "unet 50 of 50, controlnet 30 of 40 (fine-tuning earlier runs of 20 + 100 steps)" in line, line

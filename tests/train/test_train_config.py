@@ -92,3 +92,22 @@ def test_cubic_controller_timesteps_draw_mostly_high_noise():
     assert abs((cubic >= 500).float().mean().item() - 0.5 ** (1 / 3)) < 0.01
     assert cubic.min() >= 0 and cubic.max() <= 999
     assert torch.bincount(uniform.long(), minlength=1000).tolist() == [4] * 1000  # stratified: 4 per timestep
+
+
+def test_warm_start_fine_tunes_the_init_bundles_part_instead_of_a_fresh_one():
+    import dataclasses
+
+    from mrgen.jobs.train.stages import build_task
+    from mrgen.models.bundle import build_random_bundle
+
+    bundle = build_random_bundle("tiny", seed=0)  # its controller's zero convolutions are random, a fresh one's zero
+    mcfg = TrainConfig.load("tiny").build_model_config()
+    common = dict(kl_weight=0.0, augment_p=0.0, prompt_drop_p=0.0, seed=0)
+    fresh = build_task("controlnet", mcfg, bundle, **common).trainable
+    warm = build_task("controlnet", mcfg, bundle, warm_start=True, **common).trainable
+    assert warm is bundle.controlnet and warm.training and all(p.requires_grad for p in warm.parameters())
+    out = warm.controlnet_mid_block.weight
+    assert out.abs().sum() > 0 and not fresh.controlnet_mid_block.weight.any()
+    assert build_task("unet", mcfg, bundle, warm_start=True, **common).trainable is bundle.unet
+    with pytest.raises(ValueError, match="has no controlnet part"):
+        build_task("controlnet", mcfg, dataclasses.replace(bundle, controlnet=None), warm_start=True, **common)
