@@ -120,7 +120,7 @@ def _earlier_runs(record: dict[str, Any]) -> list[int]:
 def _budget_lines(exp, trained: dict[str, Any]) -> list[str]:
     gen = ", ".join(f"{s} {t['steps']}" + (f" of {t['max_steps']}" if t["max_steps"] else "")
                     + (f" (fine-tuning earlier runs of {' + '.join(map(str, t['fine_tuned_runs']))} steps)"
-                       if t.get("fine_tuned_runs") else "")
+                       if t["fine_tuned_runs"] else "")
                     for s, t in trained["generator"].items())
     seg = ", ".join(f"{n} {t['iterations']}" + (f" of {t['max_iterations']}" if t["max_iterations"] else "")
                     for n, t in trained["segmenters"].items())

@@ -241,7 +241,7 @@ class Trainer:
             from mrgen.models.bundle import ModelBundle
 
             self.bundle = ModelBundle.load(self.args["init"], device="cpu", dtype=torch.float32,
-                                           parts=INIT_PARTS[stage] + ((stage,) * config.warm_start))
+                                           parts=INIT_PARTS[stage] + ((stage,) if config.warm_start else ()))
             self.bundle.manifest.update(self.args.get("condition") or {})  # the controller's organ vocabulary
         self.task: StageTask = build_task(stage, config.build_model_config(), self.bundle, config.kl_weight,
                                           config.augment_p, config.prompt_drop_p, seed=config.seed,

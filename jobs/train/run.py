@@ -81,6 +81,9 @@ def run_training(config: TrainConfig, db_uri: str, out_uri: str, stage: str, res
     if init is not None and not storage.exists(init):
         raise FileNotFoundError(f"stage {stage!r} starts from the {PREVIOUS[stage]!r} stage's bundle, but {init} does "
                                 f"not exist: train that stage first (mrgen train {PREVIOUS[stage]}) or pass --init")
+    if config.warm_start and (stage == "vae" or not storage.exists(storage.join(init, stage, "config.json"))):
+        raise ValueError(f"warm_start fine-tunes the --init bundle's own {stage} part, but "
+                         + ("the autoencoder stage takes no --init" if stage == "vae" else f"{init} has none"))
     run_uri = storage.join(out_uri, stage)
     _check_run_folder(run_uri, resume)
     init_ray(RayConfig(address=ray_address))
@@ -221,6 +224,9 @@ def run_all(config: TrainConfig, db_uri: str, out_uri: str, resume: bool = False
             ray_address: str | None = None) -> list[TrainResult]:
     """The three stages in order, each starting from the previous one's bundle; a finished stage is skipped
     when resuming."""
+    if config.warm_start:
+        raise ValueError("warm_start fine-tunes one stage of an --init bundle: run mrgen train unet or "
+                         "mrgen train controlnet with --init, not all")
     results = []
     for stage in STAGES:
         if resume and is_finished(out_uri, stage):

@@ -111,3 +111,20 @@ def test_warm_start_fine_tunes_the_init_bundles_part_instead_of_a_fresh_one():
     assert build_task("unet", mcfg, bundle, warm_start=True, **common).trainable is bundle.unet
     with pytest.raises(ValueError, match="has no controlnet part"):
         build_task("controlnet", mcfg, dataclasses.replace(bundle, controlnet=None), warm_start=True, **common)
+
+
+def test_warm_start_is_refused_before_any_stage_trains(tmp_path):
+    """Checked on the driver, so `train all` does not train the autoencoder first and fail at the UNet's start."""
+    import dataclasses
+
+    from mrgen.jobs.train.run import run_all, run_training
+    from mrgen.models.bundle import build_random_bundle
+
+    config = TrainConfig.load("tiny").with_overrides({"warm_start": True})
+    init = str(tmp_path / "no-controller")
+    dataclasses.replace(build_random_bundle("tiny", seed=0), controlnet=None).save(init)
+    with pytest.raises(ValueError, match="no-controller has none"):
+        run_training(config, str(tmp_path / "db"), str(tmp_path / "out"), "controlnet", init=init)
+    with pytest.raises(ValueError, match="not all"):
+        run_all(config, str(tmp_path / "db"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
