@@ -16,7 +16,7 @@ from mrgen.platform.config import ConfigBase, preset
 # Measured in the default run on the slowest machine seen (2.4x slower than the fastest): a generator stage's
 # start-up (Ray Train, data, bundle) ~60 s; synthesis of 192 masks x 2 candidates ~150 s; evaluation of four reports,
 # FID on 3 x 256 images.
-RESERVE_SECONDS = {"stage_startup": 60.0, "check-controller": 30.0, "calibrate-filter": 90.0, "synthesize": 300.0,
+RESERVE_SECONDS = {"stage_startup": 60.0, "check-controller": 45.0, "calibrate-filter": 90.0, "synthesize": 300.0,
                    "segmenter_startup": 60.0, "evaluate": 120.0, "fid": 120.0, "report": 15.0}
 FILTERS = ("medsam", "sam2", "sam2-random", "none")
 

@@ -81,6 +81,16 @@ def _following_lines(f: dict[str, Any] | None) -> list[str]:
             ""]
 
 
+def _target_following_lines(f: dict[str, Any] | None) -> list[str]:
+    if not f:
+        return []
+    share = f["separation_following"] / f["separation_ceiling"] if f["separation_ceiling"] > 0 else float("nan")
+    return [f"On the target modality's held-out masks ({f['slices']} `test` slices, never seen in training, drawn "
+            f"as the target modality): contrast {f['following']:+.3f} (ceiling {f['autoencoder_ceiling']:+.3f}), "
+            f"separation **{f['separation_following']:+.3f}** of a {f['separation_ceiling']:+.3f} ceiling "
+            f"({share:.2f} of it; goal 0.5).", ""]
+
+
 def _fit_lines(fits: dict[str, dict[str, Any]], trained_on: dict[str, str]) -> list[str]:
     if not fits:
         return []
@@ -206,6 +216,7 @@ def write_report_folder(exp) -> dict[str, Any]:
     fid = _json(exp.path("fid.json")) or {}
     mask_check = _json(exp.mask_check) or {}
     mask_loss, following = mask_check.get("loss", {}), mask_check.get("samples")
+    following_target = mask_check.get("samples_target")
     synthesis = _json(storage.join(exp.synthetic, SYNTHESIS_REPORT)) or {}
     calibration = _json(exp.calibration) if exp.calibration else None
     trained_on = {n: TRAINED_ON[n] if exp.filtered or n != "mrgen" else "MRGen synthetic target-modality slices "
@@ -233,6 +244,7 @@ def write_report_folder(exp) -> dict[str, Any]:
         "fit": {n: {"mean": ev["mean_dice"], "per_organ": ev["dice"]["per_organ"], "slices": ev["n_slices"]}
                 for n, ev in fits.items()},
         "fid": fid, "mask_dependence": mask_loss, "mask_following": following,
+        "mask_following_target": following_target,
         "synthesis": {k: synthesis.get(k) for k in ("totals", "rows", "scores_meaningful", "filter_model")},
         "synthesis_unfiltered": {k: unfiltered.get(k) for k in ("totals", "rows")} if unfiltered else None,
         "step_seconds": exp.results.get("step_seconds", {}),
@@ -302,7 +314,7 @@ def write_report_folder(exp) -> dict[str, Any]:
         "| masks | slices | own | empty | other | UNet alone | gain |", "|---|---|---|---|---|---|---|",
         *(f"| {split} | {c['slices']} | {c['mse_true']:.4f} | {c['mse_empty']:.4f} | {c['mse_shuffled']:.4f} | "
           f"{c.get('mse_unet', float('nan')):.4f} | {c['gain']:+.3f} |" for split, c in mask_loss.items()), "",
-        *_following_lines(following),
+        *_following_lines(following), *_target_following_lines(following_target),
         *_filter_lines(exp, synthesis, calibration),
         "## Budgets", "",
         f"Generator: {generator}. Segmenters: preset `{exp.config.segment}` with "

@@ -5,7 +5,8 @@
     train-generator     (generator=train) `mrgen train all`: autoencoder → text-guided UNet → mask controller;
                         by default the embedded trained bundle is used and this step does nothing
     check-controller    `mrgen eval mask`: denoising loss with each slice's own mask vs another's (train and test
-                        masks), same-seed samples with own and other masks (generator/mask_following.png)
+                        masks), same-seed samples with own and other masks, on the source masks synthesis uses
+                        (generator/mask_following.png) and on the target modality's held-out test masks
     calibrate-filter    `mrgen filter calibrate`: the filter's thresholds from the real source slices' own scores
     synthesize          target-modality images from the source-modality training masks, with the filter
     synthesize-unfiltered  (unfiltered) the first `keep` candidates of the same masks, unfiltered
@@ -221,8 +222,9 @@ def train_generator(exp: Experiment) -> None:
 
 def check_controller(exp: Experiment) -> None:
     """Mask dependence on the source masks synthesis uses (its split) and on held-out ones (generalisation), and
-    same-seed samples with own and other masks (``generator/mask_following.png``), all from one loaded bundle."""
-    from mrgen.datasets.phantom import SOURCE_DATASET
+    same-seed samples with own and other masks on those (``generator/mask_following.png``) and on the target
+    modality's held-out masks, all from one loaded bundle."""
+    from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_DATASET
     from mrgen.jobs.evaluate.mask import evaluate_mask_dependence, evaluate_mask_following
     from mrgen.models.bundle import ModelBundle
 
@@ -233,15 +235,19 @@ def check_controller(exp: Experiment) -> None:
         print(f"[experiment] mask controller on {r['slices']} {split} source slices: loss with own mask "
               f"{r['mse_true']:.4f}, empty {r['mse_empty']:.4f}, another slice's {r['mse_shuffled']:.4f}, UNet alone "
               f"{r['mse_unet']:.4f} (gain {r['gain']:+.3f})", flush=True)
-    cfg = synthesis_config(exp)
-    follow = evaluate_mask_following(
-        bundle, exp.db, exp.mask_following_sheet, split=exp.config.source_split, limit=exp.config.following_slices,
-        sheet_slices=exp.config.sheet_slices, sampling=cfg.sampling,
-        dataset=SOURCE_DATASET)
-    storage.write_text(exp.mask_check, json.dumps({"loss": loss, "samples": follow}, indent=1))
-    exp.say(f"   samples follow their masks: contrast {follow['following']:+.3f} (autoencoder ceiling "
-            f"{follow['autoencoder_ceiling']:+.3f}), separation {follow['separation_following']:+.3f} (ceiling "
-            f"{follow['separation_ceiling']:+.3f}); sheet {exp.mask_following_sheet}")
+    sampling = synthesis_config(exp).sampling
+    follow = {name: evaluate_mask_following(bundle, exp.db, sheet, split=split, dataset=dataset, sampling=sampling,
+                                            limit=exp.config.following_slices, sheet_slices=exp.config.sheet_slices)
+              for name, sheet, split, dataset in (
+                  ("samples", exp.mask_following_sheet, exp.config.source_split, SOURCE_DATASET),
+                  # the target modality's held-out masks: what the embedded bundle's test holds to half the ceiling
+                  ("samples_target", None, "test", TARGET_DATASET))}
+    storage.write_text(exp.mask_check, json.dumps({"loss": loss, **follow}, indent=1))
+    for name, f in follow.items():
+        exp.say(f"   samples follow {'held-out target' if name == 'samples_target' else 'source'} masks: contrast "
+                f"{f['following']:+.3f} (autoencoder ceiling {f['autoencoder_ceiling']:+.3f}), separation "
+                f"{f['separation_following']:+.3f} (ceiling {f['separation_ceiling']:+.3f})")
+    exp.say(f"   sheet {exp.mask_following_sheet}")
 
 
 def calibrate_filter(exp: Experiment) -> None:

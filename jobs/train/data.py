@@ -60,7 +60,9 @@ def build_dataset(db_uri: str, config: TrainConfig, stage: str):
     either way (every pass's seeds are fixed); the order of blocks within an epoch may differ."""
     passes = [_one_pass(db_uri, config, stage, seed=config.seed + i) for i in range(config.data_repeat)]
     ds = passes[0].union(*passes[1:]) if len(passes) > 1 else passes[0]
-    return ds.materialize() if config.cache_data else ds
+    ds = ds.materialize() if config.cache_data else ds
+    ds.context.enable_progress_bars = False  # rows of an endless split tell a person nothing; the loop prints steps
+    return ds
 
 
 def _one_pass(db_uri: str, config: TrainConfig, stage: str, seed: int):

@@ -16,8 +16,9 @@ from mrgen.models.bundle import EMBEDDED, MANIFEST, ModelBundle, embedded_bundle
 torch.set_num_threads(1)
 GAIN_FLOOR = 0.003  # held-out gain 1 − own/other mask loss: the previous bundle, which recited its training masks,
 # scored −0.007 here with a loss above the UNet's alone; one that ignores its masks scores ~0
-SEPARATION_FLOOR = 0.01  # held-out samples' separation following (+0.020 at the default sampling; exactly 0 for
-# same-seed samples that ignore their masks)
+SEPARATION_FLOOR = 0.01  # held-out samples' separation following (exactly 0 for same-seed samples that ignore
+# their masks; +0.020 for the controller before its masked-only fine-tuning)
+CEILING_SHARE = 0.5  # ... and at least this share of what the autoencoder allows (the issue's goal)
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +54,29 @@ def test_manifest_records_how_it_was_trained(manifest):
     assert stages["vae"]["db_digest"] == small
     assert stages["unet"]["db_digest"] == stages["controlnet"]["db_digest"] == default
     for stage, record in stages.items():
-        assert record["command"].startswith(f"mrgen train {'all' if stage == 'vae' else stage} --config tiny"), record
-        assert record["steps"] == record["max_steps"] > 0 and record["code"]["commit"]
-        assert record["final_loss"] is not None and record["seed"] == 0
-    assert "mask_condition=onehot" in stages["controlnet"]["command"] and manifest["mask_encoding"] == "onehot"
+        for run in _runs(record):
+            assert run["command"].startswith(f"mrgen train {'all' if stage == 'vae' else stage} --config tiny"), run
+            assert run["steps"] == run["max_steps"] > 0 and run["code"]["commit"]
+            assert run["final_loss"] is not None and run["seed"] == 0
+    # the controller: trained from the UNet's encoder, then fine-tuned on masked slices only from that bundle
+    first, *fine_tunings = reversed(_runs(stages["controlnet"]))
+    assert "warm_start" not in first["command"] and "--init" not in first["command"]
+    assert fine_tunings and all("warm_start=true" in r["command"] and "unmasked_fraction=0" in r["command"]
+                                and "--init" in r["command"] for r in fine_tunings)
+    assert all("mask_condition=onehot" in r["command"] for r in _runs(stages["controlnet"]))
+    assert manifest["mask_encoding"] == "onehot"
     assert set(manifest["organ_vocabulary"]) == {"liver", "spleen", "right kidney", "left kidney", "bladder",
                                                  "prostate"}
     held_out = manifest["evaluation"]["test"]
     assert held_out["mask_dependence"]["gain"] > GAIN_FLOOR
     assert "segmenter" in held_out["mask_following"]  # LiteMedSAM's IoU following is recorded with it
-    assert held_out["mask_following"]["separation_following"] > SEPARATION_FLOOR
+    following = held_out["mask_following"]
+    assert following["separation_following"] > max(SEPARATION_FLOOR, CEILING_SHARE * following["separation_ceiling"])
+
+
+def _runs(record: dict) -> list[dict]:
+    """A stage's record and those of the runs it fine-tuned (``warm_start_from``), newest first."""
+    return [record] + (_runs(record["warm_start_from"]) if "warm_start_from" in record else [])
 
 
 def test_loads_by_name_and_follows_held_out_masks(default_db):
@@ -79,12 +93,13 @@ def test_loads_by_name_and_follows_held_out_masks(default_db):
 
 def test_samples_on_held_out_masks_are_explained_by_their_own_mask(default_db):
     """Sampled (the default sampling) on held-out T2-SPIR masks, each sample's variance around the organs is better
-    explained by the mask it was drawn with than by the other sample's: the images, not only the loss, follow."""
+    explained by the mask it was drawn with than by the other sample's, by at least half as much as the autoencoder
+    allows: the images, not only the loss, follow."""
     from mrgen.datasets.phantom import TARGET_DATASET
     from mrgen.jobs.evaluate.mask import evaluate_mask_following
 
     f = evaluate_mask_following(ModelBundle.load(EMBEDDED), default_db, None, split="test", dataset=TARGET_DATASET)
-    assert f["separation_following"] > SEPARATION_FLOOR, f
+    assert f["separation_following"] > max(SEPARATION_FLOOR, CEILING_SHARE * f["separation_ceiling"]), f
 
 
 def test_synthesize_with_the_embedded_model_and_refuse_another_size(tiny_db, tmp_path, capsys):

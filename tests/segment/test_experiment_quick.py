@@ -79,6 +79,9 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session, monkeypat
     assert following["following"] == 1 - following["error_own"] / following["error_other"]
     assert f"following **{following['following']:+.3f}**" in md
     assert f"**{following['separation_following']:+.3f}**, ceiling {following['separation_ceiling']:+.3f}" in md
+    held_out = report["mask_following_target"]  # the target modality's test masks, drawn as the target modality
+    assert held_out["split"] == "test" and held_out["organs"] >= 1
+    assert f"separation **{held_out['separation_following']:+.3f}** of a {held_out['separation_ceiling']:+.3f}" in md
 
     fit = report["fit"]
 
