@@ -17,7 +17,7 @@ from mrgen.platform.config import ConfigBase, preset
 # start-up (Ray Train, data, bundle) ~60 s; synthesis of 192 masks x 2 candidates ~150 s; evaluation of four reports,
 # FID on 3 x 256 images.
 RESERVE_SECONDS = {"stage_startup": 60.0, "check-controller": 45.0, "calibrate-filter": 90.0, "synthesize": 300.0,
-                   "segmenter_startup": 60.0, "evaluate": 120.0, "fid": 120.0, "report": 15.0}
+                   "segmenter_startup": 60.0, "evaluate": 75.0, "fid": 120.0, "report": 15.0}
 FILTERS = ("medsam", "sam2", "sam2-random", "none")
 
 
@@ -126,7 +126,7 @@ def _default() -> dict[str, Any]:
                                 "checkpoint_every": 500, "sample_every": 0},
             "filter": "medsam", "calibration_slices": 48,
             # 64 masks spread over the source training slices, up to 4 candidates each (2 kept, adaptive): the
-            # filter (LiteMedSAM, ~0.5-1 s per candidate on one core) is the slow part, so two filter actors
+            # filter (LiteMedSAM, ~1.9 s per candidate on one core) is the slow part, so two filter actors
             "synthesis": "tiny", "synthesis_overrides": {"candidates": 4, "keep": 2, "max_masks": 64,
                                                          **SAMPLING_PRESETS["default"].kwargs(),
                                                          "mask_selection": "spread",

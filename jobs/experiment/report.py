@@ -17,6 +17,7 @@ import numpy as np
 
 from mrgen.jobs.segment.train import MANIFEST as SEGMENTER_MANIFEST
 from mrgen.jobs.train.config import STAGES
+from mrgen.jobs.train.run import training_chain
 from mrgen.jobs.synthesis.run import REPORT as SYNTHESIS_REPORT
 from mrgen.models.bundle import MANIFEST
 from mrgen.platform import storage
@@ -108,7 +109,7 @@ def trained_amounts(exp, manifests: dict[str, dict[str, Any]]) -> dict[str, Any]
     bundle_manifest = _json(storage.join(exp.bundle, MANIFEST)) or {}
     stages = (bundle_manifest.get("training") or {}).get("stages", {})
     steps = {stage: {"steps": stages[stage].get("steps"), "max_steps": stages[stage].get("max_steps"),
-                     "fine_tuned_runs": _earlier_runs(stages[stage])}
+                     "fine_tuned_runs": [run.get("steps") for run in training_chain(stages[stage])[1:]]}
              for stage in STAGES if stage in stages}  # pipeline order (manifests keep their keys sorted)
     segmenters = {}
     for name, manifest in manifests.items():
@@ -116,15 +117,6 @@ def trained_amounts(exp, manifests: dict[str, dict[str, Any]]) -> dict[str, Any]
         segmenters[name] = {"iterations": manifest.get("iterations"),
                             "max_iterations": planned.get("epochs", 0) * planned.get("iterations", 0) or None}
     return {"generator": steps, "segmenters": segmenters}
-
-
-def _earlier_runs(record: dict[str, Any]) -> list[int]:
-    """Steps of the runs a warm-started stage fine-tuned, newest first (``warm_start_from`` in its record)."""
-    runs = []
-    while "warm_start_from" in record:
-        record = record["warm_start_from"]
-        runs.append(record.get("steps"))
-    return runs
 
 
 def _budget_lines(exp, trained: dict[str, Any]) -> list[str]:

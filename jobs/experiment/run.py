@@ -236,17 +236,18 @@ def check_controller(exp: Experiment) -> None:
               f"{r['mse_true']:.4f}, empty {r['mse_empty']:.4f}, another slice's {r['mse_shuffled']:.4f}, UNet alone "
               f"{r['mse_unet']:.4f} (gain {r['gain']:+.3f})", flush=True)
     sampling = synthesis_config(exp).sampling
+    sets = (("samples", "source", exp.mask_following_sheet, exp.config.source_split, SOURCE_DATASET),
+            # the target modality's held-out masks: what the embedded bundle's test holds to half the ceiling
+            ("samples_target", "held-out target", None, "test", TARGET_DATASET))
     follow = {name: evaluate_mask_following(bundle, exp.db, sheet, split=split, dataset=dataset, sampling=sampling,
                                             limit=exp.config.following_slices, sheet_slices=exp.config.sheet_slices)
-              for name, sheet, split, dataset in (
-                  ("samples", exp.mask_following_sheet, exp.config.source_split, SOURCE_DATASET),
-                  # the target modality's held-out masks: what the embedded bundle's test holds to half the ceiling
-                  ("samples_target", None, "test", TARGET_DATASET))}
+              for name, _, sheet, split, dataset in sets}
     storage.write_text(exp.mask_check, json.dumps({"loss": loss, **follow}, indent=1))
-    for name, f in follow.items():
-        exp.say(f"   samples follow {'held-out target' if name == 'samples_target' else 'source'} masks: contrast "
-                f"{f['following']:+.3f} (autoencoder ceiling {f['autoencoder_ceiling']:+.3f}), separation "
-                f"{f['separation_following']:+.3f} (ceiling {f['separation_ceiling']:+.3f})")
+    for name, label, *_ in sets:
+        f = follow[name]
+        exp.say(f"   samples follow {label} masks: contrast {f['following']:+.3f} (autoencoder ceiling "
+                f"{f['autoencoder_ceiling']:+.3f}), separation {f['separation_following']:+.3f} (ceiling "
+                f"{f['separation_ceiling']:+.3f})")
     exp.say(f"   sheet {exp.mask_following_sheet}")
 
 

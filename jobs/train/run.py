@@ -189,6 +189,14 @@ def training_record(previous: dict[str, Any] | None, config: TrainConfig, stage:
     return record
 
 
+def training_chain(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A stage's training record followed by those of the runs it fine-tuned (``warm_start_from``), newest first."""
+    chain = [record]
+    while "warm_start_from" in chain[-1]:
+        chain.append(chain[-1]["warm_start_from"])
+    return chain
+
+
 def organ_vocabulary(db_uri: str, config: TrainConfig) -> dict[str, Any]:
     """The controller's organ vocabulary (manifest fields of ``MaskCondition``) from the organs of the stage's masked
     slices: every later DB or request is mapped through it by organ name."""

@@ -147,9 +147,7 @@ def build_task(stage: str, mcfg: ModelConfig, bundle, kl_weight: float, augment_
 
 
 def _warm_start(bundle, stage: str, condition: MaskCondition) -> nn.Module:
-    part = getattr(bundle, stage)
-    if part is None:
-        raise ValueError(f"warm_start: the --init bundle {bundle.uri} has no {stage} part to start from")
+    part = getattr(bundle, stage)  # present: run_training checked the --init bundle on the driver
     if stage == "controlnet" and part.config.conditioning_channels != condition.channels:
         raise ValueError(f"warm_start: the --init bundle's controller takes {part.config.conditioning_channels} "
                          f"condition channels; the mask encoding {condition.encoding!r} gives {condition.channels}")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from mrgen.jobs.train.run import training_chain
 from mrgen.models.bundle import EMBEDDED, MANIFEST, ModelBundle, embedded_bundle
 
 torch.set_num_threads(1)
@@ -54,16 +55,16 @@ def test_manifest_records_how_it_was_trained(manifest):
     assert stages["vae"]["db_digest"] == small
     assert stages["unet"]["db_digest"] == stages["controlnet"]["db_digest"] == default
     for stage, record in stages.items():
-        for run in _runs(record):
+        for run in training_chain(record):
             assert run["command"].startswith(f"mrgen train {'all' if stage == 'vae' else stage} --config tiny"), run
             assert run["steps"] == run["max_steps"] > 0 and run["code"]["commit"]
             assert run["final_loss"] is not None and run["seed"] == 0
     # the controller: trained from the UNet's encoder, then fine-tuned on masked slices only from that bundle
-    first, *fine_tunings = reversed(_runs(stages["controlnet"]))
+    first, *fine_tunings = reversed(training_chain(stages["controlnet"]))
     assert "warm_start" not in first["command"] and "--init" not in first["command"]
     assert fine_tunings and all("warm_start=true" in r["command"] and "unmasked_fraction=0" in r["command"]
                                 and "--init" in r["command"] for r in fine_tunings)
-    assert all("mask_condition=onehot" in r["command"] for r in _runs(stages["controlnet"]))
+    assert all("mask_condition=onehot" in r["command"] for r in training_chain(stages["controlnet"]))
     assert manifest["mask_encoding"] == "onehot"
     assert set(manifest["organ_vocabulary"]) == {"liver", "spleen", "right kidney", "left kidney", "bladder",
                                                  "prostate"}
@@ -72,11 +73,6 @@ def test_manifest_records_how_it_was_trained(manifest):
     assert "segmenter" in held_out["mask_following"]  # LiteMedSAM's IoU following is recorded with it
     following = held_out["mask_following"]
     assert following["separation_following"] > max(SEPARATION_FLOOR, CEILING_SHARE * following["separation_ceiling"])
-
-
-def _runs(record: dict) -> list[dict]:
-    """A stage's record and those of the runs it fine-tuned (``warm_start_from``), newest first."""
-    return [record] + (_runs(record["warm_start_from"]) if "warm_start_from" in record else [])
 
 
 def test_loads_by_name_and_follows_held_out_masks(default_db):

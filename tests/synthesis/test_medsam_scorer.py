@@ -45,7 +45,12 @@ def test_real_slices_score_above_shifted_ones(scorer, slices):
 def test_batching_candidates_changes_no_score(scorer, slices):
     image, mask, organ_map = slices[0]
     images = np.stack([image, np.flipud(image), image * 0.5])
-    together = scorer.score(images, mask, organ_map)
+    settings = scorer.settings
+    scorer.settings = settings.model_copy(update={"embed_batch": 2})  # a batch of two, then one
+    try:
+        together = scorer.score(images, mask, organ_map)
+    finally:
+        scorer.settings = settings
     alone = [scorer.score(im[None], mask, organ_map, start_index=k)[0] for k, im in enumerate(images)]
     assert [c.index for c in together] == [0, 1, 2]
     for x, y in zip(together, alone):
