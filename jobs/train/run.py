@@ -70,6 +70,7 @@ def run_training(config: TrainConfig, db_uri: str, out_uri: str, stage: str, res
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from mrgen.datasets.store import load_index
     from mrgen.jobs.train.data import build_dataset
     from mrgen.jobs.train.loop import train_loop_per_worker
     from mrgen.platform.cluster import RayConfig, init_ray
@@ -84,6 +85,7 @@ def run_training(config: TrainConfig, db_uri: str, out_uri: str, stage: str, res
     if config.warm_start and (stage == "vae" or not storage.exists(storage.join(init, stage, "config.json"))):
         raise ValueError(f"warm_start fine-tunes the --init bundle's own {stage} part, but "
                          + ("the autoencoder stage takes no --init" if stage == "vae" else f"{init} has none"))
+    load_index(db_uri)  # not an MRGen-DB: said before Ray starts
     run_uri = storage.join(out_uri, stage)
     _check_run_folder(run_uri, resume)
     init_ray(RayConfig(address=ray_address))

@@ -109,8 +109,9 @@ def test_warm_start_fine_tunes_the_init_bundles_part_instead_of_a_fresh_one():
     assert build_task("unet", mcfg, bundle, warm_start=True, **common).trainable is bundle.unet
 
 
-def test_warm_start_is_refused_before_any_stage_trains(tmp_path):
-    """Checked on the driver, so `train all` does not train the autoencoder first and fail at the UNet's start."""
+def test_a_bad_warm_start_or_db_is_refused_before_any_stage_trains(tmp_path):
+    """Checked on the driver, so `train all` does not train the autoencoder first and fail at the UNet's start; so is
+    the DB, before Ray starts."""
     import dataclasses
 
     from mrgen.jobs.train.run import run_all, run_training
@@ -123,4 +124,6 @@ def test_warm_start_is_refused_before_any_stage_trains(tmp_path):
         run_training(config, str(tmp_path / "db"), str(tmp_path / "out"), "controlnet", init=init)
     with pytest.raises(ValueError, match="not all"):
         run_all(config, str(tmp_path / "db"), str(tmp_path / "out"))
+    with pytest.raises(FileNotFoundError, match="not an MRGen-DB"):
+        run_all(TrainConfig.load("tiny"), str(tmp_path / "db"), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
