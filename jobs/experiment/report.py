@@ -133,11 +133,18 @@ def _budget_lines(exp, trained: dict[str, Any]) -> list[str]:
     return [f"{budget}Generator {source}; its steps: {gen or '-'}. Segmenter iterations: {seg}.", ""]
 
 
+def synthesis_counts(totals: dict[str, Any]) -> str:
+    """"96 masks (29 skipped: ...), 201 candidates, 78 kept": a skipped mask (empty, too small) costs no candidate."""
+    skipped = totals.get("masks_skipped") or 0
+    return (f"{totals.get('masks', '-')} masks" + (f" ({skipped} skipped: empty, too small or unusable; reasons in "
+                                                   "the synthesis report)" if skipped else "")
+            + f", {totals.get('candidates_generated', '-')} candidates, {totals.get('candidates_kept', '-')} kept")
+
+
 def _filter_lines(exp, synthesis: dict[str, Any], calibration: dict[str, Any] | None) -> list[str]:
     totals = synthesis.get("totals") or {}
     lines = ["## Synthesis and filter", "",
-             f"{totals.get('masks', '-')} masks, {totals.get('candidates_generated', '-')} candidates, "
-             f"{totals.get('candidates_kept', '-')} kept ({totals.get('masks_relaxed', 0)} masks under relaxed "
+             f"{synthesis_counts(totals)} ({totals.get('masks_relaxed', 0)} masks under relaxed "
              f"thresholds, {totals.get('masks_nothing_kept', 0)} with nothing kept); filter "
              f"`{synthesis.get('filter_model', '-')}`"
              + ("" if synthesis.get("scores_meaningful") else " — UNTRAINED or no filter: its scores mean nothing, "

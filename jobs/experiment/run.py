@@ -267,6 +267,7 @@ def calibrate_filter(exp: Experiment) -> None:
 
 
 def _synthesize(exp: Experiment, config, key: str) -> None:
+    from mrgen.jobs.experiment.report import synthesis_counts
     from mrgen.jobs.synthesis.run import run_synthesis
 
     report = run_synthesis(config)
@@ -278,7 +279,7 @@ def _synthesize(exp: Experiment, config, key: str) -> None:
     exp.results[key] = {k: report.get(k) for k in ("out", "rows", "totals", "scores_meaningful", "filter_model",
                                                    "seconds", "contact_sheet")}
     totals = report["totals"]
-    exp.say(f"   {totals['masks']} masks, {totals['candidates_generated']} candidates, {totals['candidates_kept']} kept"
+    exp.say(f"   {synthesis_counts(totals)}"
             + (f" (strict pass rate {totals['strict_pass_rate']:.0%})" if totals.get("strict_pass_rate") is not None
                and config.filter != "none" else ""))
 
