@@ -187,5 +187,5 @@ def _paper() -> dict[str, Any]:
         limits=dict(max_body_bytes=4_000_000, max_n=20, max_steps=100, max_image_size=512),
         **_defaults(SAMPLING_PRESETS["paper"]),
         request_timeout_s=600.0,
-        filter=dict(kind="sam2", scorer=dict(config_name="large", image_size=1024)),
+        filter=dict(kind="sam2", scorer=dict(config_name="large", image_size=1024, embed_batch=4)),  # GPU: batched
     )
