@@ -134,7 +134,8 @@ def _budget_lines(exp, trained: dict[str, Any]) -> list[str]:
 
 
 def synthesis_counts(totals: dict[str, Any]) -> str:
-    """"96 masks (29 skipped: ...), 201 candidates, 78 kept": a skipped mask (empty, too small) costs no candidate."""
+    """The counts line, e.g. "96 masks (29 skipped: ...), 201 candidates, 78 kept" (a skipped mask costs no
+    candidate)."""
     skipped = totals.get("masks_skipped") or 0
     return (f"{totals.get('masks', '-')} masks" + (f" ({skipped} skipped: empty, too small or unusable; reasons in "
                                                    "the synthesis report)" if skipped else "")
