@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
+import sys
 import types
 import typing
 from pathlib import Path
@@ -44,6 +47,36 @@ def run_job(command: str, job, config, input_error: type[Exception]):
     except input_error as exc:
         print(f"mrgen {command}: {exc}", flush=True)
         return None
+
+
+_json_sinks: list = []  # the real stdout while a command whose stdout is JSON runs
+
+
+@contextlib.contextmanager
+def json_stdout(active: bool):
+    """Run a command whose stdout is one JSON document (``args.json``) so that a script can parse it: everything
+    else printed meanwhile (nnU-Net's and other libraries' prints) goes to stderr, Ray started meanwhile does not
+    forward its workers' lines (they stay in Ray's session logs), and ``print_json`` writes to the real stdout."""
+    if not active:
+        yield
+        return
+    forward = os.environ.get("MRGEN_RAY_LOG_TO_DRIVER")
+    os.environ["MRGEN_RAY_LOG_TO_DRIVER"] = "0"
+    _json_sinks.append(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _json_sinks.pop()
+        if forward is None:
+            os.environ.pop("MRGEN_RAY_LOG_TO_DRIVER", None)
+        else:
+            os.environ["MRGEN_RAY_LOG_TO_DRIVER"] = forward
+
+
+def print_json(data, **kwargs) -> None:
+    """``data`` as JSON on the command's real stdout (see ``json_stdout``)."""
+    print(json.dumps(data, **kwargs), file=_json_sinks[-1] if _json_sinks else sys.stdout, flush=True)
 
 
 def json_object(text: str | None, flag: str) -> dict:

@@ -5,9 +5,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from mrgen.cli.common import add_config_flags
+from mrgen.cli.common import add_config_flags, print_json
 from mrgen.cli.eval import add_metric_flags, evaluate_config
 
 
@@ -27,7 +26,7 @@ def add_eval_parsers(eval_subparsers: argparse._SubParsersAction) -> None:
     _filters(f, "real")
     _filters(f, "synthetic")
     add_config_flags(f, example="fid.limit=500", ray_address=False)
-    f.set_defaults(func=_fid)
+    f.set_defaults(func=_fid, json=True)
 
     c = eval_subparsers.add_parser("clip", help="CLIP-I / CLIP-T with a BiomedCLIP-compatible open_clip model")
     c.add_argument("--model", required=True, help="local open_clip folder (open_clip_config.json + weights)")
@@ -37,7 +36,7 @@ def add_eval_parsers(eval_subparsers: argparse._SubParsersAction) -> None:
     _filters(c, "real")
     _filters(c, "synthetic")
     add_config_flags(c, example="clip.text=modality", ray_address=False)
-    c.set_defaults(func=_clip)
+    c.set_defaults(func=_clip, json=True)
 
 
 def _side(args: argparse.Namespace, prefix: str) -> dict:
@@ -57,7 +56,7 @@ def _fid(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"mrgen eval fid: {exc}")
         return 2
-    print(json.dumps(result, indent=1))
+    print_json(result, indent=1)
     return 0
 
 
@@ -71,5 +70,5 @@ def _clip(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"mrgen eval clip: {exc}")
         return 2
-    print(json.dumps(result, indent=1))
+    print_json(result, indent=1)
     return 0

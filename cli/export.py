@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from mrgen.cli.common import add_config_flags, add_settings_flags, load_config, settings_flags
+from mrgen.cli.common import add_config_flags, add_settings_flags, load_config, print_json, settings_flags
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     add_settings_flags(n, ExportConfig)  # --split, --labels, --verify
     add_config_flags(n, example="labels=liver,spleen", ray_address=False)
-    n.set_defaults(func=_nnunet)
+    n.set_defaults(func=_nnunet, json=True)
 
 
 def _nnunet(args: argparse.Namespace) -> int:
@@ -41,5 +40,5 @@ def _nnunet(args: argparse.Namespace) -> int:
         from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 
         verify_dataset_integrity(summary["folder"], num_processes=1)
-    print(json.dumps(summary, indent=1))
+    print_json(summary, indent=1)
     return 0

@@ -10,6 +10,8 @@ import importlib
 import os
 import sys
 
+from mrgen.cli.common import json_stdout
+
 # Subcommand modules, each with `register(subparsers)`; a handler is stored as `func` on the namespace.
 GROUPS = ["db", "train", "eval", "filter", "synthesize", "sample", "export", "segment", "serve", "generate",
           "demo", "bench", "submit"]
@@ -34,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
     try:
-        result = args.func(args)
+        with json_stdout(getattr(args, "json", False)):
+            result = args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

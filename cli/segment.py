@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from mrgen.cli.common import add_config_flags, load_config
+from mrgen.cli.common import add_config_flags, load_config, print_json
 
 _TRAIN_EPILOG = """\
 --dataset / --modality / --split select slices in every --train DB (a slice must match each given flag;
@@ -34,7 +33,7 @@ def register(subparsers) -> None:
                    help="epochs, iterations, width, batch, val_iterations, minutes")
     t.add_argument("--gpus", type=float, default=None, help="GPUs of the training task (segment.num_gpus)")
     add_config_flags(t, example="epochs=20")
-    t.set_defaults(func=_train)
+    t.set_defaults(func=_train, json=True)
 
     e = sub.add_parser("eval", help="volumetric Dice of a segmenter on real test volumes")
     e.add_argument("--model", required=True, metavar="URI", help="model folder written by `mrgen segment train`")
@@ -80,8 +79,8 @@ def _train(args: argparse.Namespace) -> int:
     except (SegmentInputError, NotADatabaseError, FileNotFoundError) as exc:
         print(f"mrgen segment train: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"model": args.out, "training_cases": manifest["training_cases"], "labels": manifest["labels"],
-                      "final": manifest["final"], "timings": manifest["timings"]}, indent=1))
+    print_json({"model": args.out, "training_cases": manifest["training_cases"], "labels": manifest["labels"],
+                      "final": manifest["final"], "timings": manifest["timings"]}, indent=1)
     return 0
 
 
@@ -101,7 +100,7 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"mrgen segment eval: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=1))
+        print_json({k: v for k, v in report.items() if k != "table"}, indent=1)
     else:
         scope = "pooled" if report["pooled"] else f"{report['n_volumes']} volume(s),"
         print(f"Dice (%) of {args.model} on {scope} {report['n_slices']} slices of {args.test}")

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from mrgen.cli.common import add_config_flags, load_config
+from mrgen.cli.common import add_config_flags, load_config, print_json
 
 _EPILOG = """\
 Output under OUT: OUT/<stage>/ (checkpoints, samples/*.png, metrics.prom, history.json), OUT/<stage>/bundle
@@ -58,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                 "final_loss": r.history[-1]["loss"] if r.history else None, "restarts": r.restarts}
                for r in results]
     if args.json:
-        print(json.dumps(summary))
+        print_json(summary)
     else:
         for s in summary:
             print(f"{s['stage']:<11} steps={s['steps']:<6} loss={s['final_loss']:.4f}  {s['seconds']:>6.0f}s  "

@@ -125,17 +125,18 @@ def _default() -> dict[str, Any]:
             "train_overrides": {"vae.max_steps": 600, "unet.max_steps": 2000, "controlnet.max_steps": 1000,
                                 "checkpoint_every": 500, "sample_every": 0},
             "filter": "medsam", "calibration_slices": 48,
-            # 96 masks spread over the source training slices, up to 3 candidates each (2 kept, adaptive): the
-            # filter (LiteMedSAM, ~1.9 s per candidate on one core) is the slow part, so two filter actors. More
-            # masks beat more candidates: 64 x 4 gave filtered Dice 43.7, 96 x 3 gave 46.7 in the same 20 minutes
-            "synthesis": "tiny", "synthesis_overrides": {"candidates": 3, "keep": 2, "max_masks": 96,
+            # 72 masks that show an organ, spread over the source training slices, up to 3 candidates each (2 kept,
+            # adaptive): the filter (LiteMedSAM, ~1.9 s per candidate on one core) is the slow part, so two filter
+            # actors. More masks beat more candidates: 64 x 4 gave filtered Dice 43.7, 96 x 3 gave 46.7 in the same
+            # 20 minutes (96 spread over all masked slices, 67 of them with an organ large enough)
+            "synthesis": "tiny", "synthesis_overrides": {"candidates": 3, "keep": 2, "max_masks": 72,
                                                          **SAMPLING_PRESETS["default"].kwargs(),
                                                          "mask_selection": "spread",
                                                          "filter_stage": {"pool_min": 1, "pool_max": 2}},
-            # four segmenters share the 2 CPUs (num_cpus 0.5 each); no test-time mirroring (4x the prediction cost).
-            # The preset's 12 x 200 iterations are a cap a fast machine might reach: the budget decides, shortening
-            # later epochs (few epochs: each costs a validation and a log, ~1 s)
-            "segment": "default", "segment_overrides": {"num_cpus": 0.5, "mirroring": False},
+            # four segmenters share the 2 CPUs (num_cpus 0.5 each). The preset's 12 x 300 iterations are a cap a fast
+            # machine might reach: the budget decides, shortening later epochs (few epochs: each costs a validation
+            # and a log, ~1 s)
+            "segment": "default", "segment_overrides": {"num_cpus": 0.5},
             "fid_limit": 192, "fit_slices": 48, "minutes": 20}
 
 

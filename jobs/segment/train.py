@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mrgen.jobs.segment.config import SegmentConfig
 from mrgen.jobs.segment.epoch_budget import EpochBudget
 from mrgen.platform import storage
@@ -175,11 +177,28 @@ def run_trainer(plans: dict[str, Any], dataset_json: dict[str, Any], config: Seg
     # nnU-Net redraws progress.png with matplotlib after every epoch (seconds each on a small CPU): draw it once.
     plot = trainer.logger.plot_progress_png
     trainer.logger.plot_progress_png = lambda folder: None
+    if config.keep_orientation:
+        keep_orientation(trainer)
     fitted = EpochBudget(trainer, budget, config.iterations) if budget is not None else None
     trainer.run_training()
     if config.progress_plot:
         plot(trainer.output_folder)
     return trainer, fitted.iterations if fitted else [config.iterations] * config.epochs
+
+
+def keep_orientation(trainer) -> None:
+    """Spatial augmentation that keeps left and right apart: no mirroring, rotations within ±15° (nnU-Net's own
+    range for elongated 2-D patches) instead of the ±180° and both-axis mirroring it plans for a square one. The
+    model then allows no test-time mirroring either (saved in its checkpoint)."""
+    from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
+
+    def configure():
+        patch_size = trainer.configuration_manager.patch_size
+        rotation = (-np.pi / 12, np.pi / 12)
+        trainer.inference_allowed_mirroring_axes = None
+        return rotation, False, get_patch_size(patch_size, rotation, rotation, rotation, (0.85, 1.25)), None
+
+    trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size = configure
 
 
 def _last(trainer, key: str):

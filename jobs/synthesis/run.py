@@ -131,11 +131,14 @@ def wanted_slices(config: SynthesisConfig) -> list[str]:
         load_index(config.source)
     except FileNotFoundError as exc:
         raise SynthesisInputError(f"--source: {exc}") from None
-    ids = sorted(read_table(config.source, columns=["slice_id"],
-                            **_source_filters(config)).column("slice_id").to_pylist())
-    if not ids:
+    rows = read_table(config.source, columns=["slice_id", "organs"], **_source_filters(config)).to_pylist()
+    if not rows:
         raise SynthesisInputError(f"--source {config.source}: no slice with a mask matches {_source_filters(config)}")
-    if not config.max_masks or config.max_masks >= len(ids):
+    if not config.max_masks or config.max_masks >= len(rows):
+        return sorted(r["slice_id"] for r in rows)
+    # a capped selection goes to masks that show an organ: an empty one is skipped at prepare and wastes its place
+    ids = sorted(r["slice_id"] for r in rows if r["organs"]) or sorted(r["slice_id"] for r in rows)
+    if config.max_masks >= len(ids):
         return ids
     if config.mask_selection == "spread":
         return [ids[i] for i in spread(len(ids), config.max_masks)]

@@ -90,6 +90,8 @@ def test_the_configured_nnunet_trainer_variant_trains(trained):
     assert config.trainer != "nnUNetTrainer"  # the small presets pick a variant: the fixture trains through it
     checkpoint = torch.load(Path(model) / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert manifest["trainer"] == checkpoint["trainer_name"] == config.trainer
+    # the small presets keep left and right apart: no mirroring in training, so none allowed at prediction
+    assert config.keep_orientation and checkpoint["inference_allowed_mirroring_axes"] is None
 
 
 def test_an_unknown_trainer_is_refused_before_any_task(tiny_db, tmp_path, ray_session):
@@ -226,6 +228,22 @@ def test_pooled_eval_scores_candidate_slices_as_one_stack(trained, tiny_db, tmp_
         assert (got is None) == math.isnan(value)
         if got is not None:
             assert got == pytest.approx(value, abs=1e-6)
+
+
+def test_cli_eval_json_is_the_only_thing_on_stdout(trained, tiny_db):
+    """A script parses `--json`'s stdout: the Ray workers' own lines ("[segment eval] vol…: …") must not reach it,
+    even where Ray forwards worker output to the driver (the CLI's default, switched off for the test session)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MRGEN_RAY_LOG_TO_DRIVER": "1"}
+    done = subprocess.run([sys.executable, "-m", "mrgen.cli", "segment", "eval", "--model", trained[0], "--test",
+                           tiny_db, "--dataset", SRC, "--config", "tiny", "--json"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["n_volumes"] >= 1 and set(report["labels"].values()) == set(trained[1]["labels"]) - {"background"}
 
 
 def test_cli_limit_needs_pooled(trained, tiny_db):

@@ -70,3 +70,19 @@ def test_release_flags_reach_the_config(tmp_path):
     assert config.modality_attributes == {"T1 in-phase Abdomen MRI": "fat high signal"}
     assert config.organ_weights == {"liver": 0.3, "right kidney": 0.5} and config.rule == "official"
     assert ScorerSettings(config_name="2.0-tiny").sam2_config() == "configs/sam2/sam2_hiera_t.yaml"
+
+
+def test_a_capped_spread_selection_takes_masks_that_show_an_organ(tiny_db):
+    """`max_masks` places go to masks with an organ: the phantom's empty ones would only be skipped at prepare."""
+    from mrgen.datasets.store import read_table
+    from mrgen.jobs.synthesis.run import wanted_slices
+
+    rows = read_table(tiny_db, ["slice_id", "organs"], has_mask=True).to_pylist()
+    empty = {r["slice_id"] for r in rows if not r["organs"]}
+    usable = len(rows) - len(empty)
+    assert empty and usable > 4  # the phantom has both, or this test shows nothing
+    where = [f"source={tiny_db}", "model=unused", "out=unused", "mask_selection=spread"]
+    picked = wanted_slices(SynthesisConfig.load("tiny", [*where, "max_masks=4"]))
+    assert len(picked) == 4 and not set(picked) & empty
+    uncapped = wanted_slices(SynthesisConfig.load("tiny", where))
+    assert len(uncapped) == len(rows)  # without a cap every mask goes on, and prepare says why it skips one
