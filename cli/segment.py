@@ -32,8 +32,9 @@ def register(subparsers) -> None:
     t.add_argument("--budget", default=None, metavar="K=V,...",
                    help="epochs, iterations, width, batch, val_iterations, minutes")
     t.add_argument("--gpus", type=float, default=None, help="GPUs of the training task (segment.num_gpus)")
+    t.add_argument("--json", action="store_true", help="print the result as JSON instead of a summary")
     add_config_flags(t, example="epochs=20")
-    t.set_defaults(func=_train, json=True)
+    t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="volumetric Dice of a segmenter on real test volumes")
     e.add_argument("--model", required=True, metavar="URI", help="model folder written by `mrgen segment train`")
@@ -79,8 +80,16 @@ def _train(args: argparse.Namespace) -> int:
     except (SegmentInputError, NotADatabaseError, FileNotFoundError) as exc:
         print(f"mrgen segment train: {exc}", file=sys.stderr)
         return 2
-    print_json({"model": args.out, "training_cases": manifest["training_cases"], "labels": manifest["labels"],
-                      "final": manifest["final"], "timings": manifest["timings"]}, indent=1)
+    if args.json:
+        print_json({"model": args.out, "training_cases": manifest["training_cases"], "labels": manifest["labels"],
+                    "final": manifest["final"], "timings": manifest["timings"]}, indent=1)
+        return 0
+    final, timings = manifest["final"], manifest["timings"]
+    organs = sorted((n for n in manifest["labels"] if n != "background"), key=manifest["labels"].get)
+    dice = ", ".join(f"{name} {100 * d:.0f}" for name, d in zip(organs, final["pseudo_dice"] or []))
+    print(f"trained {args.out}: {manifest['training_cases']} slices, {manifest['iterations']} iterations in "
+          f"{timings['train_s']:.0f} s; final train loss {final['train_loss']:.3f}"
+          + (f"; nnU-Net's pseudo-Dice % {dice}" if dice else ""))
     return 0
 
 

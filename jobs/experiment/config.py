@@ -14,8 +14,9 @@ from mrgen.platform.config import ConfigBase, preset
 
 
 # Measured in the default run on the slowest machine seen (2.4x slower than the fastest): a generator stage's
-# start-up (Ray Train, data, bundle) ~60 s; synthesis of 96 masks x up to 3 candidates 295 s; evaluation of four
-# reports 33-41 s; FID of the filtered and unfiltered sets and the source against 192 real target images 108-121 s.
+# start-up (Ray Train, data, bundle) ~60 s; synthesis of 62-67 usable masks x up to 3 candidates 246-295 s;
+# evaluation of four reports 33-41 s; FID of the filtered and unfiltered sets and the source against 192 real target
+# images 108-121 s.
 RESERVE_SECONDS = {"stage_startup": 60.0, "check-controller": 45.0, "calibrate-filter": 90.0, "synthesize": 300.0,
                    "segmenter_startup": 60.0, "evaluate": 75.0, "fid": 120.0, "report": 15.0}
 FILTERS = ("medsam", "sam2", "sam2-random", "none")

@@ -33,6 +33,10 @@ class StageSettings(BaseModel):
     filters: dict[str, Any] = Field(default_factory=lambda: {"split": "train"},
                                     description="MRGen-DB filters (dataset / modality / region / split) for this stage")
 
+    def selection(self) -> dict[str, Any]:
+        """The filters that select something (a None filter selects everything), as the DB readers take them."""
+        return {k: v for k, v in self.filters.items() if v is not None}
+
 
 class TrainConfig(ConfigBase):
     """Ray Train + DeepSpeed training of the three MRGen stages."""

@@ -33,10 +33,6 @@ STAGE_COLUMNS = {
 }
 
 
-def _filters(settings_filters: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in settings_filters.items() if v is not None}
-
-
 def read_slices(db_uri: str, columns: list[str], **filters: Any):
     """The DB's lazy Ray Dataset of ``columns`` for the rows matching ``filters``."""
     return store.read_slices(db_uri, columns=columns, **filters)
@@ -71,7 +67,7 @@ def _one_pass(db_uri: str, config: TrainConfig, stage: str, seed: int):
 
 
 def _selection(db_uri: str, config: TrainConfig, stage: str, seed: int):
-    filters = _filters(config.stage(stage).filters)
+    filters = config.stage(stage).selection()
     columns = STAGE_COLUMNS[stage]
     if stage != "controlnet":
         return read_slices(db_uri, columns, **filters)

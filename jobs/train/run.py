@@ -205,7 +205,7 @@ def organ_vocabulary(db_uri: str, config: TrainConfig) -> dict[str, Any]:
     from mrgen.datasets.store import organ_first_ids, rank_organs
     from mrgen.models.condition import MaskCondition
 
-    filters = {k: v for k, v in config.controlnet.filters.items() if v is not None}
+    filters = config.controlnet.selection()
     names = rank_organs(organ_first_ids(db_uri, **filters))
     if not names:
         raise ValueError(f"{db_uri}: no masked slice with an organ in the controlnet stage's selection {filters}")
@@ -219,7 +219,7 @@ def measure_scaling(vae, db_uri: str, config: TrainConfig) -> float:
     from mrgen.jobs.train.data import decode, read_slices
     from mrgen.models.autoencoder import measure_latent_scaling
 
-    filters = {k: v for k, v in config.vae.filters.items() if v is not None}
+    filters = config.vae.selection()
     ds = read_slices(db_uri, ["height", "width", "image"], **filters).limit(config.scaling_samples)
     images = torch.from_numpy(decode(ds.take_batch(config.scaling_samples, batch_format="numpy"))["image"])
     return measure_latent_scaling(vae, images, generator=torch.Generator().manual_seed(config.seed))

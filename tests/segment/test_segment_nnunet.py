@@ -23,11 +23,21 @@ SRC = "phantom-src"
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_db):
+    """`mrgen segment train` once (CLI → train_segmenter → Ray task): model folder, manifest, config, printout."""
+    import contextlib
+    import io
+
+    from mrgen.cli.main import main
+    from mrgen.jobs.segment.train import load_manifest
+
     out = str(tmp_path_factory.mktemp("segmenter") / "model")
     # a budget spent before training starts: epoch 1 runs whole, the budget then cuts epoch 2 to 1 iteration
-    config = SegmentConfig.load("tiny", ["max_minutes=0.001"])
-    manifest = train_segmenter(config, [TrainSource(tiny_db, datasets=(SRC,))], out)
-    return out, manifest, config
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = main(["segment", "train", "--train", tiny_db, "--dataset", SRC, "--out", out, "--config", "tiny",
+                   "--set", "max_minutes=0.001"])
+    assert rc == 0
+    return out, load_manifest(out), SegmentConfig.load("tiny", ["max_minutes=0.001"]), printed.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +49,7 @@ def evaluated(trained, tiny_db, tmp_path_factory):
     from mrgen.cli.main import main
     from mrgen.jobs.evaluate.segmenter import load_predictions
 
-    model, _, _ = trained
+    model = trained[0]
     folder = tmp_path_factory.mktemp("segment_eval")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -64,7 +74,7 @@ def _db_volumes(db: str, dataset: str, split: str) -> dict[str, tuple[np.ndarray
 
 
 def test_model_folder_is_nnunet_layout_with_manifest(trained, tiny_db):
-    model, manifest, _ = trained
+    model, manifest = trained[:2]
     folder = Path(model)
     for name in ("plans.json", "dataset.json", "dataset_fingerprint.json", "fold_all/checkpoint_final.pth", MANIFEST):
         assert (folder / name).is_file(), name
@@ -83,10 +93,16 @@ def test_model_folder_is_nnunet_layout_with_manifest(trained, tiny_db):
     assert manifest["iterations_per_epoch"] == [6, 1] and manifest["iterations"] == 7
 
 
+def test_cli_train_prints_a_summary_a_person_reads(trained):
+    model, manifest, _, printed = trained
+    assert f"trained {model}: {manifest['training_cases']} slices, 7 iterations" in printed
+    assert "liver" in printed and "{" not in printed  # organs by name; the JSON is for --json
+
+
 def test_the_configured_nnunet_trainer_variant_trains(trained):
     import torch
 
-    model, manifest, config = trained
+    model, manifest, config, _ = trained
     assert config.trainer != "nnUNetTrainer"  # the small presets pick a variant: the fixture trains through it
     checkpoint = torch.load(Path(model) / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert manifest["trainer"] == checkpoint["trainer_name"] == config.trainer
@@ -104,7 +120,7 @@ def test_an_unknown_trainer_is_refused_before_any_task(tiny_db, tmp_path, ray_se
 def test_checkpoint_loads_in_nnunet_predictor(trained):
     from mrgen.jobs.segment.predict import VolumePredictor
 
-    model, manifest, _ = trained
+    model, manifest = trained[:2]
     predictor = VolumePredictor(model, fold="all")
     assert predictor.per_slice  # z-score normalisation: slices are predicted as the cases they were in training
     assert set(predictor.labels.values()) == set(manifest["labels"]) - {"background"}
@@ -206,7 +222,7 @@ def test_pooled_eval_scores_candidate_slices_as_one_stack(trained, tiny_db, tmp_
     scores the selected slices (evenly spread, slice-id order) as one stack, encoded as the exported cases."""
     from mrgen.jobs.evaluate.segmenter import evaluate_segmenter, load_predictions
 
-    model, _, config = trained
+    model, _, config, _ = trained
     db = str(tmp_path / "candidates")
     slice_ids = _candidates_db(tiny_db, db)
     with pytest.raises(ValueError, match="map to one case"):
