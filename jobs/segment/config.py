@@ -117,8 +117,9 @@ def parse_budget(text: str | None) -> dict[str, Any]:
 # liver in 2,000 (docs/results.md, 2026-12-04).
 SMALL_BUDGET_TRAINER = "nnUNetTrainerAdam1en3"
 # and keep the orientation (no mirroring, rotations within ±15°), in small batches: one source-only segmenter on the
-# default phantom's T1 training slices, 1 core for 4.5 min, learns the kidneys to 52/53 % Dice at nnU-Net's ±180° and
-# mirroring (batch 12), to 71/73 % keeping the orientation, 74/75 % with batch 4 (docs/results.md, 2026-12-05 pm).
+# default phantom's T1 training slices, 1 core for 4.5 min, learns the kidneys to 52/53 % Dice at nnU-Net's ±180°
+# and mirroring (batch 12), to 71/73 % keeping the orientation, 74/75 % with batch 4 (docs/results.md, 2026-12-05
+# afternoon).
 
 
 @preset(SegmentConfig, "tiny")
