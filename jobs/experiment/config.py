@@ -138,7 +138,7 @@ def _default() -> dict[str, Any]:
             # machine might reach: the budget decides, shortening later epochs (few epochs: each costs a validation
             # and a log, ~1 s)
             "segment": "default", "segment_overrides": {"num_cpus": 0.5},
-            "fid_limit": 192, "fit_slices": 48, "minutes": 20}
+            "fid_limit": 192, "fit_slices": 96, "minutes": 20}
 
 
 @preset(ExperimentConfig, "paper")

@@ -177,6 +177,8 @@ def run_trainer(plans: dict[str, Any], dataset_json: dict[str, Any], config: Seg
     # nnU-Net redraws progress.png with matplotlib after every epoch (seconds each on a small CPU): draw it once.
     plot = trainer.logger.plot_progress_png
     trainer.logger.plot_progress_png = lambda folder: None
+    if config.learning_rate is not None:
+        trainer.initial_lr = config.learning_rate
     if config.keep_orientation:
         keep_orientation(trainer)
     fitted = EpochBudget(trainer, budget, config.iterations) if budget is not None else None

@@ -134,10 +134,11 @@ def wanted_slices(config: SynthesisConfig) -> list[str]:
     rows = read_table(config.source, columns=["slice_id", "organs"], **_source_filters(config)).to_pylist()
     if not rows:
         raise SynthesisInputError(f"--source {config.source}: no slice with a mask matches {_source_filters(config)}")
+    rows.sort(key=lambda r: r["slice_id"])
     if not config.max_masks or config.max_masks >= len(rows):
-        return sorted(r["slice_id"] for r in rows)
+        return [r["slice_id"] for r in rows]
     # a capped selection goes to masks that show an organ: an empty one is skipped at prepare and wastes its place
-    ids = sorted(r["slice_id"] for r in rows if r["organs"]) or sorted(r["slice_id"] for r in rows)
+    ids = [r["slice_id"] for r in rows if r["organs"]] or [r["slice_id"] for r in rows]
     if config.max_masks >= len(ids):
         return ids
     if config.mask_selection == "spread":

@@ -108,6 +108,8 @@ def test_the_configured_nnunet_trainer_variant_trains(trained):
     assert manifest["trainer"] == checkpoint["trainer_name"] == config.trainer
     # the small presets keep left and right apart: no mirroring in training, so none allowed at prediction
     assert config.keep_orientation and checkpoint["inference_allowed_mirroring_axes"] is None
+    # and set their own initial learning rate, which nnU-Net's logger records per epoch
+    assert config.learning_rate is not None and checkpoint["logging"]["lrs"][0] == pytest.approx(config.learning_rate)
 
 
 def test_an_unknown_trainer_is_refused_before_any_task(tiny_db, tmp_path, ray_session):
