@@ -7,6 +7,8 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
+import time
 import types
 import typing
 from pathlib import Path
@@ -72,6 +74,36 @@ def json_stdout(active: bool):
             os.environ.pop("MRGEN_RAY_LOG_TO_DRIVER", None)
         else:
             os.environ["MRGEN_RAY_LOG_TO_DRIVER"] = forward
+
+
+def add_console_flags(parser: argparse.ArgumentParser) -> None:
+    """``--verbose`` and ``--log`` of a long command (see ``command_console``)."""
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's and the frameworks' output live instead of writing it to the log")
+    parser.add_argument("--log", default=None, metavar="FILE",
+                        help="log of that output (default: mrgen-logs/<command>-<time>.log in the temporary folder)")
+
+
+@contextlib.contextmanager
+def command_console(args: argparse.Namespace, command: str):
+    """A long command's console: a line naming the log, progress bars, and Ray's, Ray Train's and nnU-Net's output in
+    the log (``--verbose``: live). ``--json`` commands keep theirs (``json_stdout``). Ray started meanwhile stops
+    inside, so that its workers' last lines reach the log too."""
+    from mrgen.platform.console import Console
+
+    if getattr(args, "json", False) or args.verbose:
+        yield
+        return
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log = Path(args.log or Path(tempfile.gettempdir()) / "mrgen-logs" / f"{command.replace(' ', '-')}-{stamp}.log")
+    ray_was_running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    with Console(log) as console:
+        console.line(f"mrgen {command} (logs: {log}; --verbose shows them live)")
+        try:
+            yield
+        finally:
+            if not ray_was_running and "ray" in sys.modules and sys.modules["ray"].is_initialized():
+                sys.modules["ray"].shutdown()
 
 
 def print_json(data, **kwargs) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mrgen.cli.common import add_config_flags, load_config, print_json
+from mrgen.cli.common import add_config_flags, add_console_flags, command_console, load_config, print_json
 
 _TRAIN_EPILOG = """\
 --dataset / --modality / --split select slices in every --train DB (a slice must match each given flag;
@@ -34,6 +34,7 @@ def register(subparsers) -> None:
     t.add_argument("--gpus", type=float, default=None, help="GPUs of the training task (segment.num_gpus)")
     t.add_argument("--json", action="store_true", help="print the result as JSON instead of a summary")
     add_config_flags(t, example="epochs=20")
+    add_console_flags(t)
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="volumetric Dice of a segmenter on real test volumes")
@@ -53,6 +54,7 @@ def register(subparsers) -> None:
                    help="with --pooled: at most N slices, evenly spread in slice-id order")
     e.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     add_config_flags(e, example="device=cpu")
+    add_console_flags(e)
     e.set_defaults(func=_eval)
 
 
@@ -76,7 +78,8 @@ def _train(args: argparse.Namespace) -> int:
     sources = [TrainSource(uri, tuple(args.dataset) if args.dataset else None,
                            tuple(args.modality) if args.modality else None, split) for uri in args.train_uris]
     try:
-        manifest = train_segmenter(config, sources, args.out, ray_address=args.ray_address)
+        with command_console(args, "segment train"):
+            manifest = train_segmenter(config, sources, args.out, ray_address=args.ray_address)
     except (SegmentInputError, NotADatabaseError, FileNotFoundError) as exc:
         print(f"mrgen segment train: {exc}", file=sys.stderr)
         return 2
@@ -102,9 +105,10 @@ def _eval(args: argparse.Namespace) -> int:
     if args.limit is not None and (not args.pooled or args.limit < 1):
         raise SystemExit("mrgen segment eval: --limit needs --pooled and N >= 1")
     try:
-        report = evaluate_segmenter(config, args.model, args.test, out_uri=args.out, ray_address=args.ray_address,
-                                    split=args.split, datasets=args.dataset, modalities=args.modality,
-                                    predictions_uri=args.predictions, pooled=args.pooled, limit=args.limit)
+        with command_console(args, "segment eval"):
+            report = evaluate_segmenter(config, args.model, args.test, out_uri=args.out, ray_address=args.ray_address,
+                                        split=args.split, datasets=args.dataset, modalities=args.modality,
+                                        predictions_uri=args.predictions, pooled=args.pooled, limit=args.limit)
     except (SegmentInputError, NotADatabaseError, FileNotFoundError, ValueError) as exc:
         print(f"mrgen segment eval: {exc}", file=sys.stderr)
         return 2

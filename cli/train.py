@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mrgen.cli.common import add_config_flags, load_config, print_json
+from mrgen.cli.common import add_config_flags, add_console_flags, command_console, load_config, print_json
 
 _EPILOG = """\
 Output under OUT: OUT/<stage>/ (checkpoints, samples/*.png, metrics.prom, history.json), OUT/<stage>/bundle
@@ -29,6 +29,7 @@ def register(subparsers) -> None:
     parser.add_argument("--init", default=None, metavar="BUNDLE_URI",
                         help="bundle of the previous stage (stages unet, controlnet)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    add_console_flags(parser)
     parser.set_defaults(func=run)
 
 
@@ -45,11 +46,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"mrgen train: --init applies to the unet and controlnet stages, not {args.stage!r}", file=sys.stderr)
         return 2
     try:
-        if args.stage == "all":
-            results = run_all(config, args.db, args.out, resume=args.resume, ray_address=args.ray_address)
-        else:
-            results = [run_training(config, args.db, args.out, args.stage, resume=args.resume, init=args.init,
-                                    ray_address=args.ray_address)]
+        with command_console(args, "train"):
+            if args.stage == "all":
+                results = run_all(config, args.db, args.out, resume=args.resume, ray_address=args.ray_address)
+            else:
+                results = [run_training(config, args.db, args.out, args.stage, resume=args.resume, init=args.init,
+                                        ray_address=args.ray_address)]
     except (FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"mrgen train: {exc}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ driver after ``ray.init`` never reach them.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from pydantic import Field
@@ -65,3 +66,28 @@ def init_ray(config: RayConfig | None = None, **overrides: Any):
     context.execution_no_progress_timeout_s = config.no_progress_timeout_s
     context.use_datasource_v2 = os.environ["RAY_DATA_USE_DATASOURCE_V2"] == "1"
     return ctx
+
+
+def wait_for(refs: dict[str, Any], label: str, minutes: float | None = None) -> dict[str, Any]:
+    """Results of named Ray tasks, with a progress bar on the running command's console: over ``minutes`` (the
+    tasks' budget) or, without one, a count of those finished."""
+    import ray
+
+    from mrgen.platform.console import current
+
+    started, done, pending = time.monotonic(), {}, dict(refs)
+    while pending:
+        ready, _ = ray.wait(list(pending.values()), num_returns=1, timeout=5)
+        for ref in ready:
+            name = next(n for n, r in pending.items() if r == ref)
+            done[name] = ray.get(pending.pop(name))
+        console = current()
+        if console is not None:
+            elapsed = (time.monotonic() - started) / 60
+            if minutes:
+                total = max(0.1, round(minutes, 1))
+                console.progress(label, min(round(elapsed, 1), total) if pending else total, total,
+                                 f"min; {len(done)}/{len(refs)} done")
+            else:
+                console.progress(label, len(done), len(refs), f"{elapsed:.1f} min")
+    return done

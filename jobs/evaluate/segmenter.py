@@ -156,12 +156,10 @@ def evaluate_segmenter(config: SegmentConfig, model_uri: str, test_uri: str, out
 
     ``kwargs``: ``split`` (default "test"), ``datasets``, ``modalities``, ``predictions_uri``, ``pooled``, ``limit``.
     """
-    import ray
-
-    from mrgen.platform.cluster import RayConfig, init_ray
+    from mrgen.platform.cluster import RayConfig, init_ray, wait_for
 
     init_ray(RayConfig(address=ray_address))
-    report = ray.get(submit_evaluation(config, model_uri, test_uri, **kwargs))
+    report = wait_for({"report": submit_evaluation(config, model_uri, test_uri, **kwargs)}, "segment eval")["report"]
     if out_uri:
         write_report(report, out_uri)
     return report

@@ -33,6 +33,7 @@ from typing import Any
 from mrgen.jobs.experiment.config import ExperimentConfig
 from mrgen.platform import storage
 from mrgen.platform.budget import TimeBudget
+from mrgen.platform.cluster import wait_for
 from mrgen.platform.config import flatten
 
 
@@ -292,29 +293,6 @@ def synthesize_unfiltered(exp: Experiment) -> None:
     _synthesize(exp, synthesis_config(exp, unfiltered=True), "synthesis_unfiltered")
 
 
-def _wait(exp: Experiment, refs: dict[str, Any], label: str, minutes: float | None) -> dict[str, Any]:
-    """Results of Ray tasks, with a progress bar over their budget (or a count of those finished)."""
-    import ray
-
-    from mrgen.platform.console import current
-
-    started, done, pending = time.monotonic(), {}, dict(refs)
-    while pending:
-        ready, _ = ray.wait(list(pending.values()), num_returns=1, timeout=5)
-        for ref in ready:
-            name = next(n for n, r in pending.items() if r == ref)
-            done[name] = ray.get(pending.pop(name))
-        console = current()
-        if console is not None:
-            elapsed = (time.monotonic() - started) / 60
-            if minutes:
-                console.progress(label, round(min(elapsed, minutes), 1), round(minutes, 1),
-                                 f"min; {len(done)}/{len(refs)} done")
-            else:
-                console.progress(label, len(done), len(refs), f"{elapsed:.1f} min")
-    return done
-
-
 def train_segmenters(exp: Experiment) -> None:
     from mrgen.jobs.segment.train import is_trained, submit_training
 
@@ -328,11 +306,11 @@ def train_segmenters(exp: Experiment) -> None:
         config = config.with_overrides({"max_minutes": minutes})
     todo = [n for n in exp.segmenters if not is_trained(exp.segmenter(n))]
     if exp.config.parallel_segmenters:
-        manifests = _wait(exp, {n: submit_training(config, segment_sources(exp, n), exp.segmenter(n)) for n in todo},
-                          "segmenters", minutes)
+        manifests = wait_for({n: submit_training(config, segment_sources(exp, n), exp.segmenter(n)) for n in todo},
+                             "segmenters", minutes)
     else:
-        manifests = {n: _wait(exp, {n: submit_training(config, segment_sources(exp, n), exp.segmenter(n))},
-                              f"segmenter {n}", minutes)[n] for n in todo}
+        manifests = {n: wait_for({n: submit_training(config, segment_sources(exp, n), exp.segmenter(n))},
+                                 f"segmenter {n}", minutes)[n] for n in todo}
     for name in todo:
         manifest = manifests[name]
         exp.say(f"   {name}: {manifest['training_cases']} training slices, {manifest['iterations']} iterations")
@@ -363,7 +341,7 @@ def evaluate(exp: Experiment) -> None:
     submit = {uri: (lambda job=job: submit_evaluation(config, exp.segmenter(job["name"]), **{
         k: v for k, v in job.items() if k != "name"})) for uri, job in todo.items()}
     if exp.config.parallel_segmenters:
-        reports = _wait(exp, {uri: f() for uri, f in submit.items()}, "evaluations", None)
+        reports = wait_for({uri: f() for uri, f in submit.items()}, "evaluations")
     else:
         reports = {uri: ray.get(f()) for uri, f in submit.items()}
     for uri, report in reports.items():

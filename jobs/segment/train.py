@@ -295,9 +295,7 @@ def submit_training(config: SegmentConfig, sources: Sequence[TrainSource], out_u
 def train_segmenter(config: SegmentConfig, sources: Sequence[TrainSource], out_uri: str,
                     ray_address: str | None = None) -> dict[str, Any]:
     """Train and publish a segmenter; returns its manifest."""
-    import ray
-
-    from mrgen.platform.cluster import RayConfig, init_ray
+    from mrgen.platform.cluster import RayConfig, init_ray, wait_for
 
     init_ray(RayConfig(address=ray_address))
-    return ray.get(submit_training(config, sources, out_uri))
+    return wait_for({"model": submit_training(config, sources, out_uri)}, "segment train", config.max_minutes)["model"]

@@ -18,6 +18,7 @@ import torch
 from mrgen.jobs.train import checkpoint as ckpt
 from mrgen.jobs.train.config import TrainConfig
 from mrgen.jobs.train.data import BatchStream
+from mrgen.jobs.train.progress import write_progress
 from mrgen.jobs.train.stages import StageTask, build_task, trained_model
 from mrgen.platform.budget import TimeBudget, units_that_fit
 
@@ -349,6 +350,8 @@ class Trainer:
             print(f"[train {self.stage}] step {step}/{self.plan.total} loss={report['loss']:.4f} "
                   f"lr={report['lr']:.3g} samples/s={report['samples_per_s']:.1f} "
                   f"data_wait={report['data_wait_fraction']:.1%}", flush=True)
+            write_progress(self.run_uri, {"run_id": self.run_id, "step": step, "total": self.plan.total,
+                                          "loss": report["loss"]})
         self.interval = Interval(self.stream.wait_s)
         if last:
             self.state.frozen_hashes = {"start": self.frozen_at_start, "end": self.task.frozen_hashes()}

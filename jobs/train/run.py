@@ -73,6 +73,7 @@ def run_training(config: TrainConfig, db_uri: str, out_uri: str, stage: str, res
     from mrgen.datasets.store import load_index
     from mrgen.jobs.train.data import build_dataset
     from mrgen.jobs.train.loop import train_loop_per_worker
+    from mrgen.jobs.train.progress import watch_progress
     from mrgen.platform.cluster import RayConfig, init_ray
 
     if stage not in STAGES:
@@ -113,7 +114,8 @@ def run_training(config: TrainConfig, db_uri: str, out_uri: str, stage: str, res
     print(f"[train {stage}] {config.num_workers} worker(s), {settings.max_steps} steps{budget}, batch "
           f"{settings.batch_size}x{config.grad_accum} per worker, ZeRO {config.zero_stage}, "
           f"{config.resolved_precision()} → {run_uri}", flush=True)
-    result = trainer.fit()
+    with watch_progress(run_uri, run_id, f"train {stage}"):
+        result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"stage {stage!r} finished without a checkpoint under {run_uri}")
 

@@ -23,21 +23,23 @@ SRC = "phantom-src"
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_db):
-    """`mrgen segment train` once (CLI → train_segmenter → Ray task): model folder, manifest, config, printout."""
-    import contextlib
-    import io
+    """`mrgen segment train` once, as a person runs it (a process of its own, Ray forwarding its workers' output):
+    model folder, manifest, config, what the terminal showed and the log file."""
+    import os
+    import subprocess
+    import sys
 
-    from mrgen.cli.main import main
     from mrgen.jobs.segment.train import load_manifest
 
-    out = str(tmp_path_factory.mktemp("segmenter") / "model")
+    folder = tmp_path_factory.mktemp("segmenter")
+    out, log = str(folder / "model"), folder / "train.log"
     # a budget spent before training starts: epoch 1 runs whole, the budget then cuts epoch 2 to 1 iteration
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        rc = main(["segment", "train", "--train", tiny_db, "--dataset", SRC, "--out", out, "--config", "tiny",
-                   "--set", "max_minutes=0.001"])
-    assert rc == 0
-    return out, load_manifest(out), SegmentConfig.load("tiny", ["max_minutes=0.001"]), printed.getvalue()
+    done = subprocess.run([sys.executable, "-m", "mrgen.cli", "segment", "train", "--train", tiny_db, "--dataset", SRC,
+                           "--out", out, "--config", "tiny", "--set", "max_minutes=0.001", "--log", str(log)],
+                          env={**os.environ, "MRGEN_RAY_LOG_TO_DRIVER": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return out, load_manifest(out), SegmentConfig.load("tiny", ["max_minutes=0.001"]), done.stdout + done.stderr, log
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,8 @@ def evaluated(trained, tiny_db, tmp_path_factory):
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         rc = main(["segment", "eval", "--model", model, "--test", tiny_db, "--dataset", SRC, "--config", "tiny",
-                   "--out", str(folder / "report.json"), "--predictions", str(folder / "pred.npz")])
+                   "--out", str(folder / "report.json"), "--predictions", str(folder / "pred.npz"),
+                   "--log", str(folder / "eval.log")])
     assert rc == 0
     report = json.loads((folder / "report.json").read_text())
     return report, load_predictions(str(folder / "pred.npz")), printed.getvalue()
@@ -94,15 +97,18 @@ def test_model_folder_is_nnunet_layout_with_manifest(trained, tiny_db):
 
 
 def test_cli_train_prints_a_summary_a_person_reads(trained):
-    model, manifest, _, printed = trained
+    model, manifest, _, printed, log = trained
     assert f"trained {model}: {manifest['training_cases']} slices, 7 iterations" in printed
     assert "liver" in printed and "{" not in printed  # organs by name; the JSON is for --json
+    # nnU-Net's and Ray's output went to the log the first line names, not to the terminal
+    assert f"(logs: {log};" in printed and "segment train [########################] 0.1/0.1  min; 1/1 done" in printed
+    assert "Epoch" not in printed and "pid=" not in printed and "Epoch 1" in log.read_text()
 
 
 def test_the_configured_nnunet_trainer_variant_trains(trained):
     import torch
 
-    model, manifest, config, _ = trained
+    model, manifest, config = trained[:3]
     assert config.trainer != "nnUNetTrainer"  # the small presets pick a variant: the fixture trains through it
     checkpoint = torch.load(Path(model) / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert manifest["trainer"] == checkpoint["trainer_name"] == config.trainer
@@ -184,9 +190,10 @@ def test_train_rejects_a_selection_without_masks(tiny_db, tmp_path, ray_session)
 def test_cli_train_on_a_missing_db_fails_clearly(tmp_path, capsys, ray_session):
     from mrgen.cli.main import main
 
-    rc = main(["segment", "train", "--train", str(tmp_path / "nope"), "--out", str(tmp_path / "m")])
+    rc = main(["segment", "train", "--train", str(tmp_path / "nope"), "--out", str(tmp_path / "m"),
+               "--log", str(tmp_path / "train.log")])
     assert rc == 2
-    assert "not an MRGen-DB" in capsys.readouterr().err
+    assert "not an MRGen-DB" in capsys.readouterr().err  # on the terminal, not only in the log
 
 
 def test_budget_flag_parsing():
@@ -224,7 +231,7 @@ def test_pooled_eval_scores_candidate_slices_as_one_stack(trained, tiny_db, tmp_
     scores the selected slices (evenly spread, slice-id order) as one stack, encoded as the exported cases."""
     from mrgen.jobs.evaluate.segmenter import evaluate_segmenter, load_predictions
 
-    model, _, config, _ = trained
+    model, _, config = trained[:3]
     db = str(tmp_path / "candidates")
     slice_ids = _candidates_db(tiny_db, db)
     with pytest.raises(ValueError, match="map to one case"):

@@ -10,6 +10,7 @@ import pytest
 
 from mrgen.datasets.store import db_digest
 from mrgen.jobs.train.config import TrainConfig
+from mrgen.jobs.train.progress import read_progress
 from mrgen.jobs.train.run import run_training
 from mrgen.models.bundle import ModelBundle, build_random_bundle
 from mrgen.platform import storage
@@ -50,6 +51,8 @@ def test_failed_worker_restarts_from_s3_checkpoint_then_cli_resume(tiny_db, s3_s
     names = storage.listdir(storage.join(out, "controlnet"))
     assert sum(n.startswith("checkpoint_") and not n.endswith(".json") for n in names) == 2  # latest 2 kept
     assert "history.json" in names
+    progress = read_progress(storage.join(out, "controlnet"))  # what `mrgen train`'s progress bar draws (S3 here)
+    assert progress["run_id"] == result.train_state["run_id"] and progress["step"] == progress["total"] == 30
     hashes = result.train_state["frozen_hashes"]
     assert set(hashes["start"]) == {"vae", "text_encoder", "unet"} and hashes["start"] == hashes["end"]
     bundle = ModelBundle.load(storage.join(out, "bundle"))
