@@ -89,6 +89,7 @@ def command_console(args: argparse.Namespace, command: str):
     """A long command's console: a line naming the log, progress bars, and Ray's, Ray Train's and nnU-Net's output in
     the log (``--verbose``: live). ``--json`` commands keep theirs (``json_stdout``). Ray started meanwhile stops
     inside, so that its workers' last lines reach the log too."""
+    from mrgen.platform.cluster import ray_stopped_after
     from mrgen.platform.console import Console
 
     if getattr(args, "json", False) or args.verbose:
@@ -96,14 +97,9 @@ def command_console(args: argparse.Namespace, command: str):
         return
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log = Path(args.log or Path(tempfile.gettempdir()) / "mrgen-logs" / f"{command.replace(' ', '-')}-{stamp}.log")
-    ray_was_running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
-    with Console(log) as console:
+    with Console(log) as console, ray_stopped_after():
         console.line(f"mrgen {command} (logs: {log}; --verbose shows them live)")
-        try:
-            yield
-        finally:
-            if not ray_was_running and "ray" in sys.modules and sys.modules["ray"].is_initialized():
-                sys.modules["ray"].shutdown()
+        yield
 
 
 def print_json(data, **kwargs) -> None:

@@ -5,6 +5,7 @@ driver after ``ray.init`` never reach them.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any
@@ -66,6 +67,20 @@ def init_ray(config: RayConfig | None = None, **overrides: Any):
     context.execution_no_progress_timeout_s = config.no_progress_timeout_s
     context.use_datasource_v2 = os.environ["RAY_DATA_USE_DATASOURCE_V2"] == "1"
     return ctx
+
+
+@contextlib.contextmanager
+def ray_stopped_after():
+    """Shut down, when the body ends, a Ray the body started; inside a console this keeps the workers' last lines
+    in its log rather than on the terminal."""
+    import ray
+
+    started = not ray.is_initialized()
+    try:
+        yield
+    finally:
+        if started and ray.is_initialized():
+            ray.shutdown()
 
 
 def wait_for(refs: dict[str, Any], label: str, minutes: float | None = None) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from typing import Any
 from mrgen.jobs.experiment.config import ExperimentConfig
 from mrgen.platform import storage
 from mrgen.platform.budget import TimeBudget
-from mrgen.platform.cluster import wait_for
+from mrgen.platform.cluster import ray_stopped_after, wait_for
 from mrgen.platform.config import flatten
 
 
@@ -479,16 +479,9 @@ def run_experiment(out_dir: str, quick: bool = False, config: ExperimentConfig |
     out = storage.absolute(out_dir)
     log = os.path.join(storage.local_path(out), "logs", "experiment.log") if storage.is_local(out) else None
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    import ray
-
     exp = Experiment(out=out, config=config, ray_address=ray_address)
-    started_ray = not ray.is_initialized()
-    with Console(log, verbose=config.verbose) as console:
+    with Console(log, verbose=config.verbose) as console, ray_stopped_after():
         if log and not config.verbose:
             console.line(f"mrgen demo → {out} (logs: {log})")
-        try:
-            exp = run_steps(exp, STEPS[:1] if db_only else None)
-        finally:
-            if started_ray and ray.is_initialized():
-                ray.shutdown()  # inside the console: the workers' last lines reach the log, not the terminal
+        exp = run_steps(exp, STEPS[:1] if db_only else None)
     return exp.results["db"] if db_only else exp.results["report"]

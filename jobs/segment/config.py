@@ -121,32 +121,28 @@ def parse_budget(text: str | None) -> dict[str, Any]:
 # learns the kidneys to 52/53 % Dice at nnU-Net's ±180° and mirroring (batch 12), to 74/75 % keeping the orientation
 # with batch 4 (docs/results.md, 2026-12-05 afternoon), and to 81/87 % (prostate 72 %, pooled over 96 slices) at
 # 2e-3 (3e-3, 5e-3, wider nets and organ-balanced slice draws did no better: docs/results.md, 2026-12-05 evening).
-SMALL_BUDGET_TRAINER = "nnUNetTrainerAdam"
-SMALL_BUDGET_LR = 2e-3
+SMALL_BUDGET = {"trainer": "nnUNetTrainerAdam", "learning_rate": 2e-3, "mirroring": False, "keep_orientation": True}
 
 
 @preset(SegmentConfig, "tiny")
 def _tiny() -> dict[str, Any]:
     """Tests: seconds of training at 64x64 on one CPU."""
-    return {"trainer": SMALL_BUDGET_TRAINER, "learning_rate": SMALL_BUDGET_LR,
-            "epochs": 2, "iterations": 6, "val_iterations": 1, "width": 8, "max_width": 32, "batch_size": 8,
-            "mirroring": False, "keep_orientation": True, "progress_plot": False}
+    return {**SMALL_BUDGET, "epochs": 2, "iterations": 6, "val_iterations": 1, "width": 8, "max_width": 32,
+            "batch_size": 8, "progress_plot": False}
 
 
 @preset(SegmentConfig, "quick")
 def _quick() -> dict[str, Any]:
     """`mrgen demo --quick`: about a minute of training per segmenter on one CPU."""
-    return {"trainer": SMALL_BUDGET_TRAINER, "learning_rate": SMALL_BUDGET_LR,
-            "epochs": 4, "iterations": 15, "val_iterations": 2, "width": 16, "max_width": 64, "batch_size": 12,
-            "mirroring": False, "keep_orientation": True}
+    return {**SMALL_BUDGET, "epochs": 4, "iterations": 15, "val_iterations": 2, "width": 16, "max_width": 64,
+            "batch_size": 12}
 
 
 @preset(SegmentConfig, "default")
 def _default() -> dict[str, Any]:
     """`mrgen demo`: a few minutes per segmenter on one CPU."""
-    return {"trainer": SMALL_BUDGET_TRAINER, "learning_rate": SMALL_BUDGET_LR,
-            "epochs": 12, "iterations": 300, "val_iterations": 3, "width": 16, "max_width": 128, "batch_size": 4,
-            "mirroring": False, "keep_orientation": True}
+    return {**SMALL_BUDGET, "epochs": 12, "iterations": 300, "val_iterations": 3, "width": 16, "max_width": 128,
+            "batch_size": 4}
 
 
 @preset(SegmentConfig, "paper")
