@@ -15,8 +15,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                         "verbose": True if args.verbose else None})
     except ConfigError as exc:
         raise SystemExit(f"mrgen demo: {exc}") from None
-    run_experiment(args.out, config=config, ray_address=args.ray_address, db_only=args.db_only)
+    if args.seeds and (args.seed is not None or args.db_only):
+        raise SystemExit("mrgen demo: --seeds runs whole experiments, one per seed: drop --seed / --db-only")
+    if not args.seeds:
+        run_experiment(args.out, config=config, ray_address=args.ray_address, db_only=args.db_only)
+        return 0
+    from mrgen.jobs.experiment.seeds import summarise_runs, summary_markdown, write_summary
+    from mrgen.platform import storage
+
+    outs = [storage.join(args.out, f"seed{seed}") for seed in args.seeds]
+    for seed, out in zip(args.seeds, outs):  # one after another: each run's budget assumes the whole machine
+        run_experiment(out, config=config.with_overrides({"seed": seed}), ray_address=args.ray_address)
+    summary = summarise_runs(outs)
+    md, _ = write_summary(summary, args.out)
+    print(summary_markdown(summary) + f"\n{md}")
     return 0
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds wants comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"--seeds wants distinct non-negative integers, got {text!r}")
+    return seeds
 
 
 def register(subparsers) -> None:
@@ -42,5 +65,8 @@ def register(subparsers) -> None:
                         "under the budget; or any bundle URI")
     p.add_argument("--seed", type=int, default=None, help="seed of the candidates and the segmenters' training "
                                                           "(config key seed; rerun with others for the spread)")
+    p.add_argument("--seeds", type=_seeds, default=None, metavar="0,1,2",
+                   help="run once per seed into OUT/seed<N> (resumable), then write OUT/seeds.md and seeds.json: "
+                        "mean ± sd over the seeds and pooled intervals (as `mrgen report`)")
     p.add_argument("--verbose", action="store_true", help="show every job's output live (default: OUT/logs/)")
     p.set_defaults(func=cmd_demo)

@@ -14,7 +14,7 @@ from mrgen.cli.common import json_stdout
 
 # Subcommand modules, each with `register(subparsers)`; a handler is stored as `func` on the namespace.
 GROUPS = ["db", "train", "eval", "filter", "synthesize", "sample", "export", "segment", "serve", "generate",
-          "demo", "bench", "submit"]
+          "demo", "report", "bench", "submit"]
 
 
 def build_parser() -> argparse.ArgumentParser:

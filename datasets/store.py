@@ -181,11 +181,16 @@ def _matches(shard: ShardInfo, filters: dict[str, Any]) -> bool:
     return True
 
 
+# filterable row by row but not by the index (the index keeps no slice ids): a chosen set of slices
+ROW_FILTER_COLUMNS = ("slice_id",)
+
+
 def select_shards(index: DBIndex, **filters: Any) -> list[ShardInfo]:
     """Shards that may hold rows matching ``filters`` (column → value or list of values), by the index alone."""
-    unknown = set(filters) - set(INDEX_COLUMNS)
+    unknown = set(filters) - set(INDEX_COLUMNS) - set(ROW_FILTER_COLUMNS)
     if unknown:
-        raise ValueError(f"cannot filter on {sorted(unknown)}: filterable columns are {INDEX_COLUMNS}")
+        raise ValueError(f"cannot filter on {sorted(unknown)}: filterable columns are "
+                         f"{INDEX_COLUMNS + ROW_FILTER_COLUMNS}")
     return [s for s in index.shards if _matches(s, {k: v for k, v in filters.items() if v is not None})]
 
 

@@ -54,11 +54,13 @@ def pooled_stack(test_uri: str, filters: dict[str, Any], label_ids: dict[str, in
 def evaluate_in_process(config: SegmentConfig, model_uri: str, test_uri: str, split: str | None = "test",
                         datasets: Sequence[str] | None = None, modalities: Sequence[str] | None = None,
                         predictions_uri: str | None = None, pooled: bool = False,
-                        limit: int | None = None) -> dict[str, Any]:
+                        limit: int | None = None, slice_ids: Sequence[str] | None = None) -> dict[str, Any]:
     """The body of the Ray task; returns the report (see :func:`evaluate_segmenter`)."""
     from mrgen.jobs.segment.nnunet_env import prepare_process
     from mrgen.jobs.segment.train import MANIFEST
 
+    if slice_ids is not None and not pooled:
+        raise ValueError("slice_ids selects slices for a pooled evaluation; volumes are evaluated whole")
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="mrgen-segment-eval-"))
     try:
@@ -74,7 +76,8 @@ def evaluate_in_process(config: SegmentConfig, model_uri: str, test_uri: str, sp
         labels = predictor.labels
         organs = [labels[i] for i in sorted(labels)]
         filters = {"split": split, "dataset": list(datasets) if datasets else None,
-                   "modality": list(modalities) if modalities else None}
+                   "modality": list(modalities) if modalities else None,
+                   "slice_id": list(slice_ids) if slice_ids is not None else None}
         if pooled:
             volumes = [pooled_stack(test_uri, {k: v for k, v in filters.items() if v is not None},
                                     {name: i for i, name in labels.items()}, limit)]

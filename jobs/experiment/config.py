@@ -49,9 +49,13 @@ class ExperimentConfig(ConfigBase):
     calibration_quantile: float = Field(0.25, gt=0, lt=1, description="quantile of the real slices' scores each "
                                                                       "threshold is set at")
     calibration_slices: int = Field(96, ge=4, description="real source slices scored for the calibration")
-    unfiltered: bool = Field(True, description="with a filter: also synthesise the first `keep` candidates of the "
-                                               "same masks unfiltered and train a segmenter on them (the filter's "
-                                               "effect at equal masks)")
+    unfiltered: bool = Field(True, description="with a filter: also train a segmenter on as many of the same "
+                                               "masks' same candidates, chosen without scores (each mask's first k "
+                                               "of n, k what the filter kept): the filter's effect at equal count")
+    score_split: bool = Field(False, description="with unfiltered: also train segmenters on each mask's best- and "
+                                                 "worst-scored candidate (does the filter's score predict a "
+                                                 "candidate's value as training data?); two more segmenters share "
+                                                 "the budget")
     oracle: bool = Field(True, description="also train an oracle segmenter on the real target-modality training "
                                            "slices with their masks (a second DB; no MRGen step sees it): the bound "
                                            "any method could reach")
@@ -101,7 +105,8 @@ class ExperimentConfig(ConfigBase):
 @preset(ExperimentConfig, "quick")
 def _quick() -> dict[str, Any]:
     """CI's end-to-end run (`mrgen demo --quick`): every step, tiny budgets (a few minutes on 2 CPUs)."""
-    return {"generator": "train", "phantom": "tiny", "train": "tiny", "calibration_slices": 8,
+    return {"generator": "train", "phantom": "tiny", "phantom_overrides": {"volumes": 4, "test_volumes": 2},
+            "train": "tiny", "calibration_slices": 8,
             "train_overrides": {"vae.max_steps": 12, "unet.max_steps": 12, "controlnet.max_steps": 12,
                                 "vae.warmup_steps": 1, "unet.warmup_steps": 1, "controlnet.warmup_steps": 1,
                                 "checkpoint_every": 12, "scaling_samples": 16},

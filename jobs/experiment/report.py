@@ -2,7 +2,8 @@
 
     OUT/report/report.md          Dice tables (target-modality test volumes; own training slices), FID, what ran
     OUT/report/report.json        the same numbers, machine-readable
-    OUT/report/data.png           real source slices | synthetic target slices | real target test slices
+    OUT/report/data.png           DB source slices | synthetic target slices | DB target test slices
+                                  ("phantom" for the embedded phantom's renderings, "real" for a user's scans)
     OUT/report/mask_following.png the check-controller step's same-seed samples with own and other masks
     OUT/report/segmentation.png   target test slices: image, ground truth, each segmenter's prediction
     OUT/report/candidates.png     the filter's view: a few masks with every candidate, its scores and fate
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mrgen.jobs.experiment.compare import differences, goal, interval_text, intervals, verdict
 from mrgen.jobs.segment.train import MANIFEST as SEGMENTER_MANIFEST
 from mrgen.jobs.train.config import STAGES
 from mrgen.jobs.train.run import training_chain
@@ -22,10 +24,24 @@ from mrgen.jobs.synthesis.run import REPORT as SYNTHESIS_REPORT
 from mrgen.models.bundle import MANIFEST
 from mrgen.platform import storage
 
-TRAINED_ON = {"source-only": "real source-modality slices",
+TRAINED_ON = {"source-only": "{data} source-modality slices",
               "mrgen": "MRGen synthetic target-modality slices (filtered)",
-              "mrgen-unfiltered": "MRGen synthetic target-modality slices (unfiltered, same masks)",
-              "oracle": "real target-modality training slices with their masks (the bound)"}
+              "mrgen-unfiltered": "MRGen synthetic target-modality slices (unfiltered: as many, same masks and "
+                                  "candidates, chosen without scores)",
+              "mrgen-best": "each mask's best-scored synthetic candidate",
+              "mrgen-worst": "each mask's worst-scored synthetic candidate",
+              "oracle": "{data} target-modality training slices with their masks (the bound)"}
+
+
+REPORT_JSON = ("report", "report.json")  # under the experiment's OUT
+
+
+def load_report(out: str) -> dict[str, Any]:
+    """A finished experiment's ``OUT/report/report.json``; the error names the folder."""
+    uri = storage.join(out, *REPORT_JSON)
+    if not storage.exists(uri):
+        raise FileNotFoundError(f"{out}: no {'/'.join(REPORT_JSON)}: not a finished `mrgen demo` output")
+    return json.loads(storage.read_text(uri))
 
 
 def _json(uri: str) -> dict[str, Any] | None:
@@ -36,15 +52,30 @@ def _pct(value: float | None) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
 
 
-def dice_table(evals: dict[str, dict[str, Any]], trained_on: dict[str, str]) -> str:
+def dice_table(evals: dict[str, dict[str, Any]], trained_on: dict[str, str],
+               spans: dict[str, dict[str, Any]] | None = None) -> str:
+    """One row per segmenter: mean and per-organ Dice (%), with the 95 % intervals over volumes in ``spans``."""
     organs = next(iter(evals.values()))["dice"]["organs"] if evals else []
-    head = "| segmenter | trained on | mean Dice (%) | " + " | ".join(organs) + " |"
+    head = ("| segmenter | trained on | mean Dice (%)" + (" [95 % interval]" if spans else "") + " | "
+            + " | ".join(organs) + " |")
     lines = [head, "|" + "---|" * (3 + len(organs))]
     for name, ev in evals.items():
         per = ev["dice"]["per_organ"]
-        lines.append(f"| {name} | {trained_on.get(name, '')} | **{_pct(ev['mean_dice'])}** | "
-                     + " | ".join(_pct(per.get(o)) for o in organs) + " |")
+        span = (spans or {}).get(name)
+        mean = interval_text(span["mean"]) if span else _pct(ev["mean_dice"])
+        cells = [interval_text(span["per_organ"][o]) if span and o in span["per_organ"] else _pct(per.get(o))
+                 for o in organs]
+        lines.append(f"| {name} | {trained_on.get(name, '')} | **{mean}** | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def differences_lines(diffs: dict[str, dict[str, Any]], volumes: int | None) -> list[str]:
+    if not diffs:
+        return []
+    lines = ["## Differences (Dice points, paired 95 % bootstrap interval over the same "
+             f"{volumes or ''} test volumes)", "", "| difference | value [95 % interval] | reads |", "|---|---|---|"]
+    lines += [f"| {d['label']} | {interval_text(d, signed=True)} | {verdict(d)} |" for d in diffs.values()]
+    return lines + [""]
 
 
 def _data_sheet(exp, uri: str, n: int) -> None:
@@ -60,11 +91,12 @@ def _data_sheet(exp, uri: str, n: int) -> None:
             item["caption"] = f"{caption}: {item['caption']}"
         return items
 
-    items = (pick(exp.db, "real source", dataset=SOURCE_DATASET, split=exp.config.source_split, has_mask=True)
+    data = exp.data_label
+    items = (pick(exp.db, f"{data} source", dataset=SOURCE_DATASET, split=exp.config.source_split, has_mask=True)
              + pick(exp.synthetic, "synthetic", has_mask=True)
-             + pick(exp.db, "real target (test)", dataset=TARGET_DATASET, split="test", has_mask=True))
+             + pick(exp.db, f"{data} target (test)", dataset=TARGET_DATASET, split="test", has_mask=True))
     contact_sheet(items, uri, columns=n, cell=128, caption_lines=3,
-                  title="rows: real source-modality | MRGen synthetic target-modality | real target-modality test")
+                  title=f"rows: {data} source-modality | MRGen synthetic target-modality | {data} target-modality test")
 
 
 def _following_lines(f: dict[str, Any] | None) -> list[str]:
@@ -72,10 +104,10 @@ def _following_lines(f: dict[str, Any] | None) -> list[str]:
         return []
     return [f"Samples (`mask_following.png`, {f['sampler']} {f['steps']} steps, guidance {f['guidance']}): at the "
             f"{f['organs']} organs of {f['slices']} {f['split']} masks, the organ contrast (inside minus a "
-            f"{f['ring']}-pixel ring around) differs from the real slice's by {f['error_own']:.4f} in the sample "
+            f"{f['ring']}-pixel ring around) differs from the DB slice's by {f['error_own']:.4f} in the sample "
             f"drawn with that mask and by {f['error_other']:.4f} in the same-seed sample drawn with another slice's "
             f"mask: following **{f['following']:+.3f}** (1 − own/other; 0: the samples ignore their masks). Ceiling "
-            f"set by the autoencoder (the real slices' reconstructions scored the same way): "
+            f"set by the autoencoder (the DB slices' reconstructions scored the same way): "
             f"{f['autoencoder_ceiling']:+.3f}. Separation (how much more of each sample's variance around the organs "
             f"the mask it was drawn with explains than the other mask does, η²; blind to intensities): "
             f"**{f['separation_following']:+.3f}**, ceiling {f['separation_ceiling']:+.3f}.",
@@ -92,14 +124,14 @@ def _target_following_lines(f: dict[str, Any] | None) -> list[str]:
             f"({share:.2f} of it; goal 0.5).", ""]
 
 
-def _fit_lines(fits: dict[str, dict[str, Any]], trained_on: dict[str, str]) -> list[str]:
+def _fit_lines(fits: dict[str, dict[str, Any]], trained_on: dict[str, str], data: str) -> list[str]:
     if not fits:
         return []
     slices = ", ".join(f"{n} {ev['n_slices']}" for n, ev in fits.items())
     return ["## Dice (%) on each segmenter's own training slices", "",
             f"Pooled over evenly spread training slices ({slices}). Low here means the segmenter did not learn "
             "what it was given (budget, or images that do not show their masks' organs); high here but low above "
-            "means it learnt and did not transfer to the real target modality.", "",
+            f"means it learnt and did not transfer to the {data} target modality.", "",
             dice_table(fits, trained_on), ""]
 
 
@@ -155,11 +187,12 @@ def _filter_lines(exp, synthesis: dict[str, Any], calibration: dict[str, Any] | 
                   f"{totals.get('candidates_per_kept') or 0:.2f} generated per kept.", ""]
     if calibration:
         t, d = calibration["thresholds"], calibration["distributions"]
-        lines += [f"Thresholds calibrated on {calibration['slices']} real source slices scored against their own masks "
+        data = exp.data_label
+        lines += [f"Thresholds calibrated on {calibration['slices']} {data} source slices scored against their masks "
                   f"(`mrgen filter calibrate`, quantile {calibration['quantile']:g}): organ IoU {t['organ_iou']:.3f}, "
                   f"organ confidence {t['organ_conf']:.3f}, mean IoU {t['mean_iou']:.3f}, mean confidence "
                   f"{t['mean_conf']:.3f} (the paper's SAM2 values: 0.70 / 0.80 / 0.80 / 0.90).", "",
-                  "| real slices | IoU q25 | IoU median | conf q25 | conf median |", "|---|---|---|---|---|"]
+                  f"| {data} slices | IoU q25 | IoU median | conf q25 | conf median |", "|---|---|---|---|---|"]
         for name, stats in d.get("organs", {}).items():
             lines.append(f"| {name} ({stats['iou']['n']}) | {stats['iou']['q25']:.3f} | {stats['iou']['q50']:.3f} | "
                          f"{stats['conf']['q25']:.3f} | {stats['conf']['q50']:.3f} |")
@@ -189,23 +222,8 @@ def _segmentation_sheet(exp, uri: str, n: int) -> bool:
     if not items:
         return False
     contact_sheet(items, uri, columns=2 + len(preds), cell=128, caption_lines=2,
-                  title="real target-modality test slices: image | ground truth | " + " | ".join(preds))
+                  title=f"{exp.data_label} target-modality test slices: image | ground truth | " + " | ".join(preds))
     return True
-
-
-def goal(mean: dict[str, float | None]) -> dict[str, Any]:
-    """The paper's claim on this run (issue goal): MRGen closes at least half of the gap between source-only and the
-    oracle, and reaches at least 2x source-only and 0.40 mean Dice."""
-    src, mrgen, oracle = mean.get("source-only"), mean.get("mrgen"), mean.get("oracle")
-    if src is None or mrgen is None:
-        return {}
-    out: dict[str, Any] = {"ratio_over_source_only": mrgen / src if src else None,
-                           "at_least_2x_source_only": bool(mrgen >= 2 * src), "at_least_0.40": bool(mrgen >= 0.40)}
-    if oracle is not None and oracle > src:
-        out["gap_closed"] = (mrgen - src) / (oracle - src)
-        out["closes_half_the_gap"] = bool(out["gap_closed"] >= 0.5)
-    out["met"] = all(v for k, v in out.items() if isinstance(v, bool))
-    return out
 
 
 def write_report_folder(exp) -> dict[str, Any]:
@@ -219,19 +237,24 @@ def write_report_folder(exp) -> dict[str, Any]:
     following_target = mask_check.get("samples_target")
     synthesis = _json(storage.join(exp.synthetic, SYNTHESIS_REPORT)) or {}
     calibration = _json(exp.calibration) if exp.calibration else None
-    trained_on = {n: TRAINED_ON[n] if exp.filtered or n != "mrgen" else "MRGen synthetic target-modality slices "
-                  "(unfiltered)" for n in names}
+    data = exp.data_label
+    trained_on = {n: TRAINED_ON[n].format(data=data) if exp.filtered or n != "mrgen" else
+                  "MRGen synthetic target-modality slices (unfiltered)" for n in names}
     manifests = {n: _json(storage.join(exp.segmenter(n), SEGMENTER_MANIFEST)) or {} for n in names}
     mean = {n: evals[n]["mean_dice"] for n in evals}
     ratio = (mean["mrgen"] / mean["source-only"]) if mean.get("source-only") and mean.get("mrgen") is not None else None
     unfiltered = _json(storage.join(exp.synthetic_unfiltered, SYNTHESIS_REPORT)) or {}
+    per_volume = {n: ev["dice"]["per_volume"] for n, ev in evals.items() if len(ev["dice"]["per_volume"]) >= 2}
+    spans, diffs = intervals(per_volume), differences(per_volume)
     result = {
         "out": exp.out, "config": exp.config.model_dump(mode="json"),
         "dice": {n: {"mean": ev["mean_dice"], "per_organ": ev["dice"]["per_organ"],
                      "per_volume": ev["dice"]["per_volume"],
-                     "training_slices": manifests[n].get("training_cases"), "trained_on": trained_on[n]}
+                     "interval": spans.get(n), "training_slices": manifests[n].get("training_cases"),
+                     "trained_on": trained_on[n]}
                  for n, ev in evals.items()},
-        "dice_ratio_mrgen_over_source_only": ratio, "goal": goal(mean),
+        "differences": diffs, "data": data,
+        "dice_ratio_mrgen_over_source_only": ratio, "goal": goal(mean, diffs),
         "generator": {"uri": exp.config.generator, "bundle": exp.bundle,
                       "manifest": {k: v for k, v in
                                    (_json(storage.join(exp.bundle, MANIFEST)) or {}).items()
@@ -268,7 +291,7 @@ def write_report_folder(exp) -> dict[str, Any]:
         storage.write_bytes(storage.join(folder, "candidates.png"), storage.read_bytes(candidates))
         sheets["candidates"] = "candidates.png"
     result["sheets"] = sheets
-    table = dice_table(evals, trained_on)
+    table = dice_table(evals, trained_on, spans)
     fid_lines = ["| pair | FID |", "|---|---|"]
     if fid:
         fid_lines += [f"| synthetic vs real target | {fid['synthetic_vs_real_target']:.2f} |",
@@ -288,15 +311,19 @@ def write_report_folder(exp) -> dict[str, Any]:
         unconverged = "The budget does not train the segmenters"
     md = [
         "# MRGen cross-modality experiment", "",
-        f"Output: `{exp.out}`. Segmenters: nnU-Net v2 2d (preset `{exp.config.segment}`); test: the held-out real "
-        "target-modality volumes, Dice on stacked volumes, per organ averaged over volumes, then over organs "
-        "(organs absent from reference and prediction are not scored).", "",
-        "## Dice (%) on real target-modality test volumes", "", table, "",
+        f"Output: `{exp.out}`. Segmenters: nnU-Net v2 2d (preset `{exp.config.segment}`); test: the held-out "
+        f"{data} target-modality volumes, Dice on stacked volumes, per organ averaged over volumes, then over organs "
+        "(organs absent from reference and prediction are not scored); 95 % percentile bootstrap intervals over the "
+        "test volumes." + (" The images are the embedded phantom's renderings, not scans." if data == "phantom"
+                           else ""),
+        "",
+        f"## Dice (%) on {data} target-modality test volumes", "", table, "",
         f"MRGen / source-only mean Dice ratio: {ratio:.2f}" if ratio is not None else "MRGen / source-only ratio: n/a",
         "(paper, Table 3 average: 44.7 vs 10.5, ratio 4.3)"
-        + (f"; gap to the oracle closed: {100 * result['goal']['gap_closed']:.0f} %" if "gap_closed" in result["goal"]
-           else ""), "",
-        *_fit_lines(fits, trained_on),
+        + (f"; gap to the oracle closed: {100 * result['goal']['gap_closed']:.0f} % (goal two thirds)"
+           if "gap_closed" in result["goal"] else ""), "",
+        *differences_lines(diffs, next(iter(diffs.values()))["volumes"] if diffs else None),
+        *_fit_lines(fits, trained_on, data),
         "## FID", "", *fid_lines, "",
         f"{fid['n']['synthetic']} synthetic and {fid['n']['source']} real source images (the same count: FID grows "
         f"as the sample shrinks) against {fid['n']['real_target']} real target images. "
@@ -328,6 +355,7 @@ def write_report_folder(exp) -> dict[str, Any]:
         *(f"![{k}]({v})" for k, v in sheets.items()),
     ]
     storage.write_text(storage.join(folder, "report.md"), "\n".join(md) + "\n")
-    storage.write_text(storage.join(folder, "report.json"), json.dumps(result, indent=1, default=str))
-    print("\n" + table + "\n" + "\n".join(fid_lines) + f"\nreport: {storage.join(folder, 'report.md')}", flush=True)
+    storage.write_text(storage.join(exp.out, *REPORT_JSON), json.dumps(result, indent=1, default=str))
+    print("\n" + table + "\n" + "\n".join(differences_lines(diffs, None))
+          + "\n".join(fid_lines) + f"\nreport: {storage.join(folder, 'report.md')}", flush=True)
     return result

@@ -1,20 +1,23 @@
 """The paper's cross-modality experiment (§4, Table 3) in one command, as ordered named steps.
 
-    build-db            phantom MRGen-DB (source modality with masks, target modality masks only on test volumes)
+    build-db            phantom MRGen-DB (source modality with masks, target modality masks only on test volumes);
+                        its images are renderings of a phantom, called "phantom" (not "real") in every output
     build-oracle-db     (oracle) the same phantom with the target training volumes annotated: the oracle's data
     train-generator     (generator=train) `mrgen train all`: autoencoder → text-guided UNet → mask controller;
                         by default the embedded trained bundle is used and this step does nothing
     check-controller    `mrgen eval mask`: denoising loss with each slice's own mask vs another's (train and test
                         masks), same-seed samples with own and other masks, on the source masks synthesis uses
                         (generator/mask_following.png) and on the target modality's held-out test masks
-    calibrate-filter    `mrgen filter calibrate`: the filter's thresholds from the real source slices' own scores
+    calibrate-filter    `mrgen filter calibrate`: the filter's thresholds from the DB's source slices' own scores
     synthesize          target-modality images from the source-modality training masks, with the filter
-    synthesize-unfiltered  (unfiltered) the first `keep` candidates of the same masks, unfiltered
-    train-segmenters    nnU-Net on real source slices, on the synthetic slices (filtered and unfiltered) and, for the
-                        oracle, on real target training slices: side by side, under the remaining budget
-    evaluate            volumetric Dice of each on the held-out real target-modality test volumes; each one's Dice
+    synthesize-unfiltered  (unfiltered) every candidate the filtered run scored, unfiltered, and the training sets
+                        drawn from them (jobs/experiment/draws.py: the filter at equal count; best / worst by score)
+    train-segmenters    nnU-Net on the DB's source slices, on the synthetic slices (filtered and unfiltered at equal
+                        count) and, for the oracle, on the DB's target training slices: side by side, under the
+                        remaining budget
+    evaluate            volumetric Dice of each on the held-out target-modality test volumes; each one's Dice
                         pooled over its own training slices (did it learn what it was given?)
-    fid                 FID (Inception) of synthetic-vs-real-target beside source-vs-real-target
+    fid                 FID and KID (Inception) of synthetic-vs-target beside source-vs-target
     report              OUT/report/: report.md, report.json, contact sheets
 
 Each step skips when its output exists, so rerunning the command resumes after the last finished step.
@@ -88,13 +91,27 @@ class Experiment:
         return self.path("synthetic-unfiltered")
 
     @property
+    def draws(self) -> str:
+        return self.path("synthetic-unfiltered", "draws.json")
+
+    @property
     def segmenters(self) -> list[str]:
         names = ["source-only", "mrgen"]
         if self.filtered and self.config.unfiltered:
             names.append("mrgen-unfiltered")
+            if self.config.score_split:
+                names += ["mrgen-best", "mrgen-worst"]
         if self.config.oracle:
             names.append("oracle")
         return names
+
+    @property
+    def data_label(self) -> str:
+        """What the DB's images are: "phantom" for the embedded phantom's renderings, "real" for data built from
+        a user's files."""
+        from mrgen.datasets.store import load_index
+
+        return "phantom" if load_index(self.db).meta.get("generator") == "phantom" else "real"
 
     @property
     def mask_check(self) -> str:
@@ -150,9 +167,9 @@ def synthesis_config(exp: Experiment, unfiltered: bool = False):
     if exp.ray_address:
         overrides["ray.address"] = exp.ray_address
     config = SynthesisConfig.from_preset(exp.config.synthesis).with_overrides(overrides)
-    if unfiltered:  # the same masks and seeds: candidates 0..keep-1 are the filtered run's first ones
+    if unfiltered:  # the same masks, seeds and candidates as the filtered run, every one kept (jobs.experiment.draws)
         config = config.model_copy(update={"thresholds_file": None}).with_overrides(
-            {"out": exp.synthetic_unfiltered, "filter": "none", "adaptive": False, "candidates": config.keep})
+            {"out": exp.synthetic_unfiltered, "filter": "none", "adaptive": False, "keep": config.candidates})
     return config
 
 
@@ -167,9 +184,16 @@ def segment_sources(exp: Experiment, name: str):
     from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_DATASET
     from mrgen.jobs.segment.train import TrainSource
 
+    drawn = {"mrgen-unfiltered": ("equal_count", "each mask's first k of the filtered run's n candidates, k its kept "
+                                                 "count: chosen without scores"),
+             "mrgen-best": ("best", "each mask's best-scored candidate"),
+             "mrgen-worst": ("worst", "each mask's worst-scored candidate")}
+    if name in drawn:
+        draw, label = drawn[name]
+        ids = json.loads(storage.read_text(exp.draws))[draw]
+        return [TrainSource(exp.synthetic_unfiltered, split=None, slice_ids=tuple(ids), label=label)]
     return {"source-only": [TrainSource(exp.db, datasets=(SOURCE_DATASET,), split=exp.config.source_split)],
             "mrgen": [TrainSource(exp.synthetic, split=None)],
-            "mrgen-unfiltered": [TrainSource(exp.synthetic_unfiltered, split=None)],
             "oracle": [TrainSource(exp.oracle_db, datasets=(TARGET_DATASET,), split="train")]}[name]
 
 
@@ -263,8 +287,8 @@ def calibrate_filter(exp: Experiment) -> None:
     write_calibration(result, exp.calibration)
     print(describe(result), flush=True)
     t = result.thresholds
-    exp.say(f"   {result.scorer} on {result.slices} real source slices: thresholds organ IoU {t.organ_iou:.2f}, "
-            f"conf {t.organ_conf:.2f}, mean IoU {t.mean_iou:.2f}, mean conf {t.mean_conf:.2f}")
+    exp.say(f"   {result.scorer} on {result.slices} {exp.data_label} source slices: thresholds organ IoU "
+            f"{t.organ_iou:.2f}, conf {t.organ_conf:.2f}, mean IoU {t.mean_iou:.2f}, mean conf {t.mean_conf:.2f}")
 
 
 def _synthesize(exp: Experiment, config, key: str) -> None:
@@ -290,7 +314,17 @@ def synthesize(exp: Experiment) -> None:
 
 
 def synthesize_unfiltered(exp: Experiment) -> None:
-    _synthesize(exp, synthesis_config(exp, unfiltered=True), "synthesis_unfiltered")
+    """Every candidate the filtered run generated, unfiltered; then the training sets drawn from them."""
+    from mrgen.datasets.store import read_table
+    from mrgen.jobs.experiment.draws import draw_training_sets
+    from mrgen.jobs.synthesis.stages.writer import read_audit
+
+    if not _synthesized(exp.synthetic_unfiltered):
+        _synthesize(exp, synthesis_config(exp, unfiltered=True), "synthesis_unfiltered")
+    candidates = read_table(exp.synthetic_unfiltered, ["mask_key", "candidate_index", "slice_id"]).to_pylist()
+    draws = draw_training_sets(read_audit(exp.synthetic).to_pylist(), candidates)
+    storage.write_text(exp.draws, json.dumps(draws, indent=0))
+    exp.say(f"   drawn from its {len(candidates)} candidates: " + ", ".join(f"{k} {len(v)}" for k, v in draws.items()))
 
 
 def train_segmenters(exp: Experiment) -> None:
@@ -317,7 +351,7 @@ def train_segmenters(exp: Experiment) -> None:
 
 
 def evaluations(exp: Experiment) -> dict[str, dict[str, Any]]:
-    """Report URI → evaluation: each segmenter on the real target test volumes, and (``fit_slices``) pooled over
+    """Report URI → evaluation: each segmenter on the target test volumes, and (``fit_slices``) pooled over
     its own training slices, which tells a segmenter that learnt nothing from one that learnt but did not transfer."""
     from mrgen.datasets.phantom import TARGET_DATASET
 
@@ -327,7 +361,8 @@ def evaluations(exp: Experiment) -> dict[str, dict[str, Any]]:
         for n in exp.segmenters:
             (source,) = segment_sources(exp, n)
             jobs[exp.fit(n)] = {"name": n, "test_uri": source.uri, "split": source.split, "datasets": source.datasets,
-                                "modalities": source.modalities, "pooled": True, "limit": exp.config.fit_slices}
+                                "modalities": source.modalities, "slice_ids": source.slice_ids, "pooled": True,
+                                "limit": exp.config.fit_slices}
     return jobs
 
 
@@ -347,12 +382,16 @@ def evaluate(exp: Experiment) -> None:
     for uri, report in reports.items():
         write_report(report, uri)
         what = (f"its own {report['n_slices']} training slices (pooled)" if report["pooled"]
-                else f"real target test volumes ({report['n_volumes']})")
+                else f"{exp.data_label} target test volumes ({report['n_volumes']})")
         print(f"[experiment] {todo[uri]['name']} on {what}:\n{report['table']}", flush=True)
     tests = {todo[uri]["name"]: r for uri, r in reports.items() if not r["pooled"]}
     if tests:
-        exp.say("   Dice on real target test volumes: " + ", ".join(
-            f"{n} {100 * r['mean_dice']:.1f}" if r["mean_dice"] is not None else f"{n} -" for n, r in tests.items()))
+        from mrgen.jobs.experiment.compare import interval_text, intervals
+
+        spans = intervals({n: r["dice"]["per_volume"] for n, r in tests.items() if r["n_volumes"] >= 2})
+        exp.say(f"   Dice on {exp.data_label} target test volumes ({next(iter(tests.values()))['n_volumes']}; "
+                "95 % interval): " + ", ".join(f"{n} {interval_text(spans.get(n, {'value': r['mean_dice']}))}"
+                                               for n, r in tests.items()))
 
 
 def fid(exp: Experiment) -> None:
@@ -433,7 +472,7 @@ STEPS: list[Step] = [
     Step("calibrate-filter", calibrate_filter, lambda e: _all_exist(e.calibration),
          lambda e: e.calibration is not None),
     Step("synthesize", synthesize, lambda e: _synthesized(e.synthetic)),
-    Step("synthesize-unfiltered", synthesize_unfiltered, lambda e: _synthesized(e.synthetic_unfiltered),
+    Step("synthesize-unfiltered", synthesize_unfiltered, lambda e: _all_exist(e.draws),
          lambda e: "mrgen-unfiltered" in e.segmenters),
     Step("train-segmenters", train_segmenters, _segmenters_trained),
     Step("evaluate", evaluate, lambda e: _all_exist(*evaluations(e))),

@@ -40,14 +40,21 @@ class TrainSource:
     datasets: tuple[str, ...] | None = None
     modalities: tuple[str, ...] | None = None
     split: str | None = "train"
+    slice_ids: tuple[str, ...] | None = None  # these slices only (a drawn subset, e.g. the filter at equal count)
+    label: str | None = None  # how ``describe`` names the drawn subset
 
     def filters(self) -> dict[str, Any]:
         return {k: v for k, v in {"dataset": list(self.datasets) if self.datasets else None,
                                   "modality": list(self.modalities) if self.modalities else None,
-                                  "split": self.split}.items() if v is not None}
+                                  "split": self.split,
+                                  "slice_id": list(self.slice_ids) if self.slice_ids is not None else None
+                                  }.items() if v is not None}
 
     def describe(self) -> str:
-        return f"{self.uri} ({', '.join(f'{k}={v}' for k, v in self.filters().items()) or 'all slices'})"
+        shown = {k: v for k, v in self.filters().items() if k != "slice_id"}
+        if self.slice_ids is not None:
+            shown["slices"] = f"{len(self.slice_ids)} drawn" + (f" ({self.label})" if self.label else "")
+        return f"{self.uri} ({', '.join(f'{k}={v}' for k, v in shown.items()) or 'all slices'})"
 
 
 class SegmentInputError(ValueError):

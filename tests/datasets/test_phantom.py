@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mrgen.datasets.modality import attributes_for
-from mrgen.datasets.phantom import (ORGAN_IDS, SOURCE_MODALITY, TARGET_MODALITY, PhantomConfig, build_phantom_db,
-                                    plan_volumes, render_volume)
+from mrgen.datasets.phantom import (ORGAN_IDS, POOL_DATASET, SOURCE_MODALITY, TARGET_DATASET, TARGET_MODALITY,
+                                    PhantomConfig, build_phantom_db, plan_volumes, render_volume)
 from mrgen.datasets.prompt import build_prompt
 from mrgen.datasets.schema import REGIONS, decode_image, decode_mask, decode_organ_map, validate_slice_table
 from mrgen.datasets.store import INDEX_COLUMNS, load_index, read_table, shard_uris
@@ -48,6 +48,11 @@ def test_constants_and_presets():
     assert default.pool_masks == default.pool_modalities and default.volumes > PhantomConfig.load("small").volumes
     assert not default.target_train_masks and default.target_modality not in default.pool_masks
     assert PhantomConfig.load("paper").resolution == 512
+    # the default's test volumes: at least 20 per dataset, bodies the embedded generator's DB never rendered
+    trained_on = {(s.dataset, s.body) for s in plan_volumes(PhantomConfig.load("bundle-db"))}
+    tests = [s for s in plan_volumes(default) if s.split == "test" and s.dataset != POOL_DATASET]
+    assert len([s for s in tests if s.dataset == TARGET_DATASET]) >= 20
+    assert len({s.dataset for s in tests}) == 2 and not {(s.dataset, s.body) for s in tests} & trained_on
     assert TINY.resolution == 64
 
 

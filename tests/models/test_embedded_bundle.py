@@ -32,7 +32,7 @@ def default_db(tmp_path_factory, ray_session) -> str:
     from mrgen.datasets.phantom import PhantomConfig, build_phantom_db
 
     out = str(tmp_path_factory.mktemp("default_db") / "db")
-    build_phantom_db(out, PhantomConfig.from_preset("default"))
+    build_phantom_db(out, PhantomConfig.from_preset("bundle-db"))  # the DB it trained on: its test split is held out
     return out
 
 
@@ -47,7 +47,7 @@ def test_manifest_records_how_it_was_trained(manifest):
     from mrgen.datasets.phantom import PhantomConfig, phantom_meta
     from mrgen.datasets.store import meta_digest
 
-    default, small = (meta_digest(phantom_meta(PhantomConfig.from_preset(p))) for p in ("default", "small"))
+    default, small = (meta_digest(phantom_meta(PhantomConfig.from_preset(p))) for p in ("bundle-db", "small"))
     training = manifest["training"]
     stages = training["stages"]
     assert training["db_digest"] == default and set(stages) == {"vae", "unet", "controlnet"}

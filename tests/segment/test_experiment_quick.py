@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -32,10 +33,23 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session, monkeypat
     assert set(report["dice"]) == set(SEGMENTERS)
     volumes = {n: set(d["per_volume"]) for n, d in report["dice"].items()}
     assert all(v == volumes["mrgen"] for v in volumes.values()) and volumes["mrgen"]
-    assert all(v.startswith("phantom-tgt/") for v in volumes["mrgen"])  # evaluated on the real target modality
+    assert all(v.startswith("phantom-tgt/") for v in volumes["mrgen"])  # evaluated on the target modality
+    assert len(volumes["mrgen"]) == 2
     for d in report["dice"].values():
         assert d["mean"] is None or 0.0 <= d["mean"] <= 1.0
         assert d["training_slices"] > 0
+        if d["mean"] is not None:
+            span = d["interval"]["mean"]
+            assert span["low"] - 1e-9 <= d["mean"] <= span["high"] + 1e-9
+    # the filter at equal count: as many slices, drawn from the same masks' same candidates without scores
+    assert report["dice"]["mrgen-unfiltered"]["training_slices"] == report["dice"]["mrgen"]["training_slices"]
+    diffs = report["differences"]
+    assert set(diffs) == {"mrgen_minus_source_only", "filtered_minus_unfiltered", "oracle_minus_mrgen"}
+    for key, d in diffs.items():
+        a, b = report["dice"][d["a"]]["mean"], report["dice"][d["b"]]["mean"]
+        if a is not None and b is not None:
+            assert d["low"] - 1e-9 <= d["value"] <= d["high"] + 1e-9 and d["volumes"] == 2, key
+    assert report["data"] == "phantom" and "interval_above_source_only" in report["goal"]
     fid = report["fid"]
     for key in ("synthetic_vs_real_target", "source_vs_real_target"):
         assert math.isfinite(fid[key]) and fid[key] >= -1e-6
@@ -47,6 +61,8 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session, monkeypat
     assert math.isfinite(fid["unfiltered"]["synthetic_vs_real_target"])
     md = (folder / "report.md").read_text()
     assert "source-only" in md and "mrgen" in md and "FID" in md
+    assert "filtered − unfiltered at equal count" in md and "phantom target-modality test volumes" in md
+    assert not re.search(r"\breal\b", md, re.IGNORECASE)  # the phantom's renderings are not called real
 
     seconds_first = report["step_seconds"]
     assert {"build-oracle-db", "train-generator", "check-controller", "calibrate-filter", "synthesize",
