@@ -3,6 +3,10 @@
 Each benchmark is one entry of ``BENCHMARKS`` (name → :class:`Benchmark`) and a mapping of the same name in
 ``BenchConfig`` (jobs/bench/config.py), which holds its defaults; a flag's ``dest`` is the field it overrides.
 `mrgen bench all` runs every one with the config's values. Teams add theirs by adding an entry and a mapping.
+
+A benchmark's ``resolve`` builds every job config it will run with (training, synthesis, service, DB...) from the
+same mapping and flags, without running anything: each command resolves before it starts (`mrgen bench all`: every
+benchmark before the first), and CI resolves each at the CLI's defaults (tests/jobs/test_bench_defaults.py).
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ class Benchmark:
     add_inputs: Callable[[argparse.ArgumentParser], None]  # its input flags; its settings' flags come from the mapping
     run: Callable[[Any, argparse.Namespace], dict[str, Any]]  # (its BenchConfig mapping, the flags)
     example: str  # a `--set` key=value of its mapping, for the help
+    # (mapping, flags) → the job configs `run` builds, by name, built without running anything; raises as they do
+    resolve: Callable[[Any, argparse.Namespace], dict[str, Any]]
 
 
 def _no_inputs(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +38,12 @@ def _db_run(settings, args: argparse.Namespace) -> dict[str, Any]:
     from mrgen.jobs.bench.db_bench import run_db_bench
 
     return run_db_bench(**settings.model_dump())
+
+
+def _db_resolve(settings, args: argparse.Namespace) -> dict[str, Any]:
+    from mrgen.jobs.bench.db_bench import db_bench_configs
+
+    return db_bench_configs(settings.resolution)
 
 
 def _train_inputs(parser: argparse.ArgumentParser) -> None:
@@ -47,15 +59,31 @@ def _train_run(settings, args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
+def _train_resolve(settings, args: argparse.Namespace) -> dict[str, Any]:
+    from mrgen.jobs.bench.train_bench import train_bench_configs
+
+    return train_bench_configs(db_uri=args.db, steps=settings.steps, batch_size=settings.batch_size)
+
+
 def _serve_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model bundle (default: a random tiny bundle in a temp dir)")
+
+
+def _serve_options(settings, args: argparse.Namespace) -> dict[str, Any]:
+    return dict(model=args.model, clients=settings.clients, duration_s=settings.duration, n=settings.n,
+                steps=settings.steps, max_batch_size=settings.max_batch_size)
 
 
 def _serve_run(settings, args: argparse.Namespace) -> dict[str, Any]:
     from mrgen.serving.loadgen import benchmark
 
-    return benchmark(model=args.model, clients=settings.clients, duration_s=settings.duration, n=settings.n,
-                     steps=settings.steps, max_batch_size=settings.max_batch_size)
+    return benchmark(**_serve_options(settings, args))
+
+
+def _serve_resolve(settings, args: argparse.Namespace) -> dict[str, Any]:
+    from mrgen.serving.loadgen import benchmark_configs
+
+    return benchmark_configs(**_serve_options(settings, args))
 
 
 def _adaptive_inputs(parser: argparse.ArgumentParser) -> None:
@@ -69,15 +97,22 @@ def _adaptive_run(settings, args: argparse.Namespace) -> dict[str, Any]:
     return run_adaptive_bench(**settings.model_dump(), db=args.db)
 
 
+def _adaptive_resolve(settings, args: argparse.Namespace) -> dict[str, Any]:
+    from mrgen.jobs.bench.adaptive_bench import adaptive_bench_configs
+
+    return adaptive_bench_configs(**settings.model_dump(), db=args.db)
+
+
 BENCHMARKS: dict[str, Benchmark] = {
     "db": Benchmark("MRGen-DB ingest slices/s and Ray Data read slices/s (local, s3://moto) vs. plain pyarrow",
-                    _no_inputs, _db_run, "db.volumes=4"),
+                    _no_inputs, _db_run, "db.volumes=4", resolve=_db_resolve),
     "train": Benchmark("training samples/s of Ray Train + DeepSpeed vs. a bare PyTorch loop, and data-wait share",
-                       _train_inputs, _train_run, "train.steps=20"),
+                       _train_inputs, _train_run, "train.steps=20", resolve=_train_resolve),
     "adaptive": Benchmark("generator-seconds per kept sample with the adaptive budget vs. every candidate, embedded "
-                          "generator and LiteMedSAM", _adaptive_inputs, _adaptive_run, "adaptive.masks=8"),
+                          "generator and LiteMedSAM", _adaptive_inputs, _adaptive_run, "adaptive.masks=8",
+                          resolve=_adaptive_resolve),
     "serve": Benchmark("generation service throughput and p50/p95/p99 latency, batching on vs. off (max batch 1)",
-                       _serve_inputs, _serve_run, "serve.clients=4"),
+                       _serve_inputs, _serve_run, "serve.clients=4", resolve=_serve_resolve),
 }
 
 
@@ -91,8 +126,15 @@ def _synth_run(settings, args: argparse.Namespace) -> dict[str, Any]:
     return run_synth_bench(**settings.model_dump(), db=args.db)
 
 
+def _synth_resolve(settings, args: argparse.Namespace) -> dict[str, Any]:
+    from mrgen.jobs.bench.synth_bench import synth_bench_configs
+
+    return synth_bench_configs(settings.candidates, settings.steps, settings.sam2_size, db=args.db)
+
+
 BENCHMARKS["synth"] = Benchmark("synthesis candidates/s: Ray pipeline vs. bare loop vs. reference algorithm; "
-                                "peak memory 1x vs 10x masks", _synth_inputs, _synth_run, "synth.scale=5")
+                                "peak memory 1x vs 10x masks", _synth_inputs, _synth_run, "synth.scale=5",
+                                resolve=_synth_resolve)
 
 
 def _elastic_inputs(parser: argparse.ArgumentParser) -> None:
@@ -106,29 +148,52 @@ def _elastic_run(settings, args: argparse.Namespace) -> dict[str, Any]:
     return run_elastic_bench(masks=settings.masks, train_steps=settings.train_steps, train_out=args.train_out)
 
 
+def _elastic_resolve(settings, args: argparse.Namespace) -> dict[str, Any]:
+    from mrgen.jobs.bench.elastic import elastic_bench_configs
+
+    return elastic_bench_configs(masks=settings.masks, train_steps=settings.train_steps)
+
+
 BENCHMARKS["elastic"] = Benchmark("a multi-node Ray cluster on this machine: nodes join and die, the driver dies; "
                                   "masks lost / duplicated and wall time vs. an undisturbed run",
-                                  _elastic_inputs, _elastic_run, "elastic.masks=16")
+                                  _elastic_inputs, _elastic_run, "elastic.masks=16", resolve=_elastic_resolve)
+
+
+def _gpu_mode(settings) -> tuple[str, bool, tuple[str, ...] | None]:
+    """(device, tiny, sections) of a run: cuda when torch sees one; on the CPU only the tiny mode."""
+    import torch
+
+    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu" and not settings.tiny and settings.device == "cpu":
+        raise SystemExit("mrgen bench gpu --device cpu: paper scale on the CPU takes hours; add --tiny")
+    return device, settings.tiny or device == "cpu", tuple(settings.sections) if settings.sections else None
 
 
 def _gpu_run(settings, args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
     from mrgen.jobs.bench.gpu_bench import run_gpu_bench
 
-    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu" and not settings.tiny:
-        if settings.device == "cpu":
-            raise SystemExit("mrgen bench gpu --device cpu: paper scale on the CPU takes hours; add --tiny")
+    device, tiny, sections = _gpu_mode(settings)
+    if tiny and not settings.tiny:
         print("mrgen bench gpu: no CUDA device; running the tiny CPU mode (--tiny)", file=sys.stderr)
-    return run_gpu_bench(device=device, tiny=settings.tiny or device == "cpu",
-                         sections=tuple(settings.sections) if settings.sections else None,
+    return run_gpu_bench(device=device, tiny=tiny, sections=sections,
                          on_section=lambda figures: _write(args.out, figures))
+
+
+def _gpu_resolve(settings, args: argparse.Namespace) -> dict[str, Any]:
+    from mrgen.jobs.bench.gpu_bench import endpoint_options, gpu_bench_configs
+    from mrgen.serving.loadgen import benchmark_configs
+
+    device, tiny, sections = _gpu_mode(settings)
+    configs = gpu_bench_configs(device, tiny, sections)
+    if sections is None or "endpoint" in sections:
+        configs.update({f"endpoint.{label}": config
+                        for label, config in benchmark_configs(**endpoint_options(tiny)).items()})
+    return configs
 
 
 BENCHMARKS["gpu"] = Benchmark("the GPU check: tiny stages' steps/s vs CPU, paper-scale training (bf16, ZeRO-2, "
                               "NCCL), synthesis candidates/s vs the FLOP-bound limit, endpoint req/s and p99",
-                              _no_inputs, _gpu_run, "gpu.tiny=true")
+                              _no_inputs, _gpu_run, "gpu.tiny=true", resolve=_gpu_resolve)
 
 
 def register(subparsers) -> None:
@@ -174,14 +239,26 @@ def _write(path: str | None, figures: dict[str, Any]) -> None:
         write_text(path, json.dumps(figures, indent=1, default=str))
 
 
+def resolve(name: str, settings, args: argparse.Namespace) -> dict[str, Any]:
+    """Benchmark ``name``'s job configs at ``settings`` (its mapping) and ``args`` (its flags), nothing run; a value
+    they reject exits naming the benchmark."""
+    try:
+        return BENCHMARKS[name].resolve(settings, args)
+    except ValueError as exc:  # ConfigError, a refused request (LoadError), a pydantic error
+        raise SystemExit(f"mrgen bench {name}: {exc}") from None
+
+
 def _run_one(name: str, args: argparse.Namespace) -> int:
     settings = getattr(bench_config(args, name), name)
+    resolve(name, settings, args)
     _write(args.out, BENCHMARKS[name].run(settings, args))
     return 0
 
 
 def _run_all(args: argparse.Namespace) -> int:
     config = bench_config(args)
+    for name, bench in BENCHMARKS.items():  # every benchmark's settings before the first one's minutes
+        resolve(name, getattr(config, name), _defaults(bench))
     results = {}
     for name, bench in BENCHMARKS.items():
         print(f"== bench {name}", file=sys.stderr, flush=True)

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
@@ -81,6 +82,13 @@ def check_loopback(url: str) -> None:
         raise LoadError(f"{url}: {host} is not a loopback address; the load generator only targets this machine")
 
 
+def check_load(clients: int, duration_s: float) -> None:
+    if not 1 <= clients <= 256:
+        raise LoadError(f"clients must be in 1..256, got {clients}")
+    if not 0 < duration_s <= 3600:
+        raise LoadError(f"duration_s must be in (0, 3600], got {duration_s}")
+
+
 async def _client(http: httpx.AsyncClient, body: dict, seed0: int, deadline: float, result: LoadResult,
                   stop: threading.Event | None) -> None:
     i = 0
@@ -105,10 +113,7 @@ def run_load(url: str, body: dict, clients: int = 8, duration_s: float = 20.0, t
              label: str = "load", stop: threading.Event | None = None, timeout_s: float = 120.0) -> LoadResult:
     """`clients` closed-loop clients post `body` (seed varied per request) for `duration_s` seconds."""
     check_loopback(url)
-    if not 1 <= clients <= 256:
-        raise LoadError(f"clients must be in 1..256, got {clients}")
-    if not 0 < duration_s <= 3600:
-        raise LoadError(f"duration_s must be in (0, 3600], got {duration_s}")
+    check_load(clients, duration_s)
     result = LoadResult(label=label, clients=clients, duration_s=duration_s)
 
     async def main() -> None:
@@ -126,6 +131,41 @@ def run_load(url: str, body: dict, clients: int = 8, duration_s: float = 20.0, t
     return result
 
 
+def _bench_mask(size: int) -> np.ndarray:
+    """The benchmark's request mask: two organs (ids 1, 2) on a ``size``² grid."""
+    mask = np.zeros((size, size), np.uint8)
+    mask[size // 8: size // 2, size // 8: size // 2] = 1
+    mask[size // 2: -size // 8, size // 2: -size // 6] = 2
+    return mask
+
+
+def benchmark_configs(model: str | None = None, clients: int = 8, duration_s: float = 20.0, n: int = 1,
+                      steps: int = 4, max_batch_size: int = 8, warmup_s: float = 3.0, config: str = "tiny",
+                      size: int = 64, overrides: dict | None = None) -> dict[str, Any]:
+    """What :func:`benchmark` deploys, by name, without deploying anything: the service configs ``batching on`` and
+    ``batching off``; raises if the load cannot run (clients, durations) or if the service would refuse the
+    benchmark's request (``n``, ``steps``, ``size`` against its limits)."""
+    from mrgen.serving.client import request_body
+    from mrgen.serving.config import ServeConfig
+    from mrgen.serving.inputs import parse_request
+    from mrgen.serving.schemas import GenerateRequest
+
+    check_load(clients, duration_s)
+    check_load(clients, warmup_s)
+    base = ServeConfig.load(config).with_overrides({
+        "model": model, "autoscaling.min_replicas": 1, "autoscaling.max_replicas": 1,
+        "max_ongoing_requests": max(max_batch_size, clients), "limits.max_steps": max(steps, 1), **(overrides or {})})
+    configs = {label: base.with_overrides({"batching.max_batch_size": batch})
+               for label, batch in (("batching on", max_batch_size), ("batching off", 1))}
+    request = GenerateRequest(**request_body(_bench_mask(size), "T2 SPIR", {1: "liver", 2: "spleen"}, n=n,
+                                             steps=steps), seed=0)
+    try:
+        parse_request(request, base)
+    except ValueError as exc:  # BadRequest: every request of the run would fail
+        raise LoadError(f"the service would refuse the benchmark's request: {exc}") from None
+    return configs
+
+
 def benchmark(model: str | None = None, clients: int = 8, duration_s: float = 20.0, n: int = 1, steps: int = 4,
               max_batch_size: int = 8, warmup_s: float = 3.0, config: str = "tiny", size: int = 64,
               overrides: dict | None = None) -> dict:
@@ -138,13 +178,13 @@ def benchmark(model: str | None = None, clients: int = 8, duration_s: float = 20
     from mrgen.platform.cluster import RayConfig, init_ray
     from mrgen.serving.app import build_app_from_config
     from mrgen.serving.client import request_body
-    from mrgen.serving.config import ServeConfig
 
-    tmp = None
-    if model is None:
+    tmp = None if model else tempfile.TemporaryDirectory(prefix="mrgen-serve-bench-")
+    configs = benchmark_configs(model or f"{tmp.name}/bundle", clients, duration_s, n, steps, max_batch_size, warmup_s,
+                                config, size, overrides)  # a bad setting fails before anything is built or started
+    if tmp is not None:
         from mrgen.models.bundle import build_random_bundle
 
-        tmp = tempfile.TemporaryDirectory(prefix="mrgen-serve-bench-")
         model = f"{tmp.name}/bundle"
         print(f"bench serve: no --model, using a random tiny bundle at {model}", flush=True)
         build_random_bundle("tiny").save(model)
@@ -153,18 +193,11 @@ def benchmark(model: str | None = None, clients: int = 8, duration_s: float = 20
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
-    base = ServeConfig.load(config).with_overrides({
-        "model": model, "autoscaling.min_replicas": 1, "autoscaling.max_replicas": 1,
-        "max_ongoing_requests": max(max_batch_size, clients), "limits.max_steps": max(steps, 1), **(overrides or {})})
-    mask = np.zeros((size, size), np.uint8)
-    mask[size // 8: size // 2, size // 8: size // 2] = 1
-    mask[size // 2: -size // 8, size // 2: -size // 6] = 2
-    body = request_body(mask, "T2 SPIR", {1: "liver", 2: "spleen"}, n=n, steps=steps)
+    body = request_body(_bench_mask(size), "T2 SPIR", {1: "liver", 2: "spleen"}, n=n, steps=steps)
     results = {}
     try:
-        for label, batch in (("batching on", max_batch_size), ("batching off", 1)):
-            cfg = base.with_overrides({"batching.max_batch_size": batch})
-            print(f"bench serve: deploying with max_batch_size={batch} ...", flush=True)
+        for label, cfg in configs.items():
+            print(f"bench serve: deploying with max_batch_size={cfg.batching.max_batch_size} ...", flush=True)
             serve.run(build_app_from_config(cfg), name="mrgen-bench", route_prefix="/")
             run_load(url, body, clients, warmup_s, label="warmup")
             results[label] = run_load(url, body, clients, duration_s, label=label)

@@ -15,12 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_MODALITY, PhantomConfig
+from mrgen.jobs.synthesis.config import SynthesisConfig
+from mrgen.models.bundle import EMBEDDED, embedded_bundle
+from mrgen.models.sampling import SAMPLING_PRESETS
+from mrgen.platform.config import ConfigBase
+
 
 def _generator_seconds_per_candidate(bundle_uri: str, db: str, config) -> float:
     """One wave of candidates for one source mask, sampled in this process as the generator stage samples."""
     import numpy as np
 
-    from mrgen.datasets.phantom import TARGET_MODALITY
     from mrgen.datasets.schema import decode_organ_map
     from mrgen.datasets.store import read_table
     from mrgen.jobs.synthesis.stages.generator import CandidateSampler
@@ -38,42 +43,46 @@ def _generator_seconds_per_candidate(bundle_uri: str, db: str, config) -> float:
     return (time.perf_counter() - start) / config.wave_size
 
 
+def adaptive_bench_configs(masks: int = 16, candidates: int = 8, keep: int = 2, wave_size: int = 2,
+                           db: str | None = None, work: str = "<temp dir>") -> dict[str, ConfigBase]:
+    """What :func:`run_adaptive_bench` builds, by name, without building anything: ``phantom`` (without ``db``) and
+    the synthesis runs ``probe`` (the generator's cost per candidate), ``all_candidates`` and ``adaptive``, with the
+    embedded generator's sampling and LiteMedSAM at the thresholds calibrated into ``work``/calibration.json."""
+    configs: dict[str, ConfigBase] = {} if db else {"phantom": PhantomConfig.load("small")}
+    db = db or f"{work}/db"
+    sampling = [f"{k}={v}" for k, v in SAMPLING_PRESETS["default"].kwargs().items()]  # the embedded generator's
+    for name, adaptive in (("probe", False), ("all_candidates", False), ("adaptive", True)):
+        configs[name] = SynthesisConfig.load("tiny", [
+            f"model={EMBEDDED}", f"source={db}", f"out={work}/{name}", f"target_modalities=['{TARGET_MODALITY}']",
+            f"source_datasets=['{SOURCE_DATASET}']", f"candidates={candidates}", f"keep={keep}", *sampling,
+            f"max_masks={masks}", "mask_selection=spread", "filter=medsam",
+            f"thresholds_file={work}/calibration.json", f"adaptive={str(adaptive).lower()}", f"wave_size={wave_size}",
+            "contact_sheet_masks=0"])
+    return configs
+
+
 def run_adaptive_bench(masks: int = 16, candidates: int = 8, keep: int = 2, wave_size: int = 2,
                        calibration_slices: int = 32, db: str | None = None) -> dict[str, Any]:
-    from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_MODALITY, PhantomConfig, build_phantom_db
+    from mrgen.datasets.phantom import build_phantom_db
     from mrgen.jobs.filter.calibrate import calibrate, write_calibration
-    from mrgen.jobs.synthesis.config import SynthesisConfig
     from mrgen.jobs.synthesis.run import run_synthesis
-    from mrgen.models.bundle import EMBEDDED, embedded_bundle
-    from mrgen.models.sampling import SAMPLING_PRESETS
     from mrgen.platform.cluster import RayConfig, init_ray
 
     tmp = Path(tempfile.mkdtemp(prefix="mrgen-adaptive-bench-"))
+    configs = adaptive_bench_configs(masks, candidates, keep, wave_size, db, work=str(tmp))  # fails before Ray
     init_ray(RayConfig(num_cpus=2, object_store_memory_mb=512, no_progress_timeout_s=900))
     if db is None:
         db = str(tmp / "db")
-        build_phantom_db(db, PhantomConfig.load("small"))
+        build_phantom_db(db, configs["phantom"])
     calibration = calibrate(db, "medsam", limit=calibration_slices, dataset=[SOURCE_DATASET], split="train")
-    thresholds = str(tmp / "calibration.json")
-    write_calibration(calibration, thresholds)
-
-    sampling = [f"{k}={v}" for k, v in SAMPLING_PRESETS["default"].kwargs().items()]  # the embedded generator's
-
-    def config(name: str, adaptive: bool) -> SynthesisConfig:
-        return SynthesisConfig.load("tiny", [
-            f"model={EMBEDDED}", f"source={db}", f"out={tmp / name}", f"target_modalities=['{TARGET_MODALITY}']",
-            f"source_datasets=['{SOURCE_DATASET}']", f"candidates={candidates}", f"keep={keep}", *sampling,
-            f"max_masks={masks}", "mask_selection=spread", "filter=medsam",
-            f"thresholds_file={thresholds}", f"adaptive={str(adaptive).lower()}", f"wave_size={wave_size}",
-            "contact_sheet_masks=0"])
+    write_calibration(calibration, configs["probe"].thresholds_file)
 
     figures: dict[str, Any] = {"masks": masks, "candidates": candidates, "keep": keep, "wave_size": wave_size,
                                "thresholds": calibration.thresholds.model_dump()}
-    figures["generator_s_per_candidate"] = _generator_seconds_per_candidate(embedded_bundle(), db,
-                                                                            config("probe", False))
-    for name, adaptive in (("all_candidates", False), ("adaptive", True)):
+    figures["generator_s_per_candidate"] = _generator_seconds_per_candidate(embedded_bundle(), db, configs["probe"])
+    for name in ("all_candidates", "adaptive"):
         start = time.perf_counter()
-        totals = run_synthesis(config(name, adaptive))["totals"]
+        totals = run_synthesis(configs[name])["totals"]
         seconds = time.perf_counter() - start
         kept = totals["candidates_kept"]
         generated = totals["candidates_generated"]

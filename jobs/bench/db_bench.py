@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from mrgen.datasets.config import DBConfig
+from mrgen.platform.config import ConfigBase
+
 BUCKET = "mrgen-bench"
 
 
@@ -113,19 +116,23 @@ class _MotoS3:
                 os.environ[key] = value
 
 
+def db_bench_configs(resolution: int = 64, shard_rows: int = 128) -> dict[str, ConfigBase]:
+    """What :func:`run_db_bench` builds, by name, without building anything: ``db`` (both builds' DB settings)."""
+    return {"db": DBConfig.load_dict({"resolution": resolution, "shard_rows": shard_rows}, source="mrgen bench db")}
+
+
 def run_db_bench(volumes: int = 8, slices: int = 64, size: int = 128, resolution: int = 64, shard_rows: int = 128,
                  batch_size: int = 64, repeats: int = 2, workdir: str | None = None) -> dict[str, Any]:
     """Measure and print ingest and read throughput; returns the figures."""
-    from mrgen.datasets.config import DBConfig
     from mrgen.datasets.ingest.build import build_db
     from mrgen.platform import storage
     from mrgen.platform.cluster import init_ray
 
+    config = db_bench_configs(resolution, shard_rows)["db"]  # a bad setting fails before moto and Ray start
     root = Path(workdir or tempfile.mkdtemp(prefix="mrgen-db-bench-"))
     with _MotoS3() as s3:
         init_ray()
         manifest = write_phantom_niftis(root / "src", volumes, slices, size)
-        config = DBConfig(resolution=resolution, shard_rows=shard_rows)
         # the first build pays for starting Ray workers; the second measures steady-state ingest
         cold = build_db(manifest, str(root / "db-cold"), config)
         local = str(root / "db")

@@ -23,7 +23,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from mrgen.datasets.phantom import TARGET_MODALITY, PhantomConfig
 from mrgen.jobs.bench.synth_bench import Sampler
+from mrgen.jobs.synthesis.config import SynthesisConfig
+from mrgen.platform.config import ConfigBase
 
 MB = 2**20
 GENERATOR, FILTER = "MapWorker(MapBatches(GeneratorUDF))", "MapWorker(MapBatches(FilterUDF))"
@@ -175,8 +178,6 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, poll_
 def synth_settings(bundle: str, db: str, out: str, masks: int = 32) -> list[str]:
     """Overrides of the tiny preset for every scenario: 2 modalities × ``masks`` phantom masks, random SAM2 at 256,
     thresholds 0 (an untrained SAM2 passes nothing else), autoscaling pools of 1-2 actors, one of each per node."""
-    from mrgen.datasets.phantom import TARGET_MODALITY
-
     return [f"model={bundle}", f"source={db}", f"out={out}", f"target_modalities=['{TARGET_MODALITY}','T1 in-phase']",
             "source_datasets=['phantom-src']", f"max_masks={masks}", "candidates=3", "keep=1", "steps=10",
             "scorer.random=true", "scorer.image_size=256", "thresholds.organ_iou=0", "thresholds.organ_conf=0",
@@ -191,7 +192,6 @@ def out_of(settings: list[str]) -> str:
 
 def synthesize(settings: list[str]) -> tuple[dict[str, Any], float]:
     """(report, wall seconds) of `mrgen synthesize` in this process."""
-    from mrgen.jobs.synthesis.config import SynthesisConfig
     from mrgen.jobs.synthesis.run import run_synthesis
 
     start = time.perf_counter()
@@ -329,6 +329,25 @@ def _attempt(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return {"error": f"{type(exc).__name__}: {exc}"[:1000]}
 
 
+SCENARIOS = ("undisturbed", "node_joins", "node_dies", "driver_dies")
+TRAIN_CHECKPOINT_EVERY = 10
+
+
+def elastic_bench_configs(masks: int = 32, train_steps: int = 60, work: str = "<temp dir>") -> dict[str, ConfigBase]:
+    """What :func:`run_elastic_bench` builds, by name, without building anything: ``phantom``, one synthesis run per
+    scenario (``synthesis.<scenario>``, the settings `mrgen synthesize` also gets as flags in ``driver_dies``) and,
+    with ``train_steps``, ``train`` (both training scenarios'); ``work`` is the run's temporary folder."""
+    from mrgen.jobs.bench.elastic_train import train_config
+
+    configs: dict[str, ConfigBase] = {"phantom": PhantomConfig.load("tiny")}
+    for name in SCENARIOS:
+        configs[f"synthesis.{name}"] = SynthesisConfig.load("tiny", synth_settings(f"{work}/bundle", f"{work}/db",
+                                                                                   f"{work}/{name}", masks))
+    if train_steps:
+        configs["train"] = train_config(train_steps, TRAIN_CHECKPOINT_EVERY)
+    return configs
+
+
 def run_elastic_bench(masks: int = 32, train_steps: int = 60, train_out: str | None = None) -> dict[str, Any]:
     """Every scenario on a random tiny bundle and the tiny phantom DB in a temporary folder; prints the figures.
     ``train_out``: where the training run checkpoints (default: the temporary folder; an ``s3://`` URI for object
@@ -337,17 +356,17 @@ def run_elastic_bench(masks: int = 32, train_steps: int = 60, train_out: str | N
     import tempfile
     from pathlib import Path
 
-    from mrgen.datasets.phantom import PhantomConfig, build_phantom_db
+    from mrgen.datasets.phantom import build_phantom_db
     from mrgen.jobs.bench.elastic_train import TRAIN_HEAD_CPUS, training_node_dies, training_undisturbed
     from mrgen.models.bundle import build_random_bundle
     from mrgen.platform import storage
 
     work = Path(tempfile.mkdtemp(prefix="mrgen-elastic-bench-"))
+    configs = elastic_bench_configs(masks, train_steps, work=str(work))  # a bad setting fails before Ray starts
     db, bundle = str(work / "db"), str(work / "bundle")
-    build_phantom_db(db, PhantomConfig.load("tiny"), use_ray=False)
+    build_phantom_db(db, configs["phantom"], use_ray=False)
     build_random_bundle("tiny").save(bundle)
-    runs = {name: synth_settings(bundle, db, str(work / name), masks) for name in
-            ("undisturbed", "node_joins", "node_dies", "driver_dies")}
+    runs = {name: synth_settings(bundle, db, str(work / name), masks) for name in SCENARIOS}
     with LocalCluster() as cluster:
         base = undisturbed(cluster, runs["undisturbed"], workers=1)
         scenarios = {name: _attempt(lambda fn=fn, name=name: fn(cluster, runs[name])) for name, fn in
@@ -361,8 +380,10 @@ def run_elastic_bench(masks: int = 32, train_steps: int = 60, train_out: str | N
     if train_steps:
         root = train_out or str(work / "train")
         with LocalCluster(head_cpus=TRAIN_HEAD_CPUS) as cluster:
-            calm = training_undisturbed(cluster, db, storage.join(root, "undisturbed"), train_steps)
-            hit = training_node_dies(cluster, db, storage.join(root, "node_dies"), train_steps)
+            calm = training_undisturbed(cluster, db, storage.join(root, "undisturbed"), train_steps,
+                                        TRAIN_CHECKPOINT_EVERY)
+            hit = training_node_dies(cluster, db, storage.join(root, "node_dies"), train_steps,
+                                     TRAIN_CHECKPOINT_EVERY)
         figures["training"] = {"undisturbed": calm, "node_dies": {
             **hit, "wall_vs_undisturbed": round(hit["wall_s"] / calm["wall_s"], 2)}}
     shutil.rmtree(work, ignore_errors=True)

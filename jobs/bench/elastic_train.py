@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from mrgen.jobs.bench.elastic import Background, LocalCluster, wait_until
+from mrgen.jobs.train.config import TrainConfig
 
 # A worker takes 2 CPUs, so each node holds one; the head's third CPU is for the data reads (a 1-CPU task each).
 TRAIN_HEAD_CPUS, TRAIN_NODE_CPUS, WORKER_CPUS = 3, 2, 2
@@ -16,10 +17,16 @@ STAGE = "vae"
 
 def train_settings(steps: int, every: int) -> list[str]:
     """The tiny preset's autoencoder stage, 2 workers, a checkpoint every ``every`` steps; data streamed from the DB
-    (not cached in the object store, whose blocks on a lost node would have to be rebuilt)."""
+    (not cached in the object store, whose blocks on a lost node would have to be rebuilt); 2 warm-up steps (fewer
+    in a run of under 3 steps)."""
     return ["num_workers=2", f"cpus_per_worker={WORKER_CPUS}", f"{STAGE}.max_steps={steps}",
-            f"{STAGE}.warmup_steps=2", f"checkpoint_every={every}", "log_every=5", "sample_every=0",
+            f"{STAGE}.warmup_steps={min(2, steps - 1)}", f"checkpoint_every={every}", "log_every=5", "sample_every=0",
             "sample_steps=2", "sample_count=2", "max_failures=2", "cache_data=false"]
+
+
+def train_config(steps: int, every: int) -> TrainConfig:
+    """Both training scenarios' config (:func:`train_settings` on the tiny preset)."""
+    return TrainConfig.load("tiny", train_settings(steps, every))
 
 
 def checkpoints(out: str) -> int:
@@ -31,11 +38,10 @@ def checkpoints(out: str) -> int:
 
 def train(db: str, out: str, steps: int, every: int) -> tuple[Any, float]:
     """(TrainResult, wall seconds) of the stage in this process."""
-    from mrgen.jobs.train.config import TrainConfig
     from mrgen.jobs.train.run import run_training
 
     start = time.perf_counter()
-    result = run_training(TrainConfig.load("tiny", train_settings(steps, every)), db, out, STAGE)
+    result = run_training(train_config(steps, every), db, out, STAGE)
     return result, time.perf_counter() - start
 
 

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mrgen.jobs.bench.config import GPU_SECTIONS
+from mrgen.jobs.train.config import TrainConfig
 from mrgen.models.sampling import PAPER_SAMPLING, SamplingSettings
 
 STAGES = ("vae", "unet", "controlnet")
@@ -120,12 +122,10 @@ def tiny_stages(db: str, device: torch.device, steps: int, cpu_steps: int, batch
     return out
 
 
-def paper_training(db: str, out: str, device: torch.device, tiny: bool, steps: int, batch_sizes: dict[str, int],
-                   stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
-    """`mrgen train all`'s ``stages`` in order (each from the previous one's bundle) for ``steps`` steps each."""
-    from mrgen.jobs.train.config import TrainConfig
-    from mrgen.jobs.train.run import run_training
-
+def paper_training_config(device: torch.device, tiny: bool, steps: int, batch_sizes: dict[str, int],
+                          stages: tuple[str, ...] = STAGES) -> TrainConfig:
+    """The config :func:`paper_training` trains ``stages`` with: the paper (or tiny) preset on one worker, ``steps``
+    steps per stage after 1 warm-up step, bf16 on a GPU; the paper bundle's text tower is :data:`PAPER_TEXT_ENCODER`."""
     gpu = device.type == "cuda"
     sets = ["num_workers=1", f"gpus_per_worker={int(gpu)}", f"precision={'bf16' if gpu else 'fp32'}", "zero_stage=2",
             f"checkpoint_every={steps}", "keep_checkpoints=2", "sample_every=0", f"log_every={max(1, steps // 4)}",
@@ -135,6 +135,16 @@ def paper_training(db: str, out: str, device: torch.device, tiny: bool, steps: i
     config = TrainConfig.load("tiny" if tiny else "paper", sets)
     if not tiny:
         config = config.with_overrides({"architecture": {"text_encoder": PAPER_TEXT_ENCODER}})
+    return config
+
+
+def paper_training(db: str, out: str, device: torch.device, tiny: bool, steps: int, batch_sizes: dict[str, int],
+                   stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
+    """`mrgen train all`'s ``stages`` in order (each from the previous one's bundle) for ``steps`` steps each."""
+    from mrgen.jobs.train.run import run_training
+
+    gpu = device.type == "cuda"
+    config = paper_training_config(device, tiny, steps, batch_sizes, stages)
     figures: dict[str, Any] = {"config": "tiny" if tiny else "paper", "precision": config.resolved_precision(),
                                "zero_stage": config.zero_stage, "backend": "nccl" if gpu else "gloo"}
     for stage in stages:
@@ -220,14 +230,19 @@ def _device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def endpoint(bundle_uri: str, tiny: bool, duration_s: float, clients: int) -> dict[str, Any]:
+def endpoint_options(tiny: bool) -> dict[str, Any]:
+    """The keyword arguments (but ``model``) the ``endpoint`` section gives ``serving.loadgen.benchmark``."""
+    if tiny:
+        return {"clients": 2, "duration_s": 1.0, "steps": 2, "warmup_s": 0.5}
+    # one GPU replica, no SAM2 filter (no checkpoint here): the generator's batching is what is measured
+    return {"clients": 8, "duration_s": 20.0, "steps": 50, "warmup_s": 5.0, "config": "paper", "size": 512,
+            "overrides": {"filter.kind": "none", "limits.max_image_size": 512}}
+
+
+def endpoint(bundle_uri: str, tiny: bool) -> dict[str, Any]:
     from mrgen.serving.loadgen import benchmark
 
-    if tiny:
-        return benchmark(model=bundle_uri, clients=clients, duration_s=duration_s, steps=2, warmup_s=0.5)
-    # one GPU replica, no SAM2 filter (no checkpoint here): the generator's batching is what is measured
-    return benchmark(model=bundle_uri, clients=clients, duration_s=duration_s, steps=50, warmup_s=5.0,
-                     config="paper", size=512, overrides={"filter.kind": "none", "limits.max_image_size": 512})
+    return benchmark(model=bundle_uri, **endpoint_options(tiny))
 
 
 def _timed(figures: dict[str, Any], name: str, fn: Callable[[], dict[str, Any]],
@@ -244,19 +259,66 @@ def _timed(figures: dict[str, Any], name: str, fn: Callable[[], dict[str, Any]],
         on_section(figures)
 
 
+PAPER_DB = ["volumes=3", "slices_per_volume=16", "test_volumes=1"]  # the paper mode's training DB (paper preset)
+
+
+def _training_plan(tiny: bool) -> dict[str, Any]:
+    """paper_training's steps, batch sizes and stages; tiny: one stage (each is a Ray Train start-up, ~35 s on 2
+    cores), the CI test's budget being a minute."""
+    if tiny:
+        return {"steps": 2, "batch_sizes": {}, "stages": ("vae",)}
+    return {"steps": 20, "batch_sizes": {"vae": 8}, "stages": STAGES}
+
+
+def _synthesis_plan(tiny: bool) -> tuple[int, int, SamplingSettings]:
+    """(size, candidates, sampling) of the synthesis section: the paper's DDIM 50 at guidance 7 (3 steps tiny)."""
+    return (64, 2, replace(PAPER_SAMPLING, steps=3)) if tiny else (512, 20, PAPER_SAMPLING)
+
+
+def _bundle_plan(tiny: bool) -> dict[str, Any]:
+    """The random bundle of the synthesis and endpoint sections (build_random_bundle's and model_config's args)."""
+    return {"name": "tiny"} if tiny else {"name": "paper", "overrides": {"text_encoder": PAPER_TEXT_ENCODER}}
+
+
+def gpu_bench_configs(device: str = "cuda", tiny: bool = False,
+                      sections: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """What :func:`run_gpu_bench` builds for ``sections`` (None: all), by name, without building anything or looking
+    for the device: ``phantom`` (the tiny DB), ``phantom.paper`` (the paper mode's training DB), ``train`` (the
+    training section's config), ``model`` (the random bundle's sizes) and ``sampling`` (the synthesis section's).
+    The endpoint section's service configs are ``serving.loadgen.benchmark_configs(**endpoint_options(tiny))``."""
+    from mrgen.datasets.phantom import PhantomConfig
+    from mrgen.models.configs import model_config
+
+    wanted = set(sections or GPU_SECTIONS)
+    configs: dict[str, Any] = {}
+    if {"tiny_stages", "paper_training"} & wanted:
+        configs["phantom"] = PhantomConfig.load("tiny")
+    if "paper_training" in wanted:
+        if not tiny:
+            configs["phantom.paper"] = PhantomConfig.load("paper", PAPER_DB)
+        configs["train"] = paper_training_config(torch.device(device), tiny, **_training_plan(tiny))
+    if {"synthesis", "endpoint"} & wanted:
+        plan = _bundle_plan(tiny)
+        configs["model"] = model_config(plan["name"], plan.get("overrides"))
+    if "synthesis" in wanted:
+        configs["sampling"] = _synthesis_plan(tiny)[2]
+    return configs
+
+
 def run_gpu_bench(device: str = "cuda", tiny: bool = False, sections: tuple[str, ...] | None = None,
                   workdir: str | None = None,
                   on_section: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Every section (or those named in ``sections``) on ``device``; prints and returns one JSON object.
     ``on_section`` gets the figures so far after each section (a lease that ends mid-run keeps what finished)."""
-    from mrgen.datasets.phantom import PhantomConfig, build_phantom_db
+    from mrgen.datasets.phantom import build_phantom_db
     from mrgen.models.bundle import build_random_bundle
     from mrgen.platform.cluster import init_ray
 
+    configs = gpu_bench_configs(device, tiny, sections)  # a bad setting fails before anything starts
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: torch sees no CUDA device here (use --device cpu --tiny for the CI mode)")
-    wanted = sections or ("tiny_stages", "paper_training", "synthesis", "endpoint")
+    wanted = sections or GPU_SECTIONS
     work = Path(workdir or tempfile.mkdtemp(prefix="mrgen-gpu-bench-"))
     started = time.perf_counter()
     figures: dict[str, Any] = {"device": device, "device_name": _device_name(dev), "tiny": tiny,
@@ -264,7 +326,7 @@ def run_gpu_bench(device: str = "cuda", tiny: bool = False, sections: tuple[str,
     init_ray()
     tiny_db = str(work / "db-tiny")
     if {"tiny_stages", "paper_training"} & set(wanted):
-        build_phantom_db(tiny_db, PhantomConfig.load("tiny"), use_ray=False)
+        build_phantom_db(tiny_db, configs["phantom"], use_ray=False)
     if "tiny_stages" in wanted:
         steps, cpu_steps = (3, 2) if tiny else (300, 20)
         _timed(figures, "tiny_stages", lambda: tiny_stages(tiny_db, dev, steps, cpu_steps), on_section)
@@ -273,30 +335,23 @@ def run_gpu_bench(device: str = "cuda", tiny: bool = False, sections: tuple[str,
             db = tiny_db
             if not tiny:
                 db = str(work / "db-paper")
-                build_phantom_db(db, PhantomConfig.load("paper", ["volumes=3", "slices_per_volume=16",
-                                                                  "test_volumes=1"]), use_ray=False)
-            # tiny: one stage (each is a Ray Train start-up, ~35 s on 2 cores); the CI test's budget is a minute
-            return paper_training(db, str(work / "train"), dev, tiny, steps=2 if tiny else 20,
-                                  batch_sizes={} if tiny else {"vae": 8}, stages=("vae",) if tiny else STAGES)
+                build_phantom_db(db, configs["phantom.paper"], use_ray=False)
+            return paper_training(db, str(work / "train"), dev, tiny, **_training_plan(tiny))
         _timed(figures, "paper_training", train, on_section)
         shutil.rmtree(work / "train", ignore_errors=True)  # paper checkpoints are tens of GB
     if {"synthesis", "endpoint"} & set(wanted):
-        bundle = build_random_bundle("tiny") if tiny else build_random_bundle(
-            "paper", overrides={"text_encoder": PAPER_TEXT_ENCODER})
+        bundle = build_random_bundle(**_bundle_plan(tiny))
         bundle_uri = str(work / "bundle")
         if "endpoint" in wanted:
             bundle.save(bundle_uri)
         if "synthesis" in wanted:
-            # the paper's DDIM 50 at guidance 7 (3 steps in the tiny mode)
-            size, candidates = (64, 2) if tiny else (512, 20)
-            sampling = replace(PAPER_SAMPLING, steps=3) if tiny else PAPER_SAMPLING
+            size, candidates, sampling = _synthesis_plan(tiny)
             _timed(figures, "synthesis", lambda: synthesis(bundle, dev, size, candidates, sampling), on_section)
         del bundle
         if dev.type == "cuda":
             torch.cuda.empty_cache()
         if "endpoint" in wanted:
-            _timed(figures, "endpoint", lambda: endpoint(bundle_uri, tiny, duration_s=1.0 if tiny else 20.0,
-                                                         clients=2 if tiny else 8), on_section)
+            _timed(figures, "endpoint", lambda: endpoint(bundle_uri, tiny), on_section)
     if workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     figures["wall_s"] = round(time.perf_counter() - started, 1)

@@ -20,7 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from mrgen.datasets.phantom import TARGET_MODALITY, PhantomConfig
+from mrgen.jobs.synthesis.config import SynthesisConfig
 from mrgen.models.sampling import PAPER_SAMPLING, SamplingSettings
+from mrgen.models.scorers import ScorerSettings
+from mrgen.platform.config import ConfigBase
 
 
 class Sampler:
@@ -83,7 +87,7 @@ def _work_rows(db: str, masks: int, modality: str, resolution: int) -> list[dict
     return [{k: out[k][i] for k in out} for i in usable][:masks]
 
 
-def _bare_loop(bundle: str, rows: list[dict], candidates: int, sampling: SamplingSettings, sam2: dict,
+def _bare_loop(bundle: str, rows: list[dict], candidates: int, sampling: SamplingSettings, sam2: ScorerSettings,
                reference: bool) -> dict[str, float]:
     import torch
 
@@ -136,23 +140,41 @@ def _sampler_cost(bundle: str, row: dict, candidates: int) -> dict[str, float]:
     return out
 
 
+def synth_bench_configs(candidates: int = 4, steps: int = 4, sam2_size: int = 256, db: str | None = None,
+                        work: str = "<temp dir>") -> dict[str, ConfigBase]:
+    """What :func:`run_synth_bench` builds, by name, without building anything: ``phantom`` (without ``db``),
+    ``scorer`` (the bare loops' SAM2) and the pipeline runs ``bare`` (whose sampling the bare loops use), ``run-1x``
+    and ``run-10x``; ``work`` is the run's temporary folder. Up to 2 candidates are kept per mask. (Which masks the
+    runs take, and whether the DB has enough, is decided on the DB.)"""
+    configs: dict[str, ConfigBase] = {} if db else {"phantom": PhantomConfig.load("small")}
+    db = db or f"{work}/db"
+    configs["scorer"] = ScorerSettings.load_dict({"config_name": "configs/sam2.1/sam2.1_hiera_t.yaml",
+                                                  "image_size": sam2_size, "random": True, "prompt": "mask",
+                                                  "embed_batch": 4}, source="mrgen bench synth")
+    for name in ("bare", "run-1x", "run-10x"):
+        configs[name] = SynthesisConfig.load("tiny", [
+            f"model={work}/bundle", f"source={db}", f"out={work}/{name}", f"target_modalities=['{TARGET_MODALITY}']",
+            "source_datasets=['phantom-src']", f"candidates={candidates}", f"keep={min(2, candidates)}",
+            f"steps={steps}", f"scorer.image_size={sam2_size}", "scorer.random=true", "contact_sheet_masks=0"])
+    return configs
+
+
 def run_synth_bench(masks: int = 2, scale: int = 10, candidates: int = 4, steps: int = 4, sam2_size: int = 256,
                     db: str | None = None) -> dict[str, Any]:
-    from mrgen.datasets.phantom import TARGET_MODALITY, PhantomConfig, build_phantom_db
-    from mrgen.jobs.synthesis.config import SynthesisConfig
+    from mrgen.datasets.phantom import build_phantom_db
     from mrgen.jobs.synthesis.run import run_synthesis
     from mrgen.models.bundle import build_random_bundle
     from mrgen.platform.cluster import RayConfig, init_ray
 
     tmp = Path(tempfile.mkdtemp(prefix="mrgen-synth-bench-"))
+    configs = synth_bench_configs(candidates, steps, sam2_size, db, work=str(tmp))  # a bad setting fails before Ray
     init_ray(RayConfig(num_cpus=2, object_store_memory_mb=512, no_progress_timeout_s=600))
     if db is None:
         db = str(tmp / "db")
-        build_phantom_db(db, PhantomConfig.load("small"))
+        build_phantom_db(db, configs["phantom"])
     bundle = str(tmp / "bundle")
     build_random_bundle("tiny").save(bundle)
-    sam2 = {"config_name": "configs/sam2.1/sam2.1_hiera_t.yaml", "image_size": sam2_size, "random": True,
-            "prompt": "mask", "embed_batch": 4}
+    sam2 = configs["scorer"]
     rows_all = _work_rows(db, masks * scale, TARGET_MODALITY, 64)
     if len(rows_all) < masks * scale:
         raise ValueError(f"{db}: only {len(rows_all)} usable masks for {masks * scale}")
@@ -160,18 +182,12 @@ def run_synth_bench(masks: int = 2, scale: int = 10, candidates: int = 4, steps:
     figures: dict[str, Any] = {"masks": masks, "scale": scale, "candidates_per_mask": candidates, "steps": steps,
                                "sam2_image_size": sam2_size}
 
-    def synthesis_config(name: str) -> SynthesisConfig:
-        return SynthesisConfig.load("tiny", [
-            f"model={bundle}", f"source={db}", f"out={tmp / name}", f"target_modalities=['{TARGET_MODALITY}']",
-            "source_datasets=['phantom-src']", f"candidates={candidates}", "keep=2", f"steps={steps}",
-            f"scorer.image_size={sam2_size}", "scorer.random=true", "contact_sheet_masks=0"])
-
-    sampling = synthesis_config("bare").sampling  # the bare loops sample as the pipeline runs do
+    sampling = configs["bare"].sampling  # the bare loops sample as the pipeline runs do
     figures["a_bare"] = _bare_loop(bundle, rows_all[:masks], candidates, sampling, sam2, reference=False)
     figures["c_reference"] = _bare_loop(bundle, rows_all[:masks], candidates, sampling, sam2, reference=True)
 
     def pipeline(n_masks: int, name: str) -> dict[str, float]:
-        config = synthesis_config(name)
+        config = configs[name]
         wanted = sorted({r["source_slice_id"] for r in rows_all[:n_masks]})
         from mrgen.jobs.synthesis import run as run_module
 

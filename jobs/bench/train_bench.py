@@ -18,6 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from mrgen.datasets.phantom import PhantomConfig
+from mrgen.jobs.train.config import TrainConfig
+from mrgen.platform.config import ConfigBase
+
 
 def bare_loop(bundle_uri: str, images: np.ndarray, prompts: list[str], steps: int, lr: float,
               batch_size: int) -> float:
@@ -49,32 +53,44 @@ def bare_loop(bundle_uri: str, images: np.ndarray, prompts: list[str], steps: in
     return steps * batch_size / (time.perf_counter() - start)
 
 
+def train_bench_configs(db_uri: str | None = None, steps: int = 40, batch_size: int = 8,
+                        log_every: int = 5) -> dict[str, ConfigBase]:
+    """What :func:`run_train_bench` builds, by name, without building anything: ``train`` (the Ray Train run) and,
+    without ``db_uri``, ``phantom`` (the DB it streams).
+
+    The run is the tiny preset's UNet stage for ``steps`` steps at ``batch_size`` on one worker and one torch thread,
+    one checkpoint at the end, without warm-up: the bare loop it is compared with runs at a constant learning rate,
+    and the preset's 100 warm-up steps are longer than the benchmark (a step costs the same at any learning rate, so
+    samples/s does not depend on the schedule)."""
+    train = TrainConfig.load("tiny", [
+        "num_workers=1", "cpus_per_worker=1", "torch_threads=1", f"unet.max_steps={steps}", "unet.warmup_steps=0",
+        f"unet.batch_size={batch_size}", f"log_every={log_every}", f"checkpoint_every={steps}", "sample_every=0"])
+    return {"train": train} if db_uri else {"train": train, "phantom": PhantomConfig.load("tiny")}
+
+
 def run_train_bench(db_uri: str | None = None, steps: int = 40, batch_size: int = 8,
                     log_every: int = 5) -> dict[str, Any]:
-    from mrgen.jobs.train.config import TrainConfig
     from mrgen.jobs.train.data import decode, read_slices
     from mrgen.jobs.train.run import run_training
     from mrgen.models.bundle import build_random_bundle
     from mrgen.platform.cluster import init_ray
 
+    configs = train_bench_configs(db_uri, steps, batch_size, log_every)  # a bad setting fails before Ray starts
+    config = configs["train"]
     torch.set_num_threads(1)
     init_ray()
     work = Path(tempfile.mkdtemp(prefix="mrgen-train-bench-"))
     if db_uri is None:
-        from mrgen.datasets.phantom import PhantomConfig, build_phantom_db
+        from mrgen.datasets.phantom import build_phantom_db
 
         db_uri = str(work / "db")
-        build_phantom_db(db_uri, PhantomConfig.load("tiny"))
+        build_phantom_db(db_uri, configs["phantom"])
     bundle_uri = str(work / "init-bundle")
     build_random_bundle("tiny", seed=0).save(bundle_uri)
 
     rows = read_slices(db_uri, ["height", "width", "image", "prompt"], split="train").take_batch(64,
                                                                                                  batch_format="numpy")
     data = decode(rows)
-    config = TrainConfig.load("tiny", [
-        "num_workers=1", "cpus_per_worker=1", "torch_threads=1", f"unet.max_steps={steps}",
-        f"unet.batch_size={batch_size}",
-        f"log_every={log_every}", f"checkpoint_every={steps}", "sample_every=0"])
     bare = bare_loop(bundle_uri, data["image"], data["prompt"], steps, config.unet.lr, batch_size)
     print(f"[bench train] bare PyTorch loop: {bare:.1f} samples/s", flush=True)
 
