@@ -17,7 +17,7 @@ def _filters(p: argparse.ArgumentParser, prefix: str) -> None:
 
 
 def add_eval_parsers(eval_subparsers: argparse._SubParsersAction) -> None:
-    f = eval_subparsers.add_parser("fid", help="Fréchet distance between real and synthetic image features")
+    f = eval_subparsers.add_parser("fid", help="FID and KID (± its spread) between real and synthetic image features")
     f.add_argument("--real", required=True, help="MRGen-DB URI of real images")
     f.add_argument("--synthetic", required=True, help="MRGen-DB URI of generated images")
     add_metric_flags(f, "fid")  # --extractor, --limit
@@ -56,6 +56,9 @@ def _fid(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"mrgen eval fid: {exc}")
         return 2
+    kid = "-" if result.get("kid") is None else f"{result['kid']:.4f} ± {result['kid_std']:.4f}"
+    print(f"FID {result['fid']:.2f}, KID {kid} ({result['n_real']} real and {result['n_synthetic']} synthetic images, "
+          f"the same count from each; {result['extractor']})")
     print_json(result, indent=1)
     return 0
 

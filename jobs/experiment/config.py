@@ -16,7 +16,8 @@ from mrgen.platform.config import ConfigBase, preset
 # Measured in the default run on the slowest machine seen (2.4x slower than the fastest): a generator stage's
 # start-up (Ray Train, data, bundle) ~60 s; synthesis of 62-67 usable masks x up to 3 candidates 246-295 s;
 # evaluation of four reports 33-41 s; FID of the filtered and unfiltered sets and the source against 192 real target
-# images 108-121 s.
+# images 108-121 s (~590 images through Inception, the source's twice; with KID now 256 target images and the source's
+# features once: ~580 images, KID's kernels well under a second).
 RESERVE_SECONDS = {"stage_startup": 60.0, "check-controller": 45.0, "calibrate-filter": 90.0, "synthesize": 300.0,
                    "segmenter_startup": 60.0, "evaluate": 75.0, "fid": 120.0, "report": 15.0}
 FILTERS = ("medsam", "sam2", "sam2-random", "none")
@@ -64,7 +65,9 @@ class ExperimentConfig(ConfigBase):
     segment: str = Field("default", description="SegmentConfig preset of both segmenters")
     segment_overrides: dict[str, Any] = Field(default_factory=dict, description="SegmentConfig keys → values")
     parallel_segmenters: bool = Field(True, description="train / evaluate the two segmenters as concurrent Ray tasks")
-    fid_limit: int = Field(256, ge=2, description="images per set for FID")
+    fid_limit: int = Field(256, ge=2, description="at most this many images per set for FID and KID, evenly spread: "
+                                                 "the target's count; each synthetic set and the source are taken "
+                                                 "at one count, the smaller of their sizes and this")
     verbose: bool = Field(False, description="show every job's output live (else it goes to OUT/logs/ and the "
                                              "console shows one line per step)")
     fid_extractor: Literal["inception", "resnet18"] = Field(
@@ -143,7 +146,7 @@ def _default() -> dict[str, Any]:
             # machine might reach: the budget decides, shortening later epochs (few epochs: each costs a validation
             # and a log, ~1 s)
             "segment": "default", "segment_overrides": {"num_cpus": 0.5},
-            "fid_limit": 192, "fit_slices": 96, "minutes": 20}
+            "fid_limit": 256, "fit_slices": 96, "minutes": 20}
 
 
 @preset(ExperimentConfig, "paper")

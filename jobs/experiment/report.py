@@ -292,16 +292,14 @@ def write_report_folder(exp) -> dict[str, Any]:
         sheets["candidates"] = "candidates.png"
     result["sheets"] = sheets
     table = dice_table(evals, trained_on, spans)
-    fid_lines = ["| pair | FID |", "|---|---|"]
-    if fid:
-        fid_lines += [f"| synthetic vs real target | {fid['synthetic_vs_real_target']:.2f} |",
-                      f"| real source vs real target | {fid['source_vs_real_target']:.2f} |"]
-        if "unfiltered" in fid:
-            u = fid["unfiltered"]
-            fid_lines += [f"| unfiltered synthetic vs real target ({u['n']['synthetic']} images) | "
-                          f"{u['synthetic_vs_real_target']:.2f} |",
-                          f"| real source vs real target ({u['n']['source']} images) | "
-                          f"{u['source_vs_real_target']:.2f} |"]
+    fid_lines = ["| pair | images | FID | KID ± spread |", "|---|---|---|---|"]
+    for label, block in (("synthetic", fid), ("unfiltered synthetic at equal count", fid.get("unfiltered"))):
+        for pair, name in (("synthetic_vs_real_target", label), ("source_vs_real_target", f"{data} source")):
+            if block and pair in block:
+                kid, kid_sd = (block.get("kid") or {}).get(pair), (block.get("kid_std") or {}).get(pair)
+                fid_lines.append(f"| {name} vs {data} target | {block['n']['synthetic']} vs "
+                                 f"{block['n']['real_target']} | {block[pair]:.2f} | "
+                                 + ("-" if kid is None else f"{kid:.4f} ± {kid_sd:.4f}") + " |")
     if exp.trains_generator:
         generator = (f"trained in this run, train preset `{exp.config.train}` with "
                      f"{exp.config.train_overrides or 'no overrides'}")
@@ -324,10 +322,13 @@ def write_report_folder(exp) -> dict[str, Any]:
            if "gap_closed" in result["goal"] else ""), "",
         *differences_lines(diffs, next(iter(diffs.values()))["volumes"] if diffs else None),
         *_fit_lines(fits, trained_on, data),
-        "## FID", "", *fid_lines, "",
-        f"{fid['n']['synthetic']} synthetic and {fid['n']['source']} real source images (the same count: FID grows "
-        f"as the sample shrinks) against {fid['n']['real_target']} real target images. "
-        if fid.get("n") else "",
+        "## FID and KID", "", *fid_lines, "",
+        f"Images: a synthetic set and the {data} source images at the same count, evenly spread (FID grows as the "
+        f"sample shrinks), against {fid['n']['real_target']} {data} target images." if fid.get("n") else "",
+        "KID: the unbiased squared MMD of the same features under the cubic polynomial kernel, whose expected value "
+        f"does not depend on the count; mean ± standard deviation over {fid['kid_subsets']} random subsets of each "
+        f"set, half the smaller set each ({fid['kid_subset_size']} images for the filtered set): the spread is that "
+        "of half as many images, on the wide side." if fid.get("kid_subsets") else "",
         f"Features: `{fid.get('extractor', '-')}`"
         + (" (the standard FID Inception network)" if fid.get("comparable_with_published") else
            " — a random-init fallback, not comparable with published FIDs; both figures use the same network, so "

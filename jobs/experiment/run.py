@@ -389,41 +389,55 @@ def evaluate(exp: Experiment) -> None:
         from mrgen.jobs.experiment.compare import interval_text, intervals
 
         spans = intervals({n: r["dice"]["per_volume"] for n, r in tests.items() if r["n_volumes"] >= 2})
+        means = {n: spans[n]["mean"] if n in spans else {"value": r["mean_dice"]} for n, r in tests.items()}
         exp.say(f"   Dice on {exp.data_label} target test volumes ({next(iter(tests.values()))['n_volumes']}; "
-                "95 % interval): " + ", ".join(f"{n} {interval_text(spans.get(n, {'value': r['mean_dice']}))}"
-                                               for n, r in tests.items()))
+                "95 % interval): " + ", ".join(f"{n} {interval_text(m)}" for n, m in means.items()))
 
 
 def fid(exp: Experiment) -> None:
     from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_DATASET
     from mrgen.datasets.store import spread
-    from mrgen.jobs.evaluate.fid import FeatureExtractor, load_images
-    from mrgen.models.metrics.frechet import fid_from_features
+    from mrgen.jobs.evaluate.fid import FeatureExtractor, SliceSet, distances
 
     cfg = exp.config
     net = FeatureExtractor(cfg.fid_extractor, cfg.fid_weights)
-    _, real_target = load_images(exp.db, cfg.fid_limit, dataset=TARGET_DATASET)
-    _, source = load_images(exp.db, cfg.fid_limit, dataset=SOURCE_DATASET, split=cfg.source_split)
-    target = net(real_target)
+    source = SliceSet(exp.db, dataset=SOURCE_DATASET, split=cfg.source_split)
+    synthetic = {"filtered": SliceSet(exp.synthetic)}
+    if "mrgen-unfiltered" in exp.segmenters:  # the unfiltered segmenter's set: as many images, chosen without scores
+        equal_count = json.loads(storage.read_text(exp.draws))["equal_count"]
+        synthetic["unfiltered"] = SliceSet(exp.synthetic_unfiltered, slice_id=equal_count)
+    # FID's bias grows as the sample shrinks: a synthetic set and the source are compared with the target at one
+    # count. The source's features are computed once, at the largest count; smaller counts spread over them
+    same = {key: min(len(images), len(source), cfg.fid_limit) for key, images in synthetic.items()}
+    target = net(SliceSet(exp.db, dataset=TARGET_DATASET).images(cfg.fid_limit))
+    source_features = net(source.images(max(same.values())))
 
-    def beside_source(synthetic_uri: str) -> dict[str, Any]:
-        # FID's bias grows as the sample shrinks: both sets compared with the real target are taken at one count
-        _, synthetic = load_images(synthetic_uri, cfg.fid_limit)
-        same = min(len(source), len(synthetic))
-        return {"n": {"real_target": len(real_target), "source": same, "synthetic": same},
-                "synthetic_vs_real_target": fid_from_features(net(synthetic[spread(len(synthetic), same)]), target),
-                "source_vs_real_target": fid_from_features(net(source[spread(len(source), same)]), target)}
+    def beside_source(key: str) -> dict[str, Any]:
+        n = same[key]
+        pairs = {"synthetic_vs_real_target": distances(net(synthetic[key].images(n)), target),
+                 "source_vs_real_target": distances(source_features[spread(len(source_features), n)], target)}
+        return {"n": {"real_target": len(target), "source": n, "synthetic": n},
+                **{pair: d["fid"] for pair, d in pairs.items()},
+                "kid": {pair: d["kid"] for pair, d in pairs.items()},
+                "kid_std": {pair: d["kid_std"] for pair, d in pairs.items()},
+                "kid_subsets": pairs["synthetic_vs_real_target"].get("kid_subsets"),
+                "kid_subset_size": pairs["synthetic_vs_real_target"].get("kid_subset_size")}
 
-    result = {"extractor": net.id, "comparable_with_published": cfg.fid_extractor == "inception",
-              **beside_source(exp.synthetic)}
-    if "mrgen-unfiltered" in exp.segmenters:  # the first candidates: more images, not the filter's choice
-        result["unfiltered"] = beside_source(exp.synthetic_unfiltered)
+    data = exp.data_label
+    result = {"extractor": net.id, "comparable_with_published": cfg.fid_extractor == "inception", "data": data,
+              **beside_source("filtered")}
+    if "unfiltered" in synthetic:
+        result["unfiltered"] = beside_source("unfiltered")
     storage.write_text(exp.path("fid.json"), json.dumps(result, indent=1))
     exp.say(f"   features: {net.id}")
-    for label, r in (("synthetic", result), ("unfiltered synthetic", result.get("unfiltered"))):
+    for label, r in (("synthetic", result), ("unfiltered synthetic at equal count", result.get("unfiltered"))):
         if r:
-            exp.say(f"   {label} vs real target {r['synthetic_vs_real_target']:.1f}, real source vs real target "
-                    f"{r['source_vs_real_target']:.1f} ({r['n']['synthetic']} images each)")
+            kid = {pair: "-" if r["kid"][pair] is None else f"{r['kid'][pair]:.4f} ± {r['kid_std'][pair]:.4f}"
+                   for pair in r["kid"]}
+            exp.say(f"   FID / KID vs {data} target ({r['n']['real_target']} images): {label} "
+                    f"{r['synthetic_vs_real_target']:.1f} / {kid['synthetic_vs_real_target']}, {data} source "
+                    f"{r['source_vs_real_target']:.1f} / {kid['source_vs_real_target']} ({r['n']['synthetic']} "
+                    "images each)")
 
 
 def report(exp: Experiment) -> None:

@@ -38,5 +38,21 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
-    """FID between two sets of feature vectors ``[N, D]`` and ``[M, D]``."""
-    return frechet_distance(*feature_stats(a), *feature_stats(b))
+    """FID between two sets of feature vectors ``[N, D]`` and ``[M, D]``: :func:`frechet_distance` of their means and
+    covariances, with Tr((Σa Σb)^½) taken from the features rather than from a D×D matrix square root.
+
+    With Σa = AᵀA and Σb = BᵀB (A, B the centred features over √(N-1), √(M-1)), the eigenvalues of Σa Σb are the
+    squared singular values of A Bᵀ, so the trace is the sum of those singular values: an N×M SVD (A and B reduced to
+    their R factors when taller than wide, at most D×D) instead of ``sqrtm`` of a 2048² product (64-96 s a call on
+    a busy 2-core machine here, 0.1-2 s this way), and no ε offset for the singular product of small sets."""
+    mu_a, sigma_a = feature_stats(a)
+    mu_b, sigma_b = feature_stats(b)
+    if mu_a.shape != mu_b.shape:
+        raise ValueError(f"feature sizes differ: {mu_a.shape} vs {mu_b.shape}")
+    factors = []
+    for x, mu in ((a, mu_a), (b, mu_b)):
+        x = (np.asarray(x, np.float64) - mu) / np.sqrt(len(x) - 1)
+        factors.append(np.linalg.qr(x, mode="r") if len(x) > x.shape[1] else x)
+    trace_sqrt = np.linalg.svd(factors[0] @ factors[1].T, compute_uv=False).sum()
+    diff = mu_a - mu_b
+    return float(diff.dot(diff) + np.trace(sigma_a) + np.trace(sigma_b) - 2 * trace_sqrt)

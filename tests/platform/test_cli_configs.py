@@ -94,7 +94,8 @@ def calls(monkeypatch, tmp_path):
     monkeypatch.setattr(cluster, "init_ray", record("init_ray", None))
     monkeypatch.setattr(ae, "evaluate_autoencoder", record("ae", ae_result))
     monkeypatch.setattr(mask, "evaluate_mask_dependence", record("mask", {**mask_result, "split": "x"}))
-    monkeypatch.setattr(fid, "compute_fid", record("fid", {}))
+    fid_result = {"fid": 1.0, "kid": 0.1, "kid_std": 0.01, "n_real": 2, "n_synthetic": 2, "extractor": "x"}
+    monkeypatch.setattr(fid, "compute_fid", record("fid", fid_result))
     monkeypatch.setattr(clip, "compute_clip_scores", record("clip", {}))
     monkeypatch.setattr(nnunet, "export_nnunet", record("export", {"folder": str(tmp_path)}))
 

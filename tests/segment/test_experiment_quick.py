@@ -56,8 +56,11 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, ray_session, monkeypat
     # the two sets compared with the real target at one count (FID's bias depends on it)
     kept = read_table(str(out / "synthetic"), ["slice_id"]).num_rows
     assert fid["n"]["source"] == fid["n"]["synthetic"] == min(kept, 32)
-    unfiltered = read_table(str(out / "synthetic-unfiltered"), ["slice_id"]).num_rows
-    assert fid["unfiltered"]["n"]["source"] == fid["unfiltered"]["n"]["synthetic"] == min(unfiltered, 32)
+    # the unfiltered set at equal count: the unfiltered segmenter's slices, as many as the filter kept
+    equal_count = json.loads((out / "synthetic-unfiltered" / "draws.json").read_text())["equal_count"]
+    assert len(equal_count) == kept and read_table(str(out / "synthetic-unfiltered"), ["slice_id"]).num_rows > kept
+    assert fid["unfiltered"]["n"]["source"] == fid["unfiltered"]["n"]["synthetic"] == min(kept, 32)
+    assert fid["kid"]["synthetic_vs_real_target"] is not None and fid["kid_std"]["synthetic_vs_real_target"] >= 0
     assert math.isfinite(fid["unfiltered"]["synthetic_vs_real_target"])
     md = (folder / "report.md").read_text()
     assert "source-only" in md and "mrgen" in md and "FID" in md

