@@ -48,3 +48,13 @@ def test_report_summarises_seeds(tmp_path, capsys):
 def test_report_names_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(SystemExit, match="not a finished `mrgen demo` output"):
         main(["report", str(tmp_path)])
+
+
+def test_demo_seeds_flag_is_checked_before_anything_runs(tmp_path, capsys):
+    for bad in ("0,0", "a,1", "-1"):
+        with pytest.raises(SystemExit):
+            main(["demo", "--out", str(tmp_path / "x"), "--seeds", bad])
+        assert "--seeds" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="drop --seed"):
+        main(["demo", "--out", str(tmp_path / "x"), "--seeds", "0,1", "--seed", "3"])
+    assert not (tmp_path / "x").exists()
