@@ -3,7 +3,8 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-SOURCES := $(shell find platform datasets models jobs serving cli -name '*.py' 2>/dev/null | sort)
+SOURCES := $(shell find platform datasets models jobs serving cli -name '*.py' 2>/dev/null | sort) \
+           $(shell find models/embedded -type f 2>/dev/null | sort)
 OUT     ?= runs/demo
 ARGS    ?=
 
@@ -23,7 +24,8 @@ $(VENV)/.deps: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=strict
 	touch $@
 
-# The strict editable install links files, so it is redone when the set of source files changes.
+# The strict editable install links files, so it is redone when the set of source files (or of the embedded
+# bundle's files, package data) changes.
 $(VENV)/.mrgen: $(VENV)/.deps setup.py $(SOURCES)
 	@echo "$(SOURCES)" | cmp -s - $(VENV)/.sources || { \
 	  $(BIN)/pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict && \

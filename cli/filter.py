@@ -12,7 +12,7 @@ def register(subparsers) -> None:
                        description="Score real annotated slices against their own masks and set each filter threshold "
                                    "at a quantile of its distribution; the file is what `mrgen synthesize "
                                    "--thresholds` "
-                                   "and `mrgen serve --set filter.thresholds_file=` take.")
+                                   "and `mrgen serve --thresholds` take.")
     c.add_argument("--db", required=True, metavar="URI", help="MRGen-DB with annotated slices")
     c.add_argument("--scorer", choices=["medsam", "sam2"], default="medsam", help="scorer to calibrate")
     c.add_argument("--checkpoint", default=None,

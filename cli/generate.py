@@ -12,7 +12,8 @@ from mrgen.cli.common import add_config_flags, add_settings_flags, json_object, 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "generate", help="generate images for a mask from a running `mrgen serve`",
-        description="Writes DIR/candidate_<i>_seed<seed>.png and DIR/generation.json (seeds, scores, bundle id).")
+        description="Writes DIR/candidate_<i>_seed<seed>.png and DIR/generation.json (seeds, scores, bundle id, "
+                    "candidates generated and kept).")
     parser.add_argument("--url", required=True, help="service URL, e.g. http://127.0.0.1:8000")
     parser.add_argument("--mask", required=True, help="PNG of organ ids (0 = background)")
     parser.add_argument("--modality", required=True, help="target modality label or free text")
@@ -43,5 +44,6 @@ def handle(args: argparse.Namespace) -> int:
             print(f"mrgen generate: the service answered {exc}", file=sys.stderr)
             return 1
     paths = write_generation(result, args.out)
-    print(f"wrote {len(paths)} images and generation.json to {args.out} (bundle {result.bundle_id[:12]})")
+    kept = "" if result.kept is None else f", kept {result.kept} of {result.generated} generated"
+    print(f"wrote {len(paths)} images and generation.json to {args.out} (bundle {result.bundle_id[:12]}{kept})")
     return 0

@@ -1,4 +1,6 @@
-"""`mrgen serve --model URI [--config FILE] [--host --port]`: run the generation service until Ctrl-C.
+"""`mrgen serve --model URI [--config FILE] [--host --port] [--filter KIND --thresholds FILE]`: run the generation
+service until Ctrl-C. The console shows the URL, the model and the filter; Ray's and the replicas' output goes to a
+log (`--verbose`: live).
 
 `--print-config` writes the equivalent Ray Serve config file (for `serve deploy` / `serve run`) instead.
 """
@@ -7,13 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mrgen.cli.common import add_config_flags, attribute_table, json_object, load_config
+from mrgen.cli.common import (add_config_flags, add_console_flags, attribute_table, command_console, json_object,
+                              load_config)
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "serve", help="online generation endpoint on Ray Serve",
-        description="Ingress (FastAPI) → batched, autoscaled generator → optional SAM2 filter. "
+        description="Ingress (FastAPI) → batched, autoscaled generator → optional filter (SAM2 or LiteMedSAM). "
                     "API: POST /v1/generate, GET /v1/modalities, /healthz, /readyz, /metrics, /openapi.json.")
     parser.add_argument("--model", default=None, metavar="URI",
                         help="model bundle (ModelBundle.save folder, or the official release's checkpoint folder), "
@@ -26,21 +29,33 @@ def register(subparsers) -> None:
     parser.add_argument("--organ-weights", default=None, metavar="JSON",
                         help='official release bundles: organ name → w of the condition 2·w − 1, e.g. '
                              '\'{"liver": 0.3}\'')
+    parser.add_argument("--filter", default=None, choices=["auto", "medsam", "sam2", "none"],
+                        help="filter of requests with keep (default auto: the scorer of --thresholds, else the "
+                             "bundle's own calibration, which the embedded bundle ships, else none)")
+    parser.add_argument("--thresholds", default=None, metavar="FILE",
+                        help="thresholds from `mrgen filter calibrate` (serve.filter.thresholds_file)")
     parser.add_argument("--token-env", default=None, metavar="VAR",
                         help="require 'Authorization: Bearer $VAR' on /v1 routes")
     parser.add_argument("--print-config", nargs="?", const="-", default=None, metavar="FILE",
                         help="write the Ray Serve config YAML (to FILE, or stdout) and exit")
     add_config_flags(parser, example="default_steps=20")
+    add_console_flags(parser)
     parser.set_defaults(func=handle)
 
 
-def handle(args: argparse.Namespace) -> int:
+def serve_config(args: argparse.Namespace):
+    """The `ServeConfig` of these flags: --config and --set, then the explicit flags."""
     from mrgen.serving.config import ServeConfig
 
     flags = {"model": args.model, "host": args.host, "port": args.port, "auth_token_env": args.token_env,
+             "filter.kind": args.filter, "filter.thresholds_file": args.thresholds,
              "modality_attributes": attribute_table(args.attributes),
              "organ_weights": json_object(args.organ_weights, "--organ-weights") or None}
-    config = load_config(ServeConfig, args, flags)
+    return load_config(ServeConfig, args, flags)
+
+
+def handle(args: argparse.Namespace) -> int:
+    config = serve_config(args)
     if args.print_config is not None:
         from mrgen.platform.storage import write_text
         from mrgen.serving.server import deploy_config_yaml
@@ -55,7 +70,14 @@ def handle(args: argparse.Namespace) -> int:
     if not config.model:
         print("mrgen serve: --model URI is required (or serve.model in the config)", file=sys.stderr)
         return 2
+    from mrgen.platform.config import ConfigError
     from mrgen.serving.server import run_service
 
-    run_service(config, ray_address=args.ray_address)
+    try:
+        config.resolved()  # a thresholds file the filter cannot use is refused here, before Ray starts
+    except ConfigError as exc:
+        print(f"mrgen serve: {exc}", file=sys.stderr)
+        return 2
+    with command_console(args, "serve"):
+        run_service(config, ray_address=args.ray_address)
     return 0

@@ -6,6 +6,9 @@
     BUNDLE/text_encoder/ open_clip_config.json + open_clip_model.safetensors (TextEncoder)
     BUNDLE/scheduler/    scheduler_config.json
     BUNDLE/mrgen_manifest.json   versions, resolution, latent_scaling, run_id, created, sha256 of every file
+    BUNDLE/filter_thresholds.json   optional: the filter's thresholds for this bundle (`mrgen filter calibrate`
+                                    output; the manifest's ``filter`` says how it was made), which `mrgen serve`
+                                    filters with by default
 
 The official MRGen release's checkpoint folder loads unchanged: per-part ``config.json`` + ``.safetensors`` or
 ``.bin`` weights, ``scheduler/scheduler_config.json``, its transformers BiomedCLIP in ``text_encoder/`` (or
@@ -42,6 +45,7 @@ from mrgen.models.unet import build_unet
 from mrgen.platform import storage
 
 MANIFEST = "mrgen_manifest.json"
+FILTER_THRESHOLDS = "filter_thresholds.json"  # a calibration a bundle may ship (jobs/filter/calibrate.py writes it)
 EMBEDDED = "embedded"  # the model URI naming the bundle shipped in this package (models/embedded/tiny-phantom)
 SCHEDULER_CONFIG = "scheduler_config.json"
 BUNDLE_FORMAT = 1
@@ -64,6 +68,12 @@ def embedded_bundle() -> str:
 def resolve_model_uri(uri: str) -> str:
     """``"embedded"`` → :func:`embedded_bundle`; any other URI unchanged."""
     return embedded_bundle() if uri == EMBEDDED else uri
+
+
+def bundle_thresholds_file(uri: str) -> str | None:
+    """The filter calibration the bundle at ``uri`` ships (``FILTER_THRESHOLDS``), None when it ships none."""
+    path = storage.join(resolve_model_uri(uri), FILTER_THRESHOLDS)
+    return path if storage.exists(path) else None
 
 
 def _dataset_versions() -> dict[str, Any]:
@@ -351,6 +361,7 @@ def _hash_of_parts(parts: dict[str, Any]) -> str:
 
 def bundle_hash(uri: str) -> str:
     """sha256 over the manifest's part hashes; for a folder without a manifest, over every file's content."""
+    uri = resolve_model_uri(uri)
     manifest_uri = storage.join(uri, MANIFEST)
     if storage.exists(manifest_uri):
         manifest = json.loads(storage.read_text(manifest_uri))

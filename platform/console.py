@@ -22,6 +22,14 @@ def current() -> Console | None:
     return _active
 
 
+def say(text: str) -> None:
+    """A line for the person: on the running command's console (and its log), else printed."""
+    if _active is not None:
+        _active.line(text)
+    else:
+        print(text, flush=True)
+
+
 class Console:
     def __init__(self, log_file: str | Path | None, verbose: bool = False, stream: IO | None = None):
         self.log_file = Path(log_file) if log_file else None

@@ -1,4 +1,4 @@
-"""The Serve application builder: ingress (FastAPI) → generator (batched, autoscaled) → optional SAM2 filter.
+"""The Serve application builder: ingress (FastAPI) → generator (batched, autoscaled) → optional filter.
 
 `build_app` is what `serve run mrgen.serving.app:build_app model=...`, a Serve config file's
 ``import_path: mrgen.serving.app:build_app`` and `mrgen serve` all call; Serve validates the config file's
@@ -53,6 +53,7 @@ def build_app(args: GeneratorAppArgs | dict[str, Any]) -> Application:
 
 
 def build_app_from_config(config: ServeConfig) -> Application:
+    config = config.resolved()  # the filter as it runs (kind auto: the bundle's own calibration), one for all replicas
     res = config.resources
     env = _runtime_env(config)
     generator = serve.deployment(GeneratorReplica, name="Generator").options(
@@ -68,7 +69,7 @@ def build_app_from_config(config: ServeConfig) -> Application:
         quality_filter = serve.deployment(Filter, name="Filter").options(
             num_replicas=1, max_ongoing_requests=4,
             ray_actor_options={"num_cpus": res.filter_cpus, "num_gpus": res.filter_gpus, **env},
-        ).bind(config.filter.resolved().model_dump(), res.torch_threads, res.filter_gpus > 0)
+        ).bind(config.filter.model_dump(), res.torch_threads, res.filter_gpus > 0)
     ingress = serve.deployment(Ingress, name="Ingress").options(
         num_replicas=1, max_ongoing_requests=max(64, 4 * config.max_ongoing_requests),
         ray_actor_options={"num_cpus": res.ingress_cpus, **env},

@@ -28,8 +28,10 @@ class GenerateConfig(ConfigBase):
     service's config. The values do not depend on scale: the presets ``tiny`` and ``paper`` are the defaults."""
 
     section = "generate"
-    n: int = Field(1, ge=1, le=20, description="number of candidates")
-    keep: int | None = Field(None, ge=1, le=20, description="SAM2-filter the candidates and keep at most this many")
+    n: int | None = Field(None, ge=1, le=20, description="number of candidates; with --keep the most generated (None: "
+                                                         "1, or with --keep the service's filter budget)")
+    keep: int | None = Field(None, ge=1, le=20, description="filter the candidates (the service's scorer) and keep at "
+                                                            "most this many that pass")
     region: str | None = Field(None, max_length=64, description="body region for the prompt")
     steps: int | None = Field(None, ge=1, description="sampling steps (None: the service's default_steps)")
     guidance: float | None = Field(None, ge=0, description="classifier-free guidance (None: the service's)")
@@ -70,6 +72,16 @@ class Generation:
     prompt: str
     raw: dict
 
+    @property
+    def generated(self) -> int:
+        """Candidates the service sampled (with keep: in the waves it ran)."""
+        return self.raw["generated"]
+
+    @property
+    def kept(self) -> int | None:
+        """Candidates the filter kept (None: no keep asked)."""
+        return self.raw.get("kept")
+
 
 class GeneratorClient:
     def __init__(self, url: str, token: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
@@ -87,11 +99,12 @@ class GeneratorClient:
         self.close()
 
     def generate(self, mask: str | os.PathLike | np.ndarray, modality: str,
-                 organ_map: dict[int | str, str] | None = None,
-                 n: int = 1, *, region: str | None = None, organs: list[str] | None = None, keep: int | None = None,
+                 organ_map: dict[int | str, str] | None = None, n: int | None = None, *,
+                 region: str | None = None, organs: list[str] | None = None, keep: int | None = None,
                  steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
                  seed: int | None = None, conditioning_scale: float | None = None) -> Generation:
-        """`mask`: a PNG file of organ ids or a uint8 [H, W] array. Raises `GenerationError` on a non-200."""
+        """`mask`: a PNG file of organ ids or a uint8 [H, W] array; ``n`` None: the service's default (1, or with
+        ``keep`` its filter budget). Raises `GenerationError` on a non-200."""
         body = request_body(mask, modality, organ_map, n, region=region, organs=organs, keep=keep, steps=steps,
                             guidance=guidance, sampler=sampler, seed=seed,
                             conditioning_scale=conditioning_scale)
@@ -114,15 +127,15 @@ class GeneratorClient:
             return False
 
 
-def request_body(mask: str | os.PathLike | np.ndarray, modality: str, organ_map: dict | None = None, n: int = 1,
-                 **options: Any) -> dict[str, Any]:
+def request_body(mask: str | os.PathLike | np.ndarray, modality: str, organ_map: dict | None = None,
+                 n: int | None = 1, **options: Any) -> dict[str, Any]:
+    """The JSON body of POST /v1/generate; options that are None (``n`` included) are left to the service."""
     if isinstance(mask, np.ndarray):
         mask_b64 = mask_to_png_b64(mask)
     else:
         mask_b64 = base64.b64encode(Path(mask).read_bytes()).decode("ascii")
-    body = {"modality": modality, "mask": mask_b64, "organ_map": {str(k): v for k, v in (organ_map or {}).items()},
-            "n": n}
-    body.update({k: v for k, v in options.items() if v is not None})
+    body = {"modality": modality, "mask": mask_b64, "organ_map": {str(k): v for k, v in (organ_map or {}).items()}}
+    body.update({k: v for k, v in {"n": n, **options}.items() if v is not None})
     return body
 
 
@@ -149,7 +162,7 @@ def write_generation(generation: Generation, out_dir: str | os.PathLike) -> list
                "candidates": [{"file": p.name, "seed": item.seed, "score": item.score,
                                "organ_scores": item.organ_scores, "fate": item.fate}
                               for p, item in zip(paths, generation.images)],
-               "generated": generation.raw.get("generated"), "filter": generation.raw.get("filter")}
+               "generated": generation.generated, "kept": generation.kept, "filter": generation.raw.get("filter")}
     storage.write_bytes(str(out / "generation.json"), json.dumps(summary, indent=2).encode())
     return paths
 

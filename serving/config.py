@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from mrgen.models.sampling import PAPER_SAMPLING, SAMPLING_PRESETS, SamplingSettings
 from mrgen.models.scorers import ScorerSettings
-from mrgen.models.selection import ThresholdConfig
+from mrgen.models.selection import ThresholdConfig, calibrated_thresholds, load_calibration
 from mrgen.platform.config import ConfigBase, ConfigError, preset
 
 
@@ -68,36 +68,67 @@ class LimitSettings(ConfigBase):
 
 class FilterSettings(ThresholdConfig):
     """Optional filter deployment: scores candidates per organ and keeps those passing thresholds (the same
-    scorers, settings and selection rules as `mrgen synthesize`)."""
+    scorers, settings and selection rules as `mrgen synthesize`). A request with ``keep`` generates its candidates
+    in waves and stops once ``keep`` pass the strict thresholds (the adaptive budget of `mrgen synthesize`)."""
 
-    kind: Literal["none", "sam2", "medsam"] = Field("none", description="scorer of the filter deployment (none: no "
-                                                                        "filter; requests with `keep` are refused)")
+    kind: Literal["auto", "none", "sam2", "medsam"] = Field(
+        "auto", description="scorer of the filter deployment. auto: the scorer `thresholds_file` was calibrated for, "
+                            "else the one of the bundle's own calibration (filter_thresholds.json, which the "
+                            "embedded bundle ships), else none; none: no filter (requests with `keep` are refused)")
     scorer: ScorerSettings = Field(default_factory=ScorerSettings, description="models/scorers.py")
     rule: Literal["paper", "official"] = Field("paper", description="selection rule of mrgen.models.selection")
     thresholds_file: str | None = Field(None, description="`mrgen filter calibrate` output: its thresholds replace "
                                                           "these (its scorer must be `kind`)")
+    candidates: int = Field(4, ge=1, le=20, description="most candidates a request with `keep` and no `n` generates "
+                                                        "(at least its keep, at most limits.max_n)")
+    adaptive: bool = Field(True, description="generate a request's candidates in waves, each scored before the next, "
+                                             "and stop once `keep` pass the strict thresholds (false: all n at once)")
+    wave_size: int | None = Field(None, ge=1, description="candidates per wave (None: the request's keep, the fewest "
+                                                          "that can satisfy it)")
 
     @property
     def enabled(self) -> bool:
-        return self.kind != "none"
+        """Whether a filter deployment runs (after :meth:`resolved`: ``auto`` is then a scorer or none)."""
+        return self.kind not in ("none", "auto")
 
-    def resolved(self) -> FilterSettings:
-        """These settings with ``thresholds_file``'s thresholds in place (ConfigError naming the file if unusable)."""
-        if not self.thresholds_file:
+    def resolved(self, model: str | None = None) -> FilterSettings:
+        """These settings as the service runs them: ``auto`` made the scorer of ``thresholds_file`` or of the bundle
+        ``model``'s own calibration (or none), that file's thresholds in place (ConfigError naming it if unusable)."""
+        if self.kind == "none":
             return self
-        from mrgen.models.selection import calibrated_thresholds
+        file = self.thresholds_file
+        if self.kind == "auto" and not file and model:
+            from mrgen.models.bundle import bundle_thresholds_file  # torch and diffusers: not at the CLI's start
 
+            file = bundle_thresholds_file(model)
+        if not file:
+            return self.model_copy(update={"kind": "none"}) if self.kind == "auto" else self
         try:
-            t = calibrated_thresholds(self.thresholds_file, self.kind)
+            kind = load_calibration(file).scorer if self.kind == "auto" else self.kind
+            thresholds = calibrated_thresholds(file, kind)
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"serve.filter.thresholds_file {self.thresholds_file}: {exc} "
-                              f"(serve.filter.kind)") from None
-        return self.model_copy(update={"organ_iou": t.organ_iou, "organ_conf": t.organ_conf, "mean_iou": t.mean_iou,
-                                       "mean_conf": t.mean_conf, "relax_by": t.relax_by, "thresholds_file": None})
+            raise ConfigError(f"serve.filter.thresholds_file {file}: {exc} (serve.filter.kind)") from None
+        return self.model_copy(update={"kind": kind, "thresholds_file": file, **thresholds.model_dump()})
+
+    def per_wave(self, n: int, keep: int) -> int:
+        """Candidates per wave of a request for ``n`` keeping ``keep``."""
+        return min(n, self.wave_size or keep) if self.adaptive else n
+
+    def describe(self) -> list[str]:
+        """Lines for a person: the scorer and the thresholds in force (and their file), and the budget of ``keep``."""
+        if not self.enabled:
+            return ["filter none (requests with keep are refused)"]
+        source = f" ({self.thresholds_file})" if self.thresholds_file else ""
+        waves = (f"in waves of {self.wave_size or 'their keep'} until keep pass strictly" if self.adaptive
+                 else "all n at once")
+        return [f"filter {self.kind} ({self.rule} rule) at organ IoU {self.organ_iou:g}, organ conf "
+                f"{self.organ_conf:g}, mean IoU {self.mean_iou:g}, mean conf {self.mean_conf:g}{source}",
+                f"requests with keep: candidates generated {waves}, at most n ({self.candidates} when not given)"]
 
 
 class ServeConfig(ConfigBase):
-    """The online generation endpoint: ingress (FastAPI) → generator (batched) → optional SAM2 filter."""
+    """The online generation endpoint: ingress (FastAPI) → generator (batched) → optional filter (SAM2 or
+    LiteMedSAM)."""
 
     section = "serve"
     model: str | None = Field(None, description="model bundle URI (folder written by ModelBundle.save)")
@@ -138,6 +169,10 @@ class ServeConfig(ConfigBase):
             raise ValueError(f"default_steps ({self.default_steps}) > limits.max_steps ({self.limits.max_steps})")
         return self
 
+    def resolved(self) -> ServeConfig:
+        """The service as it runs: the filter's scorer and thresholds in place (:meth:`FilterSettings.resolved`)."""
+        return self.model_copy(update={"filter": self.filter.resolved(self.model)})
+
     @property
     def sampling(self) -> SamplingSettings:
         """How a request that names none of steps, guidance, sampler and conditioning scale is sampled."""
@@ -171,7 +206,7 @@ def _tiny() -> dict[str, Any]:
         limits=dict(max_body_bytes=1_000_000, max_n=20, max_steps=50, max_image_size=128),
         **_defaults(SAMPLING_PRESETS["tiny"], steps=2),  # 2 steps: quick CPU requests
         request_timeout_s=60.0,
-        filter=dict(kind="none", scorer=dict(config_name="tiny", image_size=256, random=True)),
+        filter=dict(kind="auto", scorer=dict(config_name="tiny", image_size=256, random=True)),
     )
 
 

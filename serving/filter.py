@@ -1,16 +1,20 @@
-"""Filter deployment: scores one request's candidates per organ and picks those to keep.
+"""Filter deployment: scores a request's candidates per organ, wave by wave, and picks those to keep.
 
 Scoring is a `mrgen.models.scorers` scorer (SAM2 or LiteMedSAM, loaded once per replica) and the choice is
 `mrgen.models.selection.select` with the configured (or calibrated) thresholds, both shared with the offline
-synthesis job.
+synthesis job. The ingress asks :meth:`Filter.score` for each wave and stops generating once ``keep`` candidates
+pass strictly (`mrgen.models.selection.strict_passes`, as synthesis's adaptive budget), then :meth:`Filter.select`
+over every candidate scored.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 from ray.serve.metrics import Counter
 
+from mrgen.models.selection import KEPT_FATES, CandidateScores, select, strict_passes
 
 
 class Filter:
@@ -31,14 +35,20 @@ class Filter:
     def model_id(self) -> str:
         return self.scorer.model_id
 
-    def select(self, images: np.ndarray, mask: np.ndarray, organ_map: dict[int, str], organs: list[str],
-               keep: int) -> dict:
-        """{"kept": [candidate index, best first], "relaxed": bool, "scores": [per candidate]}."""
-        from mrgen.models.selection import KEPT_FATES, select
+    def describe(self) -> dict:
+        """The scorer, rule and thresholds this replica filters with."""
+        return {"model": self.scorer.model_id, "rule": self.rule, "relax_by": self.relax_by,
+                "thresholds": dataclasses.asdict(self.thresholds)}
 
-        scores = self.scorer.score(images, mask, organ_map, organs)
-        selection = select(scores, keep=keep, rule=self.rule, thresholds=self.thresholds,
-                           relax_by=self.relax_by)
+    def score(self, images: np.ndarray, mask: np.ndarray, organ_map: dict[int, str], organs: list[str],
+              start_index: int = 0) -> dict:
+        """{"scores": [CandidateScores of ``images``, indices from ``start_index``], "strict": how many pass}."""
+        scores = self.scorer.score(images, mask, organ_map, organs, start_index=start_index)
+        return {"scores": scores, "strict": strict_passes(scores, self.rule, self.thresholds)}
+
+    def select(self, scores: list[CandidateScores], keep: int) -> dict:
+        """{"kept": [candidate index, best first], "relaxed": bool, "scores": [per candidate], "filter": model id}."""
+        selection = select(scores, keep=keep, rule=self.rule, thresholds=self.thresholds, relax_by=self.relax_by)
         for fate in selection.fates.values():
             self._scored.inc(tags={"fate": fate})
         rows = []

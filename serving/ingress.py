@@ -20,8 +20,9 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from mrgen.datasets.modality import MODALITY_TABLE
 from mrgen.serving import http_metrics
 from mrgen.serving.config import ServeConfig
-from mrgen.serving.inputs import BadRequest, encode_png, parse_organ_map, parse_request
-from mrgen.serving.schemas import Candidate, GenerateRequest, GenerateResponse
+from mrgen.serving.inputs import BadRequest, encode_png, parse_request
+from mrgen.serving.schemas import Candidate, GenerateRequest, GenerateResponse, GenerationJob, GenerationResult
+from mrgen.serving.waves import generate_in_waves
 
 log = logging.getLogger("mrgen.serving")
 
@@ -56,6 +57,15 @@ _GENERATE_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": GenerateRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
 
 
+def _candidates(result: GenerationResult, picked: dict | None) -> list[Candidate]:
+    """Every candidate in seed order, or (``picked``: the filter's choice) those kept, best first, with scores."""
+    if picked is None:
+        return [Candidate(image=encode_png(image), seed=seed) for image, seed in zip(result.images, result.seeds)]
+    rows = {row["index"]: row for row in picked["scores"]}
+    return [Candidate(image=encode_png(result.images[i]), seed=result.seeds[i], score=rows[i]["mean_iou"],
+                      organ_scores=rows[i]["organs"], fate=rows[i]["fate"]) for i in picked["kept"]]
+
+
 @serve.ingress(api)
 class Ingress:
     def __init__(self, generator, quality_filter, config: dict):
@@ -64,11 +74,18 @@ class Ingress:
         self.generator = generator
         self.filter = quality_filter
         self._info: dict | None = None
+        self._filter_info: dict | None = None
 
     async def _generator_info(self) -> dict:
         if self._info is None:
             self._info = await asyncio.wait_for(self.generator.info.remote(), timeout=30)
         return self._info
+
+    async def _filter_description(self) -> dict | None:
+        """What the filter replica filters with (None: no filter)."""
+        if self.filter is not None and self._filter_info is None:
+            self._filter_info = await asyncio.wait_for(self.filter.describe.remote(), timeout=30)
+        return self._filter_info
 
     def _unauthorized(self, request: Request) -> JSONResponse | None:
         if not self.token:
@@ -88,10 +105,13 @@ class Ingress:
     async def readyz(self):
         try:
             info = await self._generator_info()
-        except Exception as exc:  # not ready yet: the generator is starting or gone
-            return _error(503, f"generator not ready: {type(exc).__name__}: {exc}")
+            quality_filter = await self._filter_description()
+        except Exception as exc:  # not ready yet: the generator or the filter is starting or gone
+            return _error(503, f"not ready: {type(exc).__name__}: {exc}")
         return {"status": "ready", "bundle_id": info["bundle_id"],
-                "filter": self.config.filter.kind if self.filter is not None else None}
+                "filter": self.config.filter.kind if self.filter is not None else None,
+                "filter_model": quality_filter and quality_filter["model"],
+                "thresholds": quality_filter and quality_filter["thresholds"]}
 
     @api.get("/metrics")
     async def prometheus(self):
@@ -153,7 +173,8 @@ class Ingress:
             extra = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
             raise BadRequest(field, f"{err['msg']}{extra}") from None
         if req.keep is not None and self.filter is None:
-            raise BadRequest("keep", "this service runs without a filter (serve.filter.kind=none)")
+            raise BadRequest("keep", "this service runs without a filter (serve.filter.kind=none; `mrgen serve "
+                                     "--filter medsam --thresholds FILE` filters)")
         start = time.perf_counter()
         timeout_s = min(req.timeout_s or self.config.request_timeout_s, self.config.request_timeout_s)
         async with asyncio.timeout(timeout_s):
@@ -161,26 +182,35 @@ class Ingress:
             parsed = parse_request(req, self.config, size_multiple=info["size_multiple"],
                                    condition=info.get("condition"),
                                    prompt_template=info.get("prompt_template", "mrgen"))
-            result = await self.generator.generate.remote(parsed.job)
-            http_metrics.record_generation(result.batch_size, len(result.seeds))
-            order = list(range(len(result.seeds)))
-            scores: dict[int, dict] = {}
-            filter_id = None
-            if parsed.keep is not None:
-                organ_map = parse_organ_map(req.organ_map)
-                picked = await self.filter.select.remote(result.images, parsed.job.mask, organ_map,
-                                                         parsed.organs, parsed.keep)
-                order, filter_id = picked["kept"], picked["filter"]
-                scores = {row["index"]: row for row in picked["scores"]}
-        candidates = [Candidate(image=encode_png(result.images[i]), seed=result.seeds[i],
-                                score=scores[i]["mean_iou"] if i in scores else None,
-                                organ_scores=scores[i]["organs"] if i in scores else None,
-                                fate=scores[i]["fate"] if i in scores else None) for i in order]
+            if parsed.keep is None:
+                result, picked = await self._sample(parsed.job), None
+            else:
+                result, picked = await self._filtered(parsed.job, parsed.keep, parsed.organs)
+        candidates = _candidates(result, picked)
         http_metrics.record_returned(len(candidates))
         return GenerateResponse(bundle_id=result.bundle_id, prompt=parsed.job.prompt,
                                 modality_attributes=parsed.attributes, organs=parsed.organs,
-                                candidates=candidates, generated=len(result.seeds), filter=filter_id,
+                                candidates=candidates, generated=len(result.seeds),
+                                kept=None if picked is None else len(candidates),
+                                filter=None if picked is None else picked["filter"],
                                 batch_size=result.batch_size, seconds=round(time.perf_counter() - start, 4))
+
+    async def _sample(self, job: GenerationJob) -> GenerationResult:
+        result = await self.generator.generate.remote(job)
+        http_metrics.record_generation(result.batch_size, len(result.seeds))
+        return result
+
+    async def _filtered(self, job: GenerationJob, keep: int, organs: list[str]) -> tuple[GenerationResult, dict]:
+        """The job's candidates in waves until ``keep`` pass strictly (serve.filter.adaptive), and the filter's
+        choice among all of them (`Filter.select`)."""
+        def score(images, start_index: int):
+            return self.filter.score.remote(images, job.mask, job.organ_map, organs, start_index)
+
+        result = await generate_in_waves(job, keep, self.config.filter.per_wave(len(job.seeds), keep), self._sample,
+                                         score)
+        picked = await self.filter.select.remote(result.scores, keep)
+        http_metrics.record_kept(len(picked["kept"]))
+        return result, picked
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.config.limits.max_body_bytes

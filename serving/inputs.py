@@ -94,15 +94,19 @@ def parse_organ_map(organ_map: dict[str, str], field: str = "organ_map") -> dict
 
 def parse_request(request: GenerateRequest, config: ServeConfig, size_multiple: int = 8,
                   condition: dict | None = None, prompt_template: str = "mrgen") -> ParsedRequest:
-    """Check `request` against the service's limits and build the generator's job; ``condition``: the bundle's
+    """Check `request` against the service's limits and build the generator's job (a request with ``keep`` and no
+    ``n`` gets the filter's budget, ``serve.filter.candidates``); ``condition``: the bundle's
     ``MaskCondition`` manifest fields (an organ outside its vocabulary is refused); ``prompt_template``: the
     bundle's (``official``: the release's prompt, attributes looked up exactly, any region text)."""
     recipe = PromptRecipe(prompt_template, config.modality_attributes)
     limits = config.limits
-    if request.n > limits.max_n:
-        raise BadRequest("n", f"{request.n} > the service's limit {limits.max_n}")
-    if request.keep is not None and request.keep > request.n:
-        raise BadRequest("keep", f"{request.keep} > n ({request.n}): cannot keep more candidates than are generated")
+    n = request.n
+    if request.keep is not None and "n" not in request.model_fields_set:  # the filter's budget
+        n = min(max(request.keep, config.filter.candidates), limits.max_n)
+    if n > limits.max_n:
+        raise BadRequest("n", f"{n} > the service's limit {limits.max_n}")
+    if request.keep is not None and request.keep > n:
+        raise BadRequest("keep", f"{request.keep} > n ({n}): cannot keep more candidates than are generated")
     defaults = config.sampling
     steps = request.steps if request.steps is not None else defaults.steps
     if steps > limits.max_steps:
@@ -140,7 +144,7 @@ def parse_request(request: GenerateRequest, config: ServeConfig, size_multiple: 
     labels = [organ_map[i] for i in sorted(organ_map)]
     prompt = recipe.render(request.modality.strip(), attributes, request.region, organs, labels)
     seed = request.seed if request.seed is not None else secrets.randbelow(2**31 - 64)
-    job = GenerationJob(prompt=prompt, mask=mask, seeds=[seed + i for i in range(request.n)], steps=steps,
+    job = GenerationJob(prompt=prompt, mask=mask, seeds=[seed + i for i in range(n)], steps=steps,
                         guidance=float(guidance), sampler=request.sampler or defaults.sampler,
                         conditioning_scale=float(scale),
                         organ_map={i: organ_map[i] for i in present})

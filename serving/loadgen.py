@@ -154,7 +154,9 @@ def benchmark_configs(model: str | None = None, clients: int = 8, duration_s: fl
     check_load(clients, warmup_s)
     base = ServeConfig.load(config).with_overrides({
         "model": model, "autoscaling.min_replicas": 1, "autoscaling.max_replicas": 1,
-        "max_ongoing_requests": max(max_batch_size, clients), "limits.max_steps": max(steps, 1), **(overrides or {})})
+        "max_ongoing_requests": max(max_batch_size, clients), "limits.max_steps": max(steps, 1),
+        "filter.kind": "none",  # its requests ask for no keep: no filter replica beside the measured generator
+        **(overrides or {})})
     configs = {label: base.with_overrides({"batching.max_batch_size": batch})
                for label, batch in (("batching on", max_batch_size), ("batching off", 1))}
     request = GenerateRequest(**request_body(_bench_mask(size), "T2 SPIR", {1: "liver", 2: "spleen"}, n=n,

@@ -39,9 +39,12 @@ class GenerateRequest(BaseModel):
     region: Text | None = Field(None, max_length=64, description="body region (one of the schema's REGIONS)")
     organs: list[Text] | None = Field(None, max_length=64,
                                       description="organ names for the prompt; default: the organs present in the mask")
-    n: int = Field(1, ge=1, le=20, description="number of candidates")
+    n: int = Field(1, ge=1, le=20, description="number of candidates; with keep, the most generated (not given: the "
+                                               "service's serve.filter.candidates, at least keep)")
     keep: int | None = Field(None, ge=1, le=20,
-                             description="score candidates with SAM2 and return at most this many that pass")
+                             description="score candidates with the service's filter (SAM2 or LiteMedSAM) and return "
+                                         "at most this many that pass; candidates are generated in waves until this "
+                                         "many pass strictly or n are used")
     steps: int | None = Field(None, ge=1, description="sampling steps (default from the service config)")
     guidance: float | None = Field(None, ge=0, description="classifier-free guidance scale")
     sampler: str | None = Field(None, pattern="^(ddim|dpm)$", description="ddim or dpm")
@@ -55,9 +58,9 @@ class GenerateRequest(BaseModel):
 class Candidate(BaseModel):
     image: str = Field(..., description="PNG (8-bit grayscale), base64")
     seed: int
-    score: float | None = Field(None, description="SAM2 mean organ IoU (when keep was requested)")
+    score: float | None = Field(None, description="the filter's mean organ IoU (when keep was requested)")
     organ_scores: dict[str, dict[str, float]] | None = Field(
-        None, description='per organ {"iou": .., "conf": ..} from SAM2 (when keep was requested)')
+        None, description='per organ {"iou": .., "conf": ..} from the filter (when keep was requested)')
     fate: str | None = Field(None, description="selection outcome, e.g. kept or kept_relaxed (when keep was requested)")
 
 
@@ -67,8 +70,10 @@ class GenerateResponse(BaseModel):
     modality_attributes: str
     organs: list[str]
     candidates: list[Candidate]
-    generated: int = Field(..., description="candidates sampled (before filtering)")
-    filter: str | None = Field(None, description="SAM2 filter model id when keep was requested")
+    generated: int = Field(..., description="candidates sampled (before filtering; with keep, the waves that ran)")
+    kept: int | None = Field(None, description="candidates the filter kept, the ones returned (when keep was "
+                                               "requested)")
+    filter: str | None = Field(None, description="filter model id when keep was requested")
     batch_size: int = Field(..., description="requests sampled together with this one")
     seconds: float
 

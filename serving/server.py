@@ -34,29 +34,34 @@ def deploy_config_yaml(config: ServeConfig) -> str:
 
 
 def run_service(config: ServeConfig, ray_address: str | None = None, block: bool = True) -> str:
-    """Start Serve on ``config.host:port``, deploy the app, and (``block``) wait until Ctrl-C. Returns the URL."""
+    """Start Serve on ``config.host:port``, deploy the app, and (``block``) wait until Ctrl-C. Returns the URL. Says
+    on the running command's console (`platform.console`) the model, the filter in force and the URL."""
     from ray import serve
 
+    from mrgen.models.bundle import resolve_model_uri
     from mrgen.platform import storage
     from mrgen.platform.cluster import RayConfig, init_ray
+    from mrgen.platform.console import say
     from mrgen.serving.app import build_app_from_config
 
     if not config.model:
         raise ValueError("no model bundle: pass --model URI or set serve.model")
     # replicas run in other directories: a relative path means one relative to where `mrgen serve` was started
-    from mrgen.models.bundle import resolve_model_uri
-
-    config = config.with_overrides({"model": storage.absolute(resolve_model_uri(config.model))})
+    name = config.model
+    config = config.with_overrides({"model": storage.absolute(resolve_model_uri(name))}).resolved()
     init_ray(RayConfig(address=ray_address))
     serve.start(http_options={"host": config.host, "port": config.port,
                               "request_timeout_s": config.request_timeout_s + 10})
     serve.run(build_app_from_config(config), name=config.app_name, route_prefix=config.route_prefix)
     url = f"http://{config.host}:{config.port}{config.route_prefix.rstrip('/')}"
-    print(f"mrgen serve: {config.model} at {url} (OpenAPI: {url}/openapi.json); Ctrl-C stops", flush=True)
+    say(f"mrgen serve: model {name}" + (f" ({config.model})" if config.model != name else ""))
+    for line in config.filter.describe():
+        say(f"mrgen serve: {line}")
+    say(f"mrgen serve: {url} (OpenAPI: {url}/openapi.json); Ctrl-C stops")
     if not block:
         return url
     wait_for_signal()
-    print("mrgen serve: shutting down", flush=True)
+    say("mrgen serve: shutting down")
     stop_service(started_ray=ray_address is None)
     return url
 
@@ -94,6 +99,8 @@ def stop_service(started_ray: bool) -> None:
     import ray
     from ray import serve
 
+    from mrgen.platform.console import say
+
     done = threading.Event()
 
     def shutdown() -> None:
@@ -104,7 +111,7 @@ def stop_service(started_ray: bool) -> None:
 
     threading.Thread(target=shutdown, daemon=True).start()
     if not done.wait(SHUTDOWN_TIMEOUT_S):
-        print(f"mrgen serve: Serve did not stop within {SHUTDOWN_TIMEOUT_S:.0f} s; stopping Ray", flush=True)
+        say(f"mrgen serve: Serve did not stop within {SHUTDOWN_TIMEOUT_S:.0f} s; stopping Ray")
     if started_ray:
         ray.shutdown()
 

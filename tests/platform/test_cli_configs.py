@@ -47,7 +47,7 @@ def test_defaults_are_the_former_argparse_defaults():
     assert (x.split, x.labels, x.verify) == ("test", None, False)
     g = GenerateConfig()
     assert (g.n, g.keep, g.region, g.steps, g.guidance, g.sampler, g.seed, g.timeout) == \
-        (1, None, None, None, None, None, None, 300.0)
+        (None, None, None, None, None, None, None, 300.0)  # n: the service's (1, or with keep its filter budget)
     b = BenchConfig()
     assert b.db.model_dump() == dict(volumes=8, slices=64, size=128, resolution=64, batch_size=64, repeats=2)
     assert b.train.model_dump() == dict(steps=40, batch_size=8)
@@ -109,7 +109,8 @@ def calls(monkeypatch, tmp_path):
         def __exit__(self, *exc):
             pass
 
-        generate = staticmethod(record("generate", type("G", (), {"bundle_id": "b" * 12})()))
+        generate = staticmethod(record("generate", type("G", (), {"bundle_id": "b" * 12, "kept": None,
+                                                                 "generated": 1})()))
 
     monkeypatch.setattr(client, "GeneratorClient", Client)
     monkeypatch.setattr(client, "write_generation", lambda result, out: [])
@@ -194,7 +195,7 @@ def test_export_nnunet(calls):
 def test_generate(calls, mask_png, tmp_path):
     base = ["generate", "--url", "http://x", "--mask", mask_png, "--modality", "T1", "--out", str(tmp_path / "o")]
     assert main(base) == 0 and calls["timeout"] == 300.0
-    assert calls["generate"][1] == dict(n=1, keep=None, region=None, steps=None, guidance=None, sampler=None,
+    assert calls["generate"][1] == dict(n=None, keep=None, region=None, steps=None, guidance=None, sampler=None,
                                         seed=None, conditioning_scale=None)
     assert main([*base, "--set", "steps=20", "--set", "n=3", "--set", "timeout=5"]) == 0
     assert calls["timeout"] == 5 and (calls["generate"][1]["steps"], calls["generate"][1]["n"]) == (20, 3)

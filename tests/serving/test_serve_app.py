@@ -134,14 +134,21 @@ def test_concurrent_requests_share_a_batch(service, http):
 
 
 def test_keep_filters_with_sam2(http):
+    """At thresholds 0 every candidate passes: the first wave (keep = 2 candidates) is all a request generates."""
     response = http.post("/v1/generate", json=_body(n=3, keep=2))
     assert response.status_code == 200, response.text
     data = response.json()
-    assert data["generated"] == 3 and len(data["candidates"]) == 2
+    assert data["generated"] == 2 and data["kept"] == len(data["candidates"]) == 2
     assert data["filter"].startswith("sam2:")
     for c in data["candidates"]:
         assert c["fate"] == "kept" and set(c["organ_scores"]) == {"liver", "spleen"}
-        assert 0.0 <= c["score"] <= 1.0 and c["seed"] in (7, 8, 9)
+        assert 0.0 <= c["score"] <= 1.0 and c["seed"] in (7, 8)
+    unfiltered = http.post("/v1/generate", json=_body(n=2)).json()
+    assert unfiltered["generated"] == 2 and unfiltered["kept"] is None
+    # a mask without organs: nothing can pass, so every wave runs and nothing is kept (an answer, not an error)
+    empty = http.post("/v1/generate", json=_body(mask=_png(np.zeros((64, 64), np.uint8)), n=3, keep=2))
+    assert empty.status_code == 200, empty.text
+    assert empty.json()["generated"] == 3 and empty.json()["kept"] == 0 and empty.json()["candidates"] == []
 
 
 def test_auth_required(service):
@@ -195,6 +202,7 @@ def _bad_bodies() -> dict[str, tuple[object, str]]:
         "unknown field": (_body(colour="red"), "colour"),
         "unknown region": (_body(region="knee"), "region"),
         "keep more than n": (_body(n=2, keep=3), "keep"),
+        "keep zero": (_body(keep=0), "keep"),
         "body too large": (_body(padding="x" * 300_000), "limit"),
     }
 

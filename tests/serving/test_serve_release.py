@@ -46,18 +46,15 @@ def test_release_prompt_is_written_by_the_ingress(release_folder):
 
 
 def test_serve_flags_reach_the_config(tmp_path):
-    from mrgen.cli.common import attribute_table, json_object, load_config
     from mrgen.cli.main import build_parser
-    from mrgen.serving.config import ServeConfig
+    from mrgen.cli.serve import serve_config
 
     file = tmp_path / "modality_attributes.json"
     file.write_text(json.dumps(ATTRIBUTES))
     args = build_parser().parse_args(["serve", "--model", "ckpt", "--attributes", str(file), "--organ-weights",
                                       '{"liver": 0.3}', "--set", "filter.kind=sam2",
                                       "--set", "filter.scorer.config_name=2.0-large", "--set", "filter.rule=official"])
-    flags = {"model": args.model, "modality_attributes": attribute_table(args.attributes),
-             "organ_weights": json_object(args.organ_weights, "--organ-weights")}
-    config = load_config(ServeConfig, args, flags)
+    config = serve_config(args)
     assert config.modality_attributes == ATTRIBUTES and config.organ_weights == {"liver": 0.3}
     assert config.filter.scorer.sam2_config() == "configs/sam2/sam2_hiera_l.yaml" and config.filter.rule == "official"
 

@@ -1,5 +1,6 @@
-"""Ctrl-C on `mrgen serve` (a subprocess with its own local Ray): the process ends within seconds, Serve shut
-down, and the port is free again."""
+"""`mrgen serve --model embedded` as a person starts it (a subprocess with its own local Ray): its console names the
+log, the model, the filter with its thresholds and the URL, nothing of Ray's; Ctrl-C ends it within seconds, Serve
+shut down, and the port is free again."""
 from __future__ import annotations
 
 import os
@@ -41,18 +42,22 @@ def _wait_ready(url: str, proc: subprocess.Popen, log, timeout_s: float) -> None
     raise TimeoutError(f"{url}/readyz not ready after {timeout_s:.0f} s")
 
 
-def test_sigint_stops_serve_within_seconds(serve_bundle, tmp_path):
+def test_embedded_serve_console_and_sigint(tmp_path):
+    from mrgen.models.bundle import FILTER_THRESHOLDS, embedded_bundle
+    from mrgen.models.selection import load_calibration
+
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "serve.log"
-    command = [sys.executable, "-m", "mrgen.cli", "serve", "--config", "tiny", "--model", serve_bundle,
-               "--port", str(port)]
-    # RAY_ADDRESS=local: its own Ray even if a `ray start` cluster on this machine left its address file
-    with open(log, "w") as out:
+    console, log = tmp_path / "console.txt", tmp_path / "serve.log"
+    command = [sys.executable, "-m", "mrgen.cli", "serve", "--model", "embedded", "--port", str(port),
+               "--log", str(log)]
+    # RAY_ADDRESS=local: its own Ray even if a `ray start` cluster on this machine left its address file; the
+    # workers' lines forwarded to the driver, as in a person's shell
+    with open(console, "w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "RAY_ADDRESS": "local"})
+                                env={**os.environ, "RAY_ADDRESS": "local", "MRGEN_RAY_LOG_TO_DRIVER": "1"})
     try:
-        _wait_ready(url, proc, log, timeout_s=300)
+        _wait_ready(url, proc, console, timeout_s=300)
         start = time.monotonic()
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=30)
@@ -61,8 +66,15 @@ def test_sigint_stops_serve_within_seconds(serve_bundle, tmp_path):
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # a second signal ends it at once
             proc.wait(timeout=30)
-    text = log.read_text()
-    print(f"mrgen serve stopped {seconds:.1f} s after SIGINT (exit code {code})")
-    assert seconds <= 15, text[-3000:]
-    assert code == 0 and "shutting down" in text and "did not stop within" not in text, text[-3000:]
+    text = console.read_text()
+    print(f"mrgen serve stopped {seconds:.1f} s after SIGINT (exit code {code}); its console:\n{text}")
+    assert seconds <= 15, log.read_text()[-3000:]
+    assert code == 0 and "shutting down" in text and "did not stop within" not in text, log.read_text()[-3000:]
     assert _port_free(port), f"port {port} still bound after mrgen serve exited"
+    lines = text.splitlines()
+    assert len(lines) <= 8 and all(line.startswith("mrgen serve") for line in lines), text
+    t = load_calibration(f"{embedded_bundle()}/{FILTER_THRESHOLDS}").thresholds
+    for said in (str(log), "model embedded", f"{url} (OpenAPI", "filter medsam", f"organ IoU {t.organ_iou:g}",
+                 f"organ conf {t.organ_conf:g}", f"mean IoU {t.mean_iou:g}", f"mean conf {t.mean_conf:g}"):
+        assert said in text, (said, text)
+    assert "Started Serve" in log.read_text()  # Ray's own lines went to the log
