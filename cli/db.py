@@ -33,7 +33,7 @@ def register(subparsers) -> None:
                                    "(phantom-src with masks, phantom-tgt with test masks only, phantom-pool "
                                    "unannotated).")
     p.add_argument("--out", required=True, help="DB location (path, file:// or s3:// URI)")
-    add_config_flags(p, example="volumes=4", preset="default")
+    add_config_flags(p, example="test_volumes=20", preset="default")
     p.add_argument("--seed", type=int, default=None, help="random seed (config key seed)")
     p.add_argument("--volumes", type=int, default=None, help="volumes per dataset (config key volumes)")
     p.add_argument("--resolution", type=int, default=None, help="slice size in pixels (config key resolution)")
