@@ -24,7 +24,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="summarise several `mrgen demo` runs (seeds): mean ± sd and pooled "
-                                             "95 % intervals",
+                                             "95 %% intervals",
                               description="Reads each OUT/report/report.json and prints one row per run (mean Dice "
                                           "per segmenter, every difference with its paired 95 % bootstrap interval "
                                           "over the test volumes, the share of the gap to the oracle closed), their "
