@@ -14,14 +14,26 @@ Scores come from the filtered run's audit, matched by (mask key, candidate index
 """
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mrgen.models.selection import KEPT_FATES
+from mrgen.platform import storage
 
 DRAWS = ("equal_count", "best", "worst")
+DRAWS_FILE = "draws.json"  # in the unfiltered run's folder
+
+
+def write_draws(draws: dict[str, list[str]], folder: str) -> None:
+    storage.write_text(storage.join(folder, DRAWS_FILE), json.dumps(draws, indent=0))
+
+
+def load_draws(folder: str) -> dict[str, list[str]]:
+    """The unfiltered run's drawn training sets: draw name → slice ids."""
+    return json.loads(storage.read_text(storage.join(folder, DRAWS_FILE)))
 
 
 def _score_key(row: Mapping[str, Any]) -> tuple:

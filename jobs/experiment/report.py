@@ -69,11 +69,12 @@ def dice_table(evals: dict[str, dict[str, Any]], trained_on: dict[str, str],
     return "\n".join(lines)
 
 
-def differences_lines(diffs: dict[str, dict[str, Any]], volumes: int | None) -> list[str]:
+def differences_lines(diffs: dict[str, dict[str, Any]]) -> list[str]:
     if not diffs:
         return []
+    volumes = next(iter(diffs.values()))["volumes"]  # every difference pairs the same test volumes
     lines = ["## Differences (Dice points, paired 95 % bootstrap interval over the same "
-             f"{volumes or ''} test volumes)", "", "| difference | value [95 % interval] | reads |", "|---|---|---|"]
+             f"{volumes} test volumes)", "", "| difference | value [95 % interval] | reads |", "|---|---|---|"]
     lines += [f"| {d['label']} | {interval_text(d, signed=True)} | {verdict(d)} |" for d in diffs.values()]
     return lines + [""]
 
@@ -320,7 +321,7 @@ def write_report_folder(exp) -> dict[str, Any]:
         "(paper, Table 3 average: 44.7 vs 10.5, ratio 4.3)"
         + (f"; gap to the oracle closed: {100 * result['goal']['gap_closed']:.0f} % (goal two thirds)"
            if "gap_closed" in result["goal"] else ""), "",
-        *differences_lines(diffs, next(iter(diffs.values()))["volumes"] if diffs else None),
+        *differences_lines(diffs),
         *_fit_lines(fits, trained_on, data),
         "## FID and KID", "", *fid_lines, "",
         f"Images: a synthetic set and the {data} source images at the same count, evenly spread (FID grows as the "
@@ -357,6 +358,6 @@ def write_report_folder(exp) -> dict[str, Any]:
     ]
     storage.write_text(storage.join(folder, "report.md"), "\n".join(md) + "\n")
     storage.write_text(storage.join(exp.out, *REPORT_JSON), json.dumps(result, indent=1, default=str))
-    print("\n" + table + "\n" + "\n".join(differences_lines(diffs, None))
+    print("\n" + table + "\n" + "\n".join(differences_lines(diffs))
           + "\n".join(fid_lines) + f"\nreport: {storage.join(folder, 'report.md')}", flush=True)
     return result

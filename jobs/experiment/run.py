@@ -27,6 +27,7 @@ eval/<name>-fit.json, fid.json, report/, logs/experiment.log (everything the job
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -92,7 +93,9 @@ class Experiment:
 
     @property
     def draws(self) -> str:
-        return self.path("synthetic-unfiltered", "draws.json")
+        from mrgen.jobs.experiment.draws import DRAWS_FILE
+
+        return storage.join(self.synthetic_unfiltered, DRAWS_FILE)
 
     @property
     def segmenters(self) -> list[str]:
@@ -105,7 +108,7 @@ class Experiment:
             names.append("oracle")
         return names
 
-    @property
+    @functools.cached_property
     def data_label(self) -> str:
         """What the DB's images are: "phantom" for the embedded phantom's renderings, "real" for data built from
         a user's files."""
@@ -190,7 +193,9 @@ def segment_sources(exp: Experiment, name: str):
              "mrgen-worst": ("worst", "each mask's worst-scored candidate")}
     if name in drawn:
         draw, label = drawn[name]
-        ids = json.loads(storage.read_text(exp.draws))[draw]
+        from mrgen.jobs.experiment.draws import load_draws
+
+        ids = load_draws(exp.synthetic_unfiltered)[draw]
         return [TrainSource(exp.synthetic_unfiltered, split=None, slice_ids=tuple(ids), label=label)]
     return {"source-only": [TrainSource(exp.db, datasets=(SOURCE_DATASET,), split=exp.config.source_split)],
             "mrgen": [TrainSource(exp.synthetic, split=None)],
@@ -316,14 +321,14 @@ def synthesize(exp: Experiment) -> None:
 def synthesize_unfiltered(exp: Experiment) -> None:
     """Every candidate the filtered run generated, unfiltered; then the training sets drawn from them."""
     from mrgen.datasets.store import read_table
-    from mrgen.jobs.experiment.draws import draw_training_sets
+    from mrgen.jobs.experiment.draws import draw_training_sets, write_draws
     from mrgen.jobs.synthesis.stages.writer import read_audit
 
     if not _synthesized(exp.synthetic_unfiltered):
         _synthesize(exp, synthesis_config(exp, unfiltered=True), "synthesis_unfiltered")
     candidates = read_table(exp.synthetic_unfiltered, ["mask_key", "candidate_index", "slice_id"]).to_pylist()
     draws = draw_training_sets(read_audit(exp.synthetic).to_pylist(), candidates)
-    storage.write_text(exp.draws, json.dumps(draws, indent=0))
+    write_draws(draws, exp.synthetic_unfiltered)
     exp.say(f"   drawn from its {len(candidates)} candidates: " + ", ".join(f"{k} {len(v)}" for k, v in draws.items()))
 
 
@@ -404,7 +409,9 @@ def fid(exp: Experiment) -> None:
     source = SliceSet(exp.db, dataset=SOURCE_DATASET, split=cfg.source_split)
     synthetic = {"filtered": SliceSet(exp.synthetic)}
     if "mrgen-unfiltered" in exp.segmenters:  # the unfiltered segmenter's set: as many images, chosen without scores
-        equal_count = json.loads(storage.read_text(exp.draws))["equal_count"]
+        from mrgen.jobs.experiment.draws import load_draws
+
+        equal_count = load_draws(exp.synthetic_unfiltered)["equal_count"]
         synthetic["unfiltered"] = SliceSet(exp.synthetic_unfiltered, slice_id=equal_count)
     # FID's bias grows as the sample shrinks: a synthetic set and the source are compared with the target at one
     # count. The source's features are computed once, at the largest count; smaller counts spread over them
