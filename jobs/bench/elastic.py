@@ -228,11 +228,16 @@ def node_joins(cluster: LocalCluster, settings: list[str], then_dies: bool = Fal
         def grew() -> dict[str, bool]:
             return {name: node.node_id in watch.seen.get(cls, set()) for name, cls in POOLS}
 
+        def generator_there_now() -> bool:
+            # the watch remembers every node a pool reached; the kill needs a generator alive there at that moment
+            # (a pool can shrink off the node again between two samples)
+            return node.node_id in actor_nodes().get(GENERATOR, set())
+
         killed: dict[str, Any] = {}
         if then_dies:
-            wait_until(lambda: job.done() or all(grew().values()), 600, "both pools on the new node")
-            killed = {"masks_done_at_kill": _finished(out),
-                      "generators_on_killed_node": len(actor_nodes().get(GENERATOR, set()) & {node.node_id})}
+            wait_until(lambda: job.done() or (all(grew().values()) and generator_there_now()), 600,
+                       "both pools on the new node")
+            killed = {"masks_done_at_kill": _finished(out), "generators_on_killed_node": int(generator_there_now())}
             cluster.kill(node)
         _, seconds = job.result()
     return {"wall_s": round(seconds, 1), "masks_done_at_join": done_at_join, "pools_grew_onto_new_node": grew(),
