@@ -196,6 +196,30 @@ BENCHMARKS["gpu"] = Benchmark("the GPU check: tiny stages' steps/s vs CPU, paper
                               _no_inputs, _gpu_run, "gpu.tiny=true", resolve=_gpu_resolve)
 
 
+def _cost_inputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", default=None, help="phantom MRGen-DB (default: the embedded default's, built in "
+                        "the work folder)")
+    parser.add_argument("--work", default=None, help="folder of the runs (default: a temp dir); a rerun resumes "
+                        "there")
+
+
+def _cost_run(settings, args: argparse.Namespace) -> dict[str, Any]:
+    from mrgen.jobs.bench.cost_bench import run_cost_bench
+
+    return run_cost_bench(**settings.model_dump(), db=args.db, out=args.work)
+
+
+def _cost_resolve(settings, args: argparse.Namespace) -> dict[str, Any]:
+    from mrgen.jobs.bench.cost_bench import cost_bench_configs
+
+    return cost_bench_configs(**settings.model_dump(), db=args.db)
+
+
+BENCHMARKS["cost"] = Benchmark("generator and filter TFLOP and seconds per kept slice of each synthesis recipe (R0 "
+                               "the release's, R1, R2) and the Dice of segmenters on equal counts of their slices",
+                               _cost_inputs, _cost_run, "cost.masks=24", resolve=_cost_resolve)
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="run benchmarks (figures and ratios vs. a same-run baseline)")
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)

@@ -140,14 +140,14 @@ def add_settings_flags(parser: argparse.ArgumentParser, settings: type) -> None:
     field of its own, named by that field alone (``--steps`` sets ``sampling.steps``). :func:`settings_flags`
     reads them back."""
     for key, leaf in _leaf_fields(settings):
-        kind, choices, many = _flag_type(leaf.annotation)
+        kind, choices, nargs = _flag_type(leaf.annotation)
         choices = leaf.choices or choices
         flag = "--" + key.rsplit(".", 1)[-1].replace("_", "-")
         if kind is bool:
             parser.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None,
                                 help=leaf.description)
         else:
-            parser.add_argument(flag, dest=key, type=kind, choices=choices, nargs="+" if many else None,
+            parser.add_argument(flag, dest=key, type=kind, choices=choices, nargs=nargs,
                                 default=None, metavar=None if choices else flag[2:].replace("-", "_").upper(),
                                 help=leaf.description)
 
@@ -181,15 +181,17 @@ def _leaf_fields(settings: type, prefix: str = ""):
             yield prefix + name, leaf
 
 
-def _flag_type(annotation) -> tuple[type, tuple | None, bool]:
-    """(argparse type, choices, several values) of a field annotation: ``int``, ``Literal[...]``, ``X | None``,
-    ``list[...]``."""
+def _flag_type(annotation) -> tuple[type, tuple | None, int | str | None]:
+    """(argparse type, choices, nargs) of a field annotation: ``int``, ``Literal[...]``, ``X | None``,
+    ``list[...]`` (nargs ``+``), ``tuple[X, X]`` (nargs 2)."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
-    many = typing.get_origin(annotation) is list
-    if many:
-        annotation = typing.get_args(annotation)[0]
+    nargs: int | str | None = None
+    if typing.get_origin(annotation) is list:
+        nargs, annotation = "+", typing.get_args(annotation)[0]
+    elif typing.get_origin(annotation) is tuple and Ellipsis not in typing.get_args(annotation):
+        nargs, annotation = len(typing.get_args(annotation)), typing.get_args(annotation)[0]
     if typing.get_origin(annotation) is typing.Literal:
         choices = typing.get_args(annotation)
-        return type(choices[0]), choices, many
-    return annotation, None, many
+        return type(choices[0]), choices, nargs
+    return annotation, None, nargs

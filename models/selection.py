@@ -43,6 +43,7 @@ KEPT_UNFILTERED = "kept_unfiltered"  # no filter: the first `keep` candidates
 PASSED_NOT_KEPT = "passed_not_kept"  # passed, but `keep` better ones were kept
 REJECTED = "rejected"              # failed the thresholds in force
 NOT_RANKED = "not_ranked"          # official rule: outside the top 5 by mean IoU
+STOPPED_EARLY = "stopped_early"    # early rejection: its x̂₀ scored below the cut mid-sampling; never finished
 KEPT_FATES = (KEPT, KEPT_RELAXED, KEPT_UNFILTERED)
 _EPS = 1e-9  # thresholds are inclusive; absorbs float rounding of relaxed thresholds and means
 

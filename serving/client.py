@@ -35,7 +35,7 @@ class GenerateConfig(ConfigBase):
     region: str | None = Field(None, max_length=64, description="body region for the prompt")
     steps: int | None = Field(None, ge=1, description="sampling steps (None: the service's default_steps)")
     guidance: float | None = Field(None, ge=0, description="classifier-free guidance (None: the service's)")
-    sampler: Literal["ddim", "dpm"] | None = Field(None, description="sampler (None: the service's)")
+    sampler: Literal["ddim", "dpm", "unipc"] | None = Field(None, description="sampler (None: the service's)")
     conditioning_scale: float | None = Field(None, ge=0, description="mask controller weight (None: the service's)")
     seed: int | None = Field(None, ge=0, lt=2**31, description="seed of the first candidate; candidate i uses "
                                                                "seed + i (None: the service picks)")

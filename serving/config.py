@@ -145,8 +145,8 @@ class ServeConfig(ConfigBase):
     default_steps: int = Field(PAPER_SAMPLING.steps, ge=1, description="sampling steps when the request gives none")
     default_guidance: float = Field(PAPER_SAMPLING.guidance, ge=0,
                                     description="guidance scale when the request gives none")
-    default_sampler: Literal["ddim", "dpm"] = Field(PAPER_SAMPLING.sampler,
-                                                    description="sampler when the request gives none")
+    default_sampler: Literal["ddim", "dpm", "unipc"] = Field(PAPER_SAMPLING.sampler,
+                                                             description="sampler when the request gives none")
     default_conditioning_scale: float = Field(PAPER_SAMPLING.conditioning_scale, ge=0,
                                               description="mask controller weight when the request gives none")
     modality_attributes: dict[str, str] = Field(
@@ -191,8 +191,10 @@ class ServeConfig(ConfigBase):
 
 
 def _defaults(sampling: SamplingSettings, **changes: Any) -> dict[str, Any]:
-    """A preset's sampling as the ``default_*`` fields of a request that names none."""
-    return {f"default_{k}": v for k, v in dataclasses.replace(sampling, **changes).kwargs().items()}
+    """A preset's sampling as the ``default_*`` fields of a request that names none (the service guides every
+    step: it takes no guidance interval)."""
+    return {f"default_{k}": v for k, v in dataclasses.replace(sampling, **changes).kwargs().items()
+            if f"default_{k}" in ServeConfig.model_fields}
 
 
 @preset(ServeConfig, "tiny")

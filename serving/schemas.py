@@ -47,7 +47,7 @@ class GenerateRequest(BaseModel):
                                          "many pass strictly or n are used")
     steps: int | None = Field(None, ge=1, description="sampling steps (default from the service config)")
     guidance: float | None = Field(None, ge=0, description="classifier-free guidance scale")
-    sampler: str | None = Field(None, pattern="^(ddim|dpm)$", description="ddim or dpm")
+    sampler: str | None = Field(None, pattern="^(ddim|dpm|unipc)$", description="ddim, dpm or unipc")
     conditioning_scale: float | None = Field(None, ge=0, description="weight of the mask controller's residuals "
                                                                      "(>1: stricter mask shapes)")
     seed: int | None = Field(None, ge=0, lt=2**31, description="seed of the first candidate; candidate i uses seed+i")

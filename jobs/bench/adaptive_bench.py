@@ -50,7 +50,8 @@ def adaptive_bench_configs(masks: int = 16, candidates: int = 8, keep: int = 2, 
     embedded generator's sampling and LiteMedSAM at the thresholds calibrated into ``work``/calibration.json."""
     configs: dict[str, ConfigBase] = {} if db else {"phantom": PhantomConfig.load("small")}
     db = db or f"{work}/db"
-    sampling = [f"{k}={v}" for k, v in SAMPLING_PRESETS["default"].kwargs().items()]  # the embedded generator's
+    sampling = [f"{k}={list(v) if isinstance(v, tuple) else v}"  # the embedded generator's (a tuple as a YAML list)
+                for k, v in SAMPLING_PRESETS["default"].kwargs().items()]
     for name, adaptive in (("probe", False), ("all_candidates", False), ("adaptive", True)):
         configs[name] = SynthesisConfig.load("tiny", [
             f"model={EMBEDDED}", f"source={db}", f"out={work}/{name}", f"target_modalities=['{TARGET_MODALITY}']",

@@ -6,7 +6,7 @@
    ZeRO-2, NCCL): samples/s and peak GPU memory of each stage;
 3. ``synthesis``: the paper-scale generator (512², DDIM 50, CFG 7, 20 candidates, bf16): candidates/s, and the
    physical limit: the GPU's peak bf16 rate over the FLOPs of one candidate (counted with
-   ``torch.utils.flop_counter.FlopCounterMode`` on one controller + UNet forward and one decode);
+   ``torch.utils.flop_counter.FlopCounterMode`` on one controller + UNet forward and one decode, ``models/flops.py``);
 4. ``endpoint``: the service at paper scale (`mrgen bench serve`'s batching on vs off): requests/s and p99.
 
 Paper-scale weights are random (the networks' cost does not depend on their values); the text tower is a random
@@ -30,6 +30,7 @@ import torch
 
 from mrgen.jobs.bench.config import GPU_SECTIONS
 from mrgen.jobs.train.config import TrainConfig
+from mrgen.models.flops import decode_flops, denoiser_flops
 from mrgen.models.sampling import PAPER_SAMPLING, SamplingSettings
 
 STAGES = ("vae", "unet", "controlnet")
@@ -159,32 +160,13 @@ def paper_training(db: str, out: str, device: torch.device, tiny: bool, steps: i
 
 
 def flops_per_candidate(pipe, size: int, steps: int, guidance: float) -> dict[str, float]:
-    """FLOPs of one candidate: ``steps`` × (2 with CFG) controller + UNet forwards at batch 1, plus one decode.
-    Attention runs on SDPA's math backend here: its fused kernels are not counted on every device (the CPU's)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from mrgen.models.autoencoder import decode_latents
-
-    bundle, device, dtype = pipe.bundle, pipe.device, pipe.dtype
-    latent = torch.randn(1, pipe.latent_channels, size // pipe.factor, size // pipe.factor)
-    text = bundle.text_encoder.encode([""]).to(device, dtype)
-    channels = int(bundle.controlnet.config.conditioning_channels)
-    cond = torch.zeros(1, channels, size, size, device=device, dtype=dtype)
-    t = torch.tensor([500], device=device)
-    with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH):
-        with FlopCounterMode(display=False) as forward:
-            x = latent.to(device, dtype)
-            down, mid = bundle.controlnet(x, t, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False)
-            bundle.unet(x, t, encoder_hidden_states=text, down_block_additional_residuals=down,
-                        mid_block_additional_residual=mid)
-        with FlopCounterMode(display=False) as decode:
-            decode_latents(bundle.vae, latent.to(device), bundle.latent_scaling)
+    """FLOPs of one candidate: ``steps`` × (2 with CFG) controller + UNet forwards at batch 1, plus one decode
+    (counted on shape-only copies of the pipeline's models, ``models/flops.py``)."""
+    step, decode = denoiser_flops(pipe.bundle, size), decode_flops(pipe.bundle, size)
     passes = 2 if guidance != 1.0 else 1
-    step = float(forward.get_total_flops())
-    total = steps * passes * step + float(decode.get_total_flops())
+    total = steps * passes * step + decode
     return {"gflop_per_denoiser_forward": round(step / 1e9, 2),
-            "gflop_decode": round(decode.get_total_flops() / 1e9, 2),
+            "gflop_decode": round(decode / 1e9, 2),
             "tflop_per_candidate": round(total / 1e12, 4)}
 
 

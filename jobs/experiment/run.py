@@ -171,7 +171,8 @@ def synthesis_config(exp: Experiment, unfiltered: bool = False):
         overrides["ray.address"] = exp.ray_address
     config = SynthesisConfig.from_preset(exp.config.synthesis).with_overrides(overrides)
     if unfiltered:  # the same masks, seeds and candidates as the filtered run, every one kept (jobs.experiment.draws)
-        config = config.model_copy(update={"thresholds_file": None}).with_overrides(
+        config = config.model_copy(update={"thresholds_file": None, "early_reject_at": None,
+                                           "early_reject_below": 0.0}).with_overrides(
             {"out": exp.synthetic_unfiltered, "filter": "none", "adaptive": False, "keep": config.candidates})
     return config
 

@@ -29,8 +29,8 @@ class SampleConfig(ConfigBase):
     conditioning_scale: float = Field(PAPER_SAMPLING.conditioning_scale, ge=0,
                                       description="weight of the mask controller's residuals (diffusers' "
                                                   "controlnet_conditioning_scale; >1: stricter mask shapes)")
-    sampler: Literal["ddim", "dpm"] = Field(PAPER_SAMPLING.sampler, description="DDIM (the release's) or "
-                                                                                "DPM-Solver++")
+    sampler: Literal["ddim", "dpm", "unipc"] = Field(PAPER_SAMPLING.sampler, description="DDIM (the release's), "
+                                                                                         "DPM-Solver++ or UniPC")
     device: str = Field("cpu", description="torch device (cpu, cuda)")
 
     @property

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mrgen.models.sampling import PAPER_SAMPLING, SAMPLING_PRESETS, SamplingSettings
+from mrgen.models.sampling import PAPER_SAMPLING, SAMPLING_PRESETS, SamplingSettings, early_stop_step
 from mrgen.models.scorers import ScorerSettings
 from mrgen.models.selection import ThresholdConfig
 from mrgen.platform.cluster import RayConfig
@@ -60,10 +60,14 @@ class SynthesisConfig(ConfigBase):
 
     candidates: int = Field(20, ge=1, description="candidates generated per mask")
     keep: int = Field(2, ge=1, description="candidates kept per mask")
-    sampler: Literal["ddim", "dpm"] = Field(PAPER_SAMPLING.sampler, description="DDIM (paper) or DPM-Solver++ "
-                                                                                "(faster)")
+    sampler: Literal["ddim", "dpm", "unipc"] = Field(PAPER_SAMPLING.sampler, description="DDIM (paper), "
+                                                     "DPM-Solver++ (faster) or UniPC (fewest steps)")
     steps: int = Field(PAPER_SAMPLING.steps, ge=1, description="sampling steps (paper: DDIM 50; DPM-Solver++: 20)")
     guidance: float = Field(PAPER_SAMPLING.guidance, ge=0, description="classifier-free guidance weight")
+    guidance_interval: tuple[float, float] = Field(PAPER_SAMPLING.guidance_interval,
+                                                   description="[lo, hi): guidance only at steps i (of n) with lo <= "
+                                                               "i/n < hi; the other steps run the conditional pass "
+                                                               "alone (half the denoiser rows). [0, 1]: every step")
     conditioning_scale: float = Field(PAPER_SAMPLING.conditioning_scale, ge=0,
                                       description="weight of the mask controller's residuals (diffusers' "
                                                   "controlnet_conditioning_scale; >1: stricter mask shapes)")
@@ -85,6 +89,14 @@ class SynthesisConfig(ConfigBase):
     official_top_k: int = Field(5, ge=1, description="official rule: candidates ranked by mean IoU considered")
     adaptive: bool = Field(False, description="generate in waves; stop a mask once `keep` candidates pass strictly")
     wave_size: int = Field(4, ge=1, description="candidates per wave (adaptive)")
+    early_reject_at: float | None = Field(None, gt=0, lt=1,
+                                          description="adaptive: at this fraction of the steps, score each "
+                                                      "candidate's predicted clean image x̂₀ with the filter and stop "
+                                                      "those below early_reject_below (None: off)")
+    early_reject_below: float = Field(0.0, ge=0, le=1,
+                                      description="a candidate whose x̂₀ mean IoU (over organs, as the rule counts "
+                                                  "them) is below this stops at early_reject_at (0.0: x̂₀ is scored "
+                                                  "and recorded, nothing stops: a probe run to calibrate the cut)")
 
     generator: StageResources = Field(default_factory=StageResources, description="generator stage resources")
     filter_stage: StageResources = Field(default_factory=StageResources, description="filter stage resources")
@@ -108,6 +120,19 @@ class SynthesisConfig(ConfigBase):
             raise ValueError(f"keep ({self.keep}) > candidates ({self.candidates})")
         if self.adaptive and self.filter == "none":
             raise ValueError("adaptive budget needs a filter (filter=sam2 or medsam)")
+        SamplingSettings.from_fields(self)  # guidance_interval: 0 <= lo < hi <= 1
+        if self.early_reject_at is not None:
+            if not self.adaptive or self.filter == "none":
+                raise ValueError(f"early_reject_at ({self.early_reject_at}) needs adaptive=true and a filter "
+                                 f"(filter=sam2 or medsam; got adaptive={str(self.adaptive).lower()}, "
+                                 f"filter={self.filter}): the adaptive stage scores x̂₀ with the filter")
+            try:
+                early_stop_step(self.early_reject_at, self.steps)
+            except ValueError as exc:
+                raise ValueError(f"early_reject_at: {exc} (steps={self.steps})") from None
+        elif self.early_reject_below:
+            raise ValueError(f"early_reject_below ({self.early_reject_below}) needs early_reject_at (the fraction of "
+                             "the steps where x̂₀ is scored)")
         return self
 
     @property

@@ -17,10 +17,12 @@ def contact_items(previews: list[dict[str, np.ndarray]]) -> tuple[list[dict], in
     for p in previews:
         mask = p["mask"]
         row = [{"image": np.zeros(mask.shape, np.float32), "mask": mask, "caption": f"mask: {p['prompt']}"}]
+        indices = p.get("indices", range(len(p["images"])))  # candidate indices (stopped-early ones have no image)
         for k, image in enumerate(p["images"]):
             fate, iou, conf = str(p["fates"][k]), float(p["mean_iou"][k]), float(p["mean_conf"][k])
             scores = "unscored" if np.isnan(iou) else f"IoU {iou:.2f} conf {conf:.2f}"
-            row.append({"image": image, "caption": f"#{k} {scores} {fate}", "border": BORDERS.get(fate)})
+            row.append({"image": image, "caption": f"#{int(indices[k])} {scores} {fate}",
+                        "border": BORDERS.get(fate)})
         row += [{"image": np.zeros(mask.shape, np.float32), "caption": ""}] * (columns - len(row))
         items += row
     return items, columns

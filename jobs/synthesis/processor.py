@@ -2,7 +2,8 @@
 
     prepare (tasks) → generator (actor pool) → filter (actor pool) → selection (tasks) → writer (tasks)
 
-With ``adaptive`` the generator and filter become one stage (waves need the filter's verdict); with
+With ``adaptive`` the generator and filter become one stage (waves, and early rejection's judgement of x̂₀
+mid-sampling, need the filter's verdict); with
 ``filter=none`` there is no filter stage. Calling the processor on a dataset of MRGen-DB slices returns the
 lazy dataset of per-mask summaries; nothing runs until it is consumed.
 """
@@ -61,7 +62,9 @@ def build_stages(config: SynthesisConfig, ctx: RunContext) -> list[StageSpec]:
     if config.adaptive:
         stages.append(_actors(AdaptiveUDF, dict(bundle_uri=config.model, candidates=config.candidates,
                                                 wave_size=config.wave_size, keep=config.keep, rule=config.rule,
-                                                thresholds=thresholds, **scorer, **sampling), config.generator))
+                                                thresholds=thresholds, early_reject_at=config.early_reject_at,
+                                                early_reject_below=config.early_reject_below, **scorer, **sampling),
+                              config.generator))
     else:
         stages.append(_actors(GeneratorUDF, dict(bundle_uri=config.model, candidates=config.candidates, **sampling),
                               config.generator))

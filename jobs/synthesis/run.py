@@ -21,6 +21,7 @@ from mrgen.jobs.synthesis.keys import mask_key
 from mrgen.jobs.synthesis.processor import RunContext, SynthesisProcessor
 from mrgen.jobs.synthesis.stages.prepare import SOURCE_COLUMNS
 from mrgen.jobs.synthesis.stages.writer import AUDIT_DIR, SYNTH_COLUMNS, audit_parts, finished_masks, read_audit
+from mrgen.models.selection import KEPT_FATES, STOPPED_EARLY
 from mrgen.platform import storage
 from mrgen.platform.progress import Progress
 
@@ -177,7 +178,9 @@ def commit(out: str, meta: dict[str, Any]) -> dict[str, Any]:
 def _write_metrics(out: str, counts: dict[str, int]) -> None:
     registry = CollectorRegistry()
     docs = {"masks_done": "masks finished in this run (incl. skipped)",
-            "candidates_generated": "candidates generated in this run",
+            "candidates_generated": "candidates generated in this run (finished; not those stopped early)",
+            "candidates_stopped_early": "candidates stopped early (x̂₀ below the cut) in this run",
+            "denoiser_rows": "denoiser rows (batch rows through controller and UNet) run in this run",
             "candidates_kept": "candidates kept in this run", "masks_relaxed": "masks kept under relaxed thresholds",
             "masks_skipped": "masks skipped (with a reason)", "masks_nothing_kept": "masks with no candidate kept"}
     for name, doc in docs.items():
@@ -186,17 +189,26 @@ def _write_metrics(out: str, counts: dict[str, int]) -> None:
 
 
 def _summarise(audit) -> dict[str, Any]:
-    rows = audit.select(["mask_key", "candidate_index", "fate", "skip_reason"]).to_pylist()
+    """The run's totals from its audit table. ``candidates_generated`` (and the rates over it) count finished
+    candidates only; ``denoiser_rows`` counts every candidate's, stopped ones included (None when an audit part
+    predates the count)."""
+    rows = audit.select(["mask_key", "candidate_index", "fate", "skip_reason", "denoiser_rows"]).to_pylist()
     masks = collections.defaultdict(list)
     for r in rows:
         masks[r["mask_key"]].append(r)
-    generated = sum(1 for r in rows if r["candidate_index"] >= 0)
-    kept = sum(1 for r in rows if r["fate"] in ("kept", "kept_relaxed", "kept_unfiltered"))
+    candidates = [r for r in rows if r["candidate_index"] >= 0]
+    stopped = sum(1 for r in candidates if r["fate"] == STOPPED_EARLY)
+    generated = len(candidates) - stopped
+    kept = sum(1 for r in rows if r["fate"] in KEPT_FATES)
     strict = sum(1 for r in rows if r["fate"] in ("kept", "passed_not_kept"))
+    spent = (sum(r["denoiser_rows"] for r in candidates)
+             if all(r["denoiser_rows"] is not None for r in candidates) else None)
     skipped = {k: v[0]["skip_reason"] for k, v in masks.items() if v[0]["fate"] == "skipped"}
     return {"masks": len(masks), "masks_skipped": len(skipped), "candidates_generated": generated,
-            "candidates_kept": kept, "strict_pass_rate": strict / generated if generated else None,
+            "candidates_kept": kept, "candidates_stopped_early": stopped,
+            "strict_pass_rate": strict / generated if generated else None,
             "candidates_per_kept": generated / kept if kept else None,
+            "denoiser_rows": spent, "denoiser_rows_per_kept": spent / kept if kept and spent is not None else None,
             "masks_relaxed": sum(1 for v in masks.values() if any(r["fate"] == "kept_relaxed" for r in v)),
             "masks_nothing_kept": sum(1 for k, v in masks.items() if k not in skipped
                                       and not any(r["fate"].startswith("kept") for r in v)),
@@ -205,17 +217,21 @@ def _summarise(audit) -> dict[str, Any]:
 
 REPORT = "report.json"  # OUT/report.json: what a run did, written after its commit
 
-RUN_SETTINGS = ("seed", "candidates", "keep", "sampler", "steps", "guidance", "conditioning_scale", "filter", "scorer",
-                "rule", "thresholds", "official_top_k", "adaptive", "wave_size", "min_mask_area", "dataset_suffix",
-                "organ_weights")
+RUN_SETTINGS = ("seed", "candidates", "keep", "sampler", "steps", "guidance", "guidance_interval", "conditioning_scale",
+                "filter", "scorer", "rule", "thresholds", "official_top_k", "adaptive", "wave_size", "early_reject_at",
+                "early_reject_below", "min_mask_area", "dataset_suffix", "organ_weights")
+# settings added after runs were made: at these values they are left out of run.json, so those runs resume as they did
+LATER_SETTINGS = {"organ_weights": {}, "guidance_interval": [0.0, 1.0], "early_reject_at": None,
+                  "early_reject_below": 0.0}
 
 
 def check_same_settings(config: SynthesisConfig, bundle_id: str, filter_model: str) -> None:
     """OUT/run.json pins what decides a mask's outcome; a rerun into OUT (resume) must match it."""
     settings = {"bundle_hash": bundle_id, "filter_model": filter_model,
                 **{k: v for k, v in config.model_dump(mode="json").items() if k in RUN_SETTINGS}}
-    if not settings["organ_weights"]:
-        del settings["organ_weights"]  # runs from before organ weights existed resume as they did
+    for key, default in LATER_SETTINGS.items():
+        if settings[key] == default:
+            del settings[key]
     uri = storage.join(config.out, "run.json")
     if storage.exists(uri):
         before = json.loads(storage.read_text(uri))
@@ -276,6 +292,8 @@ def run_synthesis(config: SynthesisConfig) -> dict[str, Any]:
         for row in ds.iter_rows():
             counts["masks_done"] += 1
             counts["candidates_generated"] += int(row["n_candidates"])
+            counts["candidates_stopped_early"] += int(row["n_stopped"])
+            counts["denoiser_rows"] += int(row["denoiser_rows"])
             counts["candidates_kept"] += int(row["n_kept"])
             counts["masks_relaxed"] += int(bool(row["relaxed"]))
             counts["masks_skipped"] += int(bool(row["skip_reason"]))

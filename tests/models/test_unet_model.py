@@ -29,7 +29,7 @@ def test_prompt_drop_frequency_is_ten_percent():
         drop_prompts(prompts, p=1.5)
 
 
-@pytest.mark.parametrize("kind", ["ddpm", "ddim", "dpm"])
+@pytest.mark.parametrize("kind", ["ddpm", "ddim", "dpm", "unipc"])
 def test_schedulers_share_the_training_schedule(kind):
     scheduler = build_scheduler(kind)
     c = scheduler.config
@@ -39,6 +39,8 @@ def test_schedulers_share_the_training_schedule(kind):
     assert torch.allclose(scheduler.alphas_cumprod, ddpm.alphas_cumprod)
     if kind == "dpm":
         assert c.algorithm_type == "dpmsolver++"
+    if kind == "unipc":  # diffusers' setting for guided sampling
+        assert (c.predict_x0, c.solver_order, c.solver_type) == (True, 2, "bh2")
     if kind == "ddim":
         assert c.set_alpha_to_one is False and c.steps_offset == 1
     with pytest.raises(ValueError, match="sampler"):

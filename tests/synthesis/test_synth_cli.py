@@ -28,6 +28,21 @@ def test_synthesize_flags_override_the_preset():
             config.thresholds.mean_conf, config.thresholds.relax_by) == (0.70, 0.80, 0.80, 0.90, 0.10)
 
 
+
+def test_cheaper_sampling_flags_reach_the_config(monkeypatch):
+    from mrgen.cli import synthesize
+
+    seen = {}
+    monkeypatch.setattr(synthesize, "synthesize_entry", lambda config: seen.setdefault("config", config) and 0)
+    args = build_parser().parse_args([
+        "synthesize", "--model", "m", "--source", "s", "--out", "o", "--target-modality", "T2", "--sampler", "unipc",
+        "--steps", "8", "--guidance-interval", "0", "0.5", "--filter", "medsam", "--adaptive", "--early-reject-at",
+        "0.375", "--early-reject-below", "0.2"])
+    args.func(args)
+    config = seen["config"]
+    assert (config.sampler, config.steps, config.guidance_interval) == ("unipc", 8, (0.0, 0.5))
+    assert (config.adaptive, config.early_reject_at, config.early_reject_below) == (True, 0.375, 0.2)
+
 def test_export_and_eval_subcommands_exist():
     parser = build_parser()
     args = parser.parse_args(["export", "nnunet", "--synthetic", "a", "--out", "d", "--dataset-id", "7", "--name", "x",

@@ -143,3 +143,35 @@ def test_adaptive_budget_stops_once_keep_pass(first_run, bundle, tiny_db):
     for r in adaptive:
         if r["candidate_index"] >= 0:
             assert r["seed"] == fixed[(r["mask_key"], r["candidate_index"])]
+
+
+def test_early_rejection_stops_candidates_below_the_cut(bundle, tiny_db, tmp_path):
+    """A probe run (cut 0) scores candidate 0's x̂₀ at 1/4 of the 4 steps and stops nothing; a run with a cut
+    between those scores (candidates keep their seeds) stops the candidates below it there (audit fate stopped_early,
+    4 denoiser rows: steps 0 and 1, guided) while the others finish (8 rows), and the report's totals add up."""
+    settings = ("adaptive=true", "steps=4", "early_reject_at=0.25", "max_masks=3", "contact_sheet_masks=0")
+    probe_out, cut_out = str(tmp_path / "probe"), str(tmp_path / "cut")
+    run_synthesis(_config(bundle, tiny_db, probe_out, *settings, "candidates=1", "keep=1"))
+    probe = [r for r in read_audit(probe_out).to_pylist() if r["candidate_index"] >= 0]
+    assert len(probe) >= 2 and all(r["early_mean_iou"] is not None and r["denoiser_rows"] == 8 for r in probe)
+    assert not any(r["fate"] == "stopped_early" for r in probe)
+    low, high = min(r["early_mean_iou"] for r in probe), max(r["early_mean_iou"] for r in probe)
+    assert low < high, f"the masks' x̂₀ score alike ({low}): no cut can stop one and keep another"
+    cut = (low + high) / 2  # the lowest-scoring mask's candidate 0 stops, the highest's finishes
+    report = run_synthesis(_config(bundle, tiny_db, cut_out, *settings, "wave_size=1", f"early_reject_below={cut}"))
+    audit = [r for r in read_audit(cut_out).to_pylist() if r["candidate_index"] >= 0]
+    stopped = [r for r in audit if r["fate"] == "stopped_early"]
+    finished = [r for r in audit if r["fate"] != "stopped_early"]
+    assert stopped and finished
+    assert all(r["early_mean_iou"] < cut and r["denoiser_rows"] == 4 and r["mean_iou"] is None for r in stopped)
+    assert all(r["early_mean_iou"] >= cut and r["denoiser_rows"] == 8 and r["mean_iou"] is not None for r in finished)
+    totals = report["totals"]
+    assert totals["candidates_stopped_early"] == len(stopped) == report["this_run"]["candidates_stopped_early"]
+    assert totals["candidates_generated"] == len(finished) == report["this_run"]["candidates_generated"]
+    assert totals["denoiser_rows"] == 4 * len(stopped) + 8 * len(finished) == report["this_run"]["denoiser_rows"]
+    assert totals["denoiser_rows_per_kept"] == totals["denoiser_rows"] / totals["candidates_kept"]
+    assert totals["strict_pass_rate"] == 1.0  # thresholds of 0: every finished candidate passes; stopped not counted
+    kept = read_table(cut_out).to_pylist()
+    assert len(kept) == totals["candidates_kept"] >= 1
+    assert {(r["mask_key"], r["candidate_index"]) for r in kept} <= {(r["mask_key"], r["candidate_index"])
+                                                                    for r in finished}

@@ -1,7 +1,8 @@
 """Generator stage: each actor loads the model bundle once and produces every candidate of a batch of masks.
 
-Candidates come from ``MRGenPipeline.generate`` with classifier-free guidance; candidate ``i`` of a mask has
-seed ``hash(run seed, mask id, modality, i)``, so a rerun (or a retried batch) reproduces it exactly.
+Candidates come from ``MRGenPipeline.sample`` with classifier-free guidance; candidate ``i`` of a mask has
+seed ``hash(run seed, mask id, modality, i)``, so a rerun (or a retried batch) reproduces it exactly. Each row
+also carries what its candidates cost (``denoiser_rows``: a JSON list, one count per candidate, for the audit).
 """
 from __future__ import annotations
 
@@ -76,13 +77,20 @@ class CandidateSampler:
 
     def generate(self, prompts: list[str], masks: np.ndarray, indices: range, seeds: list[int],
                  organ_maps: list[dict[int, str]]) -> np.ndarray:
+        return self.sample(prompts, masks, indices, seeds, organ_maps).images
+
+    def sample(self, prompts: list[str], masks: np.ndarray, indices: range, seeds: list[int],
+               organ_maps: list[dict[int, str]], early_stop=None):
+        """:meth:`MRGenPipeline.sample`'s result (images and cost per candidate, mask-major), with an optional
+        ``EarlyStop``."""
         # the text encoder caches states and encodes the prompts it has not seen in one batch, whose float rounding
         # depends on what else is in it (measured: 1e-6 in images, so 2 of 30 kept candidates of two undisturbed
         # runs differed): encoding each prompt alone makes a candidate independent of the masks an actor saw before
         for prompt in ("", *prompts):
             self.pipeline.bundle.text_encoder.encode([prompt])
-        return self.pipeline.generate(prompts, masks, num_candidates=len(indices), seeds=seeds,
-                                      batch_size=self.batch_size, organ_maps=organ_maps, **self.sampling.kwargs())
+        return self.pipeline.sample(prompts, masks, num_candidates=len(indices), seeds=seeds,
+                                    batch_size=self.batch_size, organ_maps=organ_maps, early_stop=early_stop,
+                                    **self.sampling.kwargs())
 
 
 class GeneratorUDF(StageUDF):
@@ -102,15 +110,17 @@ class GeneratorUDF(StageUDF):
         self.fault.tick()
         n = len(batch["prompt"])
         todo = [i for i in range(n) if not batch["skip_reason"][i]]
-        blobs, counts, seeds_json = [b""] * n, [0] * n, ["[]"] * n
+        blobs, counts, seeds_json, rows_json = [b""] * n, [0] * n, ["[]"] * n, ["[]"] * n
         if todo:
             indices = range(self.candidates)
             seeds = [self.gen.seeds(str(batch["source_slice_id"][i]), str(batch["modality"][i]), indices) for i in todo]
-            images = self.gen.generate([str(batch["prompt"][i]) for i in todo],
-                                       np.stack([decode_row_mask(batch, i) for i in todo]), indices,
-                                       [s for per_mask in seeds for s in per_mask], row_organ_maps(batch, todo))
+            result = self.gen.sample([str(batch["prompt"][i]) for i in todo],
+                                     np.stack([decode_row_mask(batch, i) for i in todo]), indices,
+                                     [s for per_mask in seeds for s in per_mask], row_organ_maps(batch, todo))
             for k, i in enumerate(todo):
-                blobs[i] = encode_candidates(images[k * self.candidates:(k + 1) * self.candidates])
+                own = slice(k * self.candidates, (k + 1) * self.candidates)
+                blobs[i] = encode_candidates(result.images[own])
                 counts[i] = self.candidates
                 seeds_json[i] = json.dumps(seeds[k])
-        return {"candidates": blobs, "n_candidates": counts, "seeds": seeds_json}
+                rows_json[i] = json.dumps(result.denoiser_rows[own].tolist())
+        return {"candidates": blobs, "n_candidates": counts, "seeds": seeds_json, "denoiser_rows": rows_json}
