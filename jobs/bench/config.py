@@ -75,10 +75,10 @@ class ElasticBench(ConfigBase):
 class CostBench(ConfigBase):
     """`mrgen bench cost`: TFLOP and seconds per kept slice of each synthesis recipe, and its downstream Dice."""
 
-    masks: int = Field(40, ge=2, description="source training masks (spread), the same for every recipe")
-    recipes: list[str] = Field(["R0", "R1", "R2"], min_length=1,
+    masks: int = Field(48, ge=2, description="source training masks (spread), the same for every recipe")
+    recipes: list[str] = Field(["R0", "R1", "R1-early", "R2"], min_length=1,
                                description="recipes to run (jobs/bench/cost_bench.py RECIPES: R0 the release's, R1 "
-                                           "the demo's before R2, R2 the cheap one)")
+                                           "the demo's before R2, R1-early R1 with early rejection, R2 the cheap one)")
     baseline: str = Field("R0", description="the recipe every other is compared with")
     recipe_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                         description="recipe → synthesis settings replacing its own, "
@@ -86,10 +86,10 @@ class CostBench(ConfigBase):
     probe_masks: int = Field(16, ge=1, description="source test masks of the run that calibrates early rejection's "
                                                    "cut")
     probe_candidates: int = Field(8, ge=1, description="candidates per mask of that run, all finished")
-    max_false_reject: float = Field(0.1, ge=0, le=1, description="the calibrated cut's largest false-reject rate "
-                                                                "(stopped candidates that would have passed)")
+    max_passes_lost: float = Field(0.1, ge=0, le=1, description="the calibrated cut stops at most this share of the "
+                                                               "candidates that would have passed")
     segment_epochs: int = Field(5, ge=1, description="epochs of 300 iterations of each recipe's segmenter")
-    segmenter_seeds: int = Field(1, ge=1, description="segmenters per recipe (seeds 0..n-1; Dice averaged per "
+    segmenter_seeds: int = Field(2, ge=1, description="segmenters per recipe (seeds 0..n-1; Dice averaged per "
                                                       "volume)")
     seed: int = Field(0, description="synthesis seed")
 

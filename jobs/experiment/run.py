@@ -134,13 +134,9 @@ class Experiment:
         return self.path("eval", f"{name}-fit.json")
 
     def say(self, text: str) -> None:
-        from mrgen.platform.console import current
+        from mrgen.platform.console import say
 
-        console = current()
-        if console is not None:
-            console.line(text)
-        else:
-            print(text, flush=True)
+        say(text)
 
 
 # ---------------------------------------------------------------- job configs from the experiment's budgets

@@ -7,6 +7,7 @@ are skipped; the index is committed at the end from the audit parts, so every ma
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import time
@@ -111,16 +112,26 @@ def filter_identity(config: SynthesisConfig) -> tuple[str, bool]:
 
 
 def apply_thresholds_file(config: SynthesisConfig) -> SynthesisConfig:
-    """``thresholds_file`` (from `mrgen filter calibrate`) → ``thresholds``, after checking it is the filter's."""
-    if not config.thresholds_file:
-        return config
-    from mrgen.models.selection import calibrated_thresholds
+    """``thresholds_file`` (from `mrgen filter calibrate`) → ``thresholds``, after checking it is the filter's. Without
+    one, thresholds left at the paper's defaults become those of the bundle's own calibration for the same filter
+    (``filter_thresholds.json``: the embedded bundle ships LiteMedSAM's), and ``thresholds_file`` names it."""
+    from mrgen.models.selection import ThresholdConfig, calibrated_thresholds, load_calibration
 
+    file = config.thresholds_file
+    if not file and config.filter != "none" and config.thresholds == ThresholdConfig():
+        from mrgen.models.bundle import bundle_thresholds_file
+
+        shipped = bundle_thresholds_file(config.model)
+        with contextlib.suppress(OSError, ValueError):  # a bundle's unreadable calibration: the paper's thresholds
+            if shipped and load_calibration(shipped).scorer == config.filter:
+                file = shipped
+    if not file:
+        return config
     try:
-        thresholds = calibrated_thresholds(config.thresholds_file, config.filter)
+        thresholds = calibrated_thresholds(file, config.filter)
     except (OSError, ValueError) as exc:
-        raise SynthesisInputError(f"--thresholds {config.thresholds_file}: {exc} (the filter)") from None
-    return config.model_copy(update={"thresholds": thresholds})
+        raise SynthesisInputError(f"--thresholds {file}: {exc} (the filter)") from None
+    return config.model_copy(update={"thresholds": thresholds, "thresholds_file": file})
 
 
 def _source_filters(config: SynthesisConfig) -> dict[str, Any]:

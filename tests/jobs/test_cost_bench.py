@@ -26,11 +26,11 @@ def test_false_reject_rate_and_the_chosen_cut():
     assert table[0.35]["false_reject_rate"] == 1 / 3 and table[0.35]["passes_lost"] == 1 / 4
     assert table[0.55]["false_reject_rate"] == 1 / 5
     assert table[0.65]["false_reject_rate"] == 2 / 6
+    # passes lost: 0, 1/4, 1/4, 2/4 of the four passing candidates
     assert choose_cut(list(table.values()), 0.0)["cut"] == 0.25
-    assert choose_cut(list(table.values()), 0.35)["cut"] == 0.65
-    # a bound the lowest cut already breaks stops nothing, even where a higher cut would meet it again
-    assert choose_cut(list(table.values()), 0.25)["cut"] == 0.25
-    assert choose_cut([table[0.35], table[0.55]], 0.25)["cut"] == 0.0
+    assert choose_cut(list(table.values()), 0.3)["cut"] == 0.55
+    assert choose_cut(list(table.values()), 0.5)["cut"] == 0.65
+    assert choose_cut([table[0.35], table[0.55]], 0.2)["cut"] == 0.0  # the lowest cut loses too many: none
 
 
 def test_equal_count_takes_the_fewest_kept_per_mask_best_first_over_shared_masks():
@@ -70,10 +70,13 @@ def test_pareto_front():
 
 
 def test_configs_refuse_unknown_recipes_and_probe_only_early_rejection():
-    configs = cost_bench_configs(masks=8, recipes=("R0", "R2"))
-    assert {"synthesis.R0", "synthesis.R2", "probe.R2", "segment", "phantom"} <= set(configs)
-    assert "probe.R0" not in configs
-    probe = configs["probe.R2"]
+    configs = cost_bench_configs(masks=8, recipes=("R0", "R1-early", "R2"))
+    assert {"synthesis.R0", "synthesis.R1-early", "synthesis.R2", "probe.R1-early", "segment", "phantom"} <= set(
+        configs)
+    assert "probe.R0" not in configs and "probe.R2" not in configs
+    r2 = configs["synthesis.R2"]  # a recipe's stage settings add to the bench's, key by key
+    assert r2.generator.batch_size == 4 and r2.generator.pool_max == 2 and r2.sampling.denoiser_rows() == 6
+    probe = configs["probe.R1-early"]
     assert probe.early_reject_below == 0 and probe.source_splits == ["test"]
     assert configs["synthesis.R0"].source_splits == ["train"] and configs["synthesis.R0"].max_masks == 8
     with pytest.raises(ValueError, match="unknown recipe"):

@@ -28,7 +28,6 @@ def test_synthesize_flags_override_the_preset():
             config.thresholds.mean_conf, config.thresholds.relax_by) == (0.70, 0.80, 0.80, 0.90, 0.10)
 
 
-
 def test_cheaper_sampling_flags_reach_the_config(monkeypatch):
     from mrgen.cli import synthesize
 
@@ -42,6 +41,7 @@ def test_cheaper_sampling_flags_reach_the_config(monkeypatch):
     config = seen["config"]
     assert (config.sampler, config.steps, config.guidance_interval) == ("unipc", 8, (0.0, 0.5))
     assert (config.adaptive, config.early_reject_at, config.early_reject_below) == (True, 0.375, 0.2)
+
 
 def test_export_and_eval_subcommands_exist():
     parser = build_parser()

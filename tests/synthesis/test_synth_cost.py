@@ -202,3 +202,34 @@ def test_adaptive_stage_stops_candidates_and_keeps_the_others_images(bundle_uri,
         images = decode_candidates(early["candidates"][i], len(finished), 64, 64)
         reference = decode_candidates(plain["candidates"][i], 4, 64, 64)
         np.testing.assert_allclose(images, reference[finished], atol=1e-5)  # other batching: float rounding only
+
+
+def test_a_bundles_own_calibration_replaces_the_paper_thresholds_for_its_filter(tmp_path):
+    """`mrgen synthesize --model embedded --filter medsam` filters at the LiteMedSAM thresholds the bundle ships; an
+    explicit threshold, another filter or a --thresholds file keep what they say."""
+    import shutil
+
+    from mrgen.jobs.synthesis.run import apply_thresholds_file
+    from mrgen.models.bundle import FILTER_THRESHOLDS, embedded_bundle
+    from mrgen.models.selection import calibrated_thresholds
+
+    shipped = f"{embedded_bundle()}/{FILTER_THRESHOLDS}"
+    own = calibrated_thresholds(shipped, "medsam")
+    assert own.organ_iou < 0.70  # LiteMedSAM's calibration is not the paper's SAM2 thresholds
+
+    def resolved(**overrides):
+        return apply_thresholds_file(SynthesisConfig().with_overrides({"model": embedded_bundle(), **overrides}))
+
+    config = resolved(filter="medsam")
+    assert config.thresholds == own and config.thresholds_file == shipped
+    assert resolved(filter="sam2").thresholds.organ_iou == 0.70  # calibrated for another scorer: not used
+    assert resolved(filter="medsam", **{"thresholds.organ_iou": 0.9}).thresholds.organ_iou == 0.9
+    other = tmp_path / "calibration.json"
+    data = json.loads(open(shipped).read())
+    data["thresholds"]["organ_iou"] = 0.33
+    other.write_text(json.dumps(data))
+    assert resolved(filter="medsam", thresholds_file=str(other)).thresholds.organ_iou == 0.33
+    bare = tmp_path / "bundle"  # a bundle without a calibration: the paper's thresholds
+    shutil.copytree(embedded_bundle(), bare, ignore=shutil.ignore_patterns(FILTER_THRESHOLDS))
+    assert apply_thresholds_file(SynthesisConfig().with_overrides(
+        {"model": str(bare), "filter": "medsam"})).thresholds.organ_iou == 0.70
