@@ -176,7 +176,7 @@ def _gpu_run(settings, args: argparse.Namespace) -> dict[str, Any]:
     if tiny and not settings.tiny:
         print("mrgen bench gpu: no CUDA device; running the tiny CPU mode (--tiny)", file=sys.stderr)
     return run_gpu_bench(device=device, tiny=tiny, sections=sections,
-                         on_section=lambda figures: _write(args.out, figures))
+                         on_section=lambda figures: _write(args.out, figures), autotune=settings.autotune)
 
 
 def _gpu_resolve(settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -184,7 +184,7 @@ def _gpu_resolve(settings, args: argparse.Namespace) -> dict[str, Any]:
     from mrgen.serving.loadgen import benchmark_configs
 
     device, tiny, sections = _gpu_mode(settings)
-    configs = gpu_bench_configs(device, tiny, sections)
+    configs = gpu_bench_configs(device, tiny, sections, autotune=settings.autotune)
     if sections is None or "endpoint" in sections:
         configs.update({f"endpoint.{label}": config
                         for label, config in benchmark_configs(**endpoint_options(tiny)).items()})
@@ -192,7 +192,8 @@ def _gpu_resolve(settings, args: argparse.Namespace) -> dict[str, Any]:
 
 
 BENCHMARKS["gpu"] = Benchmark("the GPU check: tiny stages' steps/s vs CPU, paper-scale training (bf16, ZeRO-2, "
-                              "NCCL), synthesis candidates/s vs the FLOP-bound limit, endpoint req/s and p99",
+                              "NCCL), synthesis candidates/s vs the FLOP-bound limit, endpoint req/s and p99, the "
+                              "generator's efficiency one setting at a time and beside SAM2 on one GPU",
                               _no_inputs, _gpu_run, "gpu.tiny=true", resolve=_gpu_resolve)
 
 

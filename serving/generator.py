@@ -27,13 +27,15 @@ class GeneratorReplica:
                  torch_threads: int = 1, use_gpu: bool = False, organ_weights: dict[str, float] | None = None):
         import torch
 
+        from mrgen.models.acceleration import inference_dtype
         from mrgen.models.bundle import ModelBundle, bundle_hash
         from mrgen.models.pipeline import MRGenPipeline
 
         torch.set_num_threads(torch_threads)
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.model_uri = model_uri
-        self.bundle = ModelBundle.load(model_uri, device=device, organ_weights=organ_weights)
+        self.bundle = ModelBundle.load(model_uri, device=device, dtype=inference_dtype(device),
+                                       organ_weights=organ_weights)
         self.bundle_id = bundle_hash(model_uri)
         self.pipeline = MRGenPipeline(self.bundle)
         self._batched.set_max_batch_size(max_batch_size)

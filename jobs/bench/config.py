@@ -13,7 +13,7 @@ from pydantic import Field
 from mrgen.models.sampling import SAMPLING_PRESETS
 from mrgen.platform.config import ConfigBase, same_at_every_scale
 
-GPU_SECTIONS = ("tiny_stages", "paper_training", "synthesis", "endpoint")
+GPU_SECTIONS = ("tiny_stages", "paper_training", "synthesis", "endpoint", "generator_efficiency")
 
 
 class DbBench(ConfigBase):
@@ -101,7 +101,11 @@ class GpuBench(ConfigBase):
                                                                     "else cpu)")
     tiny: bool = Field(False, description="tiny preset, a few steps per section (CI's mode; the default on the CPU)")
     sections: list[Literal[GPU_SECTIONS]] | None = Field(None, min_length=1,
-                                                         description="run only these sections (None: all four)")
+                                                         description="run only these sections (None: all of them)")
+    autotune: bool = Field(True, description="generator_efficiency: its compiled variants tune kernels per shape "
+                                             "(torch.compile max-autotune; minutes of compiling at paper scale); "
+                                             "--no-autotune: inductor's default kernels (modes default and "
+                                             "reduce-overhead)")
 
 
 @same_at_every_scale

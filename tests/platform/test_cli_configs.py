@@ -55,7 +55,7 @@ def test_defaults_are_the_former_argparse_defaults():
     assert b.adaptive.model_dump() == dict(masks=16, candidates=8, keep=2, wave_size=2)
     assert b.synth.model_dump() == dict(masks=2, scale=10, candidates=4, steps=4, sam2_size=256)
     assert b.elastic.model_dump() == dict(masks=32, train_steps=60)
-    assert b.gpu.model_dump() == dict(device=None, tiny=False, sections=None)
+    assert b.gpu.model_dump() == dict(device=None, tiny=False, sections=None, autotune=True)
 
 
 def test_a_partial_sampling_mapping_keeps_the_other_defaults():
@@ -208,8 +208,8 @@ def test_bench(calls):
     assert main(["bench", "db", "--set", "db.volumes=4", "--set", "db.batch_size=16"]) == 0
     assert (calls["db"].volumes, calls["db"].batch_size) == (4, 16)
     assert main(["bench", "db", "--set", "db.volumes=4", "--volumes", "2"]) == 0 and calls["db"].volumes == 2
-    assert main(["bench", "gpu", "--set", "gpu.sections=[synthesis]", "--tiny"]) == 0
-    assert calls["gpu"].model_dump() == dict(device=None, tiny=True, sections=["synthesis"])
+    assert main(["bench", "gpu", "--set", "gpu.sections=[synthesis]", "--tiny", "--no-autotune"]) == 0
+    assert calls["gpu"].model_dump() == dict(device=None, tiny=True, sections=["synthesis"], autotune=False)
     assert main(["bench", "serve", "--set", "serve.steps=4", "--steps", "6"]) == 0 and calls["serve"].steps == 6
     calls.clear()
     assert main(["bench", "all", "--set", "synth.scale=3"]) == 0

@@ -64,11 +64,14 @@ class CandidateSampler:
                  torch_threads: int, organ_weights: dict[str, float] | None = None):
         import torch
 
+        from mrgen.models.acceleration import inference_dtype
         from mrgen.models.bundle import ModelBundle
         from mrgen.models.pipeline import MRGenPipeline
 
         torch.set_num_threads(torch_threads)
-        self.pipeline = MRGenPipeline(ModelBundle.load(bundle_uri, device=pick_device(), organ_weights=organ_weights))
+        device = pick_device()
+        self.pipeline = MRGenPipeline(ModelBundle.load(bundle_uri, device=device, dtype=inference_dtype(device),
+                                                       organ_weights=organ_weights))
         self.sampling = sampling
         self.run_seed, self.batch_size = run_seed, batch_size
 
