@@ -216,8 +216,9 @@ def _cost_resolve(settings, args: argparse.Namespace) -> dict[str, Any]:
     return cost_bench_configs(**settings.model_dump(), db=args.db)
 
 
-BENCHMARKS["cost"] = Benchmark("generator and filter TFLOP and seconds per kept slice of each synthesis recipe (R0 "
-                               "the release's, R1, R2) and the Dice of segmenters on equal counts of their slices",
+BENCHMARKS["cost"] = Benchmark("generator and filter TFLOP and seconds per kept slice of each synthesis recipe "
+                               "(R0 the release's, R1 the default, R1-early, R2 the cheap one) and the Dice of "
+                               "segmenters on equal counts of their slices",
                                _cost_inputs, _cost_run, "cost.masks=24", resolve=_cost_resolve)
 
 

@@ -100,9 +100,10 @@ def early_stop_step(at: float, steps: int) -> int:
 # "tiny": random test bundles, few steps; "default": the embedded trained tiny generator (`mrgen demo`, `mrgen eval
 # mask`): DPM-Solver++ 20 at guidance 4, where its Inception FID to real T2-SPIR is lowest (a sweep over guidance 1-7,
 # docs/results.md)
-# "cheap": R2 of `mrgen bench cost`, the default of `mrgen synthesize` and the demo's synthesis: DPM-Solver++ 4 with
-# guidance on the first half of the steps, 6 denoiser rows a candidate where "default" takes 40 and the paper's 100
-# (the bench's Dice against the release's recipe at equal count: docs/results.md 2026-12-07 (later))
+# "cheap": R2 of `mrgen bench cost` (`mrgen synthesize --config cheap`): DPM-Solver++ 4 with guidance on the first
+# half of the steps, 6 denoiser rows a candidate where "default" takes 40 and the paper's 100; at equal count its
+# slices train segmenters as well as the release's recipe's (−0.1 [−2.8, +2.7] Dice) but worse than "default"'s
+# (−3.3 [−5.2, −1.5]): docs/results.md 2026-12-07 (later)
 SAMPLING_PRESETS = {"tiny": SamplingSettings(steps=4),
                     "default": SamplingSettings(sampler="dpm", steps=20, guidance=4.0),
                     "cheap": SamplingSettings(sampler="dpm", steps=4, guidance=4.0, guidance_interval=(0.0, 0.5)),

@@ -78,7 +78,7 @@ class CostBench(ConfigBase):
     masks: int = Field(48, ge=2, description="source training masks (spread), the same for every recipe")
     recipes: list[str] = Field(["R0", "R1", "R1-early", "R2"], min_length=1,
                                description="recipes to run (jobs/bench/cost_bench.py RECIPES: R0 the release's, R1 "
-                                           "the demo's before R2, R1-early R1 with early rejection, R2 the cheap one)")
+                                           "the default, R1-early R1 with early rejection, R2 `--config cheap`)")
     baseline: str = Field("R0", description="the recipe every other is compared with")
     recipe_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                         description="recipe → synthesis settings replacing its own, "

@@ -45,14 +45,15 @@ DEFAULT_RECIPES = ("R0", "R1", "R1-early", "R2")
 RECIPES: dict[str, dict[str, Any]] = {
     # the release's: DDIM 50 at guidance 7 (100 denoiser rows a candidate), 20 candidates a mask, its own rule
     "R0": {"sampler": "ddim", "steps": 50, "guidance": 7.0, "candidates": 20, "keep": 2, "rule": "official"},
-    # the demo's before R2: DPM-Solver++ 20 at guidance 4, 3 candidates
+    # the default of `mrgen synthesize` and the demo: DPM-Solver++ 20 at guidance 4, 3 candidates
     "R1": {"sampler": "dpm", "steps": 20, "guidance": 4.0, "candidates": 3, "keep": 2},
     # R1 with early rejection: each candidate's x̂₀ scored at step 5 of 20, those below the calibrated cut stopped
     "R1-early": {"sampler": "dpm", "steps": 20, "guidance": 4.0, "candidates": 3, "keep": 2, "adaptive": True,
                  "wave_size": 3, "early_reject_at": 0.25, "early_reject_below": 0.0},
-    # the cheap one: DPM-Solver++ 4 with guidance on the first half of the steps only (6 denoiser rows a candidate),
-    # 3 candidates, the candidates of 4 masks packed in one batch. Chosen by a sweep on 16 masks (docs/results.md
-    # 2026-12-07): 4 steps passed the filter as often as 20, 6-10 steps and UniPC did not do better
+    # the cheap one (`mrgen synthesize --config cheap`): DPM-Solver++ 4 with guidance on the first half of the steps
+    # only (6 denoiser rows a candidate), 3 candidates, the candidates of 4 masks packed in one batch. Chosen by a
+    # sweep on 16 masks (docs/results.md 2026-12-07): 4 steps passed the filter as often as 20, 6-10 steps and UniPC
+    # did not do better
     "R2": {"sampler": "dpm", "steps": 4, "guidance": 4.0, "guidance_interval": [0.0, 0.5], "candidates": 3, "keep": 2,
            "generator": {"batch_size": 4}},
 }

@@ -139,11 +139,9 @@ def _default() -> dict[str, Any]:
             # filter actors. More masks beat more candidates and more segmenter time: 108 masks gave MRGen +4.8
             # [+2.8, +7.0] and +3.2 [+1.1, +5.4] Dice over 72 on seeds 0 and 1 (paired over the 40 test volumes,
             # docs/results.md 2026-12-07), in 18 min 5 s - 18 min 25 s
-            # Sampling: R2 of `mrgen bench cost` (DPM-Solver++ 4, guidance on the first half: 6 denoiser rows a
-            # candidate), the candidates of 4 masks in one batch
             "synthesis": "tiny", "synthesis_overrides": {"candidates": 3, "keep": 2, "max_masks": 108,
-                                                         **SAMPLING_PRESETS["cheap"].kwargs(),
-                                                         "mask_selection": "spread", "generator": {"batch_size": 4},
+                                                         **SAMPLING_PRESETS["default"].kwargs(),
+                                                         "mask_selection": "spread",
                                                          "filter_stage": {"pool_min": 1, "pool_max": 2}},
             # four segmenters share the 2 CPUs (num_cpus 0.5 each). The preset's 12 x 300 iterations are a cap a fast
             # machine might reach: the budget decides, shortening later epochs (few epochs: each costs a validation

@@ -11,7 +11,9 @@ from mrgen.models.selection import ThresholdConfig
 from mrgen.platform.cluster import RayConfig
 from mrgen.platform.config import ConfigBase, preset
 
-CHEAP = SAMPLING_PRESETS["cheap"]  # R2 of `mrgen bench cost`: the default; the release's recipe is the paper preset
+# R1 of `mrgen bench cost`, the embedded generator's sampling, is the default: 10.7x fewer generator TFLOP per kept
+# slice than the release's recipe (the paper preset) and +3.1 [+1.1, +5.3] Dice at equal count (docs/results.md)
+DEFAULT = SAMPLING_PRESETS["default"]
 
 
 class StageResources(ConfigBase):
@@ -63,11 +65,11 @@ class SynthesisConfig(ConfigBase):
     candidates: int = Field(3, ge=1, description="candidates generated per mask (the release's recipe: 20, "
                                                  "`--config paper`)")
     keep: int = Field(2, ge=1, description="candidates kept per mask")
-    sampler: Literal["ddim", "dpm", "unipc"] = Field(CHEAP.sampler, description="DDIM (paper), "
+    sampler: Literal["ddim", "dpm", "unipc"] = Field(DEFAULT.sampler, description="DDIM (paper), "
                                                      "DPM-Solver++ (faster) or UniPC (fewest steps)")
-    steps: int = Field(CHEAP.steps, ge=1, description="sampling steps (the release's: DDIM 50)")
-    guidance: float = Field(CHEAP.guidance, ge=0, description="classifier-free guidance weight (the release's: 7)")
-    guidance_interval: tuple[float, float] = Field(CHEAP.guidance_interval,
+    steps: int = Field(DEFAULT.steps, ge=1, description="sampling steps (the release's: DDIM 50)")
+    guidance: float = Field(DEFAULT.guidance, ge=0, description="classifier-free guidance weight (the release's: 7)")
+    guidance_interval: tuple[float, float] = Field(DEFAULT.guidance_interval,
                                                    description="[lo, hi): guidance only at steps i (of n) with lo <= "
                                                                "i/n < hi; the other steps run the conditional pass "
                                                                "alone (half the denoiser rows). [0, 1]: every step")
@@ -155,6 +157,12 @@ def _tiny() -> dict:
     return {"candidates": 4, "keep": 2, **SAMPLING_PRESETS["tiny"].kwargs(), "scorer": {"image_size": 256},
             "masks_per_shard": 4, "contact_sheet_masks": 2,
             "ray": {"num_cpus": 2, "object_store_memory_mb": 512, "no_progress_timeout_s": 300}}
+
+
+@preset(SynthesisConfig, "cheap")
+def _cheap() -> dict:
+    """R2 of `mrgen bench cost`: 6 denoiser rows a candidate, 3 candidates, the candidates of 4 masks in one batch."""
+    return {"candidates": 3, "keep": 2, **SAMPLING_PRESETS["cheap"].kwargs(), "generator": {"batch_size": 4}}
 
 
 @preset(SynthesisConfig, "paper")

@@ -12,11 +12,13 @@ def test_each_job_preset_samples_as_its_sampling_preset():
         assert SynthesisConfig.load(name).sampling == preset
         served = ServeConfig.load(name).sampling  # the tiny service takes fewer steps
         assert (served.sampler, served.guidance) == (preset.sampler, preset.guidance)
-    # `mrgen synthesize` without a preset samples as R2 of `mrgen bench cost` (6 denoiser rows a candidate, 3
-    # candidates); the release's recipe is the paper preset; the service without one samples as the paper
-    synthesis = SynthesisConfig()
-    assert synthesis.sampling == SAMPLING_PRESETS["cheap"] and synthesis.sampling.denoiser_rows() == 6
-    assert synthesis.candidates == 3 and SynthesisConfig.load("paper").candidates == 20
+    # `mrgen synthesize` without a preset samples as R1 of `mrgen bench cost` (40 denoiser rows a candidate, 3
+    # candidates), `--config cheap` as R2 (6 rows); the release's recipe is the paper preset; the service without
+    # one samples as the paper
+    synthesis, cheap = SynthesisConfig(), SynthesisConfig.load("cheap")
+    assert synthesis.sampling == SAMPLING_PRESETS["default"] and synthesis.sampling.denoiser_rows() == 40
+    assert cheap.sampling == SAMPLING_PRESETS["cheap"] and cheap.sampling.denoiser_rows() == 6
+    assert synthesis.candidates == cheap.candidates == 3 and SynthesisConfig.load("paper").candidates == 20
     assert ServeConfig().sampling == PAPER_SAMPLING == SamplingSettings()
     assert PAPER_SAMPLING.kwargs() == {"sampler": "ddim", "steps": 50, "guidance": 7.0,
                                        "guidance_interval": (0.0, 1.0), "conditioning_scale": 1.0}
