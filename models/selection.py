@@ -45,6 +45,7 @@ REJECTED = "rejected"              # failed the thresholds in force
 NOT_RANKED = "not_ranked"          # official rule: outside the top 5 by mean IoU
 STOPPED_EARLY = "stopped_early"    # early rejection: its x̂₀ scored below the cut mid-sampling; never finished
 KEPT_FATES = (KEPT, KEPT_RELAXED, KEPT_UNFILTERED)
+STRICT_FATES = (KEPT, PASSED_NOT_KEPT)  # passed the strict thresholds
 _EPS = 1e-9  # thresholds are inclusive; absorbs float rounding of relaxed thresholds and means
 
 

@@ -37,6 +37,7 @@ from typing import Any
 from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_DATASET, TARGET_MODALITY, PhantomConfig
 from mrgen.jobs.synthesis.config import SynthesisConfig
 from mrgen.models.bundle import EMBEDDED, FILTER_THRESHOLDS
+from mrgen.models.selection import KEPT_FATES, STOPPED_EARLY, STRICT_FATES
 from mrgen.platform import storage
 from mrgen.platform.config import ConfigBase, flatten
 
@@ -111,8 +112,8 @@ def cut_table(probe_audit: list[dict[str, Any]], cuts: tuple[float, ...] = tuple
               ) -> list[dict[str, Any]]:
     """For each cut: the share of probed candidates it stops, its false-reject rate (stopped ones that passed at the
     end) and the share of all passing candidates it loses."""
-    rows = [r for r in probe_audit if r.get("early_mean_iou") is not None and r["fate"] != "stopped_early"]
-    passed = [r["fate"] in ("kept", "passed_not_kept") for r in rows]
+    rows = [r for r in probe_audit if r.get("early_mean_iou") is not None and r["fate"] != STOPPED_EARLY]
+    passed = [r["fate"] in STRICT_FATES for r in rows]
     table = []
     for cut in cuts:
         stopped = [p for r, p in zip(rows, passed) if r["early_mean_iou"] < cut]
@@ -140,7 +141,7 @@ def equal_count_sets(kept: dict[str, list[dict[str, Any]]]) -> dict[str, list[st
     """Recipe → slice ids: for each mask every recipe kept something of, its top k kept candidates by filter score
     (mean IoU, then mean confidence, then the lower index), k the fewest any recipe kept for that mask.
     ``kept``: recipe → its synthetic DB's rows (mask_key, candidate_index, slice_id, mean_iou, mean_conf)."""
-    from mrgen.jobs.experiment.draws import _score_key
+    from mrgen.jobs.experiment.draws import rank_key
 
     by_mask = {name: defaultdict(list) for name in kept}
     for name, rows in kept.items():
@@ -151,7 +152,7 @@ def equal_count_sets(kept: dict[str, list[dict[str, Any]]]) -> dict[str, list[st
     for mask in sorted(shared):
         k = min(len(by_mask[name][mask]) for name in kept)
         for name in kept:
-            sets[name] += [r["slice_id"] for r in sorted(by_mask[name][mask], key=_score_key)[:k]]
+            sets[name] += [r["slice_id"] for r in sorted(by_mask[name][mask], key=rank_key)[:k]]
     return sets
 
 
@@ -165,9 +166,9 @@ def _mean(values: list[float]) -> float | None:
 def run_cost(audit: list[dict[str, Any]], flops: dict[str, float], seconds: dict[str, float]) -> dict[str, Any]:
     """One recipe's cost per kept slice from its audit rows (denoiser_rows and early_mean_iou per candidate)."""
     scored = [r for r in audit if r["fate"] != "skipped"]
-    kept = [r for r in scored if r["fate"].startswith("kept")]
+    kept = [r for r in scored if r["fate"] in KEPT_FATES]
     rows = sum(int(r.get("denoiser_rows") or 0) for r in scored)
-    finished = sum(r["fate"] != "stopped_early" for r in scored)
+    finished = sum(r["fate"] != STOPPED_EARLY for r in scored)
     probes = sum(r.get("early_mean_iou") is not None for r in scored)
     decodes, filter_calls = finished + probes, finished + probes
     organs = _mean([len(json.loads(r["organ_scores"])) for r in scored]) or 1.0
@@ -182,7 +183,7 @@ def run_cost(audit: list[dict[str, Any]], flops: dict[str, float], seconds: dict
         "masks": len({r["mask_key"] for r in audit}), "kept": n, "candidates_finished": finished,
         "candidates_stopped_early": len(scored) - finished, "denoiser_rows": rows,
         "denoiser_rows_per_kept": per_kept(rows), "candidates_per_kept": per_kept(finished),
-        "strict_pass_rate": sum(r["fate"] in ("kept", "passed_not_kept") for r in scored) / finished if finished
+        "strict_pass_rate": sum(r["fate"] in STRICT_FATES for r in scored) / finished if finished
         else None,
         "kept_mean_iou": _mean([r["mean_iou"] for r in kept]), "kept_mean_conf": _mean([r["mean_conf"] for r in kept]),
         "generator_tflop_per_kept": per_kept(rows * flops["row"] + decodes * flops["decode"]) / 1e12,

@@ -36,7 +36,7 @@ def load_draws(folder: str) -> dict[str, list[str]]:
     return json.loads(storage.read_text(storage.join(folder, DRAWS_FILE)))
 
 
-def _score_key(row: Mapping[str, Any]) -> tuple:
+def rank_key(row: Mapping[str, Any]) -> tuple:
     """The paper rule's order (mean IoU, then mean confidence, then the lower index); a candidate without scores
     ranks last."""
     def high_first(value: float | None) -> float:
@@ -65,8 +65,8 @@ def draw_training_sets(audit: Iterable[Mapping[str, Any]], candidates: Iterable[
         kept = sum(r["fate"] in KEPT_FATES for r in rows)
         by_index = sorted(int(r["candidate_index"]) for r in rows)
         draws["equal_count"] += [slice_of[(mask, i)] for i in by_index[:kept]]
-        ranked = sorted(rows, key=_score_key)
-        if len(ranked) >= 2 and _score_key(ranked[0])[0] != math.inf:  # unscored ones rank last, as in selection
+        ranked = sorted(rows, key=rank_key)
+        if len(ranked) >= 2 and rank_key(ranked[0])[0] != math.inf:  # unscored ones rank last, as in selection
             draws["best"].append(slice_of[(mask, int(ranked[0]["candidate_index"]))])
             draws["worst"].append(slice_of[(mask, int(ranked[-1]["candidate_index"]))])
     return draws

@@ -22,7 +22,7 @@ from mrgen.jobs.synthesis.keys import mask_key
 from mrgen.jobs.synthesis.processor import RunContext, SynthesisProcessor
 from mrgen.jobs.synthesis.stages.prepare import SOURCE_COLUMNS
 from mrgen.jobs.synthesis.stages.writer import AUDIT_DIR, SYNTH_COLUMNS, audit_parts, finished_masks, read_audit
-from mrgen.models.selection import KEPT_FATES, STOPPED_EARLY
+from mrgen.models.selection import KEPT_FATES, STOPPED_EARLY, STRICT_FATES
 from mrgen.platform import storage
 from mrgen.platform.progress import Progress
 
@@ -211,7 +211,7 @@ def _summarise(audit) -> dict[str, Any]:
     stopped = sum(1 for r in candidates if r["fate"] == STOPPED_EARLY)
     generated = len(candidates) - stopped
     kept = sum(1 for r in rows if r["fate"] in KEPT_FATES)
-    strict = sum(1 for r in rows if r["fate"] in ("kept", "passed_not_kept"))
+    strict = sum(1 for r in rows if r["fate"] in STRICT_FATES)
     spent = (sum(r["denoiser_rows"] for r in candidates)
              if all(r["denoiser_rows"] is not None for r in candidates) else None)
     skipped = {k: v[0]["skip_reason"] for k, v in masks.items() if v[0]["fate"] == "skipped"}
