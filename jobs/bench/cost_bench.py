@@ -22,11 +22,13 @@ and no stopping (cut 0), on the source *test* masks, so the cut is not fitted on
 candidate's x̂₀ mean IoU at the probe step is set against whether the finished candidate passed: the false-reject
 rate of a cut is the share of the candidates it would stop that would have passed at the end.
 
-A run writes under ``--out`` (default a temp dir) and resumes there: finished syntheses, segmenters and evaluations
-are kept.
+A run writes under ``--work`` (default a temp dir) and resumes there: finished syntheses are kept (a recipe whose
+settings changed is refused: `mrgen synthesize` pins them), and so are segmenters and evaluations whose training set
+is the same (their folders carry its digest).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import tempfile
@@ -282,7 +284,10 @@ def _segment_and_evaluate(configs: dict[str, ConfigBase], sets: dict[str, list[s
     from mrgen.models.metrics.bootstrap import seed_average
     from mrgen.platform.cluster import wait_for
 
-    runs = {f"{name}-s{s}": (name, s) for name in sets for s in range(seeds)}
+    # a run's name carries a digest of its training set: a rerun with other recipes or masks draws other sets and
+    # must not reuse a segmenter trained on the old ones
+    digest = {name: hashlib.sha256("\n".join(ids).encode()).hexdigest()[:8] for name, ids in sets.items()}
+    runs = {f"{name}-s{s}-{digest[name]}": (name, s) for name in sets for s in range(seeds)}
     model = {run: storage.join(work, "segmenters", run) for run in runs}
     todo = {run: submit_training(configs["segment"].with_overrides({"seed": s}),
                                  [TrainSource(synthetic[name], split=None, slice_ids=tuple(sets[name]),
