@@ -121,6 +121,14 @@ def json_object(text: str | None, flag: str) -> dict:
     return data
 
 
+def _json_dict(text: str) -> dict:
+    """argparse type of a dict-valued setting: a JSON object, or a file holding one."""
+    try:
+        return json_object(text, "the flag")
+    except SystemExit as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("mrgen: the flag ")) from None
+
+
 def attribute_table(path: str | None) -> dict | None:
     """``--attributes FILE`` (the release's modality_attributes.json format) as a table, None when not given."""
     if not path:
@@ -187,6 +195,8 @@ def _flag_type(annotation) -> tuple[type, tuple | None, int | str | None]:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
     nargs: int | str | None = None
+    if typing.get_origin(annotation) is dict:
+        return _json_dict, None, None
     if typing.get_origin(annotation) is list:
         nargs, annotation = "+", typing.get_args(annotation)[0]
     elif typing.get_origin(annotation) is tuple and Ellipsis not in typing.get_args(annotation):

@@ -82,7 +82,7 @@ class CostBench(ConfigBase):
     baseline: str = Field("R0", description="the recipe every other is compared with")
     recipe_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                         description="recipe → synthesis settings replacing its own, "
-                                                                    "e.g. {R2: {steps: 6}}")
+                                                                    "a JSON object, e.g. {\"R2\": {\"steps\": 6}}")
     probe_masks: int = Field(16, ge=1, description="source test masks of the run that calibrates early rejection's "
                                                    "cut")
     probe_candidates: int = Field(8, ge=1, description="candidates per mask of that run, all finished")
