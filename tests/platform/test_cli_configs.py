@@ -4,6 +4,7 @@ key exits naming it, and a flag given beats the config. Handlers run with their 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -251,3 +252,22 @@ def test_settings_flags_come_from_the_fields():
             parser.parse_args(bad)
     helps = {a.dest: a.help for a in parser._actions}
     assert helps["sam2_size"] == SynthBench.model_fields["sam2_size"].description
+
+
+def test_a_dict_setting_takes_a_json_object_or_file(tmp_path):
+    """`--recipe-overrides` (a dict field) parses a JSON object given inline or as a file, and refuses anything else."""
+    import argparse
+
+    from mrgen.cli.common import add_settings_flags
+    from mrgen.jobs.bench.config import CostBench
+
+    parser = argparse.ArgumentParser()
+    add_settings_flags(parser, CostBench)
+    inline = {"R2": {"steps": 5, "guidance_interval": [0.0, 0.2]}}
+    assert parser.parse_args(["--recipe-overrides", json.dumps(inline)]).recipe_overrides == inline
+    path = tmp_path / "overrides.json"
+    path.write_text(json.dumps(inline))
+    assert parser.parse_args(["--recipe-overrides", str(path)]).recipe_overrides == inline
+    for bad in ("{R2: 1}", "[1, 2]"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--recipe-overrides", bad])
