@@ -1,4 +1,4 @@
-"""`mrgen db build MANIFEST --out URI`: ingest source volumes into an MRGen-DB (added by `cli/db.py`)."""
+"""`mrgen db build MANIFEST|DIR --out URI`: ingest source volumes into an MRGen-DB (added by `cli/db.py`)."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +15,15 @@ Paths are relative to the manifest's folder. A rerun into the same URI skips vol
 MANIFEST may also be one of the official MRGen release's data lists (.json array or .jsonl with image_path,
 mask0_path..mask3_path, modality, modality_attributes, region, label, organs): one slice per row, preprocessed
 as the release does (min-max, pad to square, anti-aliased resize to --resolution; the release uses 512).
-The build report (file, row, reason of every skipped input) is written to URI/build_report.json.
+MANIFEST may instead be a dataset folder DIR in a public collection's native layout, recognised from the folder
+(--layout forces one): nnunet (DatasetXXX_Name/ with dataset.json, imagesTr/ labelsTr/ imagesTs/ [labelsTs/]),
+msd (TaskXX_Name/, dataset.json with modality, labels, training / test lists; 4-D images give one volume per
+channel), chaos (MR/<id>/T1DUAL/DICOM_anon/{InPhase,OutPhase}/, MR/<id>/T2SPIR/DICOM_anon/, Ground/*.png grey
+bands) and amos (imagesTr/ labelsTr/ imagesVa/ labelsVa/ imagesTs/, MR cases = ids >= 500). Sequences map to the
+modality table (a warning names those it does not know), organ names to one vocabulary (the dataset's own names
+are kept in source_organ_map), every volume to one orientation; splits come from the layout.
+The build report (file, row or case, reason of every skipped input; the volumes built; warnings) is written to
+URI/build_report.json.
 
 exit codes:
   0  every input was built
@@ -26,15 +34,23 @@ exit codes:
 
 def add_build_parser(db_subparsers) -> argparse.ArgumentParser:
     parser = db_subparsers.add_parser(
-        "build", help="build an MRGen-DB from a manifest of NIfTI / DICOM / PNG volumes",
+        "build", help="build an MRGen-DB from a manifest of NIfTI / DICOM / PNG volumes, or a dataset folder",
         description="Ingest source volumes (C.1 preprocessing) into MRGen-DB shards, in parallel on Ray Data.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("manifest", metavar="MANIFEST", help="manifest file (.jsonl or .csv) or a release data list")
+    parser.add_argument("manifest", metavar="MANIFEST|DIR",
+                        help="manifest file (.jsonl or .csv), a release data list, or a dataset folder")
     parser.add_argument("--out", required=True, metavar="URI", help="DB location: path, file:// or s3://")
     add_config_flags(parser, example="shard_rows=256")
     parser.add_argument("--strict", action="store_true", default=None, help="stop at the first bad input (exit 2)")
     parser.add_argument("--resolution", type=int, default=None, help="slice size in pixels (db.resolution)")
     parser.add_argument("--shard-rows", type=int, default=None, help="target slices per shard (db.shard_rows)")
+    parser.add_argument("--layout", choices=("nnunet", "msd", "chaos", "amos"), default=None,
+                        help="DIR's layout (default: recognised from the folder)")
+    parser.add_argument("--split-by", metavar="SEED:FRACTION", default=None,
+                        help="DIR: a seeded, case-level share FRACTION of the layout's train cases goes to test")
+    parser.add_argument("--modality", metavar="LABEL", default=None,
+                        help="DIR: modality label of volumes whose sequence the modality table does not know (AMOS's "
+                             "MR cases name none)")
     parser.set_defaults(func=run_build)
     return parser
 
@@ -55,7 +71,8 @@ def run_build(args: argparse.Namespace) -> int:
     if args.ray_address:
         init_ray(RayConfig(address=args.ray_address))
     try:
-        report = build_db(args.manifest, args.out, config)
+        report = build_db(args.manifest, args.out, config, layout=args.layout, split_by=args.split_by,
+                          modality=args.modality)
     except (BuildError, ManifestError) as exc:
         print(f"mrgen db build: {exc}", file=sys.stderr)
         return EXIT_ERROR

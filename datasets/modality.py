@@ -47,12 +47,13 @@ MODALITY_TABLE: dict[str, str] = {
 # Other spellings that mean exactly a canonical name (compared after normalisation).
 ALIASES: dict[str, tuple[str, ...]] = {
     "T1": ("t1 weighted", "t1wi", "t1 se", "t1 tse"),
-    "T1 in-phase": ("t1 inphase", "t1 ip", "in phase", "inphase", "t1 dual in phase"),
-    "T1 out-of-phase": ("t1 outofphase", "t1 opposed phase", "t1 oop", "out of phase", "opposed phase", "t1 op"),
+    "T1 in-phase": ("t1 inphase", "t1 ip", "in phase", "inphase", "t1 dual in phase", "t1dual inphase"),
+    "T1 out-of-phase": ("t1 outofphase", "t1 opposed phase", "t1 oop", "out of phase", "opposed phase", "t1 op",
+                        "outphase", "t1 outphase", "t1dual outphase"),
     "T1 fat-sat": ("t1 fs", "t1 fatsat", "t1 fat suppressed", "t1 fat saturated", "t1 spir", "t1 vibe"),
-    "T1 C+": ("t1c+", "t1 c", "t1 post contrast", "t1 contrast", "t1 gd", "t1 gad", "t1c"),
+    "T1 C+": ("t1c+", "t1 c", "t1 post contrast", "t1 contrast", "t1 gd", "t1 gad", "t1c", "t1gd"),
     "T2": ("t2 weighted", "t2wi", "t2 tse", "t2 fse", "t2 se"),
-    "T2 SPIR": ("t2 fat sat", "t2 fatsat", "t2 fs", "t2 spair", "t2 fat suppressed", "t2 fat saturated"),
+    "T2 SPIR": ("t2 fat sat", "t2 fatsat", "t2 fs", "t2 spair", "t2 fat suppressed", "t2 fat saturated", "t2spir"),
     "T2 HASTE": ("haste", "t2 ssfse", "ssfse", "t2 single shot"),
     "STIR": ("t2 stir", "short tau inversion recovery"),
     "PD": ("proton density", "pd weighted", "pdw", "pdwi"),

@@ -60,6 +60,16 @@ SLICE_COLUMNS: tuple[Column, ...] = (
 )
 
 COLUMN_NAMES = tuple(c.name for c in SLICE_COLUMNS)
+
+# Extra columns of DBs built from source volumes (`mrgen db build`, written with ShardWriter(extra=...)); DBs
+# without them (the phantom, earlier builds) stay valid.
+SOURCE_COLUMNS: tuple[Column, ...] = (
+    Column("source_organ_map", pa.string(), "the dataset's own organ names: JSON organ id (string) → name as the "
+                                            "source labels it; organ_map holds them in the organ vocabulary",
+           nullable=True),
+    Column("source_spacing", pa.list_(pa.float32()), "row, column and slice spacing in mm of the source volume, "
+                                                     "before in-plane resampling", nullable=True),
+)
 # Columns summarised per shard in the index; readers prune shards on them.
 INDEX_COLUMNS = ("dataset", "modality", "region", "has_mask", "split")
 

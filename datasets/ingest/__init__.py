@@ -1,1 +1,2 @@
-"""Ingest: manifest of source volumes → readers → C.1 preprocessing → MRGen-DB shards (``build_db``)."""
+"""Ingest: a manifest of source volumes or a dataset folder (``layouts/``) → readers → C.1 preprocessing → MRGen-DB
+shards (``build_db``)."""

@@ -1,8 +1,12 @@
-"""`mrgen db build`: a manifest of source volumes → MRGen-DB shards, as a Ray Data job over volumes.
+"""`mrgen db build`: a manifest of source volumes or a dataset folder → MRGen-DB shards, a Ray Data job over volumes.
 
 The manifest is ours (``manifest.py``) or one of the official MRGen release's data lists (``release_list.py``,
 recognised by its ``image_path`` field): each of its rows is a slice, ingested as a one-slice volume with the
-release's own preprocessing.
+release's own preprocessing. A folder is a public collection in its native layout (``layouts/``: nnU-Net v2 raw,
+Medical Segmentation Decathlon, CHAOS MR, AMOS), whose cases become the same rows a manifest gives.
+
+Every row's organ names are put in the organ vocabulary (``datasets/organs.py``); the dataset's own names and the
+source volume's spacing are kept in the extra columns ``source_organ_map`` and ``source_spacing``.
 
 Each volume is read and preprocessed in its own Ray task (``ray.data.from_items(rows).map(...)``), which
 returns the volume's slice table (Arrow IPC bytes) or an error record. The driver streams the results, writes
@@ -12,9 +16,9 @@ shards holding whole volumes through :class:`ShardWriter` (a shard closes at a v
 Resuming: volumes recorded in the footers of shards already under the URI (``existing_shards``) are skipped, so
 a rerun after a crash — even one that died before writing the index — only does the missing volumes.
 
-Bad input is reported, not fatal: each skipped volume or manifest row becomes an entry (file, row, reason) of
-``OUT/build_report.json`` (written atomically); with ``strict`` the first one raises :class:`BuildError`, after
-the shards already finished are kept and indexed.
+Bad input is reported, not fatal: each skipped volume or manifest row becomes an entry (file, row or case, reason)
+of ``OUT/build_report.json`` (written atomically), which also lists the volumes built and the layout's warnings;
+with ``strict`` the first one raises :class:`BuildError`, after the shards already finished are kept and indexed.
 
 Source paths are read by the Ray workers, so on a multi-node cluster they must be on a filesystem every node
 sees; the output URI is written only by the driver.
@@ -29,18 +33,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from mrgen.datasets.config import DBConfig
+from mrgen.datasets.ingest import layouts
+from mrgen.datasets.ingest.cases import VolumeError, read_files
 from mrgen.datasets.ingest.manifest import ManifestRow, read_manifest
 from mrgen.datasets.ingest.release_list import (ReleaseRow, is_release_list, prepare_release_slice, read_grey,
                                                 read_release_list)
 from mrgen.datasets.ingest.preprocess import PreprocessError, preprocess_volume
-from mrgen.datasets.ingest.readers import ReadError, read_volume, source_sha256
+from mrgen.datasets.ingest.readers import ReadError, source_sha256
 from mrgen.datasets.modality import UnknownModalityError, attributes_for
+from mrgen.datasets.organs import canonical_organ_map
 from mrgen.datasets.prompt import build_prompt
-from mrgen.datasets.schema import arrow_schema, encode_image, encode_mask, encode_organ_map, slice_id
+from mrgen.datasets.schema import SOURCE_COLUMNS, arrow_schema, encode_image, encode_mask, encode_organ_map, slice_id
 from mrgen.datasets.store import ShardWriter, existing_shards, try_load_index
 from mrgen.platform import storage
 from mrgen.platform.progress import Progress
@@ -56,14 +62,18 @@ class Skip:
     volume: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.file}: row {self.row}: {self.reason}"
+        where = f"row {self.row}: " if self.row else f"volume {self.volume}: " if self.volume else ""
+        return f"{self.file}: {where}{self.reason}"
 
 
 @dataclass
 class BuildReport:
-    manifest: str
+    manifest: str  # the manifest, or the dataset folder
     out: str
+    layout: str | None = None  # the dataset folder's layout
+    warnings: list[str] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)  # built by this run
     built_volumes: int = 0
     rows: int = 0  # slices written by this run
     already_present: int = 0  # volumes found in existing shards and not rebuilt
@@ -83,6 +93,7 @@ class BuildReport:
         lines = [f"built {self.built_volumes} volumes ({self.rows} slices, {self.shards_written} shards) into "
                  f"{self.out} "
                  f"in {self.seconds:.1f}s; {self.already_present} already present; {len(self.skipped)} skipped"]
+        lines += [f"  warning: {w}" for w in self.warnings]
         lines += [f"  skipped: {s}" for s in self.skipped]
         return "\n".join(lines)
 
@@ -95,33 +106,11 @@ class BuildError(RuntimeError):
         self.skip = skip
 
 
-class VolumeError(ValueError):
-    def __init__(self, file: str, reason: str):
-        super().__init__(reason)
-        self.file = file
-
-
 # ---------------------------------------------------------------- one volume (runs in a Ray task)
 
 def ingest_volume(row: ManifestRow, attributes: str, config: DBConfig) -> pa.Table:
     """The slice table of one manifest row; raises :class:`VolumeError` naming the file at fault."""
-    try:
-        image = read_volume(row.image)
-    except ReadError as exc:
-        raise VolumeError(row.image, str(exc)) from None
-    mask = None
-    if row.label:
-        try:
-            mask = read_volume(row.label, label=True).array
-        except ReadError as exc:
-            raise VolumeError(row.label, str(exc)) from None
-        if mask.shape != image.shape:
-            raise VolumeError(row.label, f"image/label shape mismatch: image {image.shape}, label {mask.shape} "
-                                         "(slices, rows, columns)")
-        unknown = sorted(set(np.unique(mask).tolist()) - {0} - set(row.labels))
-        if unknown:
-            raise VolumeError(row.label, f"label values {unknown[:10]} absent from 'labels' "
-                                         f"{json.dumps({str(k): v for k, v in row.labels.items()})}")
+    image, mask = (layouts.CASE_READERS[row.reader] if row.reader else read_files)(row)
     try:
         prepared = preprocess_volume(image.array, mask, image.spacing, config.resolution,
                                      tuple(config.clip_percentiles))
@@ -153,8 +142,9 @@ def ingest_release_row(row: ReleaseRow, attributes: str, config: DBConfig) -> pa
 def _slice_table(row: ManifestRow | ReleaseRow, attributes: str, prepared, sha256: str) -> pa.Table:
     z, height, width = prepared.images.shape
     region = getattr(row, "region", None)
-    organ_map = encode_organ_map(row.labels)
-    organs = [prepared.organs(i, row.labels) for i in range(z)]
+    canonical = canonical_organ_map(row.labels)
+    organ_map = encode_organ_map(canonical)
+    organs = [prepared.organs(i, canonical) for i in range(z)]
     columns = {
         "slice_id": [slice_id(row.dataset, row.volume_id, i) for i in range(z)],
         "dataset": [row.dataset] * z,
@@ -175,8 +165,10 @@ def _slice_table(row: ManifestRow | ReleaseRow, attributes: str, prepared, sha25
         "pixel_spacing": [list(prepared.pixel_spacing)] * z,
         "source_file": [row.image] * z,
         "source_sha256": [sha256] * z,
+        "source_organ_map": [encode_organ_map(row.labels)] * z,
+        "source_spacing": [list(prepared.source_spacing) if prepared.source_spacing else None] * z,
     }
-    return pa.table(columns, schema=arrow_schema())
+    return pa.table(columns, schema=arrow_schema(SOURCE_COLUMNS))
 
 
 def _ingest_item(item: dict[str, Any]) -> dict[str, Any]:
@@ -213,6 +205,7 @@ class _ShardBuffer:
     def add(self, volume: str, table: pa.Table) -> None:
         self.tables.append(table)
         self.volumes.append(volume)
+        self.report.volumes.append(volume)
         if sum(t.num_rows for t in self.tables) >= self.shard_rows:
             self.flush()
 
@@ -227,8 +220,12 @@ class _ShardBuffer:
         self.tables, self.volumes = [], []
 
 
-def build_db(manifest_path: str | Path, out_uri: str, config: DBConfig) -> BuildReport:
-    """Build (or resume building) the MRGen-DB at ``out_uri`` from a manifest; see the module docstring."""
+def build_db(manifest_path: str | Path, out_uri: str, config: DBConfig, layout: str | None = None,
+             split_by: str | None = None, modality: str | None = None) -> BuildReport:
+    """Build (or resume building) the MRGen-DB at ``out_uri`` from a manifest or a dataset folder (see the module
+    docstring). For a folder: ``layout`` forces one (default: recognised), ``split_by`` ("SEED:FRACTION") puts a
+    seeded share of its train cases in test, ``modality`` labels the volumes whose sequence the layout does not
+    name in the modality table's terms."""
     import ray.data
 
     from mrgen.platform.cluster import init_ray
@@ -236,8 +233,21 @@ def build_db(manifest_path: str | Path, out_uri: str, config: DBConfig) -> Build
     started = time.monotonic()
     out_uri = storage.absolute(out_uri)  # volumes are read and written by Ray tasks in other directories
     report = BuildReport(manifest=str(manifest_path), out=out_uri)
-    release = is_release_list(manifest_path)
-    rows, problems = read_release_list(manifest_path) if release else read_manifest(manifest_path)
+    folder = Path(manifest_path).is_dir()
+    release = not folder and is_release_list(manifest_path)
+    if folder:
+        try:
+            found = layouts.discover(manifest_path, layout, split_by, modality, config.modality_attributes)
+        except layouts.LayoutError as exc:
+            raise BuildError(str(exc)) from None
+        rows, problems, report.layout, report.warnings = found.rows, found.problems, found.layout, found.warnings
+        for warning in found.warnings:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+    elif layout or split_by or modality:
+        raise BuildError(f"{manifest_path}: --layout, --split-by and --modality apply to a dataset folder, not a "
+                         "manifest")
+    else:
+        rows, problems = read_release_list(manifest_path) if release else read_manifest(manifest_path)
     writer, done = _open_writer(out_uri, config)
     buffer = _ShardBuffer(writer, config.shard_rows, report)
 
@@ -257,7 +267,7 @@ def build_db(manifest_path: str | Path, out_uri: str, config: DBConfig) -> Build
         try:
             attributes = getattr(row, "attributes", None) or attributes_for(row.modality, config.modality_attributes)
         except UnknownModalityError as exc:
-            skip(Skip(str(manifest_path), row.row, f"field 'modality': {exc}", row.key))
+            skip(Skip(row.image if folder else str(manifest_path), row.row, f"field 'modality': {exc}", row.key))
             continue
         items.append({"row": json.dumps(row.to_json()), "attributes": attributes, "config": config.model_dump_json(),
                       "kind": "release" if release else "volume"})
@@ -288,7 +298,7 @@ def _open_writer(out_uri: str, config: DBConfig) -> tuple[ShardWriter, set[str]]
     present.update({s.file: s for s in existing_shards(out_uri, version)})
     meta = dict(index.meta) if index else {}
     meta.update(resolution=config.resolution, built_by="mrgen db build")
-    writer = ShardWriter(out_uri, version=version, keep=list(present.values()), meta=meta)
+    writer = ShardWriter(out_uri, version=version, extra=SOURCE_COLUMNS, keep=list(present.values()), meta=meta)
     done = {volume for shard in present.values() for volume in shard.volumes}
     return writer, done
 

@@ -13,6 +13,10 @@ Fields of a row:
 
 Relative paths are relative to the manifest's folder. A bad row becomes a :class:`RowProblem` naming the manifest
 file, the row number (1-based data row: a JSONL line, or a CSV record after the header) and the field.
+
+The dataset layouts (``layouts/``) make the same rows from a dataset folder (row number 0), with two fields a
+manifest does not take: ``channel`` (a 4-D image's channel) and ``reader`` (the layout's own reader of the
+image and label, e.g. CHAOS's DICOM series with PNG ground truth; see ``cases.py``).
 """
 from __future__ import annotations
 
@@ -43,6 +47,8 @@ class ManifestRow:
     volume_id: str
     label: str | None = None
     labels: dict[int, str] = field(default_factory=dict)
+    channel: int | None = None
+    reader: str | None = None
 
     @property
     def key(self) -> str:
@@ -51,7 +57,8 @@ class ManifestRow:
     def to_json(self) -> dict[str, Any]:
         return {"row": self.row, "image": self.image, "dataset": self.dataset, "modality": self.modality,
                 "split": self.split, "volume_id": self.volume_id, "label": self.label,
-                "labels": {str(k): v for k, v in self.labels.items()}}
+                "labels": {str(k): v for k, v in self.labels.items()}, "channel": self.channel,
+                "reader": self.reader}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ManifestRow:
@@ -127,7 +134,7 @@ def _parse_row(raw: dict[str, Any], number: int, root: Path) -> ManifestRow:
     if unknown:
         raise ValueError(f"unknown field '{unknown[0]}' (fields: {', '.join(KNOWN)})")
     label = raw.get("label") or None
-    labels = _parse_labels(raw.get("labels"), required=label is not None)
+    labels = parse_labels(raw.get("labels"), required=label is not None)
     split = raw.get("split") or "train"
     if split not in SPLITS:
         raise ValueError(f"field 'split': {split!r} is not one of {', '.join(SPLITS)}")
@@ -139,7 +146,7 @@ def _parse_row(raw: dict[str, Any], number: int, root: Path) -> ManifestRow:
                        label=_resolve(label, root) if label else None, labels=labels)
 
 
-def _parse_labels(value: Any, required: bool) -> dict[int, str]:
+def parse_labels(value: Any, required: bool) -> dict[int, str]:
     if value in (None, "", {}):
         if required:
             raise ValueError("missing field 'labels' (label value → organ name), required with 'label'")

@@ -21,6 +21,7 @@ class PreparedVolume:
     images: np.ndarray  # float32 [Z, R, R] in [0, 1]
     masks: np.ndarray | None  # uint8 [Z, R, R]
     pixel_spacing: tuple[float, float]  # row, column (mm) after resizing
+    source_spacing: tuple[float, float, float] | None = None  # row, column, slice (mm) of the source volume
 
     def organs(self, index: int, organ_map: dict[int, str]) -> list[str]:
         """Names of the organs present in slice ``index``, in organ-id order."""
@@ -88,4 +89,4 @@ def preprocess_volume(image: np.ndarray, mask: np.ndarray | None, spacing: tuple
     masks = resize_masks(mask, resolution) if mask is not None else None
     height, width = image.shape[1:]
     pixel_spacing = (spacing[0] * height / resolution, spacing[1] * width / resolution)
-    return PreparedVolume(images, masks, pixel_spacing)
+    return PreparedVolume(images, masks, pixel_spacing, tuple(float(s) for s in spacing))

@@ -1,17 +1,21 @@
 """Load a source volume as ``(array [Z, H, W], spacing)`` in MRGen-DB's one slice orientation.
 
-Formats: NIfTI (.nii / .nii.gz, nibabel), DICOM (one file, multi-frame included, or a series folder; pydicom),
-a PNG / JPEG slice (8- or 16-bit, PIL) or a folder of such slices. Label volumes go through the same readers and
-come back as integers.
+Formats: NIfTI (.nii / .nii.gz, nibabel; one channel of a 4-D file with ``channel``), DICOM (one file,
+multi-frame included, or a series folder; pydicom), a PNG / JPEG slice (8- or 16-bit, PIL) or a folder of such
+slices, and the other endings nnU-Net accepts: .nrrd / .mha / .gipl (SimpleITK, reoriented with ``DICOMOrient``)
+and .bmp / .tif / .tiff (nnU-Net's own readers, no geometry). Label volumes go through the same readers and come
+back as integers.
 
 Orientation (as documented in ``mrgen.datasets.schema``): axis 0 runs over axial slices inferior → superior;
 within a slice rows run anterior → posterior and columns run from the patient's right to left (radiological
 display). NIfTI volumes are first reoriented to RAS+ with ``nibabel.as_closest_canonical``; DICOM volumes get an
 affine from ImageOrientationPatient / ImagePositionPatient / PixelSpacing (LPS, converted to RAS) and the same
 closest-canonical reorientation, so both land in the same orientation. Slices of a DICOM series are ordered by
-their position along the slice normal (InstanceNumber, then file name, when positions are missing). PNG / JPEG
-slices carry no geometry: they are taken as displayed, a folder's files (natural name order) as inferior →
-superior, with a nominal 1 mm spacing.
+their position along the slice normal (InstanceNumber, then file name, when positions are missing); a step more
+than 1.5x the series' usual spacing is a missing slice, an error naming the files on either side. A DICOM volume
+keeps the map from its files' pixel order to the display order (:meth:`Volume.from_native`), for per-file masks
+such as CHAOS's PNG ground truth. PNG / JPEG slices carry no geometry: they are taken as displayed, a folder's
+files (natural name order) as inferior → superior, with a nominal 1 mm spacing.
 
 ``spacing`` is (row spacing, column spacing, slice spacing) in mm.
 """
@@ -27,6 +31,8 @@ import numpy as np
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+ITK_SUFFIXES = (".nrrd", ".mha", ".gipl")
+NNUNET_IO_SUFFIXES = (".bmp", ".tif", ".tiff")
 
 
 class ReadError(ValueError):
@@ -42,10 +48,22 @@ class Volume:
     array: np.ndarray  # [Z, H, W]
     spacing: tuple[float, float, float]  # row, column, slice (mm)
     files: list[Path]  # the files it was read from, in slice order where it matters
+    ornt: np.ndarray | None = None  # DICOM: nibabel orientation from the files' [column, row, file] axes to RAS
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.array.shape)
+
+    def from_native(self, stack: np.ndarray) -> np.ndarray:
+        """A stack [file, row, column] of per-file pixels (``files`` order) in this volume's display order."""
+        from nibabel.orientations import apply_orientation
+
+        if self.ornt is None:
+            raise ReadError("only volumes read from DICOM files know their files' pixel order")
+        if len(stack) != len(self.files) or stack.size != self.array.size:
+            raise ReadError(f"{len(stack)} per-file slices of {stack.shape[1:]} do not fit the series' "
+                            f"{len(self.files)} files of {self.array.shape}")
+        return _to_display(apply_orientation(np.transpose(stack, (2, 1, 0)), self.ornt))
 
 
 def detect_format(path: str | Path) -> str:
@@ -53,7 +71,7 @@ def detect_format(path: str | Path) -> str:
     path = Path(path)
     name = path.name.lower()
     if path.is_dir():
-        files = _folder_files(path)
+        files = folder_files(path)
         if not files:
             raise ReadError(f"empty volume: folder {path} holds no slice files")
         suffixes = {_suffix(f) for f in files}
@@ -71,17 +89,29 @@ def detect_format(path: str | Path) -> str:
         return "image"
     if name.endswith(DICOM_SUFFIXES) or _has_dicom_preamble(path):
         return "dicom"
+    if name.endswith(ITK_SUFFIXES):
+        return "itk"
+    if name.endswith(NNUNET_IO_SUFFIXES):
+        return "nnunet-io"
     raise UnsupportedFormatError(
-        f"unsupported format {_suffix(path) or '(no extension)'!r}: expected NIfTI (.nii/.nii.gz), DICOM, PNG/JPEG or "
-        "a folder")
+        f"unsupported format {_suffix(path) or '(no extension)'!r}: expected NIfTI (.nii/.nii.gz), DICOM, PNG/JPEG, "
+        "another nnU-Net file ending (.nrrd .mha .gipl .bmp .tif .tiff) or a folder")
 
 
-def read_volume(path: str | Path, label: bool = False) -> Volume:
-    """Read ``path`` in the documented orientation; ``label=True`` returns integer organ ids."""
+def read_volume(path: str | Path, label: bool = False, channel: int | None = None,
+                one_series: bool = True) -> Volume:
+    """Read ``path`` in the documented orientation; ``label=True`` returns integer organ ids.
+
+    ``channel``: the volume at this index of a 4-D NIfTI's last axis. ``one_series=False`` reads a DICOM folder
+    as one volume whatever its files' SeriesInstanceUIDs say (CHAOS gives every file its own).
+    """
     path = Path(path)
     kind = detect_format(path)
-    reader = {"nifti": _read_nifti, "dicom": _read_dicom_file, "dicom-series": _read_dicom_series,
-              "image": _read_image, "image-folder": _read_image_folder}[kind]
+    if channel and kind != "nifti":
+        raise ReadError(f"{path.name}: channel {channel} asked of a {kind} file (only 4-D NIfTI holds channels)")
+    reader = {"nifti": lambda p, lab: _read_nifti(p, lab, channel), "dicom": _read_dicom_file,
+              "dicom-series": lambda p, lab: _read_dicom_series(p, lab, one_series), "image": _read_image,
+              "image-folder": _read_image_folder, "itk": _read_itk, "nnunet-io": _read_nnunet_io}[kind]
     try:
         volume = reader(path, label)
     except ReadError:
@@ -110,13 +140,16 @@ def source_sha256(path: str | Path) -> str:
 
 # ---------------------------------------------------------------- orientation
 
-def _display_order(ras: np.ndarray, zooms) -> tuple[np.ndarray, tuple[float, float, float]]:
+def _to_display(ras: np.ndarray) -> np.ndarray:
     """RAS+ voxel axes (i → right, j → anterior, k → superior) to [slice, row, column] display order."""
-    array = np.ascontiguousarray(np.transpose(ras, (2, 1, 0))[:, ::-1, ::-1])
-    return array, (float(zooms[1]), float(zooms[0]), float(zooms[2]))
+    return np.ascontiguousarray(np.transpose(ras, (2, 1, 0))[:, ::-1, ::-1])
 
 
-def _reorient_to_ras(data: np.ndarray, affine: np.ndarray, zooms) -> tuple[np.ndarray, list[float]]:
+def _display_order(ras: np.ndarray, zooms) -> tuple[np.ndarray, tuple[float, float, float]]:
+    return _to_display(ras), (float(zooms[1]), float(zooms[0]), float(zooms[2]))
+
+
+def _reorient_to_ras(data: np.ndarray, affine: np.ndarray, zooms) -> tuple[np.ndarray, list[float], np.ndarray]:
     from nibabel.orientations import apply_orientation, io_orientation
 
     ornt = io_orientation(affine)
@@ -124,12 +157,12 @@ def _reorient_to_ras(data: np.ndarray, affine: np.ndarray, zooms) -> tuple[np.nd
     new_zooms = [0.0, 0.0, 0.0]
     for axis, (target, _) in enumerate(ornt):
         new_zooms[int(target)] = float(zooms[axis])
-    return out, new_zooms
+    return out, new_zooms, ornt
 
 
 # ---------------------------------------------------------------- NIfTI
 
-def _read_nifti(path: Path, label: bool) -> Volume:
+def _read_nifti(path: Path, label: bool, channel: int | None = None) -> Volume:
     import nibabel as nib
 
     try:
@@ -138,8 +171,10 @@ def _read_nifti(path: Path, label: bool) -> Volume:
         _check_gzip(path)
         raise ReadError(f"unreadable nifti {path.name}: {type(exc).__name__}: {exc}") from exc
     shape = img.shape
-    if len(shape) == 4 and shape[3] == 1:
-        img = img.slicer[..., 0]
+    if channel is not None and not (len(shape) == 4 and 0 <= channel < shape[3] or len(shape) == 3 and channel == 0):
+        raise ReadError(f"{path.name}: NIfTI has shape {shape}; it holds no channel {channel}")
+    if len(shape) == 4 and (shape[3] == 1 or channel is not None):
+        img = img.slicer[..., channel or 0]
     elif len(shape) == 2:
         img = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., None], img.affine, img.header)
     elif len(shape) != 3:
@@ -255,13 +290,26 @@ def _assemble(frames, ds, path: Path, files: list[Path]) -> Volume:
         steps = np.diff(np.sort(heights))
         if len(steps) and np.median(steps) > 0:
             slice_sp = float(np.median(steps))
+        _check_gaps(np.sort(heights), files, path)
     stack = np.stack([f[0].astype(np.float32) * f[2][0] + f[2][1] for f in frames])  # [s, r, c]
     affine = np.eye(4)
     affine[:3, 0], affine[:3, 1], affine[:3, 2] = row_cos * col_sp, col_cos * row_sp, normal * slice_sp
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # LPS → RAS
-    ras, zooms = _reorient_to_ras(np.transpose(stack, (2, 1, 0)), affine, (col_sp, row_sp, slice_sp))
+    ras, zooms, ornt = _reorient_to_ras(np.transpose(stack, (2, 1, 0)), affine, (col_sp, row_sp, slice_sp))
     array, spacing = _display_order(ras, zooms)
-    return Volume(array, spacing, files)
+    return Volume(array, spacing, files, ornt=ornt if len(files) == len(frames) else None)
+
+
+def _check_gaps(heights: np.ndarray, files: list[Path], path: Path) -> None:
+    """A step along the slice normal over 1.5x the median step is a missing slice (files in height order)."""
+    steps = np.diff(heights)
+    if len(steps) < 2 or np.median(steps) <= 0:
+        return
+    usual = float(np.median(steps))
+    for i in np.flatnonzero(steps > 1.5 * usual):
+        names = (files[i].name, files[i + 1].name) if len(files) == len(heights) else (f"slice {i}", f"slice {i + 1}")
+        raise ReadError(f"series {path.name}: gap of {steps[i]:.2f} mm between {names[0]} and {names[1]} (the "
+                        f"series' spacing is {usual:.2f} mm): a slice is missing")
 
 
 def _read_dicom_file(path: Path, label: bool) -> Volume:
@@ -271,10 +319,10 @@ def _read_dicom_file(path: Path, label: bool) -> Volume:
     return _assemble(_frames_of(ds, label), ds, path, [path])
 
 
-def _read_dicom_series(path: Path, label: bool) -> Volume:
+def _read_dicom_series(path: Path, label: bool, one_series: bool = True) -> Volume:
     import pydicom
 
-    files = _folder_files(path)
+    files = folder_files(path)
     datasets = []
     for file in files:
         try:
@@ -283,7 +331,7 @@ def _read_dicom_series(path: Path, label: bool) -> Volume:
             raise ReadError(f"unreadable DICOM file {file.name} in series {path.name}: "
                             f"{type(exc).__name__}: {exc}") from exc
     series = {str(getattr(ds, "SeriesInstanceUID", "")) for ds in datasets}
-    if len(series) > 1:
+    if len(series) > 1 and one_series:
         raise ReadError(f"folder {path.name} holds {len(series)} DICOM series; give one series per manifest row")
     order = sorted(range(len(datasets)), key=lambda i: (int(getattr(datasets[i], "InstanceNumber", 0) or 0),
                                                         files[i].name))
@@ -322,7 +370,7 @@ def _read_image(path: Path, label: bool) -> Volume:
 
 
 def _read_image_folder(path: Path, label: bool) -> Volume:
-    files = _folder_files(path)
+    files = folder_files(path)
     slices = []
     for file in files:
         try:
@@ -336,6 +384,39 @@ def _read_image_folder(path: Path, label: bool) -> Volume:
     return Volume(stack if label else stack.astype(np.float32), (1.0, 1.0, 1.0), files)
 
 
+# ---------------------------------------------------------------- other nnU-Net file endings
+
+def _read_itk(path: Path, label: bool) -> Volume:
+    """.nrrd / .mha / .gipl: SimpleITK, reoriented so that the array's axes run toward L, P and S (DICOMOrient
+    "LPS"), which is the display order: slices inferior → superior, rows anterior → posterior, columns right → left."""
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(path))
+    if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() not in (2, 3):
+        raise ReadError(f"{path.name}: {image.GetDimension()}-D image with {image.GetNumberOfComponentsPerPixel()} "
+                        "components; expected one 3-D volume")
+    if image.GetDimension() == 2:
+        image = sitk.JoinSeries(image)
+    image = sitk.DICOMOrient(image, "LPS")
+    array = sitk.GetArrayFromImage(image)
+    column_sp, row_sp, slice_sp = image.GetSpacing()
+    return Volume(array if label else array.astype(np.float32), (row_sp, column_sp, slice_sp), [path])
+
+
+def _read_nnunet_io(path: Path, label: bool) -> Volume:
+    """.bmp / .tif / .tiff through the reader nnU-Net picks for the ending; taken as displayed (no geometry)."""
+    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
+
+    io_class = determine_reader_writer_from_file_ending(_suffix(path), verbose=False)
+    io = io_class()
+    data, properties = io.read_seg(str(path)) if label else io.read_images((str(path),))
+    if data.shape[0] != 1:
+        raise ReadError(f"{path.name}: {data.shape[0]} channels; expected one grey-level image")
+    spacing = (1.0, 1.0, 1.0) if io_class is NaturalImage2DIO else tuple(float(s) for s in properties["spacing"])
+    return Volume(data[0] if label else data[0].astype(np.float32), (spacing[1], spacing[2], spacing[0]), [path])
+
+
 # ---------------------------------------------------------------- helpers
 
 def _suffix(path: Path) -> str:
@@ -343,12 +424,12 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
-def _natural_key(path: Path):
+def natural_key(path: Path):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
 
 
-def _folder_files(path: Path) -> list[Path]:
-    return sorted((p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")), key=_natural_key)
+def folder_files(path: Path) -> list[Path]:
+    return sorted((p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")), key=natural_key)
 
 
 def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:

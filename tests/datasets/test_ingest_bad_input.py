@@ -64,7 +64,7 @@ def write_sources(src: Path) -> list[dict]:
     nifti(src / "inf.nii.gz", inf)
     nifti(src / "zeros.nii.gz", np.zeros(SHAPE, np.float32))
     (src / "no_slices").mkdir()
-    (src / "volume.mha").write_text("ObjectType = Image\nNDims = 3\n")
+    (src / "volume.vtk").write_text("# vtk DataFile Version 3.0\n")
     base = {"dataset": "bad", "modality": "T2 SPIR"}
     return [
         {**base, "image": "good_a.nii.gz", "label": "good_a_seg.nii.gz", "labels": {"1": "liver"}},  # row 1
@@ -80,7 +80,7 @@ def write_sources(src: Path) -> list[dict]:
         {**base, "image": "inf.nii.gz"},  # row 9
         {**base, "image": "zeros.nii.gz"},  # row 10
         {**base, "image": "no_slices"},  # row 11
-        {**base, "image": "volume.mha"},  # row 12
+        {**base, "image": "volume.vtk"},  # row 12
         {"dataset": "bad", "image": "good_b.nii.gz", "volume_id": "no_modality"},  # row 13
         {"dataset": "bad", "modality": "ultrasound elastography", "image": "good_b.nii.gz",
          "volume_id": "unknown"},  # 14
@@ -115,7 +115,7 @@ def entry(built, row: int):
     (9, "inf.nii.gz", "1 NaN/Inf voxels"),
     (10, "zeros.nii.gz", "empty volume: all voxels are 0"),
     (11, "no_slices", "empty volume"),
-    (12, "volume.mha", "unsupported format '.mha'"),
+    (12, "volume.vtk", "unsupported format '.vtk'"),
     (13, "manifest.jsonl", "missing field 'modality'"),
     (14, "manifest.jsonl", "unknown modality label 'ultrasound elastography'"),
     (15, "missing.nii.gz", "file not found"),

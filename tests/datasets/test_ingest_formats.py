@@ -152,8 +152,11 @@ def test_labels_are_integers_and_non_integer_labels_rejected(tmp_path):
 
 
 def test_unsupported_and_unreadable(tmp_path):
-    (tmp_path / "v.mha").write_bytes(b"ObjectType = Image\n")
-    with pytest.raises(UnsupportedFormatError, match="unsupported format '.mha'"):
+    (tmp_path / "v.vtk").write_bytes(b"# vtk DataFile\n")
+    with pytest.raises(UnsupportedFormatError, match="unsupported format '.vtk'"):
+        read_volume(tmp_path / "v.vtk")
+    (tmp_path / "v.mha").write_bytes(b"ObjectType = Image\n")  # an ending nnU-Net reads (SimpleITK), but garbage
+    with pytest.raises(ReadError, match="unreadable itk v.mha"):
         read_volume(tmp_path / "v.mha")
     (tmp_path / "v.nii.gz").write_bytes(b"\x1f\x8b garbage")
     with pytest.raises(ReadError, match="unreadable nifti v.nii.gz"):
