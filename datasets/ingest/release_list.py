@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from mrgen.datasets.ingest.manifest import ManifestRow, RowProblem, default_volume_id
-from mrgen.datasets.ingest.preprocess import PreparedVolume
+from mrgen.datasets.ingest.preprocess import PreparedVolume, pad_to_square
 from mrgen.datasets.schema import REGIONS, SPLITS
 
 MASK_FIELDS = tuple(f"mask{i}_path" for i in range(4))
@@ -153,14 +153,7 @@ def release_preprocess(pixels: np.ndarray, resolution: int) -> np.ndarray:
     from skimage.transform import resize  # scikit-image (installed with nnunetv2), as the release resizes
 
     x = pixels.astype(np.float32)
-    x = (x - x.min()) / (x.max() - x.min() + 1e-6)
-    h, w = x.shape
-    if h > w:
-        left = (h - w) // 2
-        x = np.pad(x, ((0, 0), (left, h - w - left)))
-    else:
-        top = (w - h) // 2
-        x = np.pad(x, ((top, w - h - top), (0, 0)))
+    x = pad_to_square((x - x.min()) / (x.max() - x.min() + 1e-6))
     x = resize(x, (resolution, resolution), preserve_range=True, anti_aliasing=True, mode="reflect")
     return np.clip(x, 0.0, 1.0).astype(np.float32)
 

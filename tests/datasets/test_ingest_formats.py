@@ -220,7 +220,8 @@ def test_build_every_format(tmp_path, ray_session):
     assert nii[2]["prompt"].startswith("T2 SPIR; fat low signal") and nii[2]["prompt"].endswith("; liver, spleen")
     assert json.loads(nii[0]["organ_map"]) == {"1": "liver", "2": "spleen"} and nii[0]["split"] == "test"
     assert set(np.unique(decode_mask(nii[2]["mask"], 16, 16))) == {0, 1, 2}
-    assert nii[0]["pixel_spacing"] == pytest.approx([ROW_MM * ROWS / 16, COL_MM * COLS / 16])
+    # 9.6 x 7.0 mm at square pixels: 16 x 12 of 0.6 x 0.58 mm, padded to 16 x 16
+    assert nii[0]["pixel_spacing"] == pytest.approx([ROW_MM * ROWS / 16, COL_MM * COLS / 12])
     assert nii[0]["source_sha256"] == source_sha256(src / "nii_case.nii.gz")
     images = np.stack([decode_image(r["image"], 16, 16) for r in table.to_pylist()])
     assert images.min() >= 0.0 and images.max() <= 1.0
