@@ -17,7 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mrgen.cli.common import add_config_flags, add_settings_flags, load_config, settings_flags
+from mrgen.cli.common import EXIT_CONFIG, CliError, add_config_flags, add_settings_flags, load_config, settings_flags
+from mrgen.jobs.bench.config import BenchConfig
+from mrgen.platform.storage import write_text
+
+# Each cli module is imported at the CLI's start-up: a benchmark's run and resolve functions import its module (most
+# import torch, Ray or diffusers).
 
 
 @dataclass(frozen=True)
@@ -34,16 +39,21 @@ def _no_inputs(parser: argparse.ArgumentParser) -> None:
     pass
 
 
+def _db_inputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", default=None, help="MRGen-DB at volume to stream, e.g. a `mrgen db phantom --config "
+                        "million` (default: the tiny phantom in db.rescans acquisitions, built in a temp dir)")
+
+
 def _db_run(settings, args: argparse.Namespace) -> dict[str, Any]:
     from mrgen.jobs.bench.db_bench import run_db_bench
 
-    return run_db_bench(**settings.model_dump())
+    return run_db_bench(**settings.model_dump(), db=args.db)
 
 
 def _db_resolve(settings, args: argparse.Namespace) -> dict[str, Any]:
     from mrgen.jobs.bench.db_bench import db_bench_configs
 
-    return db_bench_configs(settings.resolution)
+    return db_bench_configs(settings.resolution, rescans=settings.rescans, db=args.db)
 
 
 def _train_inputs(parser: argparse.ArgumentParser) -> None:
@@ -104,8 +114,9 @@ def _adaptive_resolve(settings, args: argparse.Namespace) -> dict[str, Any]:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
-    "db": Benchmark("MRGen-DB ingest slices/s and Ray Data read slices/s (local, s3://moto) vs. plain pyarrow",
-                    _no_inputs, _db_run, "db.volumes=4", resolve=_db_resolve),
+    "db": Benchmark("MRGen-DB ingest slices/s and Ray Data read slices/s (local, s3://moto) vs. plain pyarrow; a DB "
+                    "at volume: `db info` seconds, pruning by the index, reader RSS on a subset vs the whole DB",
+                    _db_inputs, _db_run, "db.volumes=4", resolve=_db_resolve),
     "train": Benchmark("training samples/s of Ray Train + DeepSpeed vs. a bare PyTorch loop, and data-wait share",
                        _train_inputs, _train_run, "train.steps=20", resolve=_train_resolve),
     "adaptive": Benchmark("generator-seconds per kept sample with the adaptive budget vs. every candidate, embedded "
@@ -165,8 +176,18 @@ def _gpu_mode(settings) -> tuple[str, bool, tuple[str, ...] | None]:
 
     device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu" and not settings.tiny and settings.device == "cpu":
-        raise SystemExit("mrgen bench gpu --device cpu: paper scale on the CPU takes hours; add --tiny")
+        raise CliError("--device cpu: paper scale on the CPU takes hours; add --tiny", EXIT_CONFIG,
+                       command="mrgen bench gpu")
     return device, settings.tiny or device == "cpu", tuple(settings.sections) if settings.sections else None
+
+
+def gpu_endpoint(bundle_uri: str, tiny: bool) -> dict[str, Any]:
+    """The GPU check's ``endpoint`` section: `mrgen bench serve`'s load on the section's service (jobs do not reach
+    serving: the CLI hands this to :func:`run_gpu_bench`)."""
+    from mrgen.jobs.bench.gpu_bench import endpoint_options
+    from mrgen.serving.loadgen import benchmark
+
+    return benchmark(model=bundle_uri, **endpoint_options(tiny))
 
 
 def _gpu_run(settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -175,7 +196,7 @@ def _gpu_run(settings, args: argparse.Namespace) -> dict[str, Any]:
     device, tiny, sections = _gpu_mode(settings)
     if tiny and not settings.tiny:
         print("mrgen bench gpu: no CUDA device; running the tiny CPU mode (--tiny)", file=sys.stderr)
-    return run_gpu_bench(device=device, tiny=tiny, sections=sections,
+    return run_gpu_bench(device=device, tiny=tiny, sections=sections, endpoint=gpu_endpoint,
                          on_section=lambda figures: _write(args.out, figures), autotune=settings.autotune)
 
 
@@ -222,6 +243,29 @@ BENCHMARKS["cost"] = Benchmark("generator and filter TFLOP and seconds per kept 
                                _cost_inputs, _cost_run, "cost.masks=24", resolve=_cost_resolve)
 
 
+def _volume_inputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--work", default=None, help="folder of the runs, their logs and the source DB (default: a "
+                        "temp dir, removed after)")
+
+
+def _volume_run(settings, args: argparse.Namespace) -> dict[str, Any]:
+    from mrgen.jobs.bench.volume_bench import run_volume_bench
+
+    return run_volume_bench(**settings.model_dump(), work=args.work)
+
+
+def _volume_resolve(settings, args: argparse.Namespace) -> dict[str, Any]:
+    from mrgen.jobs.bench.volume_bench import volume_bench_configs
+
+    return volume_bench_configs(**settings.model_dump())
+
+
+BENCHMARKS["volume"] = Benchmark("synthesis at volume on a local multi-node cluster: masks/s at 1,000 vs 10,000 "
+                                 "masks, driver and node RSS, files per 1,000 masks, index size, commit seconds; "
+                                 "the driver killed at half and rerun; pools onto a joining node",
+                                 _volume_inputs, _volume_run, "volume.masks=2000", resolve=_volume_resolve)
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="run benchmarks (figures and ratios vs. a same-run baseline)")
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
@@ -241,14 +285,10 @@ def register(subparsers) -> None:
 def bench_config(args: argparse.Namespace, name: str | None = None):
     """The ``bench`` section from --config and --set; with ``name``, that benchmark's flags given override its
     mapping (a flag's dest is its field)."""
-    from mrgen.jobs.bench.config import BenchConfig
-
     return load_config(BenchConfig, args, settings_flags(args, _settings_class(name), f"{name}.") if name else {})
 
 
 def _settings_class(name: str) -> type:
-    from mrgen.jobs.bench.config import BenchConfig
-
     return BenchConfig.model_fields[name].annotation
 
 
@@ -260,8 +300,6 @@ def _defaults(bench: Benchmark) -> argparse.Namespace:
 
 def _write(path: str | None, figures: dict[str, Any]) -> None:
     if path:
-        from mrgen.platform.storage import write_text
-
         write_text(path, json.dumps(figures, indent=1, default=str))
 
 
@@ -271,7 +309,7 @@ def resolve(name: str, settings, args: argparse.Namespace) -> dict[str, Any]:
     try:
         return BENCHMARKS[name].resolve(settings, args)
     except ValueError as exc:  # ConfigError, a refused request (LoadError), a pydantic error
-        raise SystemExit(f"mrgen bench {name}: {exc}") from None
+        raise CliError(str(exc), EXIT_CONFIG, command=f"mrgen bench {name}") from None
 
 
 def _run_one(name: str, args: argparse.Namespace) -> int:

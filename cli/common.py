@@ -1,4 +1,4 @@
-"""Flags shared by several subcommands."""
+"""Flags shared by several subcommands, and the one way a command fails: raise :class:`CliError`."""
 from __future__ import annotations
 
 import argparse
@@ -11,11 +11,15 @@ import tempfile
 import time
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pydantic
 
+from mrgen.datasets.modality import read_attributes_file
+from mrgen.platform.cluster import ray_stopped_after
 from mrgen.platform.config import ConfigBase, ConfigError
+from mrgen.platform.console import Console
 
 
 def add_config_flags(parser: argparse.ArgumentParser, example: str, ray_address: bool = True,
@@ -32,23 +36,47 @@ def add_config_flags(parser: argparse.ArgumentParser, example: str, ray_address:
                             help="join this Ray cluster instead of starting a local one")
 
 
-def load_config(cls: type[ConfigBase], args: argparse.Namespace, flags: dict | None = None):
-    """Config from --config and --set, then the explicit flags (key → value; None means not given)."""
+EXIT_INPUT = 2  # an input the command cannot use (a missing DB, a refused request, ...)
+EXIT_CONFIG = 1  # a configuration value or flag combination it refuses
+
+
+class CliError(Exception):
+    """Why a command stops: :func:`mrgen.cli.main.main` prints ``mrgen COMMAND: message`` on stderr once and exits
+    with ``code``. ``command`` names another command than the one run (`mrgen bench all` refusing a benchmark)."""
+
+    def __init__(self, message: str, code: int = EXIT_INPUT, command: str | None = None):
+        super().__init__(message)
+        self.code, self.command = code, command
+
+
+@contextlib.contextmanager
+def input_errors(*kinds: type[Exception]):
+    """Inside, an exception of ``kinds`` (what the job raises for an input it cannot use) becomes a
+    :class:`CliError`: the command exits with 2 naming it."""
+    try:
+        yield
+    except kinds as exc:
+        raise CliError(str(exc)) from None
+
+
+def load_config(cls: type[ConfigBase], args: argparse.Namespace, flags: dict | None = None,
+                exit_code: int = EXIT_CONFIG):
+    """Config from --config and --set, then the explicit flags (key → value; None means not given). A bad key or
+    value stops the command with ``exit_code`` (`mrgen db build` documents 2)."""
     try:
         config = cls.load(args.config, args.overrides)
         return config.with_overrides(flags or {})
     except ConfigError as exc:
-        raise SystemExit(f"mrgen: {exc}") from None
+        raise CliError(str(exc), exit_code) from None
 
 
 def run_job(command: str, job, config, input_error: type[Exception]):
-    """``job(config)``; None after printing ``mrgen COMMAND: reason`` when it raises ``input_error`` (an input it
-    cannot use: the command then exits with 2)."""
+    """``job(config)``; when it raises ``input_error`` (an input it cannot use) the command exits with 2,
+    printing ``mrgen COMMAND: reason``."""
     try:
         return job(config)
     except input_error as exc:
-        print(f"mrgen {command}: {exc}", flush=True)
-        return None
+        raise CliError(str(exc), command=f"mrgen {command}") from None
 
 
 _json_sinks: list = []  # the real stdout while a command whose stdout is JSON runs
@@ -89,9 +117,6 @@ def command_console(args: argparse.Namespace, command: str):
     """A long command's console: a line naming the log, progress bars, and Ray's, Ray Train's and nnU-Net's output in
     the log (``--verbose``: live). ``--json`` commands keep theirs (``json_stdout``). Ray started meanwhile stops
     inside, so that its workers' last lines reach the log too."""
-    from mrgen.platform.cluster import ray_stopped_after
-    from mrgen.platform.console import Console
-
     if getattr(args, "json", False) or args.verbose:
         yield
         return
@@ -115,9 +140,9 @@ def json_object(text: str | None, flag: str) -> dict:
     try:
         data = json.loads(path.read_text() if path.is_file() else text)
     except json.JSONDecodeError as exc:
-        raise SystemExit(f"mrgen: {flag} is neither a JSON object nor a JSON file: {exc}") from None
+        raise CliError(f"{flag} is neither a JSON object nor a JSON file: {exc}", EXIT_CONFIG) from None
     if not isinstance(data, dict):
-        raise SystemExit(f"mrgen: {flag} must be a JSON object such as {{\"1\": \"liver\"}}")
+        raise CliError(f"{flag} must be a JSON object such as {{\"1\": \"liver\"}}", EXIT_CONFIG)
     return data
 
 
@@ -125,45 +150,52 @@ def _json_dict(text: str) -> dict:
     """argparse type of a dict-valued setting: a JSON object, or a file holding one."""
     try:
         return json_object(text, "the flag")
-    except SystemExit as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("mrgen: the flag ")) from None
+    except CliError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("the flag ")) from None
 
 
 def attribute_table(path: str | None) -> dict | None:
     """``--attributes FILE`` (the release's modality_attributes.json format) as a table, None when not given."""
     if not path:
         return None
-    from mrgen.datasets.modality import read_attributes_file
-
     try:
         return read_attributes_file(path)
     except ValueError as exc:
-        raise SystemExit(f"mrgen: --attributes {exc}") from None
+        raise CliError(f"--attributes {exc}", EXIT_CONFIG) from None
 
 
-def add_settings_flags(parser: argparse.ArgumentParser, settings: type) -> None:
+def add_settings_flags(parser: argparse.ArgumentParser, settings: type,
+                       flags: Mapping[str, Sequence[str]] | None = None) -> None:
     """A flag per field of the pydantic ``settings`` class (``--batch-size`` for ``batch_size``), its help the
     field's description and its default None, so that a flag not given leaves the config's value. A field that is
     itself a settings class (pydantic model or dataclass, e.g. ``sampling: SamplingSettings``) gets a flag per
-    field of its own, named by that field alone (``--steps`` sets ``sampling.steps``). :func:`settings_flags`
-    reads them back."""
-    for key, leaf in _leaf_fields(settings):
+    field of its own, named by that field alone (``--steps`` sets ``sampling.steps``). ``flags``, when given, names
+    the fields that get one instead (dotted key → its flag, then older spellings that still work).
+    :func:`settings_flags` reads them back."""
+    leaves = dict(_leaf_fields(settings))
+    unknown = sorted(set(flags or ()) - set(leaves))
+    if unknown:
+        raise ValueError(f"flags for {unknown}: {settings.__name__} has no such settings")
+    for key, leaf in leaves.items():
+        if flags is not None and key not in flags:
+            continue
+        names = list(flags[key]) if flags is not None else ["--" + key.rsplit(".", 1)[-1].replace("_", "-")]
         kind, choices, nargs = _flag_type(leaf.annotation)
         choices = leaf.choices or choices
-        flag = "--" + key.rsplit(".", 1)[-1].replace("_", "-")
         if kind is bool:
-            parser.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None,
+            parser.add_argument(*names, dest=key, action=argparse.BooleanOptionalAction, default=None,
                                 help=leaf.description)
         else:
-            parser.add_argument(flag, dest=key, type=kind, choices=choices, nargs=nargs,
-                                default=None, metavar=None if choices else flag[2:].replace("-", "_").upper(),
+            parser.add_argument(*names, dest=key, type=kind, choices=choices, nargs=nargs,
+                                default=None, metavar=None if choices else key.rsplit(".", 1)[-1].upper(),
                                 help=leaf.description)
 
 
-def settings_flags(args: argparse.Namespace, settings: type, prefix: str = "") -> dict:
+def settings_flags(args: argparse.Namespace, settings: type, prefix: str = "",
+                   flags: Mapping[str, Sequence[str]] | None = None) -> dict:
     """The flags of :func:`add_settings_flags` as config keys (``prefix`` + dotted field path) → value; None: not
     given."""
-    return {prefix + key: getattr(args, key) for key, _ in _leaf_fields(settings)}
+    return {prefix + key: getattr(args, key) for key, _ in _leaf_fields(settings) if flags is None or key in flags}
 
 
 @dataclasses.dataclass
@@ -175,12 +207,13 @@ class _Leaf:
 
 def _leaf_fields(settings: type, prefix: str = ""):
     """(dotted key, :class:`_Leaf`) of every non-settings field of ``settings``, nested settings flattened."""
-    if dataclasses.is_dataclass(settings):
+    pydantic_fields = getattr(settings, "__pydantic_fields__", None)  # pydantic models and pydantic dataclasses
+    if pydantic_fields is not None:
+        fields = {name: _Leaf(f.annotation, f.description) for name, f in pydantic_fields.items()}
+    else:
         hints = typing.get_type_hints(settings)
         fields = {f.name: _Leaf(hints[f.name], f.metadata.get("description"), f.metadata.get("choices"))
                   for f in dataclasses.fields(settings)}
-    else:
-        fields = {name: _Leaf(f.annotation, f.description) for name, f in settings.model_fields.items()}
     for name, leaf in fields.items():
         if isinstance(leaf.annotation, type) and (dataclasses.is_dataclass(leaf.annotation)
                                                    or issubclass(leaf.annotation, pydantic.BaseModel)):
@@ -194,6 +227,8 @@ def _flag_type(annotation) -> tuple[type, tuple | None, int | str | None]:
     ``list[...]`` (nargs ``+``), ``tuple[X, X]`` (nargs 2)."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is typing.Annotated:  # a type with its bounds: the type
+        annotation = typing.get_args(annotation)[0]
     nargs: int | str | None = None
     if typing.get_origin(annotation) is dict:
         return _json_dict, None, None

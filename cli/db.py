@@ -8,19 +8,8 @@ import argparse
 import sys
 
 from mrgen.cli.common import add_config_flags, load_config
-
-try:
-    from mrgen.cli.db_build import add_build_parser
-except ModuleNotFoundError as exc:
-    if exc.name != "mrgen.cli.db_build":
-        raise
-    add_build_parser = None
-try:
-    from mrgen.cli.db_annotate import add_annotate_parser
-except ModuleNotFoundError as exc:
-    if exc.name != "mrgen.cli.db_annotate":
-        raise
-    add_annotate_parser = None
+from mrgen.cli.db_annotate import add_annotate_parser
+from mrgen.cli.db_build import add_build_parser
 
 
 def register(subparsers) -> None:
@@ -56,10 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--has-mask", action="store_true", help="only annotated slices")
     p.set_defaults(func=cmd_show)
 
-    if add_build_parser is not None:
-        add_build_parser(sub)
-    if add_annotate_parser is not None:
-        add_annotate_parser(sub)
+    add_build_parser(sub)
+    add_annotate_parser(sub)
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from mrgen.cli.common import add_config_flags
-
-EXIT_OK, EXIT_ERROR = 0, 2
+from mrgen.cli.common import EXIT_INPUT, add_config_flags, input_errors, load_config
+from mrgen.datasets.store import NotADatabaseError
+from mrgen.platform.cluster import RayConfig, init_ray
 
 
 def add_annotate_parser(db_subparsers) -> argparse.ArgumentParser:
@@ -29,24 +28,15 @@ def add_annotate_parser(db_subparsers) -> argparse.ArgumentParser:
 
 
 def run_annotate(args: argparse.Namespace) -> int:
+    # each cli module is imported at the CLI's start-up: its handlers import the job modules they run
     from mrgen.datasets.annotate_regions import RegionModelError, annotate_regions
     from mrgen.datasets.config import DBConfig
-    from mrgen.datasets.store import NotADatabaseError
-    from mrgen.platform.cluster import RayConfig, init_ray
-    from mrgen.platform.config import ConfigError
 
-    try:
-        config = DBConfig.load(args.config, args.overrides).with_overrides(
-            {"region_model": args.model, "region_threshold": args.threshold, "region_actors": args.actors})
-    except ConfigError as exc:
-        print(f"mrgen db annotate-regions: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    config = load_config(DBConfig, args, {"region_model": args.model, "region_threshold": args.threshold,
+                                          "region_actors": args.actors}, exit_code=EXIT_INPUT)
     if args.ray_address:
         init_ray(RayConfig(address=args.ray_address))
-    try:
+    with input_errors(RegionModelError, NotADatabaseError):
         annotate_regions(args.uri, config.region_model, threshold=config.region_threshold,
                          actors=config.region_actors, batch_size=args.batch_size)
-    except (RegionModelError, NotADatabaseError) as exc:
-        print(f"mrgen db annotate-regions: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    return EXIT_OK
+    return 0

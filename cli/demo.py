@@ -3,26 +3,24 @@ from __future__ import annotations
 
 import argparse
 
+from mrgen.cli.common import EXIT_CONFIG, CliError, load_config
+from mrgen.platform import storage
+
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    # each cli module is imported at the CLI's start-up: its handlers import the job modules they run
     from mrgen.jobs.experiment.config import ExperimentConfig
     from mrgen.jobs.experiment.run import run_experiment
-    from mrgen.platform.config import ConfigError
+    from mrgen.jobs.experiment.seeds import summarise_runs, summary_markdown, write_summary
 
-    try:
-        config = ExperimentConfig.load(args.config or ("quick" if args.quick else "default"), args.overrides)
-        config = config.with_overrides({"generator": args.generator, "seed": args.seed,
-                                        "verbose": True if args.verbose else None})
-    except ConfigError as exc:
-        raise SystemExit(f"mrgen demo: {exc}") from None
+    args.config = args.config or ("quick" if args.quick else "default")
+    config = load_config(ExperimentConfig, args, {"generator": args.generator, "seed": args.seed,
+                                                  "verbose": True if args.verbose else None})
     if args.seeds and (args.seed is not None or args.db_only):
-        raise SystemExit("mrgen demo: --seeds runs whole experiments, one per seed: drop --seed / --db-only")
+        raise CliError("--seeds runs whole experiments, one per seed: drop --seed / --db-only", EXIT_CONFIG)
     if not args.seeds:
         run_experiment(args.out, config=config, ray_address=args.ray_address, db_only=args.db_only)
         return 0
-    from mrgen.jobs.experiment.seeds import summarise_runs, summary_markdown, write_summary
-    from mrgen.platform import storage
-
     outs = [storage.join(args.out, f"seed{seed}") for seed in args.seeds]
     for seed, out in zip(args.seeds, outs):  # one after another: each run's budget assumes the whole machine
         run_experiment(out, config=config.with_overrides({"seed": seed}), ray_address=args.ray_address)

@@ -1,17 +1,23 @@
-"""`mrgen eval <metric>`: `ae` (autoencoder PSNR / SSIM / MSE) and `mask` (does the controller use its masks),
-here; `fid`, `clip` come from `cli/eval_gen.py`."""
+"""`mrgen eval <metric>`: `ae` (autoencoder PSNR / SSIM / MSE), `mask` (does the controller use its masks), `fid`
+(FID and KID) and `clip` (CLIP-I / CLIP-T): the model's and the synthetic data's quality (paper §4.1, Tables 2, 4).
+
+The metrics' modules import torch, diffusers and open_clip: each handler imports its own, sparing the CLI's start-up.
+"""
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from mrgen.cli.common import add_config_flags, add_settings_flags, load_config, settings_flags
+from mrgen.cli.common import (add_config_flags, add_settings_flags, input_errors, load_config, print_json,
+                              settings_flags)
+from mrgen.jobs.evaluate.config import EvaluateConfig
+from mrgen.jobs.evaluate.mask import evaluate_mask_dependence, evaluate_mask_following
+from mrgen.models.scorers import ScorerSettings, build_scorer
+from mrgen.platform.cluster import RayConfig, init_ray
+
 
 def evaluate_config(args: argparse.Namespace, metric: str):
     """``metric``'s mapping of the ``evaluate`` section: --config, --set, then the settings flags given."""
-    from mrgen.jobs.evaluate.config import EvaluateConfig
-
     flags = settings_flags(args, _metric_settings(metric), f"{metric}.")
     return getattr(load_config(EvaluateConfig, args, flags), metric)
 
@@ -22,8 +28,6 @@ def add_metric_flags(parser: argparse.ArgumentParser, metric: str) -> None:
 
 
 def _metric_settings(metric: str) -> type:
-    from mrgen.jobs.evaluate.config import EvaluateConfig
-
     return EvaluateConfig.model_fields[metric].annotation
 
 
@@ -42,16 +46,12 @@ def add_ae_parser(eval_subparsers) -> argparse.ArgumentParser:
 
 def run_ae(args: argparse.Namespace) -> int:
     from mrgen.jobs.evaluate.autoencoder import evaluate_autoencoder
-    from mrgen.platform.cluster import RayConfig, init_ray
 
     config = evaluate_config(args, "ae")
     init_ray(RayConfig(address=args.ray_address))
     filters = {k: v for k, v in {"dataset": args.dataset, "modality": args.modality}.items() if v}
-    try:
+    with input_errors(FileNotFoundError, ValueError):
         result = evaluate_autoencoder(args.model, args.db, config.split, config.batch_size, config.limit, **filters)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"mrgen eval ae: {exc}", file=sys.stderr)
-        return 2
     print(f"{'split':<8}{'slices':>8}{'PSNR (dB)':>12}{'SSIM':>10}{'MSE':>12}")
     print(f"{result['split']:<8}{result['slices']:>8}{result['psnr']:>12.2f}{result['ssim']:>10.4f}{result['mse']:>12.6f}")
     print(json.dumps(result))
@@ -79,20 +79,16 @@ def add_mask_parser(eval_subparsers) -> argparse.ArgumentParser:
 
 
 def run_mask(args: argparse.Namespace) -> int:
-    from mrgen.jobs.evaluate.mask import evaluate_mask_dependence, evaluate_mask_following
-    from mrgen.models.bundle import ModelBundle
+    from mrgen.models.bundle import ModelBundle, record_evaluation
 
     config = evaluate_config(args, "mask")
     filters = {"dataset": args.dataset} if args.dataset else {}
-    try:
+    with input_errors(FileNotFoundError, ValueError):
         bundle = ModelBundle.load(args.model)
         r = evaluate_mask_dependence(bundle, args.db, config.split, config.limit, seed=config.seed, **filters)
         f = evaluate_mask_following(bundle, args.db, args.sheet, config.split, config.following_slices,
                                     config.sheet_slices, sampling=config.sampling, scorer=_scorer(config),
                                     **filters) if args.sheet else None
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"mrgen eval mask: {exc}", file=sys.stderr)
-        return 2
     print(f"{'split':<8}{'slices':>8}{'own mask':>11}{'empty':>10}{'other':>10}{'UNet alone':>12}{'gain':>8}")
     print(f"{r['split']:<8}{r['slices']:>8}{r['mse_true']:>11.4f}{r['mse_empty']:>10.4f}{r['mse_shuffled']:>10.4f}"
           f"{r['mse_unet']:>12.4f}{r['gain']:>+8.3f}")
@@ -108,10 +104,7 @@ def run_mask(args: argparse.Namespace) -> int:
               f"{s['following_iou']:+.3f})")
     print(json.dumps({**r, "samples": f} if f else r))
     if args.record:
-        from mrgen.models.bundle import update_manifest
-
-        scores = {"mask_dependence": r, **({"mask_following": f} if f else {})}
-        update_manifest(args.model, evaluation={**bundle.manifest.get("evaluation", {}), config.split: scores})
+        record_evaluation(args.model, config.split, {"mask_dependence": r, **({"mask_following": f} if f else {})})
         print(f"recorded in {args.model}'s manifest (evaluation.{config.split})")
     return 0
 
@@ -119,13 +112,80 @@ def run_mask(args: argparse.Namespace) -> int:
 def _scorer(config):
     if config.scorer == "none":
         return None
-    from mrgen.models.scorers import ScorerSettings, build_scorer
-
     return build_scorer(config.scorer, ScorerSettings())
 
 
+def _image_sets(parser: argparse.ArgumentParser, example: str, run) -> argparse.ArgumentParser:
+    """The end of the `fid` and `clip` parsers: --real-* / --synthetic-* filters of the two sets, --config / --set,
+    and ``run``, whose stdout is JSON."""
+    for prefix in ("real", "synthetic"):
+        parser.add_argument(f"--{prefix}-split", default=None, help=f"only this split of --{prefix}")
+        parser.add_argument(f"--{prefix}-dataset", action="append", default=None,
+                            help=f"only these datasets of --{prefix}")
+        parser.add_argument(f"--{prefix}-modality", action="append", default=None,
+                            help=f"only these modalities of --{prefix}")
+    add_config_flags(parser, example=example, ray_address=False)
+    parser.set_defaults(func=run, json=True)
+    return parser
+
+
+def _side(args: argparse.Namespace, prefix: str) -> dict:
+    """The ``--PREFIX-*`` filters (:func:`_image_sets`) as a DB filter (None: not given)."""
+    datasets, modalities = getattr(args, f"{prefix}_dataset"), getattr(args, f"{prefix}_modality")
+    return {"split": getattr(args, f"{prefix}_split"), "dataset": list(datasets) if datasets else None,
+            "modality": list(modalities) if modalities else None}
+
+
+def _scores(args: argparse.Namespace, metric: str, compute) -> dict:
+    """``compute(settings, real filters, synthetic filters)`` with ``metric``'s settings; an input it cannot use
+    stops the command naming it."""
+    config = evaluate_config(args, metric)
+    with input_errors(FileNotFoundError, ValueError):
+        return compute(config, _side(args, "real"), _side(args, "synthetic"))
+
+
+def add_fid_parser(eval_subparsers) -> argparse.ArgumentParser:
+    parser = eval_subparsers.add_parser(
+        "fid", help="FID and KID (± its spread) between real and synthetic image features")
+    parser.add_argument("--real", required=True, help="MRGen-DB URI of real images")
+    parser.add_argument("--synthetic", required=True, help="MRGen-DB URI of generated images")
+    add_metric_flags(parser, "fid")  # --extractor, --limit
+    parser.add_argument("--weights", default=None, help="local torchvision state-dict file of the extractor "
+                                                        "(resnet18 without it: fixed random init)")
+    return _image_sets(parser, "fid.limit=500", run_fid)
+
+
+def run_fid(args: argparse.Namespace) -> int:
+    from mrgen.jobs.evaluate.fid import compute_fid
+
+    result = _scores(args, "fid", lambda config, real, synthetic: compute_fid(
+        args.real, args.synthetic, config.extractor, args.weights, real, synthetic, config.limit))
+    kid = "-" if result.get("kid") is None else f"{result['kid']:.4f} ± {result['kid_std']:.4f}"
+    print(f"FID {result['fid']:.2f}, KID {kid} ({result['n_real']} real and {result['n_synthetic']} synthetic images, "
+          f"the same count from each; {result['extractor']})")
+    print_json(result, indent=1)
+    return 0
+
+
+def add_clip_parser(eval_subparsers) -> argparse.ArgumentParser:
+    parser = eval_subparsers.add_parser("clip", help="CLIP-I / CLIP-T with a BiomedCLIP-compatible open_clip model")
+    parser.add_argument("--model", required=True, help="local open_clip folder (open_clip_config.json + weights)")
+    parser.add_argument("--synthetic", required=True, help="MRGen-DB URI of generated images")
+    parser.add_argument("--real", default=None, help="MRGen-DB URI of real images (CLIP-I)")
+    add_metric_flags(parser, "clip")  # --text, --limit
+    return _image_sets(parser, "clip.text=modality", run_clip)
+
+
+def run_clip(args: argparse.Namespace) -> int:
+    from mrgen.jobs.evaluate.clip_score import compute_clip_scores
+
+    print_json(_scores(args, "clip", lambda config, real, synthetic: compute_clip_scores(
+        args.model, args.synthetic, args.real, config.text, real, synthetic, config.limit)), indent=1)
+    return 0
+
+
 # name -> function adding that `mrgen eval` subcommand
-EVAL_COMMANDS = {"ae": add_ae_parser, "mask": add_mask_parser}
+EVAL_COMMANDS = {"ae": add_ae_parser, "mask": add_mask_parser, "fid": add_fid_parser, "clip": add_clip_parser}
 
 
 def register(subparsers) -> None:
@@ -134,10 +194,3 @@ def register(subparsers) -> None:
     eval_sub = parser.add_subparsers(dest="eval_command", metavar="METRIC", required=True)
     for add in EVAL_COMMANDS.values():
         add(eval_sub)
-    try:
-        from mrgen.cli.eval_gen import add_eval_parsers
-    except ModuleNotFoundError as exc:
-        if exc.name != "mrgen.cli.eval_gen":
-            raise
-    else:
-        add_eval_parsers(eval_sub)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from mrgen.cli.common import add_config_flags, add_settings_flags, load_config, print_json, settings_flags
+from mrgen.cli.common import add_config_flags, add_settings_flags, input_errors, load_config, print_json, settings_flags
+from mrgen.jobs.export.config import ExportConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,25 +18,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.add_argument("--real", help="MRGen-DB URI whose masked slices become imagesTs/labelsTs")
     n.add_argument("--real-dataset", action="append", default=None, help="only these datasets of --real (repeatable)")
     n.add_argument("--real-modality", action="append", default=None, help="only these modalities of --real")
-    from mrgen.jobs.export.config import ExportConfig
-
     add_settings_flags(n, ExportConfig)  # --split, --labels, --verify
     add_config_flags(n, example="labels=liver,spleen", ray_address=False)
     n.set_defaults(func=_nnunet, json=True)
 
 
 def _nnunet(args: argparse.Namespace) -> int:
-    from mrgen.jobs.export.config import ExportConfig
+    # each cli module is imported at the CLI's start-up: its handlers import the job modules they run
     from mrgen.jobs.export.nnunet import ExportError, export_nnunet
 
     config = load_config(ExportConfig, args, settings_flags(args, ExportConfig))
-    try:
+    with input_errors(ExportError, FileNotFoundError):
         summary = export_nnunet(args.out, args.dataset_id, args.name, synthetic=args.synthetic, real=args.real,
                                 real_split=config.split, real_datasets=args.real_dataset,
                                 real_modalities=args.real_modality, labels=config.labels)
-    except (ExportError, FileNotFoundError) as exc:
-        print(f"mrgen export nnunet: {exc}")
-        return 2
     if config.verify:
         from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 

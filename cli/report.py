@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import argparse
 
+from mrgen.cli.common import EXIT_CONFIG, CliError, print_json
+
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from mrgen.cli.common import print_json
+    # each cli module is imported at the CLI's start-up: its handlers import the job modules they run
     from mrgen.jobs.experiment.seeds import summarise_runs, summary_markdown, write_summary
 
     try:
         summary = summarise_runs(args.runs)
     except (FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"mrgen report: {exc}") from None
+        raise CliError(str(exc), EXIT_CONFIG) from None
     if args.out:
         md, js = write_summary(summary, args.out)
         print(f"wrote {md} and {js}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mrgen.cli.common import json_object, run_job
+from mrgen.cli.common import add_settings_flags, json_object, run_job, settings_flags
+from mrgen.models.sampling import SamplingSettings
 
 
 def register(subparsers) -> None:
@@ -24,14 +25,10 @@ def register(subparsers) -> None:
                    help="modality_attributes.json (label → attribute text, the release's format)")
     p.add_argument("--organ-weights", default=None, metavar="JSON",
                    help='official release bundles: organ name → w, condition 2·w − 1, e.g. \'{"liver": 0.3}\'')
-    # defaults: SampleConfig's (sampling: the release's DDIM 50, guidance 7.0)
     p.add_argument("--n", type=int, help="number of candidates (default 1)")
     p.add_argument("--seed", type=int, help="candidate i gets seed SEED + i (default 0)")
-    p.add_argument("--steps", type=int, help="sampling steps (the release: 50)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance (the release: 7.0)")
-    p.add_argument("--conditioning-scale", type=float,
-                   help="weight of the mask controller's residuals (default 1.0; >1: stricter mask shapes)")
-    p.add_argument("--sampler", choices=["ddim", "dpm", "unipc"], help="DDIM (the release's), DPM-Solver++ or UniPC")
+    add_settings_flags(p.add_argument_group("sampling", "default: the release's DDIM 50, guidance 7"),
+                       SamplingSettings)
     p.add_argument("--device", help="torch device (cpu, cuda; default cpu)")
     p.set_defaults(func=handle)
 
@@ -41,11 +38,12 @@ def handle(args: argparse.Namespace) -> int:
     from mrgen.platform.config import ConfigError
 
     fields = {k: getattr(args, k) for k in ("model", "mask", "modality", "out", "region", "prompt", "attributes", "n",
-                                            "seed", "steps", "guidance", "conditioning_scale", "sampler",
-                                            "device")
+                                            "seed", "device")
               if getattr(args, k) is not None}
+    sampling = {k: v for k, v in settings_flags(args, SamplingSettings).items() if v is not None}
     try:
-        config = SampleConfig.load_dict({**fields, "organ_map": json_object(args.organ_map, "--organ-map"),
+        config = SampleConfig.load_dict({**fields, "sampling": sampling,
+                                         "organ_map": json_object(args.organ_map, "--organ-map"),
                                          "organ_weights": json_object(args.organ_weights, "--organ-weights")},
                                         source="mrgen sample flags")
     except ConfigError as exc:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from mrgen.cli.common import add_config_flags, add_console_flags, command_console, load_config, print_json
+from mrgen.cli.common import (EXIT_CONFIG, CliError, add_config_flags, add_console_flags, command_console,
+                              input_errors, load_config, print_json)
+from mrgen.datasets.store import NotADatabaseError
+from mrgen.platform.config import ConfigError
 
 _TRAIN_EPILOG = """\
 --dataset / --modality / --split select slices in every --train DB (a slice must match each given flag;
@@ -59,30 +61,26 @@ def register(subparsers) -> None:
 
 
 def _config(args: argparse.Namespace, flags: dict):
+    # each cli module is imported at the CLI's start-up: its handlers import the job modules they run
     from mrgen.jobs.segment.config import SegmentConfig, parse_budget
-    from mrgen.platform.config import ConfigError
 
     try:
         flags = {**flags, **parse_budget(getattr(args, "budget", None))}
     except ConfigError as exc:
-        raise SystemExit(f"mrgen segment: {exc}") from None
+        raise CliError(str(exc), EXIT_CONFIG) from None
     return load_config(SegmentConfig, args, flags)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mrgen.datasets.store import NotADatabaseError
     from mrgen.jobs.segment.train import SegmentInputError, TrainSource, train_segmenter
 
     config = _config(args, {"num_gpus": args.gpus})
     split = None if args.split == "any" else args.split
     sources = [TrainSource(uri, tuple(args.dataset) if args.dataset else None,
                            tuple(args.modality) if args.modality else None, split) for uri in args.train_uris]
-    try:
-        with command_console(args, "segment train"):
-            manifest = train_segmenter(config, sources, args.out, ray_address=args.ray_address)
-    except (SegmentInputError, NotADatabaseError, FileNotFoundError) as exc:
-        print(f"mrgen segment train: {exc}", file=sys.stderr)
-        return 2
+    with (input_errors(SegmentInputError, NotADatabaseError, FileNotFoundError),
+          command_console(args, "segment train")):
+        manifest = train_segmenter(config, sources, args.out, ray_address=args.ray_address)
     if args.json:
         print_json({"model": args.out, "training_cases": manifest["training_cases"], "labels": manifest["labels"],
                     "final": manifest["final"], "timings": manifest["timings"]}, indent=1)
@@ -97,21 +95,17 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from mrgen.datasets.store import NotADatabaseError
     from mrgen.jobs.evaluate.segmenter import evaluate_segmenter
     from mrgen.jobs.segment.train import SegmentInputError
 
     config = _config(args, {"mirroring": args.mirroring})
     if args.limit is not None and (not args.pooled or args.limit < 1):
-        raise SystemExit("mrgen segment eval: --limit needs --pooled and N >= 1")
-    try:
-        with command_console(args, "segment eval"):
-            report = evaluate_segmenter(config, args.model, args.test, out_uri=args.out, ray_address=args.ray_address,
-                                        split=args.split, datasets=args.dataset, modalities=args.modality,
-                                        predictions_uri=args.predictions, pooled=args.pooled, limit=args.limit)
-    except (SegmentInputError, NotADatabaseError, FileNotFoundError, ValueError) as exc:
-        print(f"mrgen segment eval: {exc}", file=sys.stderr)
-        return 2
+        raise CliError("--limit needs --pooled and N >= 1", EXIT_CONFIG)
+    with (input_errors(SegmentInputError, NotADatabaseError, FileNotFoundError, ValueError),
+          command_console(args, "segment eval")):
+        report = evaluate_segmenter(config, args.model, args.test, out_uri=args.out, ray_address=args.ray_address,
+                                    split=args.split, datasets=args.dataset, modalities=args.modality,
+                                    predictions_uri=args.predictions, pooled=args.pooled, limit=args.limit)
     if args.json:
         print_json({k: v for k, v in report.items() if k != "table"}, indent=1)
     else:

@@ -1,6 +1,6 @@
-"""`mrgen serve --model URI [--config FILE] [--host --port] [--filter KIND --thresholds FILE]`: run the generation
-service until Ctrl-C. The console shows the URL, the model and the filter; Ray's and the replicas' output goes to a
-log (`--verbose`: live).
+"""`mrgen serve --model URI [--config FILE] [--host --port] [--steps N ...] [--filter KIND --thresholds FILE]`: run the
+generation service until Ctrl-C. The console shows the URL, the model and the filter; Ray's and the replicas' output
+goes to a log (`--verbose`: live).
 
 `--print-config` writes the equivalent Ray Serve config file (for `serve deploy` / `serve run`) instead.
 """
@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mrgen.cli.common import (add_config_flags, add_console_flags, attribute_table, command_console, json_object,
-                              load_config)
+from mrgen.cli.common import (add_config_flags, add_console_flags, add_settings_flags, attribute_table,
+                              command_console, json_object, load_config, settings_flags)
+from mrgen.cli.filter import add_filter_flags, filter_flags
+from mrgen.models.sampling import SamplingSettings
+from mrgen.serving.config import ServeConfig, ServeFilterSettings
 
 
 def register(subparsers) -> None:
@@ -29,26 +32,22 @@ def register(subparsers) -> None:
     parser.add_argument("--organ-weights", default=None, metavar="JSON",
                         help='official release bundles: organ name → w of the condition 2·w − 1, e.g. '
                              '\'{"liver": 0.3}\'')
-    parser.add_argument("--filter", default=None, choices=["auto", "medsam", "sam2", "none"],
-                        help="filter of requests with keep (default auto: the scorer of --thresholds, else the "
-                             "bundle's own calibration, which the embedded bundle ships, else none)")
-    parser.add_argument("--thresholds", default=None, metavar="FILE",
-                        help="thresholds from `mrgen filter calibrate` (serve.filter.thresholds_file)")
+    add_settings_flags(parser.add_argument_group("sampling", "how a request that does not say is sampled: the "
+                                                 "config's sampling section"), SamplingSettings)
+    add_filter_flags(parser, ServeFilterSettings)
     parser.add_argument("--token-env", default=None, metavar="VAR",
                         help="require 'Authorization: Bearer $VAR' on /v1 routes")
     parser.add_argument("--print-config", nargs="?", const="-", default=None, metavar="FILE",
                         help="write the Ray Serve config YAML (to FILE, or stdout) and exit")
-    add_config_flags(parser, example="default_steps=20")
+    add_config_flags(parser, example="sampling.steps=20")
     add_console_flags(parser)
     parser.set_defaults(func=handle)
 
 
 def serve_config(args: argparse.Namespace):
     """The `ServeConfig` of these flags: --config and --set, then the explicit flags."""
-    from mrgen.serving.config import ServeConfig
-
     flags = {"model": args.model, "host": args.host, "port": args.port, "auth_token_env": args.token_env,
-             "filter.kind": args.filter, "filter.thresholds_file": args.thresholds,
+             **settings_flags(args, SamplingSettings, "sampling."), **filter_flags(args, ServeFilterSettings),
              "modality_attributes": attribute_table(args.attributes),
              "organ_weights": json_object(args.organ_weights, "--organ-weights") or None}
     return load_config(ServeConfig, args, flags)

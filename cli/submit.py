@@ -6,6 +6,7 @@ import shlex
 import sys
 import time
 
+from mrgen.cli.common import EXIT_CONFIG, CliError
 from mrgen.platform.cluster import runtime_env_vars
 
 
@@ -26,12 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def build_entrypoint(words: list[str]) -> str:
     words = words[1:] if words and words[0] == "--" else words
     if not words or words[0] != "mrgen":
-        raise SystemExit("mrgen submit: the entrypoint must be an mrgen command, e.g. `-- mrgen train all ...`")
+        raise CliError("the entrypoint must be an mrgen command, e.g. `-- mrgen train all ...`", EXIT_CONFIG)
     return shlex.join(words)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobStatus, JobSubmissionClient  # Ray: not at the CLI's start-up
 
     entrypoint = build_entrypoint(args.entrypoint)
     runtime_env: dict = {"env_vars": runtime_env_vars()}

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from mrgen.cli.common import add_config_flags, add_console_flags, command_console, load_config, print_json
+from mrgen.cli.common import (CliError, add_config_flags, add_console_flags, command_console, input_errors,
+                              load_config, print_json)
 
 _EPILOG = """\
 Output under OUT: OUT/<stage>/ (checkpoints, samples/*.png, metrics.prom, history.json), OUT/<stage>/bundle
@@ -34,8 +34,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # each cli module is imported at the CLI's start-up: its handlers import the job modules they run
     from mrgen.jobs.train.config import STAGES, TrainConfig
-    from mrgen.jobs.train.run import run_all, run_training
 
     stages = STAGES if args.stage == "all" else (args.stage,)
     flags = {"num_workers": args.workers, "gpus_per_worker": args.gpus_per_worker}
@@ -43,18 +43,15 @@ def run(args: argparse.Namespace) -> int:
         flags.update({f"{s}.max_steps": args.steps for s in stages})
     config = load_config(TrainConfig, args, flags)
     if args.init and args.stage in ("vae", "all"):
-        print(f"mrgen train: --init applies to the unet and controlnet stages, not {args.stage!r}", file=sys.stderr)
-        return 2
-    try:
-        with command_console(args, "train"):
-            if args.stage == "all":
-                results = run_all(config, args.db, args.out, resume=args.resume, ray_address=args.ray_address)
-            else:
-                results = [run_training(config, args.db, args.out, args.stage, resume=args.resume, init=args.init,
-                                        ray_address=args.ray_address)]
-    except (FileExistsError, FileNotFoundError, ValueError) as exc:
-        print(f"mrgen train: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(f"--init applies to the unet and controlnet stages, not {args.stage!r}")
+    from mrgen.jobs.train.run import run_all, run_training
+
+    with input_errors(FileExistsError, FileNotFoundError, ValueError), command_console(args, "train"):
+        if args.stage == "all":
+            results = run_all(config, args.db, args.out, resume=args.resume, ray_address=args.ray_address)
+        else:
+            results = [run_training(config, args.db, args.out, args.stage, resume=args.resume, init=args.init,
+                                    ray_address=args.ray_address)]
     summary = [{"stage": r.stage, "steps": r.steps, "bundle": r.bundle_uri, "seconds": round(r.seconds, 1),
                 "final_loss": r.history[-1]["loss"] if r.history else None, "restarts": r.restarts}
                for r in results]

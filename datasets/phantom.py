@@ -15,6 +15,10 @@ annotated collections (clip to ``clip_percentiles`` of the volume, then [0, 1]; 
 training volumes too so that its train and test intensities match); the pool stands for Radiopaedia-like
 data (min-max to [0, 1]).
 
+At volume (the ``million`` preset: 10⁶ slices) each body is rendered once and written ``rescans`` times, each a
+fresh acquisition of it (its own bias field and noise, volume id ``<id>-r<k>``): distinct volumes for the price of
+the noise, not of the anatomy. Shards close at ``shard_rows`` rows or ``shard_bytes`` bytes of pixels.
+
 Volumes are rendered and written shard by shard: as Ray tasks in parallel when Ray is initialised, otherwise
 in this process. The result depends only on the config (a shard's content is a function of its volumes'
 seeds). Rebuilding into a DB that already holds the same phantom config is a no-op; a different config is
@@ -22,6 +26,7 @@ written as the next version and published by replacing ``index.json``.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import re
@@ -34,10 +39,10 @@ from pydantic import Field, field_validator, model_validator
 
 from mrgen.datasets.modality import MODALITY_TABLE_VERSION, UnknownModalityError, attributes_for
 from mrgen.datasets.phantom_anatomy import ORGAN_IDS, rasterise, region_of, sample_anatomy
-from mrgen.datasets.phantom_mr import render, sequence_for, tissue_maps
+from mrgen.datasets.phantom_mr import acquire, sequence_for, signal, tissue_maps
 from mrgen.datasets.prompt import PROMPT_TEMPLATE_VERSION, build_prompt
 from mrgen.datasets.schema import encode_image, encode_mask, encode_organ_map, slice_id
-from mrgen.datasets.store import DBIndex, ShardInfo, ShardWriter, try_load_index, volume_key
+from mrgen.datasets.store import DBIndex, ShardInfo, ShardWriter, shard_groups, try_load_index, volume_key
 from mrgen.platform import storage
 from mrgen.platform.config import ConfigBase, preset
 from mrgen.platform.progress import Progress
@@ -76,6 +81,13 @@ class PhantomConfig(ConfigBase):
     clip_percentiles: tuple[float, float] = Field((0.5, 99.5), description="intensity clip of annotated datasets (C.1)")
     shard_rows: int = Field(512, ge=1, description="target rows per shard (shards hold whole volumes of one "
                                                    "dataset/split/modality)")
+    shard_bytes: int | None = Field(None, ge=1, description="target bytes of pixels (image + mask, uncompressed) per "
+                                                            "shard; a shard closes at whichever of shard_rows and "
+                                                            "shard_bytes it reaches first (None: rows only)")
+    rescans: int = Field(1, ge=1, le=1000, description="each volume written this many times, each a fresh acquisition "
+                                                       "of the same body (own bias field and noise, volume id "
+                                                       "'<id>-r<k>', the body's split): 10^6 slices without rendering "
+                                                       "10^6 slices of anatomy")
     target_train_masks: bool = Field(False, description="also annotate phantom-tgt's training volumes: the training "
                                                         "data of an oracle segmenter, which bounds what any method "
                                                         "reaches (no MRGen step may see them)")
@@ -152,6 +164,13 @@ def _paper() -> dict:
             "pool_test_volumes": 1, "shard_rows": 256}
 
 
+@preset(PhantomConfig, "million")
+def _million() -> dict:
+    """The default's 840 volumes (20,160 slices) in 50 acquisitions each: 1,008,000 slices at 64² (about 15 GB),
+    in shards of 64 MiB of pixels (~3,300 slices)."""
+    return {**_default(), "rescans": 50, "shard_rows": 8192, "shard_bytes": 64 * 2**20}
+
+
 @dataclass(frozen=True)
 class VolumeSpec:
     dataset: str
@@ -161,6 +180,7 @@ class VolumeSpec:
     split: str
     with_mask: bool
     clip: bool
+    rescan: int = 0  # which acquisition of the body (0: the volume as a DB without rescans holds it)
 
 
 def plan_volumes(config: PhantomConfig) -> list[VolumeSpec]:
@@ -177,7 +197,10 @@ def plan_volumes(config: PhantomConfig) -> list[VolumeSpec]:
             split = "test" if i >= n - config.pool_test_volumes else "train"
             specs.append(VolumeSpec(POOL_DATASET, f"vol{i:03d}-{_slug(modality)}", i, modality, split,
                                     modality in config.pool_masks, False))
-    return specs
+    if config.rescans == 1:
+        return specs
+    return [dataclasses.replace(s, volume_id=f"{s.volume_id}-r{k:03d}", rescan=k) if k else s
+            for s in specs for k in range(config.rescans)]
 
 
 def _slug(label: str) -> str:
@@ -205,6 +228,11 @@ def _cached_body(seed: int, resolution: int, slices: int, code: int, body: int):
     return _body(seed, resolution, slices, code, body)
 
 
+@functools.lru_cache(maxsize=16)
+def _cached_signal(seed: int, resolution: int, slices: int, code: int, body: int, modality: str) -> np.ndarray:
+    return signal(_cached_body(seed, resolution, slices, code, body)[2], sequence_for(modality))
+
+
 def _body(seed: int, resolution: int, slices: int, code: int, body: int):
     """Organ labels, slice heights and tissue parameter maps of one sampled body."""
     anatomy_rng = np.random.default_rng(np.random.SeedSequence([seed, code, body]))
@@ -217,48 +245,57 @@ def _body(seed: int, resolution: int, slices: int, code: int, body: int):
 def render_volume(config: PhantomConfig, spec: VolumeSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, bytes]:
     """Preprocessed image float32 [Z,H,W], organ labels uint8 [Z,H,W], slice heights [Z], raw volume bytes."""
     code = _DATASET_CODES[spec.dataset]
-    # Pool bodies are rendered once per modality: small ones are kept in memory between modalities.
-    small = config.resolution ** 2 * config.slices_per_volume <= 96 * 96 * 32
-    labels, zeta, maps = (_cached_body if small else _body)(config.seed, config.resolution, config.slices_per_volume,
-                                                            code, spec.body)
-    raw = render(maps, spec.modality, _rng(config, code, spec.body, spec.modality), config.noise, config.bias)
+    shape = (config.seed, config.resolution, config.slices_per_volume, code, spec.body)
+    # Small bodies and their noise-free signal are kept in memory between pool modalities and rescans.
+    if config.resolution ** 2 * config.slices_per_volume <= 96 * 96 * 32:
+        labels, zeta, _ = _cached_body(*shape)
+        clean = _cached_signal(*shape, spec.modality)
+    else:
+        labels, zeta, maps = _body(*shape)
+        clean = signal(maps, sequence_for(spec.modality))
+    key = (code, spec.body, spec.modality) + ((spec.rescan,) if spec.rescan else ())
+    raw = acquire(clean, _rng(config, *key), config.noise, config.bias)
     image = preprocess(raw, spec.clip, config.clip_percentiles)
     return image, labels, zeta, raw.tobytes()
 
 
 def volume_table(config: PhantomConfig, spec: VolumeSpec) -> pa.Table:
     image, labels, zeta, raw = render_volume(config, spec)
+    n = image.shape[0]
     attributes = attributes_for(spec.modality)
-    spacing = [config.fov_mm / config.resolution] * 2
-    source_file = f"phantom://{spec.dataset}/{spec.volume_id}"
-    sha = hashlib.sha256(raw).hexdigest()
-    organ_map = encode_organ_map(ORGAN_IDS)
-    cols: dict[str, list[Any]] = {k: [] for k in (
-        "slice_id", "dataset", "volume_id", "slice_index", "split", "modality", "modality_attributes", "region",
-        "organs", "prompt", "height", "width", "image", "has_mask", "mask", "organ_map", "pixel_spacing",
-        "source_file", "source_sha256")}
-    for k in range(image.shape[0]):
-        region = region_of(float(zeta[k]))
-        present = [ORGAN_IDS[i] for i in sorted(ORGAN_IDS) if (labels[k] == i).any()] if spec.with_mask else []
-        row = {"slice_id": slice_id(spec.dataset, spec.volume_id, k), "dataset": spec.dataset,
-               "volume_id": spec.volume_id, "slice_index": k, "split": spec.split, "modality": spec.modality,
-               "modality_attributes": attributes, "region": region, "organs": present,
-               "prompt": build_prompt(spec.modality, attributes, region, present),
-               "height": config.resolution, "width": config.resolution, "image": encode_image(image[k]),
-               "has_mask": spec.with_mask, "mask": encode_mask(labels[k]) if spec.with_mask else None,
-               "organ_map": organ_map, "pixel_spacing": spacing, "source_file": source_file, "source_sha256": sha}
-        for key, value in row.items():
-            cols[key].append(value)
-    return pa.table(cols)
+    regions = [region_of(float(z)) for z in zeta]
+    if spec.with_mask:
+        present = {i: (labels == i).any(axis=(1, 2)) for i in sorted(ORGAN_IDS)}
+        organs = [[ORGAN_IDS[i] for i in present if present[i][k]] for k in range(n)]
+    else:
+        organs = [[] for _ in range(n)]
+
+    def same(value: Any) -> list[Any]:
+        return [value] * n
+
+    return pa.table({
+        "slice_id": [slice_id(spec.dataset, spec.volume_id, k) for k in range(n)], "dataset": same(spec.dataset),
+        "volume_id": same(spec.volume_id), "slice_index": list(range(n)), "split": same(spec.split),
+        "modality": same(spec.modality), "modality_attributes": same(attributes), "region": regions,
+        "organs": organs, "prompt": [build_prompt(spec.modality, attributes, r, o) for r, o in zip(regions, organs)],
+        "height": same(config.resolution), "width": same(config.resolution),
+        "image": [encode_image(i) for i in image], "has_mask": same(spec.with_mask),
+        "mask": [encode_mask(m) for m in labels] if spec.with_mask else same(None),
+        "organ_map": same(encode_organ_map(ORGAN_IDS)), "pixel_spacing": same([config.fov_mm / config.resolution] * 2),
+        "source_file": same(f"phantom://{spec.dataset}/{spec.volume_id}"),
+        "source_sha256": same(hashlib.sha256(raw).hexdigest())})
 
 
 def shard_plan(config: PhantomConfig) -> list[list[VolumeSpec]]:
-    """Volumes grouped by (dataset, split, modality, has_mask), chunked to about ``shard_rows`` rows."""
-    per_shard = max(1, config.shard_rows // config.slices_per_volume)
+    """Volumes grouped by (dataset, split, modality, has_mask), chunked to ``shard_rows`` rows and ``shard_bytes``
+    bytes of pixels (a body's rescans stay together: a task renders its anatomy once)."""
     groups: dict[tuple, list[VolumeSpec]] = {}
     for spec in plan_volumes(config):
         groups.setdefault((spec.dataset, spec.split, spec.modality, spec.with_mask), []).append(spec)
-    return [g[i:i + per_shard] for g in groups.values() for i in range(0, len(g), per_shard)]
+    pixels = config.resolution ** 2 * config.slices_per_volume
+    return [[g[i] for i in chunk] for g in groups.values()
+            for chunk in shard_groups([(config.slices_per_volume, pixels * (5 if s.with_mask else 4)) for s in g],
+                                      config.shard_rows, config.shard_bytes)]
 
 
 def write_shard(uri: str, version: int, config: PhantomConfig, specs: list[VolumeSpec]) -> ShardInfo:
@@ -266,10 +303,14 @@ def write_shard(uri: str, version: int, config: PhantomConfig, specs: list[Volum
     return ShardWriter(uri, version).write(table, [volume_key(s.dataset, s.volume_id) for s in specs])
 
 
+_ADDED_FIELDS = {"pool_masks": [], "shard_bytes": None, "rescans": 1}
+
+
 def phantom_meta(config: PhantomConfig) -> dict[str, Any]:
     """The index ``meta`` a phantom DB of ``config`` carries (its ``store.meta_digest`` names the DB's content)."""
-    # a DB without pool masks keeps the digest it had before the field existed (the embedded bundle records it)
-    fields = config.model_dump(mode="json", exclude={"pool_masks"} if not config.pool_masks else None)
+    # fields at the default they had when added are left out: older DBs keep their digest (the embedded bundle
+    # records it)
+    fields = config.model_dump(mode="json", exclude={k for k, v in _ADDED_FIELDS.items() if getattr(config, k) == v})
     return {"generator": "phantom", "phantom": fields,
             "source_modality": config.source_modality,
             "target_modality": config.target_modality, "source_dataset": SOURCE_DATASET,

@@ -16,7 +16,7 @@ import hashlib
 import io
 import json
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,9 +40,11 @@ class ShardInfo:
     rows: int
     volumes: list[str]
     values: dict[str, dict[str, int]]  # column -> value (as string) -> row count
+    bytes: int | None = None  # size of the file (None in indexes written before it was recorded)
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "rows": self.rows, "volumes": self.volumes, "values": self.values}
+        return {"file": self.file, "rows": self.rows, "bytes": self.bytes, "volumes": self.volumes,
+                "values": self.values}
 
 
 @dataclass
@@ -63,9 +65,15 @@ class DBIndex:
                 totals.setdefault(column, collections.Counter()).update(values)
         return {c: dict(sorted(v.items())) for c, v in totals.items()}
 
+    @property
+    def bytes(self) -> int | None:
+        sizes = [s.bytes for s in self.shards]
+        return None if None in sizes else sum(sizes)
+
     def summary(self) -> str:
-        """The counts as text: total, version, then one block per indexed column."""
-        lines = [f"MRGen-DB version {self.version}: {self.rows} slices in {len(self.shards)} shards"]
+        """The counts as text: total, version, size, then one block per indexed column."""
+        size = f", {self.bytes / 2**30:.2f} GiB" if self.bytes is not None and self.shards else ""
+        lines = [f"MRGen-DB version {self.version}: {self.rows} slices in {len(self.shards)} shards{size}"]
         for column, values in self.counts().items():
             lines.append(f"  {column}:")
             width = max((len(v) for v in values), default=0)
@@ -130,10 +138,12 @@ class ShardWriter:
         self.shards: list[ShardInfo] = list(keep)
         self.meta = meta or {}
 
-    def write(self, table: pa.Table, volumes: list[str]) -> ShardInfo:
+    def write(self, table: pa.Table, volumes: list[str], key: str | None = None) -> ShardInfo:
+        """``key`` names the shard (default: a hash of its volumes; a writer whose shards share volumes names
+        them)."""
         table = table.select(list(self.schema.names)).cast(self.schema)
         validate_slice_table(table, where=f"shard of {volumes[:3]}")
-        key = hashlib.sha1("\n".join(volumes).encode()).hexdigest()[:16]
+        key = key or hashlib.sha1("\n".join(volumes).encode()).hexdigest()[:16]
         rel = f"v{self.version}/part-{key}.parquet"
         meta = dict(table.schema.metadata or {})
         meta[b"mrgen.volumes"] = json.dumps(volumes).encode()
@@ -141,7 +151,8 @@ class ShardWriter:
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd", row_group_size=256)
         storage.write_bytes(storage.join(self.uri, rel), buf.getvalue())
-        info = ShardInfo(file=rel, rows=table.num_rows, volumes=volumes, values=shard_stats(table))
+        info = ShardInfo(file=rel, rows=table.num_rows, volumes=volumes, values=shard_stats(table),
+                         bytes=buf.getbuffer().nbytes)
         self.shards = [s for s in self.shards if s.file != rel] + [info]
         return info
 
@@ -150,6 +161,20 @@ class ShardWriter:
                         extra_columns=[c.name for c in self.extra], meta=self.meta)
         write_index(self.uri, index)
         return index
+
+
+def shard_groups(sizes: Sequence[tuple[int, int]], max_rows: int, max_bytes: int | None = None) -> list[range]:
+    """Consecutive items of (rows, bytes) grouped into shards of at most ``max_rows`` rows and ``max_bytes`` bytes;
+    an item over a target is a shard of its own (shards hold whole volumes)."""
+    groups, start, rows, size = [], 0, 0, 0
+    for i, (n, b) in enumerate(sizes):
+        if i > start and (rows + n > max_rows or (max_bytes is not None and size + b > max_bytes)):
+            groups.append(range(start, i))
+            start, rows, size = i, 0, 0
+        rows, size = rows + n, size + b
+    if start < len(sizes):
+        groups.append(range(start, len(sizes)))
+    return groups
 
 
 def existing_shards(uri: str, version: int = 1) -> list[ShardInfo]:
@@ -165,20 +190,26 @@ def existing_shards(uri: str, version: int = 1) -> list[ShardInfo]:
             volumes = json.loads((pf.schema_arrow.metadata or {}).get(b"mrgen.volumes", b"[]"))
             table = pf.read(columns=list(INDEX_COLUMNS))
         shards.append(ShardInfo(file=f"v{version}/{name}", rows=table.num_rows, volumes=volumes,
-                                values=shard_stats(table)))
+                                values=shard_stats(table), bytes=fs.size(path)))
     return shards
 
 
 # ---------------------------------------------------------------- reading
 
+def _allowed(wanted: Any) -> set[str]:
+    return {_value_key(v) for v in (wanted if isinstance(wanted, (list, tuple, set)) else [wanted])}
+
+
 def _matches(shard: ShardInfo, filters: dict[str, Any]) -> bool:
-    for column, wanted in filters.items():
-        if column not in shard.values:
-            continue
-        allowed = {_value_key(v) for v in (wanted if isinstance(wanted, (list, tuple, set)) else [wanted])}
-        if not allowed & set(shard.values[column]):
-            return False
-    return True
+    return all(column not in shard.values or _allowed(wanted) & set(shard.values[column])
+               for column, wanted in filters.items())
+
+
+def row_filters(shards: list[ShardInfo], **filters: Any) -> dict[str, Any]:
+    """Of ``filters``, those the rows of ``shards`` still need: a column whose values in each of these shards (by the
+    index) are all wanted is left out, so that reading shards that match whole filters no row."""
+    return {column: wanted for column, wanted in filters.items() if wanted is not None and any(
+        column not in s.values or set(s.values[column]) - _allowed(wanted) for s in shards)}
 
 
 # filterable row by row but not by the index (the index keeps no slice ids): a chosen set of slices
@@ -220,11 +251,17 @@ def shard_uris(uri: str, shards: list[ShardInfo]) -> list[str]:
     return [storage.join(uri, *s.file.split("/")) for s in shards]
 
 
+def shard_paths(uri: str, shards: list[ShardInfo]):
+    """(pyarrow filesystem, paths on it) of ``shards``: what ``ray.data.read_parquet`` and ``pyarrow.dataset`` take."""
+    fs, _ = storage.arrow_filesystem(uri)
+    return fs, [storage.arrow_filesystem(u)[1] for u in shard_uris(uri, shards)]
+
+
 def read_table(uri: str, columns: list[str] | None = None, **filters: Any) -> pa.Table:
     """The matching rows as one in-memory pyarrow table (small DBs, tools and tests; jobs use :func:`read_slices`)."""
     index = load_index(uri)
     shards = select_shards(index, **filters)
-    expr = row_filter_expression(**filters)
+    expr = row_filter_expression(**row_filters(shards, **filters))
     tables = []
     for shard_uri in shard_uris(uri, shards):
         fs, path = storage.arrow_filesystem(shard_uri)
@@ -284,7 +321,8 @@ def read_slices(uri: str, columns: list[str] | None = None, override_num_blocks:
                 ray_remote_args: dict[str, Any] | None = None, **filters: Any):
     """A lazy Ray Dataset of the matching slices (``image``/``mask`` still bytes: see ``schema.decode_batch``).
 
-    Shards are pruned with the index before anything is read; rows inside them are filtered by Ray Data.
+    Shards are pruned with the index before anything is read; rows inside them are filtered by Ray Data where the
+    index says that a shard also holds others.
     """
     import ray.data
 
@@ -292,8 +330,7 @@ def read_slices(uri: str, columns: list[str] | None = None, override_num_blocks:
     shards = select_shards(index, **filters)
     if not shards:
         raise ValueError(f"{uri}: no shard matches {filters}; the DB holds {index.counts()}")
-    fs, _ = storage.arrow_filesystem(uri)
-    paths = [storage.arrow_filesystem(u)[1] for u in shard_uris(uri, shards)]
+    fs, paths = shard_paths(uri, shards)
     kwargs: dict[str, Any] = {"filesystem": fs}
     if override_num_blocks:
         kwargs["override_num_blocks"] = override_num_blocks
@@ -301,7 +338,7 @@ def read_slices(uri: str, columns: list[str] | None = None, override_num_blocks:
         kwargs["ray_remote_args"] = ray_remote_args
     # Ray Data 2.60 refuses read_parquet(filter=..., columns=...): filter, then project, on the dataset.
     ds = ray.data.read_parquet(paths, **kwargs)
-    expr = ray_filter_expression(**filters)
+    expr = ray_filter_expression(**row_filters(shards, **filters))
     if expr is not None:
         ds = ds.filter(expr=expr)
     return ds.select_columns(columns) if columns is not None else ds

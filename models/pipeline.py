@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +25,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from mrgen.models.autoencoder import decode_latents
 from mrgen.models.bundle import ModelBundle
 from mrgen.models.condition import MaskCondition
-from mrgen.models.sampling import (FULL_INTERVAL, PAPER_SAMPLING, SAMPLERS, check_guidance_interval, early_stop_step,
-                                   guided_step)
+from mrgen.models.sampling import PAPER_SAMPLING, SamplingSettings, early_stop_step
 from mrgen.models.scheduler import build_scheduler
 
 
@@ -55,43 +55,36 @@ class MRGenPipeline:
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[str], masks: np.ndarray | torch.Tensor | None, num_candidates: int = 1,
-                 steps: int = PAPER_SAMPLING.steps, guidance: float = PAPER_SAMPLING.guidance,
-                 sampler: str = PAPER_SAMPLING.sampler, seeds: Sequence[int] | None = None,
-                 batch_size: int | None = None, organ_maps=None,
-                 conditioning_scale: float = PAPER_SAMPLING.conditioning_scale,
-                 guidance_interval: tuple[float, float] = PAPER_SAMPLING.guidance_interval) -> np.ndarray:
+                 sampling: SamplingSettings = PAPER_SAMPLING, *, seeds: Sequence[int] | None = None,
+                 batch_size: int | None = None, organ_maps=None, **changes: Any) -> np.ndarray:
         """Images ``[len(prompts) * num_candidates, H, W]`` float32 in [0, 1], mask-major order.
+
+        ``sampling``: sampler, steps, guidance (and the steps it applies to) and the controller's weight (default the
+        paper's); ``changes``: fields of :class:`SamplingSettings` that replace its own (``steps=4``).
 
         ``masks``: uint8 organ ids ``[B, H, W]`` (one per prompt) or ``None`` for text-only generation;
         ``organ_maps``: id → organ name, one per mask or one for all (needed by bundles that condition on organ
         names: ``MaskCondition``; an organ outside their vocabulary raises ``UnknownOrganError``).
         ``seeds``: one per output image (default ``0, 1, ...``). ``batch_size``: images per sampling batch
         (default all); it changes speed and memory, not the images (equal up to float rounding, bitwise for
-        equal batching). ``conditioning_scale``: weight of the mask controller's residuals.
-        ``guidance_interval``: ``(lo, hi)``: classifier-free guidance only at steps ``i`` with ``lo <= i / steps <
-        hi``, the conditional pass alone elsewhere (the default, every step, is the paper's sampling).
-        :meth:`sample` takes the same arguments and also says what the call spent.
+        equal batching). :meth:`sample` takes the same arguments and also says what the call spent.
         """
-        return self.sample(prompts, masks, num_candidates, steps=steps, guidance=guidance, sampler=sampler,
-                           seeds=seeds, batch_size=batch_size, organ_maps=organ_maps,
-                           conditioning_scale=conditioning_scale, guidance_interval=guidance_interval).images
+        return self.sample(prompts, masks, num_candidates, sampling, seeds=seeds, batch_size=batch_size,
+                           organ_maps=organ_maps, **changes).images
 
     @torch.inference_mode()
-    def sample(self, prompts: Sequence[str], masks: np.ndarray | torch.Tensor | None, num_candidates: int = 1, *,
-               steps: int = PAPER_SAMPLING.steps, guidance: float = PAPER_SAMPLING.guidance,
-               sampler: str = PAPER_SAMPLING.sampler, seeds: Sequence[int] | None = None,
-               batch_size: int | None = None, organ_maps=None,
-               conditioning_scale: float = PAPER_SAMPLING.conditioning_scale,
-               guidance_interval: tuple[float, float] = PAPER_SAMPLING.guidance_interval,
-               early_stop: EarlyStop | None = None) -> SamplingResult:
+    def sample(self, prompts: Sequence[str], masks: np.ndarray | torch.Tensor | None, num_candidates: int = 1,
+               sampling: SamplingSettings = PAPER_SAMPLING, *, seeds: Sequence[int] | None = None,
+               batch_size: int | None = None, organ_maps=None, early_stop: EarlyStop | None = None,
+               **changes: Any) -> SamplingResult:
         """:meth:`generate` with its cost per image (denoiser rows, decodes) and an optional early stop: the
         ``early_stop`` judge sees every image's predicted clean image at one step and stops the ones it rejects
         (their rows leave the batch; the others sample on exactly as they would have)."""
         prompts = list(prompts)
         n = len(prompts) * int(num_candidates)
         seeds = list(range(n)) if seeds is None else [int(s) for s in seeds]
-        guidance_interval = _check_request(len(prompts), num_candidates, seeds, sampler, steps, guidance_interval,
-                                           early_stop)
+        sampling = replace(sampling, **changes) if changes else sampling
+        _check_request(len(prompts), num_candidates, seeds, sampling.steps, early_stop)
         condition, size = self._condition(masks, len(prompts), organ_maps)
         rows = [i // num_candidates for i in range(n)]
         step = batch_size or n
@@ -99,10 +92,9 @@ class MRGenPipeline:
         for start in range(0, n, step):
             idx = rows[start:start + step]
             cond = condition[idx] if condition is not None else None
-            parts.append(self._sample([prompts[i] for i in idx], cond, seeds[start:start + step], size, steps,
-                                      guidance, sampler, conditioning_scale, guidance_interval=guidance_interval,
+            parts.append(self._sample([prompts[i] for i in idx], cond, seeds[start:start + step], size, sampling,
                                       early_stop=early_stop, rows=np.arange(start, start + len(idx))))
-        return SamplingResult.concatenate(parts, steps, early_stop)
+        return SamplingResult.concatenate(parts, sampling.steps, early_stop)
 
     def _condition(self, masks, num_prompts: int, organ_maps=None) -> tuple[torch.Tensor | None, int]:
         """The controller's input ``[B, C, H, W]`` (None for text-only) and the image side to generate."""
@@ -128,20 +120,19 @@ class MRGenPipeline:
     def generate_text_only(self, prompts: Sequence[str], num_candidates: int = 1, **kwargs) -> np.ndarray:
         return self.generate(prompts, None, num_candidates, **kwargs)
 
-    def _sample(self, prompts: list[str], condition: torch.Tensor | None, seeds: list[int], size: int, steps: int,
-                guidance: float, sampler: str, conditioning_scale: float, *,
-                guidance_interval: tuple[float, float] = FULL_INTERVAL, early_stop: EarlyStop | None = None,
+    def _sample(self, prompts: list[str], condition: torch.Tensor | None, seeds: list[int], size: int,
+                sampling: SamplingSettings, *, early_stop: EarlyStop | None = None,
                 rows: np.ndarray | None = None) -> SamplingResult:
         """One sampling batch; ``rows``: the batch's image indices in the whole request (what a judge is told)."""
         bundle = self.bundle
-        scheduler = build_scheduler(sampler, bundle.scheduler_config)
-        scheduler.set_timesteps(steps, device=self.device)
+        scheduler = build_scheduler(sampling.sampler, bundle.scheduler_config)
+        scheduler.set_timesteps(sampling.steps, device=self.device)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         shape = (len(seeds), self.latent_channels, size // self.factor, size // self.factor)
         latents = randn_tensor(shape, generator=generators, device=torch.device("cpu"), dtype=torch.float32)
         # latents and scheduler arithmetic stay float32; only the networks run in the bundle's dtype
         latents = (latents * scheduler.init_noise_sigma).to(self.device)
-        use_cfg = guidance != 1.0
+        use_cfg = sampling.guidance != 1.0
         text = bundle.text_encoder.encode(([""] * len(prompts) if use_cfg else []) + prompts)
         if condition is not None:
             condition = condition.to(self.device, self.dtype)
@@ -149,11 +140,11 @@ class MRGenPipeline:
         alive = np.arange(len(seeds))  # positions in this batch still sampling
         rows = np.arange(len(seeds)) if rows is None else np.asarray(rows)
         spent, decodes = np.zeros(len(seeds), np.int64), np.zeros(len(seeds), np.int64)
-        probe = early_stop.step(steps) if early_stop is not None else None
+        probe = early_stop.step(sampling.steps) if early_stop is not None else None
         step_kwargs = {"generator": generators} if _takes_generator(scheduler) else {}
         for i, t in enumerate(scheduler.timesteps):
-            guided = use_cfg and guided_step(i, steps, guidance_interval)
-            noise = self._denoise(latents, t, scheduler, batch, guided, guidance, conditioning_scale)
+            guided = sampling.guided(i)
+            noise = self._denoise(latents, t, scheduler, batch, guided, sampling)
             spent[alive] += 2 if guided else 1
             if i == probe:
                 x0 = self._decode(predicted_x0(scheduler, latents, noise, t))
@@ -179,8 +170,8 @@ class MRGenPipeline:
             images = np.zeros((0, size, size), np.float32)
         return SamplingResult(images=images, finished=finished, denoiser_rows=spent, decodes=decodes)
 
-    def _denoise(self, latents: torch.Tensor, t, scheduler, batch: _Batch, guided: bool, guidance: float,
-                 conditioning_scale: float) -> torch.Tensor:
+    def _denoise(self, latents: torch.Tensor, t, scheduler, batch: _Batch, guided: bool,
+                 sampling: SamplingSettings) -> torch.Tensor:
         """The noise prediction (float32) at ``t``: guided (an unconditional and a conditional row per image) or the
         conditional pass alone."""
         bundle = self.bundle
@@ -190,13 +181,13 @@ class MRGenPipeline:
         residuals = {}
         if condition is not None:
             down, mid = bundle.controlnet(model_in, t, encoder_hidden_states=text, controlnet_cond=condition,
-                                          conditioning_scale=conditioning_scale, return_dict=False)
+                                          conditioning_scale=sampling.conditioning_scale, return_dict=False)
             residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         noise = bundle.unet(model_in, t, encoder_hidden_states=text, return_dict=False, **residuals)[0]
         noise = noise.float()
         if guided:
             uncond, cond = noise.chunk(2)
-            noise = uncond + guidance * (cond - uncond)
+            noise = uncond + sampling.guidance * (cond - uncond)
         return noise
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
@@ -319,9 +310,9 @@ def _select_scheduler_rows(scheduler, index: torch.Tensor, batch: int) -> None:
             setattr(scheduler, name, [v[index.to(v.device)] if rows(v) else v for v in value])
 
 
-def _check_request(num_prompts: int, num_candidates: int, seeds: list[int], sampler: str, steps: int,
-                   guidance_interval=FULL_INTERVAL, early_stop: EarlyStop | None = None) -> tuple[float, float]:
-    """Checks a request (ValueError naming what is wrong); returns the guidance interval as a tuple."""
+def _check_request(num_prompts: int, num_candidates: int, seeds: list[int], steps: int,
+                   early_stop: EarlyStop | None = None) -> None:
+    """Checks a request (ValueError naming what is wrong; the sampling settings check themselves)."""
     n = num_prompts * num_candidates
     if num_candidates < 1 or num_prompts < 1:
         raise ValueError(f"need at least one prompt and num_candidates >= 1, "
@@ -332,10 +323,5 @@ def _check_request(num_prompts: int, num_candidates: int, seeds: list[int], samp
     bad = [s for s in seeds if not 0 <= s < 2**63]
     if bad:
         raise ValueError(f"seeds must lie in [0, 2**63), got {bad[:3]}")
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}: choose from {SAMPLERS}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
     if early_stop is not None:
         early_stop.step(steps)
-    return check_guidance_interval(guidance_interval)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from mrgen.models.text_encoder import PromptEncoder
 
@@ -74,6 +75,8 @@ def bert_key(release_key: str) -> str | None:
 
 def bert_config(text_config: dict[str, Any]):
     """``BertConfig`` of the tower a release ``text_config`` describes (CLIPTextConfig defaults for absent keys)."""
+    # transformers takes seconds to import and serves the official release's text tower only: every bundle load
+    # imports this module, so it is imported where that tower is built
     from transformers import BertConfig, CLIPTextConfig
 
     clip = CLIPTextConfig()
@@ -91,8 +94,6 @@ def _read_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
         file = folder / name
         if file.is_file():
             if file.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
                 return file, load_file(str(file))
             try:
                 return file, torch.load(file, map_location="cpu", weights_only=True)  # never unpickle objects

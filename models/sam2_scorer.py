@@ -26,37 +26,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mrgen.models.scorers import ScorerSettings, organ_boxes, organ_targets
+from mrgen.models.scorer_base import (ScorerLoadError, ScorerSettings, candidate_scores, local_checkpoint, organ_boxes,
+                                      organ_ious, organ_targets)
 from mrgen.models.selection import CandidateScores, OrganScore
 
 MASK_LOGIT = 10.0  # magnitude of the logits a binary organ mask is turned into
 
 
-class Sam2LoadError(RuntimeError):
+class Sam2LoadError(ScorerLoadError):
     pass
-
-
-def _local_checkpoint(uri: str) -> str:
-    from mrgen.platform import storage
-
-    if storage.is_local(uri):
-        path = storage.local_path(uri)
-        if not os.path.exists(path):
-            raise Sam2LoadError(f"SAM2 checkpoint {uri} does not exist")
-        return path
-    if not storage.exists(uri):
-        raise Sam2LoadError(f"SAM2 checkpoint {uri} does not exist")
-    fd, path = tempfile.mkstemp(suffix=".pt", prefix="sam2-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(storage.read_bytes(uri))
-    return path
 
 
 def build_sam2_model(settings: ScorerSettings, device: str = "cpu") -> torch.nn.Module:
     """``sam2.build_sam.build_sam2`` with Hydra's global state saved, set to SAM2's configs and restored."""
     if settings.checkpoint is None and not settings.random:
-        raise Sam2LoadError("no SAM2 checkpoint given: pass one (a {'model': state_dict} file), or ask for an "
-                            "untrained SAM2 explicitly (--sam2-random); its scores are then meaningless")
+        raise Sam2LoadError("no SAM2 checkpoint given: pass one (a {'model': state_dict} file, --scorer-checkpoint), "
+                            "or ask for an untrained SAM2 explicitly (--scorer-random, or --sam2-random); its scores "
+                            "are then meaningless")
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
@@ -69,7 +55,7 @@ def build_sam2_model(settings: ScorerSettings, device: str = "cpu") -> torch.nn.
 
         size = settings.image_size or 1024
         overrides = [] if size == 1024 else [f"++model.image_size={size}"]
-        ckpt = _local_checkpoint(settings.checkpoint) if settings.checkpoint else None
+        ckpt = local_checkpoint(settings.checkpoint, Sam2LoadError, "SAM2") if settings.checkpoint else None
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)  # an untrained SAM2 is the same in every actor and run
@@ -170,21 +156,11 @@ class Sam2Scorer:
             if scored_ids:
                 self.predictor.set_image_batch([to_sam_image(im) for im in chunk])
             for j in range(len(chunk)):
-                per_organ: dict[int, tuple[float, float]] = {}
+                ious, confs = (), ()
                 if scored_ids:
-                    pred, conf = self._decode(j, prompt_masks, prompt_boxes, hw)
-                    inter = (pred & targets).flatten(1).sum(1).float()
-                    union = (pred | targets).flatten(1).sum(1).float()
-                    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(union))
-                    per_organ = {oid: (float(iou[k]), float(conf[k])) for k, oid in enumerate(scored_ids)}
-                scores = []
-                for name in names:
-                    oid = ids_by_name.get(name)
-                    if oid is None:
-                        scores.append(OrganScore(name, 0.0, 0.0, present=False))
-                    else:
-                        scores.append(OrganScore(name, *per_organ[oid]))
-                results.append(CandidateScores(index=start_index + start + j, organs=scores))
+                    pred, confs = self._decode(j, prompt_masks, prompt_boxes, hw)
+                    ious = organ_ious(pred, targets)
+                results.append(candidate_scores(start_index + start + j, names, ids_by_name, scored_ids, ious, confs))
         return results
 
     def score_reference(self, image: np.ndarray, mask: np.ndarray, organ_map: Mapping[int, str]) -> CandidateScores:

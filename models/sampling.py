@@ -1,68 +1,21 @@
 """Sampling settings: the sampler, its steps, the guidance weight and the steps it applies to, one default per preset.
 
 Light on purpose (no torch, no diffusers), so configs and the CLI can import it; :class:`MRGenPipeline`
-(``models/pipeline.py``) samples with them, as ``models/scorers.py`` configures the scorers of ``sam2_scorer.py``.
+(``models/pipeline.py``) samples with them. Every job and service that samples holds one ``sampling:`` section of
+:class:`SamplingSettings` (their flags are generated from it); a request that may leave each setting to the service
+holds :class:`SamplingOverrides`, the same fields, bounds and descriptions, each optional.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+import dataclasses
+from typing import Annotated, Any, Literal, get_args
 
-SAMPLERS = ("ddim", "dpm", "unipc", "ddpm")
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic.dataclasses import dataclass
+
+Sampler = Literal["ddim", "dpm", "unipc", "ddpm"]
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
 FULL_INTERVAL = (0.0, 1.0)  # classifier-free guidance at every step
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """How :meth:`MRGenPipeline.generate` samples; the defaults are the paper's (and the release's) DDIM 50, guidance 7.
-
-    Image seeds are not part of it: each caller derives one per image from its own run seed.
-    """
-
-    sampler: str = field(default="ddim", metadata={
-        "description": "ddim (the paper's), dpm (DPM-Solver++, as good in about 20 steps), unipc (UniPC, a "
-                       "predictor-corrector multistep solver for few steps) or ddpm",
-        "choices": SAMPLERS})
-    steps: int = field(default=50, metadata={"description": "sampling steps"})
-    guidance: float = field(default=7.0, metadata={"description": "classifier-free guidance weight (1.0: no "
-                                                                  "unconditional pass)"})
-    guidance_interval: tuple[float, float] = field(default=FULL_INTERVAL, metadata={
-        "description": "[lo, hi): classifier-free guidance only at steps i (of n, from 0) with lo <= i/n < hi; the "
-                       "other steps run the conditional pass alone, one denoiser row per image instead of two"})
-    conditioning_scale: float = field(default=1.0, metadata={
-        "description": "weight of the mask controller's residuals (diffusers' controlnet_conditioning_scale): "
-                       "above 1 the organs follow the mask's shape more strictly, at some cost in realism"})
-
-    def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}: choose from {SAMPLERS}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.guidance < 0:
-            raise ValueError(f"guidance must be >= 0, got {self.guidance}")
-        if self.conditioning_scale < 0:
-            raise ValueError(f"conditioning_scale must be >= 0, got {self.conditioning_scale}")
-        object.__setattr__(self, "guidance_interval", check_guidance_interval(self.guidance_interval))
-
-    def guided(self, step: int) -> bool:
-        """Whether step ``step`` (0-based, of ``steps``) runs the unconditional pass too."""
-        return self.guidance != 1.0 and guided_step(step, self.steps, self.guidance_interval)
-
-    def denoiser_rows(self) -> int:
-        """Denoiser rows (batch rows through controller and UNet) one image costs: 2 at a guided step, 1 otherwise."""
-        return sum(2 if self.guided(i) else 1 for i in range(self.steps))
-
-    @classmethod
-    def from_fields(cls, config: Any, prefix: str = "") -> SamplingSettings:
-        """The settings a job config holds as fields of its own (``steps``, ... or, with ``prefix="default_"``,
-        ``default_steps``, ...); a setting the config does not hold keeps its default (the service, which takes
-        no ``default_guidance_interval``, guides every step)."""
-        return cls(**{f.name: getattr(config, prefix + f.name) for f in fields(cls)
-                      if hasattr(config, prefix + f.name)})
-
-    def kwargs(self) -> dict:
-        """The settings as keyword arguments of :meth:`MRGenPipeline.generate`."""
-        return asdict(self)
 
 
 def check_guidance_interval(interval: Any) -> tuple[float, float]:
@@ -74,6 +27,67 @@ def check_guidance_interval(interval: Any) -> tuple[float, float]:
     if not 0.0 <= lo < hi <= 1.0:
         raise ValueError(f"guidance_interval must satisfy 0 <= lo < hi <= 1, got ({lo}, {hi})")
     return lo, hi
+
+
+GuidanceInterval = Annotated[tuple[float, float], BeforeValidator(check_guidance_interval)]
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class SamplingSettings:
+    """How :meth:`MRGenPipeline.generate` samples; the defaults are the paper's (and the release's) DDIM 50, guidance 7.
+    Each field is checked here and nowhere else.
+
+    Image seeds are not part of it: each caller derives one per image from its own run seed.
+    """
+
+    sampler: Sampler = Field("ddim", description="ddim (the paper's), dpm (DPM-Solver++, as good in about 20 steps), "
+                                                 "unipc (UniPC, a predictor-corrector multistep solver for few "
+                                                 "steps) or ddpm")
+    steps: int = Field(50, ge=1, description="sampling steps")
+    guidance: float = Field(7.0, ge=0, description="classifier-free guidance weight (1.0: no unconditional pass)")
+    guidance_interval: GuidanceInterval = Field(
+        FULL_INTERVAL, description="[lo, hi): classifier-free guidance only at steps i (of n, from 0) with lo <= i/n "
+                                   "< hi; the other steps run the conditional pass alone, one denoiser row per image "
+                                   "instead of two. [0, 1]: every step")
+    conditioning_scale: float = Field(1.0, ge=0, description="weight of the mask controller's residuals (diffusers' "
+                                                             "controlnet_conditioning_scale): above 1 the organs "
+                                                             "follow the mask's shape more strictly, at some cost in "
+                                                             "realism")
+
+    def guided(self, step: int) -> bool:
+        """Whether step ``step`` (0-based, of ``steps``) runs the unconditional pass too."""
+        return self.guidance != 1.0 and guided_step(step, self.steps, self.guidance_interval)
+
+    def denoiser_rows(self) -> int:
+        """Denoiser rows (batch rows through controller and UNet) one image costs: 2 at a guided step, 1 otherwise."""
+        return sum(2 if self.guided(i) else 1 for i in range(self.steps))
+
+    def kwargs(self) -> dict:
+        """The settings as a mapping (a config's ``sampling`` section, or ``SamplingSettings(**kwargs)``)."""
+        return dataclasses.asdict(self)
+
+
+class _Overrides(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def over(self, defaults: SamplingSettings) -> SamplingSettings:
+        """``defaults`` with the settings given here (not None) in their place."""
+        given = {name: value for name, value in self if name in SamplingSettings.__pydantic_fields__
+                 and value is not None}
+        return dataclasses.replace(defaults, **given)
+
+
+def _optional(field) -> tuple[Any, Any]:
+    """A field of :class:`SamplingSettings` as an optional one: its type and bounds, or None."""
+    annotation = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    return annotation | None, Field(None, description=field.description)
+
+
+# What a request may set, each None to leave it to a default (the service's): SamplingSettings' fields, with their
+# bounds and descriptions. `mrgen generate`'s config and the endpoint's request schema take their sampling fields
+# from it.
+SamplingOverrides = create_model("SamplingOverrides", __base__=_Overrides,
+                                 **{name: _optional(f) for name, f in SamplingSettings.__pydantic_fields__.items()})
 
 
 def guided_step(step: int, steps: int, interval: tuple[float, float]) -> bool:

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 
 from pydantic import Field
 
-from mrgen.platform.config import ConfigBase
+from mrgen.platform import storage
+from mrgen.platform.config import ConfigBase, ConfigError
 
 RULES = ("paper", "official")
 
@@ -99,9 +100,6 @@ def calibrated_thresholds(uri: str, scorer: str) -> Thresholds:
 
 def load_calibration(uri: str) -> FilterCalibration:
     """A calibration file (JSON) from any URI; a bad one raises ValueError naming the field."""
-    from mrgen.platform import storage
-    from mrgen.platform.config import ConfigError
-
     try:
         data = storage.read_json(uri)
     except ValueError as exc:

@@ -9,9 +9,18 @@ fixed seed. ``save_pretrained`` writes the text tower only (``open_clip_config.j
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
+# open_clip imports timm, whose import warns that torch.jit.interface is deprecated: a line in the user's console
+# about code that is not ours
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)
+    import open_clip
+    from open_clip.factory import _get_hf_config
+    from open_clip.model import _build_text_tower
+    from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -73,8 +82,6 @@ class TextEncoder(PromptEncoder):
     def __init__(self, model_cfg: dict[str, Any], seed: int = 0, tower: nn.Module | None = None,
                  tokenizer: Any = None, source: str | None = None, local_dir: Path | None = None):
         super().__init__()
-        from open_clip.model import _build_text_tower
-
         self.model_cfg = model_cfg
         self.source = source
         text_cfg = model_cfg["text_cfg"]
@@ -161,8 +168,6 @@ class TextEncoder(PromptEncoder):
 
 
 def _tokenizer(text_cfg: dict[str, Any], local_dir: Path | None):
-    from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
-
     context_length = text_cfg.get("context_length", 77)
     kwargs = dict(text_cfg.get("tokenizer_kwargs", {}))
     if text_cfg.get("hf_tokenizer_name"):
@@ -192,8 +197,6 @@ def _load_text_weights(encoder: TextEncoder, file: Path) -> None:
 
 def _from_open_clip(cls: type[TextEncoder], name: str) -> TextEncoder:
     """A full open_clip model (hub or local folder); only its text tower is kept."""
-    import open_clip
-
     try:
         model = open_clip.create_model(name, force_custom_text=True, device="cpu")
     except Exception as exc:
@@ -201,8 +204,6 @@ def _from_open_clip(cls: type[TextEncoder], name: str) -> TextEncoder:
     if name.startswith(LOCAL_DIR):
         model_cfg = json.loads((Path(name[len(LOCAL_DIR):]) / CONFIG_NAME).read_text())["model_cfg"]
     else:
-        from open_clip.factory import _get_hf_config
-
         model_cfg = _get_hf_config(name[len(HF_HUB):])["model_cfg"]
     model_cfg = dict(model_cfg, custom_text=True)
     return cls(model_cfg, tower=model.text, tokenizer=open_clip.get_tokenizer(name), source=name)

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import Field
 
 from mrgen.platform.config import ConfigBase
+from mrgen.platform.console import current
 
 # Ray Data 2.60's default Parquet reader (datasource V2) spends ~30 s before the first batch of a small DB
 # (measured by `mrgen bench db`: 512 slices in ~30 s vs 0.9 s with V1); MRGen-DB reads use V1.
@@ -46,7 +47,7 @@ def init_ray(config: RayConfig | None = None, **overrides: Any):
     """Start or join Ray once per process; returns the context (a no-op when already connected)."""
     for key, value in _DEFAULT_ENV.items():
         os.environ.setdefault(key, value)
-    import ray
+    import ray  # Ray is imported where it is used: the CLI imports this module at its start-up
 
     if ray.is_initialized():
         return ray.get_runtime_context()
@@ -87,8 +88,6 @@ def wait_for(refs: dict[str, Any], label: str, minutes: float | None = None) -> 
     """Results of named Ray tasks, with a progress bar on the running command's console: over ``minutes`` (the
     tasks' budget) or, without one, a count of those finished."""
     import ray
-
-    from mrgen.platform.console import current
 
     started, done, pending = time.monotonic(), {}, dict(refs)
     while pending:

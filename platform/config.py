@@ -11,12 +11,14 @@ then ``--set key.sub=value`` overrides are applied. A bad key or value raises :c
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 C = TypeVar("C", bound="ConfigBase")
 
@@ -31,11 +33,27 @@ class ConfigBase(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
     section: ClassVar[str] = ""
+    # old dotted key → new dotted key, in order, of each setting that moved into a section ("steps":
+    # "sampling.steps"): files, presets, mappings and overrides that spell it the old way still load
+    renamed: ClassVar[dict[str, str]] = {}
     _presets: ClassVar[dict[str, Callable[[], dict[str, Any]]]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._presets = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _complete(cls, data: Any) -> Any:
+        """Renamed keys moved to their sections; a partial mapping of a section whose default is an instance
+        (``sampling: {steps: 4}``) completed from that default rather than from the section class's own defaults."""
+        if not isinstance(data, dict):
+            return data
+        data = _moved(cls.renamed, data) if cls.renamed else data
+        for name, field in cls.model_fields.items():
+            if isinstance(data.get(name), dict) and _is_settings(field.default):
+                data = {**data, name: {**_as_dict(field.default), **data[name]}}
+        return data
 
     @classmethod
     def presets(cls) -> list[str]:
@@ -57,7 +75,7 @@ class ConfigBase(BaseModel):
             if cls.section and key.startswith(f"{cls.section}.") and cls.section not in cls.model_fields:
                 raise ConfigError(f"override {item!r}: keys are relative to the '{cls.section}' section, as in its "
                                   f"YAML mapping: write {key[len(cls.section) + 1:]}={item.split('=', 1)[1]}")
-            _set_path(data, key, value)
+            _set_path(data, cls.current_key(key), value)
         return _validate(cls, data, source=str(source or "tiny"))
 
     @classmethod
@@ -73,8 +91,17 @@ class ConfigBase(BaseModel):
         data = self.model_dump()
         for key, value in overrides.items():
             if value is not None:
-                _set_path(data, key, value)
+                _set_path(data, self.current_key(key), value)
         return _validate(type(self), data, source="command-line flags")
+
+    @classmethod
+    def current_key(cls, key: str) -> str:
+        """``key`` as it is spelled now (see ``renamed``): an override of a renamed key sets the one it became, so
+        that ``filter=none`` sets ``filter.kind`` rather than replacing the ``filter`` section."""
+        for old, new in cls.renamed.items():
+            if key == old or (key.startswith(old + ".") and not new.startswith(old + ".")):
+                return new + key[len(old):]
+        return key
 
 
 def preset(cls: type[ConfigBase], name: str) -> Callable[[Callable[[], dict[str, Any]]], Callable[[], dict[str, Any]]]:
@@ -125,6 +152,43 @@ def _source_dict(cls: type[ConfigBase], source: str | Path | None) -> dict[str, 
         raise ConfigError(f"{path}: unknown preset {base_name!r}: choose from {cls.presets()}")
     _deep_update(data, raw)
     return data
+
+
+def _moved(renamed: dict[str, str], data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with each key of ``renamed`` found in it moved to its new place (a mapping merged into what is
+    there). A mapping under an old key that is now the section of its new key (``filter: {kind: ...}`` where
+    ``filter`` became ``filter.kind``) is the new spelling already and stays."""
+    data = copy.deepcopy(data)
+    for old, new in renamed.items():
+        *parents, leaf = old.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        if new.startswith(old + ".") and isinstance(node[leaf], dict):
+            continue
+        value = node.pop(leaf)
+        *parents, leaf = new.split(".")
+        node = data
+        for part in parents:
+            child = node.get(part, {})
+            node[part] = _as_dict(child) if _is_settings(child) else child
+            if not isinstance(node[part], dict):
+                raise ConfigError(f"{old} (now {new}): {part!r} is not a section")
+            node = node[part]
+        both = isinstance(node.get(leaf), dict) and isinstance(value, dict)
+        node[leaf] = {**node[leaf], **value} if both else value
+    return data
+
+
+def _is_settings(value: Any) -> bool:
+    """An instance of a settings class (pydantic model or dataclass)."""
+    return isinstance(value, BaseModel) or (dataclasses.is_dataclass(value) and not isinstance(value, type))
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return value.model_dump() if isinstance(value, BaseModel) else dataclasses.asdict(value)
 
 
 def _only_sections(cls: type[ConfigBase], raw: dict[str, Any]) -> bool:

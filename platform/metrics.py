@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from mrgen.platform.storage import write_bytes
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 _metrics: dict[str, object] = {}
 
@@ -37,6 +39,4 @@ def exposition() -> bytes:
 
 
 def write_metrics(uri: str) -> None:
-    from mrgen.platform.storage import write_bytes
-
     write_bytes(uri, exposition())

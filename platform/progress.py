@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
+from mrgen.platform.console import current
+
 
 class Progress:
     def __init__(self, label: str, total: int | None = None, interval: float = 2.0, stream=None):
@@ -15,8 +17,6 @@ class Progress:
 
     def update(self, n: int = 1, **fields) -> None:
         self.done += n
-        from mrgen.platform.console import current
-
         console = current()
         if console is not None:
             console.progress(self.label, self.done, self.total,

@@ -7,6 +7,9 @@ Writes are atomic: :func:`atomic_write` publishes a file only once it is complet
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import json
 import os
 import posixpath
 import shutil
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import fsspec
+import pyarrow.fs as pafs
 from pydantic import Field
 
 from mrgen.platform.config import ConfigBase
@@ -96,8 +100,6 @@ def filesystem(uri: str, settings: StorageSettings | None = None) -> tuple[fsspe
 
 def arrow_filesystem(uri: str, settings: StorageSettings | None = None):
     """A pyarrow filesystem (native S3 where possible) and path, for pyarrow and Ray Data readers/writers."""
-    import pyarrow.fs as pafs
-
     proto = protocol(uri)
     if proto == "file":
         return pafs.LocalFileSystem(), str(Path(local_path(uri)).absolute())
@@ -153,8 +155,6 @@ def read_text(uri: str, settings: StorageSettings | None = None) -> str:
 
 def read_json(uri: str, settings: StorageSettings | None = None) -> Any:
     """The JSON document at ``uri``: FileNotFoundError when there is none, ValueError naming it when invalid."""
-    import json
-
     if not exists(uri, settings):
         raise FileNotFoundError(f"no such file {uri}")
     try:
@@ -296,9 +296,6 @@ def publish_dir(folder: str | Path, uri: str, marker: str | None, settings: Stor
 
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths atomically (Linux ``renameat2`` with ``RENAME_EXCHANGE``); False where unsupported."""
-    import ctypes
-    import ctypes.util
-
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         renameat2 = libc.renameat2

@@ -8,13 +8,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import numpy as np
 from PIL import Image
 from pydantic import Field
 
+from mrgen.models.sampling import SamplingOverrides
 from mrgen.platform import storage
 from mrgen.platform.config import ConfigBase, same_at_every_scale
 from mrgen.serving.inputs import mask_to_png_b64
@@ -23,9 +24,10 @@ DEFAULT_TIMEOUT_S = 300.0
 
 
 @same_at_every_scale
-class GenerateConfig(ConfigBase):
-    """What `mrgen generate` asks the service for (bounds as the request schema's); None leaves the choice to the
-    service's config. The values do not depend on scale: the presets ``tiny`` and ``paper`` are the defaults."""
+class GenerateConfig(ConfigBase, SamplingOverrides):
+    """What `mrgen generate` asks the service for (bounds as the request schema's, the sampling settings' with them);
+    None leaves the choice to the service's config. The values do not depend on scale: the presets ``tiny`` and
+    ``paper`` are the defaults."""
 
     section = "generate"
     n: int | None = Field(None, ge=1, le=20, description="number of candidates; with --keep the most generated (None: "
@@ -33,10 +35,6 @@ class GenerateConfig(ConfigBase):
     keep: int | None = Field(None, ge=1, le=20, description="filter the candidates (the service's scorer) and keep at "
                                                             "most this many that pass")
     region: str | None = Field(None, max_length=64, description="body region for the prompt")
-    steps: int | None = Field(None, ge=1, description="sampling steps (None: the service's default_steps)")
-    guidance: float | None = Field(None, ge=0, description="classifier-free guidance (None: the service's)")
-    sampler: Literal["ddim", "dpm", "unipc"] | None = Field(None, description="sampler (None: the service's)")
-    conditioning_scale: float | None = Field(None, ge=0, description="mask controller weight (None: the service's)")
     seed: int | None = Field(None, ge=0, lt=2**31, description="seed of the first candidate; candidate i uses "
                                                                "seed + i (None: the service picks)")
     timeout: float = Field(DEFAULT_TIMEOUT_S, gt=0, description="seconds to wait for the answer")
@@ -101,13 +99,13 @@ class GeneratorClient:
     def generate(self, mask: str | os.PathLike | np.ndarray, modality: str,
                  organ_map: dict[int | str, str] | None = None, n: int | None = None, *,
                  region: str | None = None, organs: list[str] | None = None, keep: int | None = None,
-                 steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
-                 seed: int | None = None, conditioning_scale: float | None = None) -> Generation:
+                 seed: int | None = None, **sampling: Any) -> Generation:
         """`mask`: a PNG file of organ ids or a uint8 [H, W] array; ``n`` None: the service's default (1, or with
-        ``keep`` its filter budget). Raises `GenerationError` on a non-200."""
-        body = request_body(mask, modality, organ_map, n, region=region, organs=organs, keep=keep, steps=steps,
-                            guidance=guidance, sampler=sampler, seed=seed,
-                            conditioning_scale=conditioning_scale)
+        ``keep`` its filter budget); ``sampling``: settings of ``SamplingSettings`` (``steps=20``, ``guidance=4``
+        ...; None or not given: the service's). Raises `GenerationError` on a non-200, ValueError on a sampling
+        setting the request schema refuses."""
+        body = request_body(mask, modality, organ_map, n, region=region, organs=organs, keep=keep, seed=seed,
+                            **SamplingOverrides(**sampling).model_dump(mode="json"))
         response = self.http.post("/v1/generate", json=body)
         data = _json_or_raise(response)
         images = []

@@ -8,8 +8,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from mrgen.models.sampling import PAPER_SAMPLING, SAMPLING_PRESETS, SamplingSettings
-from mrgen.models.scorers import ScorerSettings
-from mrgen.models.selection import ThresholdConfig, calibrated_thresholds, load_calibration
+from mrgen.models.scorers import FilterSettings
+from mrgen.models.selection import ThresholdConfig, load_calibration
 from mrgen.platform.config import ConfigBase, ConfigError, preset
 
 
@@ -66,19 +66,17 @@ class LimitSettings(ConfigBase):
     max_conditioning_scale: float = Field(5.0, gt=0, description="largest mask controller weight")
 
 
-class FilterSettings(ThresholdConfig):
-    """Optional filter deployment: scores candidates per organ and keeps those passing thresholds (the same
-    scorers, settings and selection rules as `mrgen synthesize`). A request with ``keep`` generates its candidates
-    in waves and stops once ``keep`` pass the strict thresholds (the adaptive budget of `mrgen synthesize`)."""
+class ServeFilterSettings(FilterSettings):
+    """Optional filter deployment: scores candidates per organ and keeps those passing thresholds (the filter section
+    of `mrgen synthesize`, and a scorer ``auto``). A request with ``keep`` generates its candidates in waves and stops
+    once ``keep`` pass the strict thresholds (the adaptive budget of `mrgen synthesize`)."""
 
+    # the thresholds stood in the section itself before they had their own mapping
+    renamed = {name: f"thresholds.{name}" for name in ThresholdConfig.model_fields}
     kind: Literal["auto", "none", "sam2", "medsam"] = Field(
         "auto", description="scorer of the filter deployment. auto: the scorer `thresholds_file` was calibrated for, "
                             "else the one of the bundle's own calibration (filter_thresholds.json, which the "
                             "embedded bundle ships), else none; none: no filter (requests with `keep` are refused)")
-    scorer: ScorerSettings = Field(default_factory=ScorerSettings, description="models/scorers.py")
-    rule: Literal["paper", "official"] = Field("paper", description="selection rule of mrgen.models.selection")
-    thresholds_file: str | None = Field(None, description="`mrgen filter calibrate` output: its thresholds replace "
-                                                          "these (its scorer must be `kind`)")
     candidates: int = Field(4, ge=1, le=20, description="most candidates a request with `keep` and no `n` generates "
                                                         "(at least its keep, at most limits.max_n)")
     adaptive: bool = Field(True, description="generate a request's candidates in waves, each scored before the next, "
@@ -86,12 +84,7 @@ class FilterSettings(ThresholdConfig):
     wave_size: int | None = Field(None, ge=1, description="candidates per wave (None: the request's keep, the fewest "
                                                           "that can satisfy it)")
 
-    @property
-    def enabled(self) -> bool:
-        """Whether a filter deployment runs (after :meth:`resolved`: ``auto`` is then a scorer or none)."""
-        return self.kind not in ("none", "auto")
-
-    def resolved(self, model: str | None = None) -> FilterSettings:
+    def resolved(self, model: str | None = None) -> ServeFilterSettings:
         """These settings as the service runs them: ``auto`` made the scorer of ``thresholds_file`` or of the bundle
         ``model``'s own calibration (or none), that file's thresholds in place (ConfigError naming it if unusable)."""
         if self.kind == "none":
@@ -105,10 +98,9 @@ class FilterSettings(ThresholdConfig):
             return self.model_copy(update={"kind": "none"}) if self.kind == "auto" else self
         try:
             kind = load_calibration(file).scorer if self.kind == "auto" else self.kind
-            thresholds = calibrated_thresholds(file, kind)
+            return self.model_copy(update={"kind": kind}).calibrated(file)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"serve.filter.thresholds_file {file}: {exc} (serve.filter.kind)") from None
-        return self.model_copy(update={"kind": kind, "thresholds_file": file, **thresholds.model_dump()})
 
     def per_wave(self, n: int, keep: int) -> int:
         """Candidates per wave of a request for ``n`` keeping ``keep``."""
@@ -121,8 +113,9 @@ class FilterSettings(ThresholdConfig):
         source = f" ({self.thresholds_file})" if self.thresholds_file else ""
         waves = (f"in waves of {self.wave_size or 'their keep'} until keep pass strictly" if self.adaptive
                  else "all n at once")
-        return [f"filter {self.kind} ({self.rule} rule) at organ IoU {self.organ_iou:g}, organ conf "
-                f"{self.organ_conf:g}, mean IoU {self.mean_iou:g}, mean conf {self.mean_conf:g}{source}",
+        t = self.thresholds
+        return [f"filter {self.kind} ({self.rule} rule) at organ IoU {t.organ_iou:g}, organ conf "
+                f"{t.organ_conf:g}, mean IoU {t.mean_iou:g}, mean conf {t.mean_conf:g}{source}",
                 f"requests with keep: candidates generated {waves}, at most n ({self.candidates} when not given)"]
 
 
@@ -131,6 +124,8 @@ class ServeConfig(ConfigBase):
     LiteMedSAM)."""
 
     section = "serve"
+    # the request defaults before they were the sampling section
+    renamed = {f"default_{name}": f"sampling.{name}" for name in SamplingSettings.__pydantic_fields__}
     model: str | None = Field(None, description="model bundle URI (folder written by ModelBundle.save)")
     app_name: str = Field("mrgen", description="Serve application name")
     route_prefix: str = Field("/", description="HTTP route prefix of the application")
@@ -142,13 +137,8 @@ class ServeConfig(ConfigBase):
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     resources: ResourceSettings = Field(default_factory=ResourceSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
-    default_steps: int = Field(PAPER_SAMPLING.steps, ge=1, description="sampling steps when the request gives none")
-    default_guidance: float = Field(PAPER_SAMPLING.guidance, ge=0,
-                                    description="guidance scale when the request gives none")
-    default_sampler: Literal["ddim", "dpm", "unipc"] = Field(PAPER_SAMPLING.sampler,
-                                                             description="sampler when the request gives none")
-    default_conditioning_scale: float = Field(PAPER_SAMPLING.conditioning_scale, ge=0,
-                                              description="mask controller weight when the request gives none")
+    sampling: SamplingSettings = Field(PAPER_SAMPLING, description="how a request is sampled where it gives none of "
+                                                                   "these settings (default: the release's)")
     modality_attributes: dict[str, str] = Field(
         default_factory=dict, description="extra modality label → attributes (as db.modality_attributes at training; "
                                           "official release bundles: the whole table, e.g. its "
@@ -158,25 +148,20 @@ class ServeConfig(ConfigBase):
     auth_token: str | None = Field(None, description="bearer token required on /v1 routes (None: open)")
     auth_token_env: str | None = Field(None, description="name of an environment variable holding the token")
     request_timeout_s: float = Field(120.0, gt=0, description="a request taking longer gets 504")
-    filter: FilterSettings = Field(default_factory=FilterSettings)
+    filter: ServeFilterSettings = Field(default_factory=ServeFilterSettings)
 
     @model_validator(mode="after")
     def _batch_fits(self) -> "ServeConfig":
         if self.max_ongoing_requests < self.batching.max_batch_size:
             raise ValueError(f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= "
                              f"batching.max_batch_size ({self.batching.max_batch_size}) or batches never fill")
-        if self.limits.max_steps < self.default_steps:
-            raise ValueError(f"default_steps ({self.default_steps}) > limits.max_steps ({self.limits.max_steps})")
+        if self.limits.max_steps < self.sampling.steps:
+            raise ValueError(f"sampling.steps ({self.sampling.steps}) > limits.max_steps ({self.limits.max_steps})")
         return self
 
     def resolved(self) -> ServeConfig:
         """The service as it runs: the filter's scorer and thresholds in place (:meth:`FilterSettings.resolved`)."""
         return self.model_copy(update={"filter": self.filter.resolved(self.model)})
-
-    @property
-    def sampling(self) -> SamplingSettings:
-        """How a request that names none of steps, guidance, sampler and conditioning scale is sampled."""
-        return SamplingSettings.from_fields(self, prefix="default_")
 
     def resolve_token(self) -> str | None:
         """The bearer token: ``auth_token``, else the variable ``auth_token_env`` names (which must be set)."""
@@ -190,13 +175,6 @@ class ServeConfig(ConfigBase):
         return None
 
 
-def _defaults(sampling: SamplingSettings, **changes: Any) -> dict[str, Any]:
-    """A preset's sampling as the ``default_*`` fields of a request that names none (the service guides every
-    step: it takes no guidance interval)."""
-    return {f"default_{k}": v for k, v in dataclasses.replace(sampling, **changes).kwargs().items()
-            if f"default_{k}" in ServeConfig.model_fields}
-
-
 @preset(ServeConfig, "tiny")
 def _tiny() -> dict[str, Any]:
     return dict(
@@ -206,7 +184,7 @@ def _tiny() -> dict[str, Any]:
         batching=dict(max_batch_size=8, batch_wait_timeout_s=0.05),
         resources=dict(generator_cpus=0.25, ingress_cpus=0.25, filter_cpus=0.25, torch_threads=1),
         limits=dict(max_body_bytes=1_000_000, max_n=20, max_steps=50, max_image_size=128),
-        **_defaults(SAMPLING_PRESETS["tiny"], steps=2),  # 2 steps: quick CPU requests
+        sampling=dataclasses.replace(SAMPLING_PRESETS["tiny"], steps=2).kwargs(),  # 2 steps: quick CPU requests
         request_timeout_s=60.0,
         filter=dict(kind="auto", scorer=dict(config_name="tiny", image_size=256, random=True)),
     )
@@ -222,7 +200,7 @@ def _paper() -> dict[str, Any]:
         resources=dict(generator_cpus=4, generator_gpus=1, ingress_cpus=1, filter_cpus=2, filter_gpus=0.5,
                        torch_threads=4),
         limits=dict(max_body_bytes=4_000_000, max_n=20, max_steps=100, max_image_size=512),
-        **_defaults(SAMPLING_PRESETS["paper"]),
+        sampling=SAMPLING_PRESETS["paper"].kwargs(),
         request_timeout_s=600.0,
         filter=dict(kind="sam2", scorer=dict(config_name="large", image_size=1024, embed_batch=4)),  # GPU: batched
     )

@@ -22,12 +22,12 @@ class Filter:
         import torch
 
         from mrgen.models.scorers import build_scorer
-        from mrgen.serving.config import FilterSettings
+        from mrgen.serving.config import ServeFilterSettings
 
         torch.set_num_threads(torch_threads)
-        cfg = FilterSettings.model_validate(settings)
+        cfg = ServeFilterSettings.model_validate(settings)
         self.rule = cfg.rule
-        self.thresholds, self.relax_by = cfg.thresholds(), cfg.relax_by
+        self.thresholds, self.relax_by = cfg.thresholds.thresholds(), cfg.thresholds.relax_by
         self.scorer = build_scorer(cfg.kind, cfg.scorer, device="cuda" if use_gpu
                                    and torch.cuda.is_available() else "cpu")
         self._scored = Counter("mrgen_filter_candidates_total", "candidates scored by the filter", tag_keys=("fate",))

@@ -1,7 +1,7 @@
 """Generator deployment: loads the model bundle once per replica, samples batches of compatible requests.
 
 Concurrent calls are collected by `@serve.batch`; inside one collected batch, jobs with equal settings
-(steps, guidance, sampler, conditioning scale, image size) become ONE pipeline call with every candidate of every
+(sampling settings, image size) become ONE pipeline call with every candidate of every
 job, and jobs with other settings get their own call. Each image has its own seed, so a candidate is the same
 whatever it is batched with.
 """
@@ -87,10 +87,7 @@ class GeneratorReplica:
         seeds = [seed for job in group for seed in job.seeds]
         organ_maps = [job.organ_map for job in group for _ in job.seeds]
         start = time.perf_counter()
-        images = self.pipeline.generate(prompts, masks, num_candidates=1, steps=first.steps,
-                                        guidance=first.guidance, sampler=first.sampler, seeds=seeds,
-                                        conditioning_scale=first.conditioning_scale,
-                                        organ_maps=organ_maps)
+        images = self.pipeline.generate(prompts, masks, 1, first.sampling, seeds=seeds, organ_maps=organ_maps)
         self._seconds.observe(time.perf_counter() - start)
         self._batch_size.observe(len(group))
         self._candidates.inc(len(seeds))

@@ -107,16 +107,11 @@ def parse_request(request: GenerateRequest, config: ServeConfig, size_multiple: 
         raise BadRequest("n", f"{n} > the service's limit {limits.max_n}")
     if request.keep is not None and request.keep > n:
         raise BadRequest("keep", f"{request.keep} > n ({n}): cannot keep more candidates than are generated")
-    defaults = config.sampling
-    steps = request.steps if request.steps is not None else defaults.steps
-    if steps > limits.max_steps:
-        raise BadRequest("steps", f"{steps} > the service's limit {limits.max_steps}")
-    guidance = request.guidance if request.guidance is not None else defaults.guidance
-    if guidance > limits.max_guidance:
-        raise BadRequest("guidance", f"{guidance} > the service's limit {limits.max_guidance}")
-    scale = request.conditioning_scale if request.conditioning_scale is not None else defaults.conditioning_scale
-    if scale > limits.max_conditioning_scale:
-        raise BadRequest("conditioning_scale", f"{scale} > the service's limit {limits.max_conditioning_scale}")
+    sampling = request.over(config.sampling)
+    for name, limit in (("steps", limits.max_steps), ("guidance", limits.max_guidance),
+                        ("conditioning_scale", limits.max_conditioning_scale)):
+        if getattr(sampling, name) > limit:
+            raise BadRequest(name, f"{getattr(sampling, name)} > the service's limit {limit}")
     if request.region is not None and request.region not in REGIONS and recipe.template != "official":
         raise BadRequest("region", f"{request.region!r} is not one of {list(REGIONS)}")
     try:
@@ -144,9 +139,7 @@ def parse_request(request: GenerateRequest, config: ServeConfig, size_multiple: 
     labels = [organ_map[i] for i in sorted(organ_map)]
     prompt = recipe.render(request.modality.strip(), attributes, request.region, organs, labels)
     seed = request.seed if request.seed is not None else secrets.randbelow(2**31 - 64)
-    job = GenerationJob(prompt=prompt, mask=mask, seeds=[seed + i for i in range(n)], steps=steps,
-                        guidance=float(guidance), sampler=request.sampler or defaults.sampler,
-                        conditioning_scale=float(scale),
+    job = GenerationJob(prompt=prompt, mask=mask, seeds=[seed + i for i in range(n)], sampling=sampling,
                         organ_map={i: organ_map[i] for i in present})
     return ParsedRequest(job=job, attributes=attributes, organs=list(organs), keep=request.keep)
 

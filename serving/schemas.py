@@ -1,7 +1,8 @@
 """HTTP request/response models of the generation API and the job handed from ingress to generator.
 
 Bounds that depend on the deployment (n, steps, image size) are checked against `LimitSettings` in
-`serving/inputs.py`; the static ones live here so that OpenAPI shows them.
+`serving/inputs.py`; the static ones live here so that OpenAPI shows them (the sampling settings' come with them
+from `SamplingSettings`).
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Annotated
 
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from mrgen.models.sampling import SamplingOverrides, SamplingSettings
 
 
 def _plain_text(value: str) -> str:
@@ -25,8 +28,9 @@ def _plain_text(value: str) -> str:
 Text = Annotated[str, AfterValidator(_plain_text)]
 
 
-class GenerateRequest(BaseModel):
-    """POST /v1/generate."""
+class GenerateRequest(SamplingOverrides):
+    """POST /v1/generate: the mask and what to make of it; a sampling setting not given is the service's
+    (``serve.sampling``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -45,11 +49,6 @@ class GenerateRequest(BaseModel):
                              description="score candidates with the service's filter (SAM2 or LiteMedSAM) and return "
                                          "at most this many that pass; candidates are generated in waves until this "
                                          "many pass strictly or n are used")
-    steps: int | None = Field(None, ge=1, description="sampling steps (default from the service config)")
-    guidance: float | None = Field(None, ge=0, description="classifier-free guidance scale")
-    sampler: str | None = Field(None, pattern="^(ddim|dpm|unipc)$", description="ddim, dpm or unipc")
-    conditioning_scale: float | None = Field(None, ge=0, description="weight of the mask controller's residuals "
-                                                                     "(>1: stricter mask shapes)")
     seed: int | None = Field(None, ge=0, lt=2**31, description="seed of the first candidate; candidate i uses seed+i")
     timeout_s: float | None = Field(None, gt=0, description="give up (504) after this many seconds; at most the "
                                                             "service's request_timeout_s")
@@ -85,15 +84,12 @@ class GenerationJob:
     prompt: str
     mask: np.ndarray  # uint8 [H, W]
     seeds: list[int]
-    steps: int
-    guidance: float
-    sampler: str
-    conditioning_scale: float = 1.0
+    sampling: SamplingSettings
     organ_map: dict[int, str] = field(default_factory=dict)  # id → name: the generator conditions on names
 
     @property
     def batch_key(self) -> tuple:
-        return (self.steps, round(self.guidance, 6), self.sampler, round(self.conditioning_scale, 6), self.mask.shape)
+        return self.sampling, self.mask.shape
 
 
 @dataclass

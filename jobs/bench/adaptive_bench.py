@@ -15,21 +15,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_MODALITY, PhantomConfig
+import numpy as np
+
+from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_MODALITY, PhantomConfig, build_phantom_db
+from mrgen.datasets.schema import decode_organ_map
+from mrgen.datasets.store import read_table
+from mrgen.jobs.filter.calibrate import calibrate, write_calibration
 from mrgen.jobs.synthesis.config import SynthesisConfig
+from mrgen.jobs.synthesis.run import run_synthesis
+from mrgen.jobs.synthesis.stages.generator import CandidateSampler
 from mrgen.models.bundle import EMBEDDED, embedded_bundle
 from mrgen.models.sampling import SAMPLING_PRESETS
+from mrgen.platform.cluster import RayConfig, init_ray
 from mrgen.platform.config import ConfigBase
 
 
 def _generator_seconds_per_candidate(bundle_uri: str, db: str, config) -> float:
     """One wave of candidates for one source mask, sampled in this process as the generator stage samples."""
-    import numpy as np
-
-    from mrgen.datasets.schema import decode_organ_map
-    from mrgen.datasets.store import read_table
-    from mrgen.jobs.synthesis.stages.generator import CandidateSampler
-
     row = read_table(db, ["slice_id", "mask", "organ_map", "height", "width"], has_mask=True,
                      dataset=config.source_datasets).slice(0, 1).to_pylist()[0]
     mask = np.frombuffer(row["mask"], np.uint8).reshape(row["height"], row["width"])
@@ -64,11 +66,6 @@ def adaptive_bench_configs(masks: int = 16, candidates: int = 8, keep: int = 2, 
 
 def run_adaptive_bench(masks: int = 16, candidates: int = 8, keep: int = 2, wave_size: int = 2,
                        calibration_slices: int = 32, db: str | None = None) -> dict[str, Any]:
-    from mrgen.datasets.phantom import build_phantom_db
-    from mrgen.jobs.filter.calibrate import calibrate, write_calibration
-    from mrgen.jobs.synthesis.run import run_synthesis
-    from mrgen.platform.cluster import RayConfig, init_ray
-
     tmp = Path(tempfile.mkdtemp(prefix="mrgen-adaptive-bench-"))
     configs = adaptive_bench_configs(masks, candidates, keep, wave_size, db, work=str(tmp))  # fails before Ray
     init_ray(RayConfig(num_cpus=2, object_store_memory_mb=512, no_progress_timeout_s=900))
@@ -76,7 +73,7 @@ def run_adaptive_bench(masks: int = 16, candidates: int = 8, keep: int = 2, wave
         db = str(tmp / "db")
         build_phantom_db(db, configs["phantom"])
     calibration = calibrate(db, "medsam", limit=calibration_slices, dataset=[SOURCE_DATASET], split="train")
-    write_calibration(calibration, configs["probe"].thresholds_file)
+    write_calibration(calibration, configs["probe"].filter.thresholds_file)
 
     figures: dict[str, Any] = {"masks": masks, "candidates": candidates, "keep": keep, "wave_size": wave_size,
                                "thresholds": calibration.thresholds.model_dump()}

@@ -25,6 +25,11 @@ class DbBench(ConfigBase):
     resolution: int = Field(64, ge=1, description="DB resolution")
     batch_size: int = Field(64, ge=1, description="read batch size")
     repeats: int = Field(2, ge=1, description="reads per source; the best is reported")
+    rescans: int = Field(4, ge=1, description="without --db: the DB at volume is the tiny phantom in this many "
+                                              "acquisitions per volume (the million-slice path at small N)")
+    subset_dataset: str = Field("phantom-src", description="the DB at volume's subset (pruned by the index, and "
+                                                           "the smaller point of the reader's RSS): this dataset")
+    subset_split: str = Field("train", description="... and this split")
 
 
 class TrainBench(ConfigBase):
@@ -70,6 +75,20 @@ class ElasticBench(ConfigBase):
 
     masks: int = Field(32, ge=1, description="phantom masks per target modality (2 modalities)")
     train_steps: int = Field(60, ge=0, description="steps of the training runs (0: no training)")
+
+
+class VolumeBench(ConfigBase):
+    """`mrgen bench volume`: synthesis of many masks on a local multi-node cluster: rate, memory, files, resume."""
+
+    masks: int = Field(10_000, ge=2, description="masks of the full and resumed runs (source slices x modalities)")
+    at: int = Field(1_000, ge=1, description="the early point: rate and driver RSS up to it vs at the end")
+    modalities: int = Field(4, ge=1, description="target modalities: each source mask is used once per modality")
+    workers: int = Field(2, ge=1, description="worker nodes beside the head")
+    steps: int = Field(2, ge=1, description="sampling steps (1 candidate per mask, filter none)")
+    shard_rows: int = Field(256, ge=1, description="synthesis output.shard_rows (kept slices per shard; keep 1)")
+    generator_batch: int = Field(8, ge=1, description="masks per generator (and filter) call")
+    medsam_masks: int = Field(240, ge=1, description="masks of the medsam run, where a node joins part-way")
+    kill_at: float = Field(0.5, gt=0, lt=1, description="the resumed run's driver is killed at this share published")
 
 
 class CostBench(ConfigBase):
@@ -121,3 +140,4 @@ class BenchConfig(ConfigBase):
     elastic: ElasticBench = Field(default_factory=ElasticBench, description="`mrgen bench elastic`")
     gpu: GpuBench = Field(default_factory=GpuBench, description="`mrgen bench gpu`")
     cost: CostBench = Field(default_factory=CostBench, description="`mrgen bench cost`")
+    volume: VolumeBench = Field(default_factory=VolumeBench, description="`mrgen bench volume`")

@@ -279,7 +279,7 @@ def _synthesize(config: SynthesisConfig, what: str) -> tuple[list[dict[str, Any]
 def _segment_and_evaluate(configs: dict[str, ConfigBase], sets: dict[str, list[str]], synthetic: dict[str, str],
                           db: str, work: str, seeds: int) -> dict[str, Any]:
     """Recipe → per-volume Dice on the target test volumes (averaged over segmenter seeds)."""
-    from mrgen.jobs.evaluate.segmenter import submit_evaluation, write_report
+    from mrgen.jobs.evaluate.segmenter import load_dice_report, submit_evaluation, write_dice_report
     from mrgen.jobs.segment.train import TrainSource, is_trained, submit_training
     from mrgen.models.metrics.bootstrap import seed_average
     from mrgen.platform.cluster import wait_for
@@ -303,8 +303,8 @@ def _segment_and_evaluate(configs: dict[str, ConfigBase], sets: dict[str, list[s
         if not storage.exists(uri):
             report = wait_for({run: submit_evaluation(configs["segment"], model[run], db, split="test",
                                                       datasets=[TARGET_DATASET])}, "evaluation")[run]
-            write_report(report, uri)
-        reports[run] = json.loads(storage.read_text(uri))
+            write_dice_report(report, uri)
+        reports[run] = load_dice_report(uri)
     return {name: seed_average([reports[run]["dice"]["per_volume"] for run, (n, _) in runs.items() if n == name])
             for name in sets}
 

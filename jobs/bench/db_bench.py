@@ -1,13 +1,19 @@
 """MRGen-DB throughput: ingest slices/s, then Ray Data read slices/s from local disk and from S3 (moto),
-each against a plain pyarrow read (``read_table`` + decode) of the same shards in the same run.
+each against a bare pyarrow read (a ``pyarrow.dataset`` over the same shards, streamed + decoded) in the same run;
+then a DB at volume (``--db``, e.g. the million-slice phantom; by default the tiny phantom in ``rescans``
+acquisitions, the same path at small N): `mrgen db info` seconds, Ray Data vs pyarrow on a filtered subset, what the
+index's pruning saves, and the reader's peak RSS on that subset vs the whole DB.
 
 The S3 endpoint is moto's standalone server, started here on 127.0.0.1 before Ray so workers see it.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from mrgen.datasets.config import DBConfig
+from mrgen.datasets.phantom import PhantomConfig
+from mrgen.jobs.bench.synth_bench import PeakRSS
 from mrgen.platform.config import ConfigBase
 
 BUCKET = "mrgen-bench"
@@ -49,34 +57,44 @@ def write_phantom_niftis(folder: Path, volumes: int, slices: int, size: int, see
     return manifest
 
 
-def read_ray(uri: str, batch_size: int) -> Iterator[int]:
-    """Decoded batch sizes, streamed by Ray Data."""
-    from mrgen.datasets.schema import decode_batch
-    from mrgen.datasets.store import read_slices
+def stream(reader: str, uri: str, batch_size: int, prune: bool = True, **filters: Any) -> Iterator[int]:
+    """Decoded batch sizes of the matching slices, every column: streamed by Ray Data (``reader="ray"``, the
+    platform's reader) or by a bare ``pyarrow.dataset`` over the same shards (``"pyarrow"``, the baseline).
+    ``prune=False`` (pyarrow only): every shard, the filter applied to rows, as a reader without the index would
+    (Parquet's row-group statistics then skip most of what does not match)."""
+    import pyarrow.dataset as pads
 
-    for batch in read_slices(uri).iter_batches(batch_size=batch_size, batch_format="numpy"):
+    from mrgen.datasets.schema import decode_batch
+    from mrgen.datasets.store import (load_index, read_slices, row_filter_expression, row_filters, select_shards,
+                                      shard_paths)
+
+    if reader == "ray":
+        # prefetching as the trainer's reader does (jobs/train/data.py BatchStream)
+        batches = read_slices(uri, **filters).iter_batches(batch_size=batch_size, batch_format="numpy",
+                                                           prefetch_batches=2)
+    else:
+        index = load_index(uri)
+        shards = select_shards(index, **filters) if prune else index.shards
+        fs, paths = shard_paths(uri, shards)
+        scan = pads.dataset(paths, filesystem=fs, format="parquet").to_batches(
+            batch_size=batch_size, filter=row_filter_expression(**row_filters(shards, **filters)))
+        batches = ({name: column.to_numpy(zero_copy_only=False) for name, column in zip(b.schema.names, b.columns)}
+                   for b in scan if b.num_rows)
+    for batch in batches:
         yield len(decode_batch(batch)["image"])
 
 
-def read_pyarrow(uri: str, batch_size: int) -> Iterator[int]:
-    """Decoded batch sizes from one in-memory pyarrow table (the baseline)."""
-    from mrgen.datasets.schema import decode_batch
-    from mrgen.datasets.store import read_table
-
-    for record_batch in read_table(uri).to_batches(max_chunksize=batch_size):
-        batch = {name: record_batch.column(name).to_numpy(zero_copy_only=False)
-                 for name in ("image", "mask", "height", "width")}
-        yield len(decode_batch(batch)["image"])
+RAY, PYARROW = functools.partial(stream, "ray"), functools.partial(stream, "pyarrow")
 
 
-def _best_rate(read: Callable[[str, int], Iterator[int]], uri: str, batch_size: int,
-               repeats: int) -> tuple[float, int, float]:
+def _best_rate(read: Callable[..., Iterator[int]], uri: str, batch_size: int, repeats: int,
+               **filters: Any) -> tuple[float, int, float]:
     """Best slices/s over ``repeats`` reads, the slice count, and the time to the first batch of that read."""
     best, count, first_batch = 0.0, 0, 0.0
     for _ in range(repeats):
         start = time.perf_counter()
         count, first = 0, None
-        for n in read(uri, batch_size):
+        for n in read(uri, batch_size, **filters):
             first = first if first is not None else time.perf_counter() - start
             count += n
         rate = count / (time.perf_counter() - start)
@@ -116,19 +134,29 @@ class _MotoS3:
                 os.environ[key] = value
 
 
-def db_bench_configs(resolution: int = 64, shard_rows: int = 128) -> dict[str, ConfigBase]:
-    """What :func:`run_db_bench` builds, by name, without building anything: ``db`` (both builds' DB settings)."""
-    return {"db": DBConfig.load_dict({"resolution": resolution, "shard_rows": shard_rows}, source="mrgen bench db")}
+def db_bench_configs(resolution: int = 64, shard_rows: int = 128, rescans: int = 4,
+                     db: str | None = None) -> dict[str, ConfigBase]:
+    """What :func:`run_db_bench` builds, by name, without building anything: ``db`` (both ingest builds' DB settings)
+    and, without ``db``, ``phantom`` (the DB at volume: the tiny phantom in ``rescans`` acquisitions)."""
+    configs: dict[str, ConfigBase] = {
+        "db": DBConfig.load_dict({"resolution": resolution, "shard_rows": shard_rows}, source="mrgen bench db")}
+    if db is None:
+        configs["phantom"] = PhantomConfig.load("tiny", [f"rescans={rescans}"])
+    return configs
 
 
 def run_db_bench(volumes: int = 8, slices: int = 64, size: int = 128, resolution: int = 64, shard_rows: int = 128,
-                 batch_size: int = 64, repeats: int = 2, workdir: str | None = None) -> dict[str, Any]:
-    """Measure and print ingest and read throughput; returns the figures."""
+                 batch_size: int = 64, repeats: int = 2, rescans: int = 4, subset_dataset: str = "phantom-src",
+                 subset_split: str = "train", db: str | None = None, workdir: str | None = None) -> dict[str, Any]:
+    """Measure and print ingest and read throughput, then the figures of ``db`` at volume (default: the tiny phantom
+    in ``rescans`` acquisitions, built here); returns the figures."""
     from mrgen.datasets.ingest.build import build_db
+    from mrgen.datasets.phantom import build_phantom_db
     from mrgen.platform import storage
     from mrgen.platform.cluster import init_ray
 
-    config = db_bench_configs(resolution, shard_rows)["db"]  # a bad setting fails before moto and Ray start
+    configs = db_bench_configs(resolution, shard_rows, rescans, db)  # a bad setting fails before moto and Ray start
+    config = configs["db"]
     root = Path(workdir or tempfile.mkdtemp(prefix="mrgen-db-bench-"))
     with _MotoS3() as s3:
         init_ray()
@@ -147,8 +175,8 @@ def run_db_bench(volumes: int = 8, slices: int = 64, size: int = 128, resolution
                                    "ingest_slices_per_s": report.slices_per_second,
                                    "ingest_cold_slices_per_s": cold.slices_per_second, "s3_endpoint": s3.endpoint}
         for where, uri in (("local", local), ("s3", remote)):
-            ray_rate, ray_count, ray_first = _best_rate(read_ray, uri, batch_size, repeats)
-            arrow_rate, arrow_count, arrow_first = _best_rate(read_pyarrow, uri, batch_size, repeats)
+            ray_rate, ray_count, ray_first = _best_rate(RAY, uri, batch_size, repeats)
+            arrow_rate, arrow_count, arrow_first = _best_rate(PYARROW, uri, batch_size, repeats)
             if ray_count != report.rows or arrow_count != report.rows:
                 raise RuntimeError(f"{where}: read {ray_count} (Ray) / {arrow_count} (pyarrow) slices, built "
                                    f"{report.rows}")
@@ -158,8 +186,92 @@ def run_db_bench(volumes: int = 8, slices: int = 64, size: int = 128, resolution
             figures[f"pyarrow_first_batch_{where}_s"] = arrow_first
             figures[f"ray_vs_pyarrow_{where}"] = ray_rate / arrow_rate
         figures["ray_s3_vs_local"] = figures["ray_read_s3_slices_per_s"] / figures["ray_read_local_slices_per_s"]
+        if db is None:
+            db = str(root / "phantom")
+            build_phantom_db(db, configs["phantom"])
+        figures["volume"] = volume_figures(db, batch_size, repeats, dataset=subset_dataset, split=subset_split)
     print(format_figures(figures), flush=True)
     return figures
+
+
+class ReaderRSS(PeakRSS):
+    """:class:`PeakRSS` (this process and its Ray workers, the object store's shared pages counted in each), and the
+    peaks of this process alone, the reader that consumes the stream: its RSS, and its private part (RSS less shared
+    pages: the object store's pages it maps are shared, and count in its RSS however little it keeps)."""
+
+    def __init__(self):
+        super().__init__()
+        self.driver = self.private = 0.0
+
+    def sample(self) -> None:
+        super().sample()
+        mem = self._me.memory_info()
+        self.driver = max(self.driver, mem.rss / 2**20)
+        self.private = max(self.private, (mem.rss - mem.shared) / 2**20)
+
+
+def _rates(readers: dict[str, Callable[..., Iterator[int]]], uri: str, batch_size: int, repeats: int,
+           **filters: Any) -> dict[str, tuple[float, int, int]]:
+    """Each reader's best slices/s, its slice count and the bytes this process read from files in its last pass
+    (pyarrow reads here; Ray Data's reads run in its workers), the readers taking turns (a drift favours none)."""
+    import psutil
+
+    me, best = psutil.Process(), {name: (0.0, 0, 0) for name in readers}
+    for _ in range(repeats):
+        for name, read in readers.items():
+            before = me.io_counters().read_chars
+            rate, count, _ = _best_rate(read, uri, batch_size, 1, **filters)
+            best[name] = (max(best[name][0], rate), count, me.io_counters().read_chars - before)
+    return best
+
+
+def _memory(uri: str, batch_size: int, early: int) -> dict[str, Any]:
+    """The reader's peak memory over the first ``early`` slices of a Ray Data stream of the whole DB, and over all
+    of it (one pass: a separate small read would compare process histories, not stream lengths)."""
+    with ReaderRSS() as rss:
+        count, marks = 0, None
+        for n in RAY(uri, batch_size):
+            count += n
+            if marks is None and count >= early:
+                rss.sample()
+                marks = {"early_slices": count, "rss_driver_early_mib": rss.driver,
+                         "private_driver_early_mib": rss.private, "rss_ray_early_mib": rss.peak}
+    return {**(marks or {}), "all_slices": count, "rss_driver_all_mib": rss.driver,
+            "private_driver_all_mib": rss.private, "rss_ray_all_mib": rss.peak}
+
+
+def volume_figures(uri: str, batch_size: int, repeats: int, **subset: Any) -> dict[str, Any]:
+    """`mrgen db info` seconds (a new process, as a user runs it); the reader's peak memory streaming the whole DB
+    with Ray Data, at a tenth of it and at its end; Ray Data vs pyarrow slices/s on the ``subset`` (filters) and on
+    the whole DB; the subset read with the index's pruning vs every shard opened."""
+    from mrgen.datasets.store import load_index, select_shards
+
+    start = time.perf_counter()
+    info = subprocess.run([sys.executable, "-m", "mrgen.cli", "db", "info", uri], capture_output=True, text=True)
+    info_s = time.perf_counter() - start
+    if info.returncode:
+        raise RuntimeError(f"mrgen db info {uri}: {info.stderr.strip()}")
+    index = load_index(uri)
+    f: dict[str, Any] = {"db": uri, "slices": index.rows, "shards": len(index.shards), "bytes": index.bytes,
+                         "info_s": info_s, "subset": subset, "subset_shards": len(select_shards(index, **subset)),
+                         **_memory(uri, batch_size, max(1, index.rows // 10))}  # first: no baseline has run yet
+    every_shard = functools.partial(stream, "pyarrow", prune=False)
+    sub = _rates({"ray": RAY, "pyarrow": PYARROW, "every_shard": every_shard}, uri, batch_size, repeats, **subset)
+    whole = _rates({"ray": RAY, "pyarrow": PYARROW}, uri, batch_size, 1)
+    counts = {f"subset {k}": v[1] for k, v in sub.items()} | {f"all {k}": v[1] for k, v in whole.items()}
+    if len({v[1] for v in sub.values()}) > 1 or {v[1] for v in whole.values()} | {f["all_slices"]} != {index.rows}:
+        raise RuntimeError(f"{uri}: slices read differ: {counts}, the index lists {index.rows}")
+    f["subset_slices"] = sub["ray"][1]
+    for name, (rate, _, _) in sub.items():
+        f[f"{name}_subset_slices_per_s"] = rate
+    for name, (rate, _, _) in whole.items():
+        f[f"{name}_all_slices_per_s"] = rate
+    f["pyarrow_subset_bytes_read"], f["every_shard_subset_bytes_read"] = sub["pyarrow"][2], sub["every_shard"][2]
+    f["ray_vs_pyarrow_subset"] = sub["ray"][0] / sub["pyarrow"][0]
+    f["ray_vs_pyarrow_all"] = whole["ray"][0] / whole["pyarrow"][0]
+    f["pruned_vs_every_shard"] = sub["pyarrow"][0] / sub["every_shard"][0]
+    f["private_driver_all_vs_early"] = f["private_driver_all_mib"] / f["private_driver_early_mib"]
+    return f
 
 
 def format_figures(f: dict[str, Any]) -> str:
@@ -178,4 +290,30 @@ def format_figures(f: dict[str, Any]) -> str:
         f"  read s3     pyarrow baseline {f['pyarrow_read_s3_slices_per_s']:10.1f} slices/s"
         f"   (first batch after {f['pyarrow_first_batch_s3_s']:.2f}s)   Ray/pyarrow = {f['ray_vs_pyarrow_s3']:.3f}",
         f"  Ray Data s3/local = {f['ray_s3_vs_local']:.2f}",
+        *format_volume(f["volume"]),
     ])
+
+
+def format_volume(v: dict[str, Any]) -> list[str]:
+    size = f", {v['bytes'] / 2**30:.2f} GiB" if v["bytes"] is not None else ""
+    subset = " ".join(f"{k}={w}" for k, w in v["subset"].items())
+    return [
+        f"MRGen-DB at volume: {v['db']}: {v['slices']} slices in {v['shards']} shards{size}",
+        f"  mrgen db info                {v['info_s']:10.2f} s (a new process)",
+        f"  stream all  Ray Data         {v['ray_all_slices_per_s']:10.1f} slices/s",
+        f"  stream all  pyarrow baseline {v['pyarrow_all_slices_per_s']:10.1f} slices/s   Ray/pyarrow = "
+        f"{v['ray_vs_pyarrow_all']:.3f}",
+        f"  subset {subset}: {v['subset_slices']} slices, {v['subset_shards']} of {v['shards']} shards opened",
+        f"  stream sub  Ray Data         {v['ray_subset_slices_per_s']:10.1f} slices/s",
+        f"  stream sub  pyarrow baseline {v['pyarrow_subset_slices_per_s']:10.1f} slices/s   Ray/pyarrow = "
+        f"{v['ray_vs_pyarrow_subset']:.3f}",
+        f"  stream sub  every shard      {v['every_shard_subset_slices_per_s']:10.1f} slices/s   pruned/every "
+        f"shard = {v['pruned_vs_every_shard']:.2f}; bytes read {v['pyarrow_subset_bytes_read'] / 2**30:.2f} GiB "
+        f"pruned, {v['every_shard_subset_bytes_read'] / 2**30:.2f} GiB opening every shard",
+        f"  reader peak memory (Ray)     first {v['early_slices']} slices: RSS {v['rss_driver_early_mib']:.0f} MiB, "
+        f"private {v['private_driver_early_mib']:.0f} MiB; all {v['all_slices']}: RSS {v['rss_driver_all_mib']:.0f}"
+        f" MiB, private {v['private_driver_all_mib']:.0f} MiB (private all/first = "
+        f"{v['private_driver_all_vs_early']:.2f})",
+        f"  with Ray's processes         first {v['rss_ray_early_mib']:.0f} MiB, all {v['rss_ray_all_mib']:.0f} MiB"
+        " (RSS summed: shared pages counted in each)",
+    ]

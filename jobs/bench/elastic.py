@@ -3,7 +3,8 @@
 
 Scenarios, each compared with an undisturbed run of the same settings and seed:
 
-* a node joins mid-run: the generator and filter actor pools grow onto it;
+* a node joins mid-run: the generator and filter actor pools grow onto it (seconds until each pool's first actor
+  there is alive);
 * a node dies mid-run: the worker node holding generator actors is killed (not drained) while masks are in flight;
 * the driver dies: `mrgen synthesize` runs as a subprocess, is SIGKILLed mid-run, and the same command is rerun.
 
@@ -130,16 +131,21 @@ def actor_nodes() -> dict[str, set[str]]:
 
 
 class ActorWatch(Sampler):
-    """Every node each actor class was seen alive on while the context was open (sampled every 0.5 s)."""
+    """Every node each actor class was seen alive on while the context was open (sampled every 0.5 s), and when
+    it was first seen there."""
 
     interval_s = 0.5
 
     def __init__(self):
         self.seen: dict[str, set[str]] = {}
+        self.first_seen: dict[tuple[str, str], float] = {}  # (class, node) → time.monotonic()
 
     def sample(self) -> None:
+        now = time.monotonic()
         for name, nodes in actor_nodes().items():
             self.seen.setdefault(name, set()).update(nodes)
+            for node in nodes:
+                self.first_seen.setdefault((name, node), now)
 
 
 class Background:
@@ -181,7 +187,7 @@ def synth_settings(bundle: str, db: str, out: str, masks: int = 32) -> list[str]
     return [f"model={bundle}", f"source={db}", f"out={out}", f"target_modalities=['{TARGET_MODALITY}','T1 in-phase']",
             "source_datasets=['phantom-src']", f"max_masks={masks}", "candidates=3", "keep=1", "steps=10",
             "scorer.random=true", "scorer.image_size=256", "thresholds.organ_iou=0", "thresholds.organ_conf=0",
-            "thresholds.mean_iou=0", "thresholds.mean_conf=0", "masks_per_shard=4", "contact_sheet_masks=0",
+            "thresholds.mean_iou=0", "thresholds.mean_conf=0", "output.shard_rows=4", "contact_sheet_masks=0",
             f"generator.num_cpus={GENERATOR_CPUS}", f"filter_stage.num_cpus={FILTER_CPUS}", "generator.pool_max=2",
             "filter_stage.pool_max=2", "generator.resources.generator_slot=1", "filter_stage.resources.filter_slot=1"]
 
@@ -222,11 +228,17 @@ def node_joins(cluster: LocalCluster, settings: list[str], then_dies: bool = Fal
     with ActorWatch() as watch:
         job = Background(lambda: synthesize(settings))
         wait_until(lambda: {GENERATOR, FILTER} <= set(watch.seen) or job.done(), 600, "the first actors")
+        joined_at = time.monotonic()
         node = cluster.add()
         done_at_join = _finished(out)
 
         def grew() -> dict[str, bool]:
             return {name: node.node_id in watch.seen.get(cls, set()) for name, cls in POOLS}
+
+        def grew_after_s() -> dict[str, float | None]:
+            """Seconds from the node's start to each pool's first actor alive there (model loaded)."""
+            return {name: round(watch.first_seen[cls, node.node_id] - joined_at, 1)
+                    if (cls, node.node_id) in watch.first_seen else None for name, cls in POOLS}
 
         def generator_there_now() -> bool:
             # the watch remembers every node a pool reached; the kill needs a generator alive there at that moment
@@ -241,7 +253,7 @@ def node_joins(cluster: LocalCluster, settings: list[str], then_dies: bool = Fal
             cluster.kill(node)
         _, seconds = job.result()
     return {"wall_s": round(seconds, 1), "masks_done_at_join": done_at_join, "pools_grew_onto_new_node": grew(),
-            **killed}
+            "pools_on_new_node_after_s": grew_after_s(), **killed}
 
 
 def node_dies(cluster: LocalCluster, settings: list[str], after_masks: int = 4) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from typing import Any
 
 from mrgen.jobs.bench.elastic import Background, LocalCluster, wait_until
 from mrgen.jobs.train.config import TrainConfig
+from mrgen.jobs.train.run import run_training
+from mrgen.platform import storage
 
 # A worker takes 2 CPUs, so each node holds one; the head's third CPU is for the data reads (a 1-CPU task each).
 TRAIN_HEAD_CPUS, TRAIN_NODE_CPUS, WORKER_CPUS = 3, 2, 2
@@ -30,16 +32,12 @@ def train_config(steps: int, every: int) -> TrainConfig:
 
 
 def checkpoints(out: str) -> int:
-    from mrgen.platform import storage
-
     names = storage.listdir(storage.join(out, STAGE))
     return sum(n.startswith("checkpoint_") and not n.endswith(".json") for n in names)
 
 
 def train(db: str, out: str, steps: int, every: int) -> tuple[Any, float]:
     """(TrainResult, wall seconds) of the stage in this process."""
-    from mrgen.jobs.train.run import run_training
-
     start = time.perf_counter()
     result = run_training(train_config(steps, every), db, out, STAGE)
     return result, time.perf_counter() - start

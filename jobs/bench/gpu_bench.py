@@ -21,7 +21,9 @@ this check cannot rot.
 """
 from __future__ import annotations
 
+import gc
 import json
+import platform
 import shutil
 import tempfile
 import time
@@ -33,16 +35,25 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from torch._dynamo.utils import counters
 
-from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_MODALITY
+from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_MODALITY, PhantomConfig, build_phantom_db
+from mrgen.datasets.store import read_table
 from mrgen.jobs.bench.config import GPU_SECTIONS
 from mrgen.jobs.synthesis.config import SynthesisConfig
+from mrgen.jobs.synthesis.run import run_synthesis
 from mrgen.jobs.synthesis.stages.writer import AUDIT_DIR
 from mrgen.jobs.train.config import TrainConfig
+from mrgen.jobs.train.data import STAGE_COLUMNS, decode
+from mrgen.jobs.train.run import run_training
+from mrgen.jobs.train.stages import build_task
 from mrgen.models.acceleration import CUDA_GRAPH_MODES, accelerate
-from mrgen.models.bundle import ModelBundle
+from mrgen.models.bundle import ModelBundle, build_random_bundle
+from mrgen.models.configs import model_config
 from mrgen.models.flops import decode_flops, denoiser_flops
+from mrgen.models.pipeline import MRGenPipeline
 from mrgen.models.sampling import PAPER_SAMPLING, SamplingSettings
+from mrgen.platform.cluster import init_ray
 
 STAGES = ("vae", "unet", "controlnet")
 # dense bf16 tensor-core peaks (TFLOP/s, vendor data sheets, no sparsity); the first name the device's contains wins
@@ -81,18 +92,12 @@ def _sync(device: torch.device) -> None:
 
 def _rows(db: str, n: int) -> dict[str, Any]:
     """``n`` decoded training rows with masks (what every stage's loss takes), read without Ray."""
-    from mrgen.datasets.store import read_table
-    from mrgen.jobs.train.data import STAGE_COLUMNS, decode
-
     table = read_table(db, columns=STAGE_COLUMNS["controlnet"], has_mask=True).slice(0, n)
     return decode({c: np.array(table.column(c).to_pylist() + [None], dtype=object)[:-1] for c in table.column_names})
 
 
 def stage_steps_per_s(stage: str, bundle, batch: dict[str, Any], device: torch.device, steps: int) -> float:
     """A bare AdamW loop of ``stage`` (the training job's task and loss) on ``device``: optimizer steps/s."""
-    from mrgen.jobs.train.stages import build_task
-    from mrgen.models.configs import model_config
-
     task = build_task(stage, model_config("tiny"), bundle, 1e-6, 0.0, 0.1, seed=0)
     task.to(device, torch.float32)
     model = task.trainable.to(device)
@@ -116,8 +121,6 @@ def stage_steps_per_s(stage: str, bundle, batch: dict[str, Any], device: torch.d
 
 
 def tiny_stages(db: str, device: torch.device, steps: int, cpu_steps: int, batch_size: int = 8) -> dict[str, Any]:
-    from mrgen.models.bundle import build_random_bundle
-
     batch = _rows(db, batch_size)
     runs = {device.type: (device, steps)}
     if device.type != "cpu":
@@ -153,8 +156,6 @@ def paper_training_config(device: torch.device, tiny: bool, steps: int, batch_si
 def paper_training(db: str, out: str, device: torch.device, tiny: bool, steps: int, batch_sizes: dict[str, int],
                    stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
     """`mrgen train all`'s ``stages`` in order (each from the previous one's bundle) for ``steps`` steps each."""
-    from mrgen.jobs.train.run import run_training
-
     gpu = device.type == "cuda"
     config = paper_training_config(device, tiny, steps, batch_sizes, stages)
     figures: dict[str, Any] = {"config": "tiny" if tiny else "paper", "precision": config.resolved_precision(),
@@ -191,8 +192,6 @@ def _request_mask(size: int, masks: int = 1) -> np.ndarray:
 
 
 def synthesis(bundle, device: torch.device, size: int, candidates: int, sampling: SamplingSettings) -> dict[str, Any]:
-    from mrgen.models.pipeline import MRGenPipeline
-
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     pipe = MRGenPipeline(bundle.to(device, dtype), device=device)
     mask = _request_mask(size)
@@ -226,24 +225,17 @@ def synthesis(bundle, device: torch.device, size: int, candidates: int, sampling
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform
-
     return platform.processor() or platform.machine()
 
 
 def endpoint_options(tiny: bool) -> dict[str, Any]:
-    """The keyword arguments (but ``model``) the ``endpoint`` section gives ``serving.loadgen.benchmark``."""
+    """The keyword arguments (but ``model``) the ``endpoint`` section gives ``serving.loadgen.benchmark`` (the CLI
+    calls it: jobs do not reach serving)."""
     if tiny:
         return {"clients": 2, "duration_s": 1.0, "steps": 2, "warmup_s": 0.5}
     # one GPU replica, no SAM2 filter (no checkpoint here): the generator's batching is what is measured
     return {"clients": 8, "duration_s": 20.0, "steps": 50, "warmup_s": 5.0, "config": "paper", "size": 512,
             "overrides": {"filter.kind": "none", "limits.max_image_size": 512}}
-
-
-def endpoint(bundle_uri: str, tiny: bool) -> dict[str, Any]:
-    from mrgen.serving.loadgen import benchmark
-
-    return benchmark(model=bundle_uri, **endpoint_options(tiny))
 
 
 @dataclass(frozen=True)
@@ -297,10 +289,6 @@ def run_variant(base, variant: Variant, device: torch.device, size: int, candida
     request ``variant.masks`` × ``candidates`` at ``size``: a short call first (2 steps on CUDA, 1 on the CPU:
     kernels, compilation, CUDA graph recording: ``warmup_s``), then the timed call; candidates/s, peak GPU memory
     and, compiled, dynamo's graph breaks and inductor's CUDA-graph skips."""
-    from torch._dynamo.utils import counters  # torch._dynamo: imported by the first compile anyway
-
-    from mrgen.models.pipeline import MRGenPipeline
-
     counters.clear()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -333,8 +321,6 @@ def run_variant(base, variant: Variant, device: torch.device, size: int, candida
 
 def _release(device: torch.device) -> None:
     """Frees what a variant left: compiled graphs and CUDA-graph pools, cached GPU memory."""
-    import gc
-
     torch._dynamo.reset()
     gc.collect()
     if device.type == "cuda":
@@ -436,7 +422,7 @@ def pipeline_configs(bundle_uri: str, db: str, work: str, masks: int = PIPELINE_
             f"max_masks={masks}", "mask_selection=spread", f"candidates={candidates}", f"filter={kind}",
             "scorer.random=true", "scorer.config_name=large", "scorer.image_size=1024",
             "generator.num_gpus=0.5", "generator.pool_max=1", "filter_stage.num_gpus=0.5", "filter_stage.pool_max=1",
-            "light.batch_size=1", "masks_per_shard=1", "contact_sheet_masks=0"])
+            "light.batch_size=1", "output.shard_rows=1", "contact_sheet_masks=0"])
     return configs
 
 
@@ -455,14 +441,12 @@ def steady_candidates_per_s(out: str) -> float | None:
 def pipeline_on_one_gpu(configs: dict[str, SynthesisConfig]) -> dict[str, Any]:
     """`mrgen synthesize` (``run_synthesis``) with each of :func:`pipeline_configs`; candidates/s over the whole
     run and in the steady state, and the ratio with the filter to without (goal >= 0.9)."""
-    from mrgen.jobs.synthesis.run import run_synthesis
-
     sam2 = configs["pipeline.sam2"]
     out: dict[str, Any] = {"masks": sam2.max_masks, "candidates_per_mask": sam2.candidates,
-                           "sampler": f"{sam2.sampler} {sam2.steps}", "guidance": sam2.guidance,
-                           "generator_num_gpus": sam2.generator.num_gpus,
-                           "filter": {"kind": "sam2", "config_name": sam2.scorer.config_name,
-                                      "image_size": sam2.scorer.image_size, "random": sam2.scorer.random,
+                           "sampler": f"{sam2.sampling.sampler} {sam2.sampling.steps}",
+                           "guidance": sam2.sampling.guidance, "generator_num_gpus": sam2.generator.num_gpus,
+                           "filter": {"kind": "sam2", "config_name": sam2.filter.scorer.config_name,
+                                      "image_size": sam2.filter.scorer.image_size, "random": sam2.filter.scorer.random,
                                       "num_gpus": sam2.filter_stage.num_gpus},
                            "generator_dtype": "bfloat16 (models.acceleration.inference_dtype on CUDA)"}
     for label, kind in (("generator_alone", "none"), ("with_sam2", "sam2")):
@@ -527,9 +511,6 @@ def gpu_bench_configs(device: str = "cuda", tiny: bool = False, sections: tuple[
     ``sampling`` (the synthesis and generator_efficiency sections'), ``variants`` (generator_efficiency's) and, on
     CUDA at paper scale, ``pipeline.none`` and ``pipeline.sam2`` (its synthesis runs); ``work`` is the run's folder.
     The endpoint section's service configs are ``serving.loadgen.benchmark_configs(**endpoint_options(tiny))``."""
-    from mrgen.datasets.phantom import PhantomConfig
-    from mrgen.models.configs import model_config
-
     wanted = set(sections or GPU_SECTIONS)
     pipeline = "generator_efficiency" in wanted and torch.device(device).type == "cuda" and not tiny
     configs: dict[str, Any] = {}
@@ -552,22 +533,24 @@ def gpu_bench_configs(device: str = "cuda", tiny: bool = False, sections: tuple[
 
 
 def run_gpu_bench(device: str = "cuda", tiny: bool = False, sections: tuple[str, ...] | None = None,
-                  workdir: str | None = None,
-                  on_section: Callable[[dict[str, Any]], None] | None = None, autotune: bool = True) -> dict[str, Any]:
+                  workdir: str | None = None, on_section: Callable[[dict[str, Any]], None] | None = None,
+                  autotune: bool = True, endpoint: Callable[[str, bool], dict[str, Any]] | None = None
+                  ) -> dict[str, Any]:
     """Every section (or those named in ``sections``) on ``device``; prints and returns one JSON object.
+    ``endpoint``: the ``endpoint`` section, (bundle URI, tiny) → its figures (the CLI's, which loads the service with
+    ``serving.loadgen``); without it that section is refused.
     ``on_section`` gets the figures so far after each section, and within generator_efficiency after each of its
     runs, the section then marked ``"unfinished": true`` (a lease that ends mid-run keeps what finished).
     ``autotune``: generator_efficiency's compiled variants tune kernels per shape (:func:`efficiency_variants`)."""
-    from mrgen.datasets.phantom import build_phantom_db
-    from mrgen.models.bundle import build_random_bundle
-    from mrgen.platform.cluster import init_ray
-
     work = Path(workdir or tempfile.mkdtemp(prefix="mrgen-gpu-bench-"))
     configs = gpu_bench_configs(device, tiny, sections, str(work), autotune)  # a bad setting fails before anything
+    wanted = sections or GPU_SECTIONS
+    if "endpoint" in wanted and endpoint is None:
+        raise ValueError("the endpoint section needs the service's load generator (endpoint=; `mrgen bench gpu` "
+                         "passes it)")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: torch sees no CUDA device here (use --device cpu --tiny for the CI mode)")
-    wanted = sections or GPU_SECTIONS
     started = time.perf_counter()
     figures: dict[str, Any] = {"device": device, "device_name": _device_name(dev), "tiny": tiny,
                                "torch": torch.__version__, "cuda": torch.version.cuda}

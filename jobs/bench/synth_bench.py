@@ -11,6 +11,7 @@ Everything runs on the tiny random bundle and an untrained SAM2 at a small size.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import threading
@@ -19,11 +20,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
+import torch
 
-from mrgen.datasets.phantom import TARGET_MODALITY, PhantomConfig
+from mrgen.datasets.phantom import TARGET_MODALITY, PhantomConfig, build_phantom_db
+from mrgen.datasets.schema import decode_organ_map
+from mrgen.datasets.store import read_table
+from mrgen.jobs.synthesis import run as run_module
 from mrgen.jobs.synthesis.config import SynthesisConfig
+from mrgen.jobs.synthesis.keys import candidate_seed
+from mrgen.jobs.synthesis.run import run_synthesis
+from mrgen.jobs.synthesis.stages.prepare import SOURCE_COLUMNS, PrepareUDF
+from mrgen.models.bundle import ModelBundle, build_random_bundle
+from mrgen.models.pipeline import MRGenPipeline
 from mrgen.models.sampling import PAPER_SAMPLING, SamplingSettings
-from mrgen.models.scorers import ScorerSettings
+from mrgen.models.scorers import ScorerSettings, build_scorer
+from mrgen.platform.cluster import RayConfig, init_ray
 from mrgen.platform.config import ConfigBase
 
 
@@ -57,13 +69,9 @@ class PeakRSS(Sampler):
     """Peak summed RSS (MiB) of this process and its descendants while the context is open."""
 
     def __init__(self):
-        import psutil
-
         self.peak, self._me = 0.0, psutil.Process()
 
     def sample(self) -> None:
-        import psutil
-
         total = 0
         for p in [self._me, *self._me.children(recursive=True)]:
             try:
@@ -74,9 +82,6 @@ class PeakRSS(Sampler):
 
 
 def _work_rows(db: str, masks: int, modality: str, resolution: int) -> list[dict[str, Any]]:
-    from mrgen.datasets.store import read_table
-    from mrgen.jobs.synthesis.stages.prepare import SOURCE_COLUMNS, PrepareUDF
-
     table = read_table(db, columns=SOURCE_COLUMNS, has_mask=True, dataset="phantom-src")
     rows = sorted(table.to_pylist(), key=lambda r: r["slice_id"])
     batch = {c: np.array([r[c] for r in rows] + [None], dtype=object)[:-1] for c in SOURCE_COLUMNS}
@@ -89,14 +94,6 @@ def _work_rows(db: str, masks: int, modality: str, resolution: int) -> list[dict
 
 def _bare_loop(bundle: str, rows: list[dict], candidates: int, sampling: SamplingSettings, sam2: ScorerSettings,
                reference: bool) -> dict[str, float]:
-    import torch
-
-    from mrgen.datasets.schema import decode_organ_map
-    from mrgen.jobs.synthesis.keys import candidate_seed
-    from mrgen.models.bundle import ModelBundle
-    from mrgen.models.pipeline import MRGenPipeline
-    from mrgen.models.scorers import build_scorer
-
     torch.set_num_threads(1)
     pipe = MRGenPipeline(ModelBundle.load(bundle))
     scorer = build_scorer("sam2", sam2)
@@ -120,13 +117,6 @@ def _bare_loop(bundle: str, rows: list[dict], candidates: int, sampling: Samplin
 
 def _sampler_cost(bundle: str, row: dict, candidates: int) -> dict[str, float]:
     """Seconds per candidate of the paper's DDIM-50 and the faster DPM-Solver++-20 (same mask, same seeds)."""
-    import dataclasses
-
-    import torch
-
-    from mrgen.models.bundle import ModelBundle
-    from mrgen.models.pipeline import MRGenPipeline
-
     torch.set_num_threads(1)
     pipe = MRGenPipeline(ModelBundle.load(bundle))
     mask = np.frombuffer(row["mask"], np.uint8).reshape(int(row["height"]), int(row["width"]))[None]
@@ -161,11 +151,6 @@ def synth_bench_configs(candidates: int = 4, steps: int = 4, sam2_size: int = 25
 
 def run_synth_bench(masks: int = 2, scale: int = 10, candidates: int = 4, steps: int = 4, sam2_size: int = 256,
                     db: str | None = None) -> dict[str, Any]:
-    from mrgen.datasets.phantom import build_phantom_db
-    from mrgen.jobs.synthesis.run import run_synthesis
-    from mrgen.models.bundle import build_random_bundle
-    from mrgen.platform.cluster import RayConfig, init_ray
-
     tmp = Path(tempfile.mkdtemp(prefix="mrgen-synth-bench-"))
     configs = synth_bench_configs(candidates, steps, sam2_size, db, work=str(tmp))  # a bad setting fails before Ray
     init_ray(RayConfig(num_cpus=2, object_store_memory_mb=512, no_progress_timeout_s=600))
@@ -189,8 +174,6 @@ def run_synth_bench(masks: int = 2, scale: int = 10, candidates: int = 4, steps:
     def pipeline(n_masks: int, name: str) -> dict[str, float]:
         config = configs[name]
         wanted = sorted({r["source_slice_id"] for r in rows_all[:n_masks]})
-        from mrgen.jobs.synthesis import run as run_module
-
         original = run_module.wanted_slices
         run_module.wanted_slices = lambda cfg: wanted  # exactly the bare loop's masks
         try:

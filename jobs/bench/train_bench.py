@@ -18,18 +18,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from mrgen.datasets.phantom import PhantomConfig
+from mrgen.datasets.phantom import PhantomConfig, build_phantom_db
 from mrgen.jobs.train.config import TrainConfig
+from mrgen.jobs.train.data import decode, read_slices
+from mrgen.jobs.train.run import run_training
+from mrgen.jobs.train.stages import build_task
+from mrgen.models.bundle import ModelBundle, build_random_bundle
+from mrgen.models.configs import model_config
+from mrgen.platform.cluster import init_ray
 from mrgen.platform.config import ConfigBase
 
 
 def bare_loop(bundle_uri: str, images: np.ndarray, prompts: list[str], steps: int, lr: float,
               batch_size: int) -> float:
     """samples/s of a plain torch AdamW loop on the same task (in-memory batches, no Ray, no DeepSpeed)."""
-    from mrgen.jobs.train.stages import build_task
-    from mrgen.models.bundle import ModelBundle
-    from mrgen.models.configs import model_config
-
     bundle = ModelBundle.load(bundle_uri, parts=("vae", "text_encoder", "scheduler"))
     task = build_task("unet", model_config("tiny"), bundle, 1e-4, 0.2, 0.1, seed=0)
     optimizer = torch.optim.AdamW([p for p in task.trainable.parameters() if p.requires_grad], lr=lr)
@@ -70,19 +72,12 @@ def train_bench_configs(db_uri: str | None = None, steps: int = 40, batch_size: 
 
 def run_train_bench(db_uri: str | None = None, steps: int = 40, batch_size: int = 8,
                     log_every: int = 5) -> dict[str, Any]:
-    from mrgen.jobs.train.data import decode, read_slices
-    from mrgen.jobs.train.run import run_training
-    from mrgen.models.bundle import build_random_bundle
-    from mrgen.platform.cluster import init_ray
-
     configs = train_bench_configs(db_uri, steps, batch_size, log_every)  # a bad setting fails before Ray starts
     config = configs["train"]
     torch.set_num_threads(1)
     init_ray()
     work = Path(tempfile.mkdtemp(prefix="mrgen-train-bench-"))
     if db_uri is None:
-        from mrgen.datasets.phantom import build_phantom_db
-
         db_uri = str(work / "db")
         build_phantom_db(db_uri, configs["phantom"])
     bundle_uri = str(work / "init-bundle")

@@ -9,6 +9,9 @@ from typing import Any
 
 import torch
 
+from mrgen.jobs.train.data import decode, read_slices
+from mrgen.models.autoencoder import reconstruct
+from mrgen.models.bundle import ModelBundle
 from mrgen.models.metrics.reconstruction import psnr, ssim
 from mrgen.platform.progress import Progress
 
@@ -16,10 +19,6 @@ from mrgen.platform.progress import Progress
 def evaluate_autoencoder(bundle_uri: str, db_uri: str, split: str = "test", batch_size: int = 16,
                          limit: int | None = None, **filters: Any) -> dict[str, Any]:
     """Mean PSNR (dB), SSIM and MSE over the ``split`` slices of ``db_uri`` (per-image metrics, then averaged)."""
-    from mrgen.jobs.train.data import decode, read_slices
-    from mrgen.models.autoencoder import reconstruct
-    from mrgen.models.bundle import ModelBundle
-
     vae = ModelBundle.load(bundle_uri, parts=("vae",)).vae.eval()
     ds = read_slices(db_uri, ["height", "width", "image"], split=split, **filters)
     if limit:

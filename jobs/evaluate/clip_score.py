@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
 
 from mrgen.jobs.evaluate.fid import load_images
 
 
 class ClipScorer:
     def __init__(self, model: str, device: str = "cpu"):
-        import open_clip
-        import torch
-
         name = model if model.startswith(("local-dir:", "hf-hub:")) else f"local-dir:{Path(model).absolute()}"
         if name.startswith("local-dir:") and not Path(name[len("local-dir:"):]).is_dir():
             raise FileNotFoundError(f"CLIP model folder {name[len('local-dir:'):]} does not exist")
@@ -40,9 +40,6 @@ class ClipScorer:
         self.id = name
 
     def images(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        import torch
-        import torch.nn.functional as F
-
         out = []
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
@@ -53,9 +50,6 @@ class ClipScorer:
         return np.concatenate(out)
 
     def texts(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        import torch
-        import torch.nn.functional as F
-
         out = []
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):

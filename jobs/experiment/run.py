@@ -28,17 +28,40 @@ eval/<name>-fit.json, fid.json, report/, logs/experiment.log (everything the job
 from __future__ import annotations
 
 import functools
-import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import ray
+
+from mrgen.datasets.contact_sheet import contact_sheet, items_from_rows
+from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_DATASET, TARGET_MODALITY, PhantomConfig, build_phantom_db
+from mrgen.datasets.store import load_index, read_table
+from mrgen.jobs.evaluate.fid import FID_REPORT, SliceSet, fid_beside_source, write_fid_report
+from mrgen.jobs.evaluate.mask import (CONTROLLER_CHECK, evaluate_mask_dependence, evaluate_mask_following,
+                                      write_controller_check)
+from mrgen.jobs.evaluate.segmenter import submit_evaluation, write_dice_report
+from mrgen.jobs.experiment.budget import generator_minutes, segmenter_minutes
+from mrgen.jobs.experiment.compare import interval_text, intervals
 from mrgen.jobs.experiment.config import ExperimentConfig
+from mrgen.jobs.experiment.draws import DRAWS_FILE, draw_training_sets, load_draws, write_draws
+from mrgen.jobs.experiment.report import synthesis_counts, write_report_folder
+from mrgen.jobs.filter.calibrate import calibrate, describe, write_calibration
+from mrgen.jobs.segment.config import SegmentConfig
+from mrgen.jobs.segment.train import TrainSource, is_trained, submit_training
+from mrgen.jobs.synthesis.config import SynthesisConfig
+from mrgen.jobs.synthesis.run import REPORT, run_synthesis
+from mrgen.jobs.synthesis.stages.writer import read_audit
+from mrgen.jobs.train.config import STAGES, TrainConfig
+from mrgen.jobs.train.run import is_finished, run_all
+from mrgen.models.bundle import ModelBundle, resolve_model_uri
 from mrgen.platform import storage
 from mrgen.platform.budget import TimeBudget
-from mrgen.platform.cluster import ray_stopped_after, wait_for
+from mrgen.platform.cluster import RayConfig, init_ray, ray_stopped_after, wait_for
 from mrgen.platform.config import flatten
+from mrgen.platform.console import Console, say
 
 
 @dataclass
@@ -68,8 +91,6 @@ class Experiment:
 
     @property
     def bundle(self) -> str:
-        from mrgen.models.bundle import resolve_model_uri
-
         if self.trains_generator:
             return self.path("generator", "bundle")
         return storage.absolute(resolve_model_uri(self.config.generator))
@@ -93,8 +114,6 @@ class Experiment:
 
     @property
     def draws(self) -> str:
-        from mrgen.jobs.experiment.draws import DRAWS_FILE
-
         return storage.join(self.synthetic_unfiltered, DRAWS_FILE)
 
     @property
@@ -112,13 +131,15 @@ class Experiment:
     def data_label(self) -> str:
         """What the DB's images are: "phantom" for the embedded phantom's renderings, "real" for data built from
         a user's files."""
-        from mrgen.datasets.store import load_index
-
         return "phantom" if load_index(self.db).meta.get("generator") == "phantom" else "real"
 
     @property
     def mask_check(self) -> str:
-        return self.path("generator", "mask_dependence.json")
+        return self.path("generator", CONTROLLER_CHECK)
+
+    @property
+    def fid_report(self) -> str:
+        return self.path(FID_REPORT)
 
     @property
     def mask_following_sheet(self) -> str:
@@ -134,64 +155,49 @@ class Experiment:
         return self.path("eval", f"{name}-fit.json")
 
     def say(self, text: str) -> None:
-        from mrgen.platform.console import say
-
         say(text)
 
 
 # ---------------------------------------------------------------- job configs from the experiment's budgets
 
 def phantom_config(exp: Experiment, oracle: bool = False):
-    from mrgen.datasets.phantom import PhantomConfig
-
     config = PhantomConfig.from_preset(exp.config.phantom).with_overrides(flatten(exp.config.phantom_overrides))
     return config.with_overrides({"target_train_masks": True}) if oracle else config
 
 
 def train_config(exp: Experiment):
-    from mrgen.jobs.train.config import TrainConfig
-
     return TrainConfig.from_preset(exp.config.train).with_overrides(flatten(exp.config.train_overrides))
 
 
 def synthesis_config(exp: Experiment, unfiltered: bool = False):
-    from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_MODALITY
-    from mrgen.jobs.synthesis.config import SynthesisConfig
-
     overrides = {"model": exp.bundle, "source": exp.db, "out": exp.synthetic, "target_modalities": [TARGET_MODALITY],
                  "source_datasets": [SOURCE_DATASET], "source_splits": [exp.config.source_split],
-                 "filter": "sam2" if exp.config.filter == "sam2-random" else exp.config.filter,
-                 "scorer.random": exp.config.filter == "sam2-random", "thresholds_file": exp.calibration,
+                 "filter.kind": "sam2" if exp.config.filter == "sam2-random" else exp.config.filter,
+                 "filter.scorer.random": exp.config.filter == "sam2-random", "filter.thresholds_file": exp.calibration,
                  "seed": exp.config.seed, **flatten(exp.config.synthesis_overrides)}
     if exp.ray_address:
         overrides["ray.address"] = exp.ray_address
     config = SynthesisConfig.from_preset(exp.config.synthesis).with_overrides(overrides)
     if unfiltered:  # the same masks, seeds and candidates as the filtered run, every one kept (jobs.experiment.draws)
-        config = config.model_copy(update={"thresholds_file": None, "early_reject_at": None,
+        unfiltered = config.filter.model_copy(update={"kind": "none", "thresholds_file": None})
+        config = config.model_copy(update={"filter": unfiltered, "early_reject_at": None,
                                            "early_reject_below": 0.0}).with_overrides(
-            {"out": exp.synthetic_unfiltered, "filter": "none", "adaptive": False, "keep": config.candidates})
+            {"out": exp.synthetic_unfiltered, "adaptive": False, "keep": config.candidates})
     return config
 
 
 def segment_config(exp: Experiment):
-    from mrgen.jobs.segment.config import SegmentConfig
-
     config = SegmentConfig.from_preset(exp.config.segment).with_overrides(flatten(exp.config.segment_overrides))
     return config.with_overrides({"seed": exp.config.seed})
 
 
 def segment_sources(exp: Experiment, name: str):
-    from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_DATASET
-    from mrgen.jobs.segment.train import TrainSource
-
     drawn = {"mrgen-unfiltered": ("equal_count", "each mask's first k of the filtered run's n candidates, k its kept "
                                                  "count: chosen without scores"),
              "mrgen-best": ("best", "each mask's best-scored candidate"),
              "mrgen-worst": ("worst", "each mask's worst-scored candidate")}
     if name in drawn:
         draw, label = drawn[name]
-        from mrgen.jobs.experiment.draws import load_draws
-
         ids = load_draws(exp.synthetic_unfiltered)[draw]
         return [TrainSource(exp.synthetic_unfiltered, split=None, slice_ids=tuple(ids), label=label)]
     return {"source-only": [TrainSource(exp.db, datasets=(SOURCE_DATASET,), split=exp.config.source_split)],
@@ -202,10 +208,6 @@ def segment_sources(exp: Experiment, name: str):
 # ---------------------------------------------------------------- steps
 
 def build_db(exp: Experiment) -> None:
-    from mrgen.datasets.contact_sheet import contact_sheet, items_from_rows
-    from mrgen.datasets.phantom import build_phantom_db
-    from mrgen.datasets.store import read_table
-
     index = build_phantom_db(exp.db, phantom_config(exp))
     print(index.summary(), flush=True)
     rows = [r for r in read_table(exp.db, has_mask=True).sort_by("slice_id").to_pylist() if r["organs"]]
@@ -216,8 +218,6 @@ def build_db(exp: Experiment) -> None:
 
 
 def build_oracle_db(exp: Experiment) -> None:
-    from mrgen.datasets.phantom import build_phantom_db
-
     index = build_phantom_db(exp.oracle_db, phantom_config(exp, oracle=True))
     exp.say(f"   {index.rows} slices (target training volumes annotated, for the oracle only)")
 
@@ -229,10 +229,6 @@ def _hand_out(exp: Experiment, key: str, minutes: Any, what: str) -> None:
 
 
 def train_generator(exp: Experiment) -> None:
-    from mrgen.jobs.experiment.budget import generator_minutes
-    from mrgen.jobs.train.config import STAGES
-    from mrgen.jobs.train.run import is_finished, run_all
-
     config = train_config(exp)
     if exp.budget is not None:
         todo = tuple(s for s in STAGES if not is_finished(exp.path("generator"), s))
@@ -251,10 +247,6 @@ def check_controller(exp: Experiment) -> None:
     """Mask dependence on the source masks synthesis uses (its split) and on held-out ones (generalisation), and
     same-seed samples with own and other masks on those (``generator/mask_following.png``) and on the target
     modality's held-out masks, all from one loaded bundle."""
-    from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_DATASET
-    from mrgen.jobs.evaluate.mask import evaluate_mask_dependence, evaluate_mask_following
-    from mrgen.models.bundle import ModelBundle
-
     bundle = ModelBundle.load(exp.bundle)
     splits = dict.fromkeys((exp.config.source_split, "test"))
     loss = {split: evaluate_mask_dependence(bundle, exp.db, split=split, dataset=SOURCE_DATASET) for split in splits}
@@ -269,7 +261,7 @@ def check_controller(exp: Experiment) -> None:
     follow = {name: evaluate_mask_following(bundle, exp.db, sheet, split=split, dataset=dataset, sampling=sampling,
                                             limit=exp.config.following_slices, sheet_slices=exp.config.sheet_slices)
               for name, _, sheet, split, dataset in sets}
-    storage.write_text(exp.mask_check, json.dumps({"loss": loss, **follow}, indent=1))
+    write_controller_check({"loss": loss, **follow}, exp.mask_check)
     for name, label, *_ in sets:
         f = follow[name]
         exp.say(f"   samples follow {label} masks: contrast {f['following']:+.3f} (autoencoder ceiling "
@@ -279,12 +271,9 @@ def check_controller(exp: Experiment) -> None:
 
 
 def calibrate_filter(exp: Experiment) -> None:
-    from mrgen.datasets.phantom import SOURCE_DATASET
-    from mrgen.jobs.filter.calibrate import calibrate, describe, write_calibration
-
-    cfg = synthesis_config(exp).model_copy(update={"thresholds_file": None})
-    result = calibrate(exp.db, cfg.filter, cfg.scorer, quantile=exp.config.calibration_quantile,
-                       limit=exp.config.calibration_slices, rule=cfg.rule, dataset=[SOURCE_DATASET],
+    section = synthesis_config(exp).filter
+    result = calibrate(exp.db, section.kind, section.scorer, quantile=exp.config.calibration_quantile,
+                       limit=exp.config.calibration_slices, rule=section.rule, dataset=[SOURCE_DATASET],
                        split=exp.config.source_split)
     write_calibration(result, exp.calibration)
     print(describe(result), flush=True)
@@ -294,9 +283,6 @@ def calibrate_filter(exp: Experiment) -> None:
 
 
 def _synthesize(exp: Experiment, config, key: str) -> None:
-    from mrgen.jobs.experiment.report import synthesis_counts
-    from mrgen.jobs.synthesis.run import run_synthesis
-
     report = run_synthesis(config)
     if not report.get("rows"):
         totals = report.get("totals") or {}
@@ -308,7 +294,7 @@ def _synthesize(exp: Experiment, config, key: str) -> None:
     totals = report["totals"]
     exp.say(f"   {synthesis_counts(totals)}"
             + (f" (strict pass rate {totals['strict_pass_rate']:.0%})" if totals.get("strict_pass_rate") is not None
-               and config.filter != "none" else ""))
+               and config.filter.enabled else ""))
 
 
 def synthesize(exp: Experiment) -> None:
@@ -317,10 +303,6 @@ def synthesize(exp: Experiment) -> None:
 
 def synthesize_unfiltered(exp: Experiment) -> None:
     """Every candidate the filtered run generated, unfiltered; then the training sets drawn from them."""
-    from mrgen.datasets.store import read_table
-    from mrgen.jobs.experiment.draws import draw_training_sets, write_draws
-    from mrgen.jobs.synthesis.stages.writer import read_audit
-
     if not _synthesized(exp.synthetic_unfiltered):
         _synthesize(exp, synthesis_config(exp, unfiltered=True), "synthesis_unfiltered")
     candidates = read_table(exp.synthetic_unfiltered, ["mask_key", "candidate_index", "slice_id"]).to_pylist()
@@ -330,13 +312,9 @@ def synthesize_unfiltered(exp: Experiment) -> None:
 
 
 def train_segmenters(exp: Experiment) -> None:
-    from mrgen.jobs.segment.train import is_trained, submit_training
-
     config = segment_config(exp)
     minutes = None
     if exp.budget is not None:
-        from mrgen.jobs.experiment.budget import segmenter_minutes
-
         minutes = round(segmenter_minutes(exp.config, exp.budget.remaining()), 2)
         _hand_out(exp, "segmenter_minutes", minutes, f"each segmenter gets {minutes:.1f} min")
         config = config.with_overrides({"max_minutes": minutes})
@@ -355,8 +333,6 @@ def train_segmenters(exp: Experiment) -> None:
 def evaluations(exp: Experiment) -> dict[str, dict[str, Any]]:
     """Report URI → evaluation: each segmenter on the target test volumes, and (``fit_slices``) pooled over
     its own training slices, which tells a segmenter that learnt nothing from one that learnt but did not transfer."""
-    from mrgen.datasets.phantom import TARGET_DATASET
-
     jobs = {exp.evaluation(n): {"name": n, "test_uri": exp.db, "split": "test", "datasets": [TARGET_DATASET],
                                 "predictions_uri": exp.path("eval", f"{n}-predictions.npz")} for n in exp.segmenters}
     if exp.config.fit_slices:
@@ -369,10 +345,6 @@ def evaluations(exp: Experiment) -> dict[str, dict[str, Any]]:
 
 
 def evaluate(exp: Experiment) -> None:
-    import ray
-
-    from mrgen.jobs.evaluate.segmenter import submit_evaluation, write_report
-
     config = segment_config(exp)
     todo = {uri: job for uri, job in evaluations(exp).items() if not storage.exists(uri)}
     submit = {uri: (lambda job=job: submit_evaluation(config, exp.segmenter(job["name"]), **{
@@ -382,14 +354,12 @@ def evaluate(exp: Experiment) -> None:
     else:
         reports = {uri: ray.get(f()) for uri, f in submit.items()}
     for uri, report in reports.items():
-        write_report(report, uri)
+        write_dice_report(report, uri)
         what = (f"its own {report['n_slices']} training slices (pooled)" if report["pooled"]
                 else f"{exp.data_label} target test volumes ({report['n_volumes']})")
         print(f"[experiment] {todo[uri]['name']} on {what}:\n{report['table']}", flush=True)
     tests = {todo[uri]["name"]: r for uri, r in reports.items() if not r["pooled"]}
     if tests:
-        from mrgen.jobs.experiment.compare import interval_text, intervals
-
         spans = intervals({n: r["dice"]["per_volume"] for n, r in tests.items() if r["n_volumes"] >= 2})
         means = {n: spans[n]["mean"] if n in spans else {"value": r["mean_dice"]} for n, r in tests.items()}
         exp.say(f"   Dice on {exp.data_label} target test volumes ({next(iter(tests.values()))['n_volumes']}; "
@@ -397,43 +367,17 @@ def evaluate(exp: Experiment) -> None:
 
 
 def fid(exp: Experiment) -> None:
-    from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_DATASET
-    from mrgen.datasets.store import spread
-    from mrgen.jobs.evaluate.fid import FeatureExtractor, SliceSet, distances
-
     cfg = exp.config
-    net = FeatureExtractor(cfg.fid_extractor, cfg.fid_weights)
-    source = SliceSet(exp.db, dataset=SOURCE_DATASET, split=cfg.source_split)
-    synthetic = {"filtered": SliceSet(exp.synthetic)}
+    unfiltered = None
     if "mrgen-unfiltered" in exp.segmenters:  # the unfiltered segmenter's set: as many images, chosen without scores
-        from mrgen.jobs.experiment.draws import load_draws
-
         equal_count = load_draws(exp.synthetic_unfiltered)["equal_count"]
-        synthetic["unfiltered"] = SliceSet(exp.synthetic_unfiltered, slice_id=equal_count)
-    # FID's bias grows as the sample shrinks: a synthetic set and the source are compared with the target at one
-    # count. The source's features are computed once, at the largest count; smaller counts spread over them
-    same = {key: min(len(images), len(source), cfg.fid_limit) for key, images in synthetic.items()}
-    target = net(SliceSet(exp.db, dataset=TARGET_DATASET).images(cfg.fid_limit))
-    source_features = net(source.images(max(same.values())))
-
-    def beside_source(key: str) -> dict[str, Any]:
-        n = same[key]
-        pairs = {"synthetic_vs_real_target": distances(net(synthetic[key].images(n)), target),
-                 "source_vs_real_target": distances(source_features[spread(len(source_features), n)], target)}
-        return {"n": {"real_target": len(target), "source": n, "synthetic": n},
-                **{pair: d["fid"] for pair, d in pairs.items()},
-                "kid": {pair: d["kid"] for pair, d in pairs.items()},
-                "kid_std": {pair: d["kid_std"] for pair, d in pairs.items()},
-                "kid_subsets": pairs["synthetic_vs_real_target"].get("kid_subsets"),
-                "kid_subset_size": pairs["synthetic_vs_real_target"].get("kid_subset_size")}
-
+        unfiltered = SliceSet(exp.synthetic_unfiltered, slice_id=equal_count)
+    result = fid_beside_source(SliceSet(exp.db, dataset=TARGET_DATASET),
+                               SliceSet(exp.db, dataset=SOURCE_DATASET, split=cfg.source_split),
+                               SliceSet(exp.synthetic), unfiltered, cfg.fid_extractor, cfg.fid_weights, cfg.fid_limit)
     data = exp.data_label
-    result = {"extractor": net.id, "comparable_with_published": cfg.fid_extractor == "inception", "data": data,
-              **beside_source("filtered")}
-    if "unfiltered" in synthetic:
-        result["unfiltered"] = beside_source("unfiltered")
-    storage.write_text(exp.path("fid.json"), json.dumps(result, indent=1))
-    exp.say(f"   features: {net.id}")
+    write_fid_report({**result, "data": data}, exp.fid_report)
+    exp.say(f"   features: {result['extractor']}")
     for label, r in (("synthetic", result), ("unfiltered synthetic at equal count", result.get("unfiltered"))):
         if r:
             kid = {pair: "-" if r["kid"][pair] is None else f"{r['kid'][pair]:.4f} ± {r['kid_std'][pair]:.4f}"
@@ -445,8 +389,6 @@ def fid(exp: Experiment) -> None:
 
 
 def report(exp: Experiment) -> None:
-    from mrgen.jobs.experiment.report import write_report_folder
-
     exp.results["report"] = write_report_folder(exp)
     exp.say(f"   {exp.path('report', 'report.md')}")
 
@@ -460,8 +402,6 @@ class Step:
 
 
 def _generator_trained(exp: Experiment) -> bool:
-    from mrgen.jobs.train.run import is_finished
-
     return is_finished(exp.path("generator"), "controlnet")
 
 
@@ -470,14 +410,10 @@ def _all_exist(*uris: str) -> bool:
 
 
 def _segmenters_trained(exp: Experiment) -> bool:
-    from mrgen.jobs.segment.train import is_trained
-
     return all(is_trained(exp.segmenter(n)) for n in exp.segmenters)
 
 
 def _synthesized(uri: str) -> bool:
-    from mrgen.jobs.synthesis.run import REPORT
-
     return storage.exists(storage.join(uri, REPORT))
 
 
@@ -494,14 +430,12 @@ STEPS: list[Step] = [
          lambda e: "mrgen-unfiltered" in e.segmenters),
     Step("train-segmenters", train_segmenters, _segmenters_trained),
     Step("evaluate", evaluate, lambda e: _all_exist(*evaluations(e))),
-    Step("fid", fid, lambda e: _all_exist(e.path("fid.json"))),
+    Step("fid", fid, lambda e: _all_exist(e.fid_report)),
     Step("report", report, lambda e: False),
 ]
 
 
 def run_steps(exp: Experiment, steps: list[Step] | None = None) -> Experiment:
-    from mrgen.platform.cluster import RayConfig, init_ray
-
     if exp.config.minutes is not None and exp.budget is None:
         exp.budget = TimeBudget.minutes(exp.config.minutes)
     init_ray(RayConfig(address=exp.ray_address))
@@ -528,10 +462,6 @@ def run_experiment(out_dir: str, quick: bool = False, config: ExperimentConfig |
 
     The console shows one line per step and a progress bar; everything the jobs print goes to
     ``OUT/logs/experiment.log`` (``config.verbose``: shown live instead)."""
-    import os
-
-    from mrgen.platform.console import Console
-
     config = config or ExperimentConfig.from_preset("quick" if quick else "default")
     out = storage.absolute(out_dir)
     log = os.path.join(storage.local_path(out), "logs", "experiment.log") if storage.is_local(out) else None

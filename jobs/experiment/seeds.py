@@ -15,6 +15,7 @@ from typing import Any
 from mrgen.jobs.experiment.compare import DIFFERENCES, differences, goal, interval_text, intervals
 from mrgen.jobs.experiment.report import load_report
 from mrgen.models.metrics.bootstrap import seed_average
+from mrgen.platform import storage
 
 
 def _spread(values: Sequence[float | None]) -> dict[str, float | None]:
@@ -81,8 +82,6 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 
 def write_summary(summary: dict[str, Any], folder: str) -> tuple[str, str]:
-    from mrgen.platform import storage
-
     md, js = storage.join(folder, "seeds.md"), storage.join(folder, "seeds.json")
     storage.write_text(md, summary_markdown(summary))
     storage.write_text(js, json.dumps(summary, indent=1, default=str))

@@ -1,8 +1,6 @@
 """Configuration of `mrgen sample` (section ``sample``): the flags, validated."""
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
 from mrgen.models.sampling import PAPER_SAMPLING, SamplingSettings
@@ -24,15 +22,6 @@ class SampleConfig(ConfigBase):
                                                                               "of the condition 2·w − 1 (default 1)")
     n: int = Field(1, ge=1, le=100, description="candidates")
     seed: int = Field(0, ge=0, description="candidate i has seed seed + i")
-    steps: int = Field(PAPER_SAMPLING.steps, ge=1, description="sampling steps")
-    guidance: float = Field(PAPER_SAMPLING.guidance, ge=0, description="classifier-free guidance weight")
-    conditioning_scale: float = Field(PAPER_SAMPLING.conditioning_scale, ge=0,
-                                      description="weight of the mask controller's residuals (diffusers' "
-                                                  "controlnet_conditioning_scale; >1: stricter mask shapes)")
-    sampler: Literal["ddim", "dpm", "unipc"] = Field(PAPER_SAMPLING.sampler, description="DDIM (the release's), "
-                                                                                         "DPM-Solver++ or UniPC")
+    sampling: SamplingSettings = Field(PAPER_SAMPLING, description="how the candidates are sampled (default: the "
+                                                                   "release's DDIM 50, guidance 7)")
     device: str = Field("cpu", description="torch device (cpu, cuda)")
-
-    @property
-    def sampling(self) -> SamplingSettings:
-        return SamplingSettings.from_fields(self)

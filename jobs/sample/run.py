@@ -100,8 +100,8 @@ def run_sample(config: SampleConfig) -> dict[str, Any]:
     prompt = build_prompt_for(config, bundle.manifest, organ_map, mask)
     seeds = [config.seed + i for i in range(config.n)]
     try:
-        images = pipeline.generate([prompt], mask[None], config.n, seeds=seeds, organ_maps=[organ_map],
-                                   **config.sampling.kwargs())
+        images = pipeline.generate([prompt], mask[None], config.n, config.sampling, seeds=seeds,
+                                   organ_maps=[organ_map])
     except UnknownOrganError as exc:
         raise SampleInputError(f"--organ-map: {exc}") from None
     except ValueError as exc:

@@ -9,6 +9,8 @@ import os
 import random
 from pathlib import Path
 
+import numpy as np
+
 from mrgen.jobs.segment.config import SegmentConfig
 
 
@@ -28,8 +30,7 @@ def prepare_process(workdir: Path, config: SegmentConfig) -> dict[str, Path]:
         "OMP_WAIT_POLICY": "PASSIVE",
         "MPLBACKEND": "Agg",
     })
-    import numpy as np
-    import torch
+    import torch  # after the environment above: nnU-Net and OpenMP read it when they load
 
     torch.set_num_threads(config.torch_threads)
     torch.manual_seed(config.seed)

@@ -24,6 +24,7 @@ class VolumePredictor:
 
     def __init__(self, model_dir: str | Path, fold: str | int = "all", device: str = "cpu", mirroring: bool = False,
                  checkpoint: str = "checkpoint_final.pth"):
+        # torch and nnU-Net load in the task, after nnunet_env.prepare_process set the environment they read
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 

@@ -13,20 +13,26 @@ output URI::
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
+import ray
 
+from mrgen.datasets.store import load_index, organ_first_ids, rank_organs, read_table, select_shards
+from mrgen.jobs.export.nnunet import ExportError, dataset_folder_name, export_nnunet
 from mrgen.jobs.segment.config import SegmentConfig
 from mrgen.jobs.segment.epoch_budget import EpochBudget
+from mrgen.jobs.segment.nnunet_env import prepare_process, torch_device
 from mrgen.platform import storage
 from mrgen.platform.budget import TimeBudget
+from mrgen.platform.cluster import RayConfig, init_ray, wait_for
 
 MANIFEST = "mrgen_segmenter.json"
 DATASET_ID = 1
@@ -61,11 +67,31 @@ class SegmentInputError(ValueError):
     """A training source or model folder is unusable; the message names it."""
 
 
+class SegmenterManifest(TypedDict):
+    """``MANIFEST`` of a trained model folder (:func:`train_in_process` writes it)."""
+
+    format: str
+    trainer: str
+    configuration: str
+    fold: int
+    checkpoint: str
+    labels: dict[str, int]  # organ → label id, with "background": 0
+    sources: list[dict[str, Any]]  # each ``TrainSource`` as a mapping
+    cases_per_source: list[int]
+    training_cases: int
+    config: dict[str, Any]  # the ``SegmentConfig`` it trained with
+    iterations_per_epoch: list[int]
+    iterations: int
+    plan: dict[str, Any]  # patch size, batch size, widths, normalisation of nnU-Net's 2d plan
+    final: dict[str, Any]  # train_loss, val_loss, pseudo_dice
+    timings: dict[str, float]
+
+
 def is_trained(uri: str) -> bool:
     return storage.exists(storage.join(uri, MANIFEST))
 
 
-def load_manifest(uri: str) -> dict[str, Any]:
+def load_manifest(uri: str) -> SegmenterManifest:
     path = storage.join(uri, MANIFEST)
     if not storage.exists(path):
         raise SegmentInputError(f"{uri}: no {MANIFEST}: not a finished segmenter "
@@ -76,8 +102,6 @@ def load_manifest(uri: str) -> dict[str, Any]:
 def label_names(sources: Sequence[TrainSource]) -> list[str]:
     """Organ names of the sources' masked slices, ordered by their smallest id in the organ maps, then name
     (the order ``export_nnunet`` uses, extended to several DBs)."""
-    from mrgen.datasets.store import organ_first_ids, rank_organs, read_table
-
     found = []
     for source in sources:
         if read_table(source.uri, ["has_mask"], has_mask=True, **source.filters()).num_rows == 0:
@@ -93,8 +117,6 @@ def export_training_set(sources: Sequence[TrainSource], raw_root: Path, labels: 
     Each source is exported by ``export_nnunet`` (its training side, filtered, with the shared label order), so
     the PNG encoding is exactly the one prediction sees; the cases are then merged under a per-source prefix.
     """
-    from mrgen.jobs.export.nnunet import ExportError, dataset_folder_name, export_nnunet
-
     folder = raw_root / dataset_folder_name(DATASET_ID, "mrgen")
     (folder / "imagesTr").mkdir(parents=True)
     (folder / "labelsTr").mkdir(parents=True)
@@ -126,8 +148,8 @@ def export_training_set(sources: Sequence[TrainSource], raw_root: Path, labels: 
 
 def plan_and_preprocess(config: SegmentConfig) -> dict[str, Any]:
     """nnU-Net's fingerprint, plan and preprocessing of the 2d configuration, with the budget's widths/batch."""
-    import os
-
+    # nnU-Net and torch are imported where they are used, in the task, after nnunet_env.prepare_process set the
+    # environment they read on import
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprint_dataset,
                                                                        plan_experiment_dataset, preprocess_dataset)
     from nnunetv2.paths import nnUNet_preprocessed
@@ -173,8 +195,6 @@ def run_trainer(plans: dict[str, Any], dataset_json: dict[str, Any], config: Seg
                 budget: TimeBudget | None = None):
     """``config.trainer`` with the budget set on the instance; returns the trained trainer and each epoch's
     training iterations (fewer than ``config.iterations`` where ``budget`` asked for it)."""
-    from mrgen.jobs.segment.nnunet_env import torch_device
-
     plans = dict(plans, continue_training=False)  # what nnU-Net's run_training sets before building a trainer
     trainer = trainer_class(config.trainer)(plans, "2d", config.fold, dataset_json, torch_device(config))
     trainer.num_epochs = config.epochs
@@ -218,10 +238,8 @@ def _last(trainer, key: str):
     return [round(float(v), 6) for v in value] if isinstance(value, (list, tuple)) else round(float(value), 6)
 
 
-def train_in_process(config: SegmentConfig, sources: Sequence[TrainSource], out_uri: str) -> dict[str, Any]:
+def train_in_process(config: SegmentConfig, sources: Sequence[TrainSource], out_uri: str) -> SegmenterManifest:
     """The body of the Ray task: export → plan → preprocess → train → publish; returns the manifest."""
-    from mrgen.jobs.segment.nnunet_env import prepare_process
-
     started = time.monotonic()
     budget = TimeBudget.minutes(config.max_minutes)
     workdir = Path(tempfile.mkdtemp(prefix="mrgen-segment-"))
@@ -246,7 +264,7 @@ def train_in_process(config: SegmentConfig, sources: Sequence[TrainSource], out_
         fold_dir = Path(trainer.output_folder)
         if not config.keep_best_checkpoint:
             (fold_dir / "checkpoint_best.pth").unlink(missing_ok=True)
-        manifest = {
+        manifest: SegmenterManifest = {
             "format": "nnunetv2-model-folder", "trainer": config.trainer, "configuration": "2d", "fold": config.fold,
             "checkpoint": "checkpoint_final.pth", "labels": exported["dataset_json"]["labels"],
             "sources": [asdict(s) for s in sources], "cases_per_source": exported["cases_per_source"],
@@ -267,7 +285,7 @@ def train_in_process(config: SegmentConfig, sources: Sequence[TrainSource], out_
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def publish_model(model_dir: Path, out_uri: str, manifest: dict[str, Any]) -> None:
+def publish_model(model_dir: Path, out_uri: str, manifest: SegmenterManifest) -> None:
     """Publish the model folder at ``out_uri`` whole, the manifest its marker (its presence means complete)."""
     (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
     storage.publish_dir(model_dir, out_uri, marker=MANIFEST)
@@ -275,8 +293,6 @@ def publish_model(model_dir: Path, out_uri: str, manifest: dict[str, Any]) -> No
 
 def check_sources(sources: Sequence[TrainSource]) -> None:
     """Fail in the driver, before a task starts, when a source is not an MRGen-DB or selects nothing."""
-    from mrgen.datasets.store import load_index, select_shards
-
     if not sources:
         raise SegmentInputError("no training data: give at least one --train URI")
     for source in sources:
@@ -288,8 +304,6 @@ def check_sources(sources: Sequence[TrainSource]) -> None:
 
 def submit_training(config: SegmentConfig, sources: Sequence[TrainSource], out_uri: str):
     """Start training in a Ray task (returns its ObjectRef; ``ray.get`` gives the manifest)."""
-    import ray
-
     check_sources(sources)
     trainer_class(config.trainer)  # an unknown name fails here, not in the task
     sources = [replace(s, uri=storage.absolute(s.uri)) for s in sources]
@@ -300,9 +314,7 @@ def submit_training(config: SegmentConfig, sources: Sequence[TrainSource], out_u
 
 
 def train_segmenter(config: SegmentConfig, sources: Sequence[TrainSource], out_uri: str,
-                    ray_address: str | None = None) -> dict[str, Any]:
+                    ray_address: str | None = None) -> SegmenterManifest:
     """Train and publish a segmenter; returns its manifest."""
-    from mrgen.platform.cluster import RayConfig, init_ray, wait_for
-
     init_ray(RayConfig(address=ray_address))
     return wait_for({"model": submit_training(config, sources, out_uri)}, "segment train", config.max_minutes)["model"]

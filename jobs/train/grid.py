@@ -11,6 +11,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from mrgen.models.autoencoder import reconstruct
+from mrgen.models.pipeline import MRGenPipeline
 
 
 def grid_png(columns: list[list[np.ndarray]], titles: list[str] | None = None, pad: int = 2) -> bytes:
@@ -50,8 +51,6 @@ def sample_grid(stage: str, task, model: torch.nn.Module, bundle, examples: dict
         recon = reconstruct(vae, torch.from_numpy(images)).numpy()[:, 0]
         vae.train(was_training)
         return grid_png([list(images), list(recon)], ["input", "recon"])
-    from mrgen.models.pipeline import MRGenPipeline
-
     model_was_training = model.training
     model.eval()
     try:

@@ -13,14 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray.train
+import ray.train.torch
 import torch
 
 from mrgen.jobs.train import checkpoint as ckpt
 from mrgen.jobs.train.config import TrainConfig
 from mrgen.jobs.train.data import BatchStream
+from mrgen.jobs.train.grid import sample_grid
 from mrgen.jobs.train.progress import write_progress
 from mrgen.jobs.train.stages import StageTask, build_task, trained_model
+from mrgen.models.bundle import ModelBundle
+from mrgen.platform import metrics as prom
 from mrgen.platform.budget import TimeBudget, units_that_fit
+from mrgen.platform.storage import join, write_bytes
 
 # What each stage takes from the previous stage's bundle.
 INIT_PARTS = {"vae": None, "unet": ("vae", "text_encoder", "scheduler"),
@@ -133,15 +139,13 @@ class Metrics:
     """Prometheus gauges of this run (rank 0), written to ``metrics.prom`` at the end."""
 
     def __init__(self, stage: str):
-        from mrgen.platform import metrics
-
         labels = ("stage",)
-        self.loss = metrics.gauge("mrgen_train_loss", "mean training loss of the last interval", labels).labels(stage)
-        self.lr = metrics.gauge("mrgen_train_learning_rate", "current learning rate", labels).labels(stage)
-        self.rate = metrics.gauge("mrgen_train_samples_per_second", "samples/s over all workers", labels).labels(stage)
-        self.wait = metrics.gauge("mrgen_train_data_wait_fraction", "share of step time waiting for data",
-                                  labels).labels(stage)
-        self.steps = metrics.counter("mrgen_train_steps", "optimizer steps done", labels).labels(stage)
+        self.loss = prom.gauge("mrgen_train_loss", "mean training loss of the last interval", labels).labels(stage)
+        self.lr = prom.gauge("mrgen_train_learning_rate", "current learning rate", labels).labels(stage)
+        self.rate = prom.gauge("mrgen_train_samples_per_second", "samples/s over all workers", labels).labels(stage)
+        self.wait = prom.gauge("mrgen_train_data_wait_fraction", "share of step time waiting for data",
+                               labels).labels(stage)
+        self.steps = prom.counter("mrgen_train_steps", "optimizer steps done", labels).labels(stage)
 
     def update(self, m: dict[str, Any], steps: int) -> None:
         self.loss.set(m["loss"])
@@ -216,8 +220,6 @@ class Trainer:
 
     def __init__(self, args: dict[str, Any]):
         """``args`` = config (dict), stage, init bundle URI or None, condition, run URI, run id."""
-        import ray.train
-
         self.args = args
         self.config = TrainConfig.model_validate(args["config"])
         self.stage, self.run_uri, self.run_id = args["stage"], args["run_uri"], args["run_id"]
@@ -229,9 +231,7 @@ class Trainer:
 
     def build(self) -> None:
         """The stage's task (from the previous stage's bundle), its DeepSpeed engine and this rank's data stream."""
-        import deepspeed
-        import ray.train
-        import ray.train.torch
+        import deepspeed  # the Ray Train workers' only: the driver, which imports this module, never loads it
 
         config, stage = self.config, self.stage
         torch.set_num_threads(config.torch_threads)
@@ -239,8 +239,6 @@ class Trainer:
         self.dtype = DTYPES[config.resolved_precision()]
         self.bundle = None
         if self.args.get("init"):
-            from mrgen.models.bundle import ModelBundle
-
             self.bundle = ModelBundle.load(self.args["init"], device="cpu", dtype=torch.float32,
                                            parts=INIT_PARTS[stage] + ((stage,) if config.warm_start else ()))
             self.bundle.manifest.update(self.args.get("condition") or {})  # the controller's organ vocabulary
@@ -264,8 +262,6 @@ class Trainer:
 
     def restore(self) -> None:
         """Engine, train state, data position and RNG from Ray Train's checkpoint; fresh seeds without one."""
-        import ray.train
-
         restored = ray.train.get_checkpoint()
         if restored is None:
             _seed_all(self.config.seed * 1000 + self.rank + 1)
@@ -330,8 +326,6 @@ class Trainer:
                 self.checkpoint(report)
                 self.interval.t0 = time.perf_counter()  # checkpoint time is not step time
             else:
-                import ray.train
-
                 ray.train.report(report)  # its time counts in the next interval's samples/s: it is paid every interval
 
     def report(self, last: bool) -> dict[str, Any]:
@@ -357,16 +351,11 @@ class Trainer:
             self.state.frozen_hashes = {"start": self.frozen_at_start, "end": self.task.frozen_hashes()}
             self.state.prompt_drop = {"dropped": self.task.dropped, "seen": self.task.prompts_seen}
             if self.rank == 0:
-                from mrgen.platform import metrics as prom
-                from mrgen.platform.storage import join
-
                 prom.write_metrics(join(self.run_uri, "metrics.prom"))
         return report
 
     def checkpoint(self, report: dict[str, Any]) -> None:
         """Every rank saves (DeepSpeed's save is collective) into a local folder that Ray Train reports."""
-        import ray.train
-
         folder = Path(tempfile.mkdtemp(prefix=f"mrgen-{self.stage}-ckpt-"))
         try:
             ckpt.save(folder, self.engine, self.rank, self.state.to_json(),
@@ -376,9 +365,6 @@ class Trainer:
             shutil.rmtree(folder, ignore_errors=True)
 
     def sample_grid(self) -> None:
-        from mrgen.jobs.train.grid import sample_grid
-        from mrgen.platform.storage import join, write_bytes
-
         stage, step = self.stage, self.state.step
         try:
             png = sample_grid(stage, self.task, self.model, self.bundle, self.examples.batch(),

@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 from mrgen.platform import storage
+from mrgen.platform.console import current
 
 FILE = "progress.json"
 
@@ -27,8 +28,6 @@ def read_progress(run_uri: str) -> dict[str, Any] | None:
 @contextlib.contextmanager
 def watch_progress(run_uri: str, run_id: str, label: str, every_s: float = 2.0):
     """While the body runs, the console (when a command has one) shows run ``run_id``'s steps of ``total``."""
-    from mrgen.platform.console import current
-
     console = current()
     if console is None:
         yield

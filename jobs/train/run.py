@@ -19,9 +19,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ray.train
+import torch
+from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+from ray.train.torch import TorchTrainer
+
+from mrgen.datasets.store import load_index, organ_first_ids, rank_organs
+from mrgen.jobs.train.checkpoint import read_train_state
 from mrgen.jobs.train.config import STAGES, TrainConfig
-from mrgen.models.bundle import MANIFEST
+from mrgen.jobs.train.data import build_dataset, decode, read_slices
+from mrgen.jobs.train.loop import train_loop_per_worker
+from mrgen.jobs.train.progress import watch_progress
+from mrgen.models.autoencoder import measure_latent_scaling
+from mrgen.models.bundle import DB_NAME, MANIFEST, ModelBundle, db_record, new_manifest
+from mrgen.models.condition import MaskCondition
+from mrgen.models.text_encoder import TextEncoder
 from mrgen.platform import storage
+from mrgen.platform.cluster import RayConfig, init_ray
+from mrgen.platform.provenance import code_version, command_line
 
 PREVIOUS = {"unet": "vae", "controlnet": "unet"}
 
@@ -67,15 +82,6 @@ def _storage(out_uri: str) -> tuple[str, Any]:
 def run_training(config: TrainConfig, db_uri: str, out_uri: str, stage: str, resume: bool = False,
                  init: str | None = None, ray_address: str | None = None) -> TrainResult:
     """Train one stage and write its bundle; returns what happened (history of reported metrics included)."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from mrgen.datasets.store import load_index
-    from mrgen.jobs.train.data import build_dataset
-    from mrgen.jobs.train.loop import train_loop_per_worker
-    from mrgen.jobs.train.progress import watch_progress
-    from mrgen.platform.cluster import RayConfig, init_ray
-
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}: choose from {STAGES}")
     db_uri, out_uri = storage.absolute(db_uri), storage.absolute(out_uri)
@@ -121,7 +127,7 @@ def run_training(config: TrainConfig, db_uri: str, out_uri: str, stage: str, res
 
     with result.checkpoint.as_directory() as folder:
         folder = Path(folder)
-        train_state = json.loads((folder / "train_state.json").read_text())
+        train_state = read_train_state(folder)
         bundle = _assemble_bundle(config, stage, folder / "model" / stage, init, db_uri, train_state["run_id"])
         bundle.manifest.update(condition)
         bundle.manifest["training"] = training_record(bundle.manifest.get("training"), config, stage, db_uri,
@@ -142,11 +148,6 @@ def run_training(config: TrainConfig, db_uri: str, out_uri: str, stage: str, res
 
 def _assemble_bundle(config: TrainConfig, stage: str, model_dir: Path, init: str | None, db_uri: str, run_id: str):
     """The previous stage's bundle plus this stage's trained part (stage 1: a new bundle, scaling measured)."""
-    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
-
-    from mrgen.models.bundle import ModelBundle, new_manifest
-    from mrgen.models.text_encoder import TextEncoder
-
     if stage == "vae":
         mcfg = config.build_model_config()
         vae = AutoencoderKL.from_pretrained(str(model_dir)).eval()
@@ -170,22 +171,20 @@ def _assemble_bundle(config: TrainConfig, stage: str, model_dir: Path, init: str
 
 def training_record(previous: dict[str, Any] | None, config: TrainConfig, stage: str, db_uri: str,
                     train_state: dict[str, Any], seconds: float) -> dict[str, Any]:
-    """The manifest's ``training``: how each stage of this bundle was trained (command, commit, DB digest, steps,
-    seeds, final losses), so that the recorded command reproduces it; a warm-started stage keeps the record of the
+    """The manifest's ``training``: how each stage of this bundle was trained (command, commit, DB, steps, seeds,
+    final losses), so that the recorded command reproduces it on another machine: its ``--db`` is ``D``, which
+    ``db`` says how to make (:func:`~mrgen.models.bundle.db_record`). A warm-started stage keeps the record of the
     run it fine-tuned (``warm_start_from``), so the chain of commands does."""
-    from mrgen.datasets.store import db_digest
-    from mrgen.platform.provenance import code_version, command_line
-
     history = train_state.get("history") or [{}]
     settings = config.stage(stage)
     record = dict(previous or {})
-    digest = db_digest(db_uri)
-    record.update(db=db_uri, db_digest=digest, model=config.model, architecture=config.architecture)
+    db = db_record(db_uri)
+    record.update(**db, model=config.model, architecture=config.architecture)
     stages = record.get("stages", {})
     lineage = {"warm_start_from": stages[stage]} if config.warm_start and stage in stages else {}
     record["stages"] = {**stages, stage: {**lineage,
-        "command": command_line(), "code": code_version(), "run_id": train_state.get("run_id"),
-        "db": db_uri, "db_digest": digest,  # stages may train on different DBs (--init from another run)
+        "command": command_line(shown={"--db": DB_NAME}), "code": code_version(), "run_id": train_state.get("run_id"),
+        **db,  # stages may train on different DBs (--init from another run)
         "steps": int(train_state["step"]), "max_steps": settings.max_steps, "max_minutes": settings.max_minutes,
         "lr": settings.lr, "batch_size": settings.batch_size, "workers": config.num_workers, "seed": config.seed,
         "final_loss": history[-1].get("loss"), "seconds": round(seconds, 1),
@@ -204,9 +203,6 @@ def training_chain(record: dict[str, Any]) -> list[dict[str, Any]]:
 def organ_vocabulary(db_uri: str, config: TrainConfig) -> dict[str, Any]:
     """The controller's organ vocabulary (manifest fields of ``MaskCondition``) from the organs of the stage's masked
     slices: every later DB or request is mapped through it by organ name."""
-    from mrgen.datasets.store import organ_first_ids, rank_organs
-    from mrgen.models.condition import MaskCondition
-
     filters = config.controlnet.selection()
     names = rank_organs(organ_first_ids(db_uri, **filters))
     if not names:
@@ -216,11 +212,6 @@ def organ_vocabulary(db_uri: str, config: TrainConfig) -> dict[str, Any]:
 
 def measure_scaling(vae, db_uri: str, config: TrainConfig) -> float:
     """1/std of the trained autoencoder's latents over up to ``scaling_samples`` training slices."""
-    import torch
-
-    from mrgen.jobs.train.data import decode, read_slices
-    from mrgen.models.autoencoder import measure_latent_scaling
-
     filters = config.vae.selection()
     ds = read_slices(db_uri, ["height", "width", "image"], **filters).limit(config.scaling_samples)
     images = torch.from_numpy(decode(ds.take_batch(config.scaling_samples, batch_format="numpy"))["image"])

@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from scipy.stats import bootstrap
 
 LEVEL = 0.95
 RESAMPLES = 2000
@@ -38,8 +39,6 @@ def _paper_mean(x: np.ndarray) -> np.ndarray:
 
 
 def _interval(data: tuple[np.ndarray, ...], statistic, seed: int, paired: bool) -> tuple[float, float]:
-    from scipy.stats import bootstrap
-
     result = bootstrap(data, statistic, paired=paired, vectorized=True, axis=-1, confidence_level=LEVEL,
                        n_resamples=RESAMPLES, method="percentile", random_state=np.random.default_rng(seed))
     low, high = result.confidence_interval

@@ -79,7 +79,9 @@ def test_pool_masks_annotate_those_pool_modalities_only():
     from mrgen.datasets.phantom import phantom_meta
     from mrgen.datasets.store import meta_digest
 
-    assert "pool_masks" not in phantom_meta(TINY)["phantom"]  # older DBs keep their digest
+    for added in ("pool_masks", "shard_bytes", "rescans"):  # older DBs keep their digest
+        assert added not in phantom_meta(TINY)["phantom"], added
+    assert meta_digest(phantom_meta(TINY.with_overrides({"rescans": 2}))) != meta_digest(phantom_meta(TINY))
     assert meta_digest(phantom_meta(config)) != meta_digest(phantom_meta(TINY))
 
 

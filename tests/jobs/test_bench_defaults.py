@@ -19,6 +19,7 @@ ARGV = [["bench", name] for name in bench_cli.BENCHMARKS] + [
     ["bench", "train", "--steps", "1"],
     ["bench", "synth", "--candidates", "1"],
     ["bench", "elastic", "--train-steps", "1"],
+    ["bench", "db", "--db", "somewhere"],
 ]
 
 
@@ -48,6 +49,12 @@ def test_train_bench_settings_reach_its_run():
     assert "phantom" not in _resolve(["bench", "train", "--db", "somewhere"])[2]
 
 
+def test_db_bench_builds_its_db_at_volume_only_without_db():
+    _, settings, configs = _resolve(["bench", "db"])
+    assert configs["phantom"].rescans == settings.rescans > 1 and configs["db"].resolution == settings.resolution
+    assert "phantom" not in _resolve(["bench", "db", "--db", "somewhere"])[2]
+
+
 def test_gpu_bench_paper_mode_is_the_paper_preset():
     _, _, configs = _resolve(["bench", "gpu", "--device", "cuda"])
     assert configs["train"].model == "paper" and configs["train"].resolved_precision() == "bf16"
@@ -55,14 +62,28 @@ def test_gpu_bench_paper_mode_is_the_paper_preset():
     assert configs["model"].resolution == 512
 
 
-def test_bench_all_resolves_every_benchmark_before_running_any(monkeypatch):
+def test_volume_bench_defaults_are_the_issue_s_run():
+    """`mrgen bench volume` at its defaults: ≥ 10,000 masks (source slices x target modalities, every source slice of
+    its phantom DB), head + ≥ 2 worker nodes, 1 candidate, 2-4 steps, filter none, and a medsam run on a subset."""
+    _, settings, configs = _resolve(["bench", "volume"])
+    full, resume, join, phantom = (configs[k] for k in ("synthesis.full", "synthesis.resume", "synthesis.join",
+                                                        "phantom"))
+    assert settings.masks >= 10_000 and settings.workers >= 2 and settings.at < settings.masks
+    assert full.max_masks * len(full.target_modalities) == settings.masks
+    assert phantom.volumes * phantom.slices_per_volume >= full.max_masks  # phantom-src: a mask on every slice
+    assert (full.candidates, full.keep, full.filter.kind, full.output.shard_rows) == (1, 1, "none", settings.shard_rows)
+    assert 2 <= full.sampling.steps <= 4 and resume.model_dump() | {"out": None} == full.model_dump() | {"out": None}
+    assert join.filter.kind == "medsam" and join.max_masks * len(join.target_modalities) <= settings.medsam_masks
+
+
+def test_bench_all_resolves_every_benchmark_before_running_any(monkeypatch, capsys):
     """A value the last benchmarks' job configs reject stops `mrgen bench all` before the first benchmark runs."""
     ran: list[str] = []
     for name, bench in bench_cli.BENCHMARKS.items():
         monkeypatch.setitem(bench_cli.BENCHMARKS, name,
                             dataclasses.replace(bench, run=lambda settings, args, name=name: ran.append(name) or {}))
-    with pytest.raises(SystemExit) as exc:
-        main(["bench", "all", "--set", "synth.sam2_size=100"])  # SAM2's input size must be a multiple of 16
-    assert str(exc.value.code).startswith("mrgen bench synth: ") and "image_size" in str(exc.value.code)
+    assert main(["bench", "all", "--set", "synth.sam2_size=100"]) == 1  # SAM2's input size must be a multiple of 16
+    said = capsys.readouterr().err
+    assert said.startswith("mrgen bench synth: ") and "image_size" in said, said
     assert ran == []
     assert main(["bench", "all"]) == 0 and ran == list(bench_cli.BENCHMARKS)

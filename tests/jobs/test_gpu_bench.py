@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mrgen.cli import bench as bench_cli
+from mrgen.models.sampling import SamplingSettings
 
 
 def test_bench_gpu_flags():
@@ -19,7 +20,8 @@ def _tiny_cpu(tmp_path, *sections: str) -> dict:
 
     seen: list[list[str]] = []  # the sections written at each call: what `--out` holds if the run is cut off
     figures = run_gpu_bench(device="cpu", tiny=True, sections=sections, workdir=str(tmp_path),
-                            on_section=lambda f: seen.append([k for k in sections if k in f]))
+                            on_section=lambda f: seen.append([k for k in sections if k in f]),
+                            endpoint=bench_cli.gpu_endpoint)  # the CLI's: jobs do not reach serving
     once = [s for i, s in enumerate(seen) if not i or s != seen[i - 1]]  # generator_efficiency: after each run too
     assert once == [list(sections[:i + 1]) for i in range(len(sections))], seen
     errors = {k: v["error"] for k, v in figures.items() if isinstance(v, dict) and "error" in v}
@@ -84,10 +86,11 @@ def test_paper_mode_efficiency_plan():
     assert (untuned["compile"].compile_mode, untuned["cuda_graphs"].compile_mode) == ("default", "reduce-overhead")
     for kind in ("none", "sam2"):
         run = configs[f"pipeline.{kind}"]
-        assert (run.filter, run.model, run.source) == (kind, "/w/bundle", "/w/db-paper")
+        assert (run.filter.kind, run.model, run.source) == (kind, "/w/bundle", "/w/db-paper")
         assert (run.generator.num_gpus, run.filter_stage.num_gpus, run.generator.pool_max) == (0.5, 0.5, 1)
-        assert (run.scorer.config_name, run.scorer.image_size, run.scorer.random) == ("large", 1024, True)
-        assert (run.sampler, run.steps, run.guidance) == ("ddim", 50, 7.0)
+        scorer = run.filter.scorer
+        assert (scorer.config_name, scorer.image_size, scorer.random, scorer.embed_batch) == ("large", 1024, True, 4)
+        assert run.sampling == SamplingSettings("ddim", 50, 7.0)
     assert configs["phantom.paper"].resolution == configs["model"].resolution == 512
     assert "pipeline.sam2" not in gpu_bench_configs("cpu", tiny=True, sections=("generator_efficiency",))
 

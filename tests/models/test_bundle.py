@@ -223,3 +223,34 @@ def test_bin_weights_are_never_unpickled(tmp_path):
     assert "evil" in torch.load(file, weights_only=False)  # a plain unpickler would accept the file
     with pytest.raises(BundleError, match="part 'controlnet'"):
         ModelBundle.load(str(root), parts=["controlnet"])
+
+
+def test_a_db_is_recorded_by_the_command_that_makes_it(bundle, tmp_path):
+    """`db_record` names a phantom DB by the `mrgen db phantom` line that remakes it (the nearest preset, a --set per
+    other field) and its digest: the line, parsed by the CLI, builds the same config (the same digest) elsewhere."""
+    import shlex
+
+    from mrgen.cli.common import load_config
+    from mrgen.cli.main import build_parser
+    from mrgen.datasets.phantom import PhantomConfig, build_phantom_db, phantom_meta
+    from mrgen.datasets.store import db_digest, meta_digest
+    from mrgen.models.bundle import DB_NAME, db_record, read_manifest, record_evaluation
+    from mrgen.platform.provenance import command_line
+
+    config = PhantomConfig.load("tiny", ["seed=3", "volumes=2", 'pool_modalities=["T1 MRI"]'])
+    db = str(tmp_path / "db")
+    build_phantom_db(db, config, use_ray=False)
+    record = db_record(db)
+    assert record["db_digest"] == db_digest(db) and str(tmp_path) not in record["db"]
+    words = shlex.split(record["db"])
+    assert words[:5] == ["mrgen", "db", "phantom", "--out", DB_NAME] and "--config" in words
+    args = build_parser().parse_args(words[1:])
+    remade = load_config(PhantomConfig, args, {"seed": args.seed, "volumes": args.volumes})
+    assert meta_digest(phantom_meta(remade)) == record["db_digest"]
+    argv = ["/venv/bin/mrgen", "train", "unet", "--db", db, "--out", "o"]
+    assert command_line(argv, shown={"--db": DB_NAME}) == "mrgen train unet --db D --out o"
+    saved = str(tmp_path / "bundle")
+    bundle.save(saved)
+    record_evaluation(saved, "test", {"mask_dependence": {"gain": 0.5, "db": db}})  # `mrgen eval mask --record`
+    assert read_manifest(saved)["evaluation"]["test"]["mask_dependence"] == {"gain": 0.5, **record}
+    assert bundle_hash(saved) == read_manifest(saved)["bundle_hash"]

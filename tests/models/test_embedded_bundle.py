@@ -117,6 +117,29 @@ def test_synthesize_with_the_embedded_model_and_refuse_another_size(tiny_db, tmp
     build_phantom_db(small, PhantomConfig.load("tiny").model_copy(update={"resolution": 32}))
     capsys.readouterr()
     assert main(common + ["--source", small, "--out", str(tmp_path / "refused")]) == 2
-    said = capsys.readouterr().out
+    said = capsys.readouterr().err
     assert "64x64" in said and "32x32" in said and EMBEDDED in said, said
     assert not (tmp_path / "refused").exists()
+
+
+def test_manifest_records_remake_their_dbs_on_another_machine(manifest):
+    """Every DB the manifest records (training stages, evaluations, the filter's calibration) is named by the command
+    that makes it, whose config has the recorded digest, and every recorded command reads it as `--db D`."""
+    import shlex
+
+    from mrgen.cli.common import load_config
+    from mrgen.cli.main import build_parser
+    from mrgen.datasets.phantom import PhantomConfig, phantom_meta
+    from mrgen.datasets.store import meta_digest
+
+    records = [run for record in manifest["training"]["stages"].values() for run in training_chain(record)]
+    records += [result for split in manifest["evaluation"].values() for result in split.values()]
+    records += [manifest["training"], manifest["filter"]]
+    for record in records:
+        words = shlex.split(record["db"])
+        assert words[:5] == ["mrgen", "db", "phantom", "--out", "D"], record["db"]
+        remade = load_config(PhantomConfig, build_parser().parse_args(words[1:]))
+        assert meta_digest(phantom_meta(remade)) == record["db_digest"], record["db"]
+    commands = [run["command"] for run in records if "command" in run] + manifest["filter"]["commands"]
+    assert all("/" not in shlex.split(c)[shlex.split(c).index("--db") + 1] for c in commands if "--db" in c)
+    assert all(" --db D " in c for c in commands if c.startswith(("mrgen train", "mrgen filter")))

@@ -129,7 +129,7 @@ def test_our_bundles_and_bad_input(release_folder, inputs, tmp_path, capsys):
 
     def fails(*argv: str) -> str:
         assert main(["sample", "--mask", inputs["mask"], "--out", str(tmp_path / "x"), "--steps", "2", *argv]) == 2
-        return capsys.readouterr().out
+        return capsys.readouterr().err
 
     release = ["--model", release_folder, "--modality", "T2 SPIR Abdomen MRI"]
     assert "--attributes FILE" in fails(*release, "--organ-map", json.dumps(ORGANS))

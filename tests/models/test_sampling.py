@@ -58,8 +58,29 @@ def test_early_stop_step_is_a_middle_step():
         early_stop_step(0.5, 1)
 
 
-def test_service_takes_no_guidance_interval_and_guides_every_step():
+def test_one_sampling_section_and_its_older_spellings():
+    """Each config that samples holds one `sampling` section: a partial mapping fills from the config's own default,
+    and the keys it had before the section (`steps`, the service's `default_steps`) still set it."""
+    from mrgen.jobs.sample.config import SampleConfig
+    from mrgen.jobs.synthesis.config import SynthesisConfig
     from mrgen.serving.config import ServeConfig
 
-    assert "default_guidance_interval" not in ServeConfig.model_fields
-    assert ServeConfig.load("tiny").sampling.guidance_interval == (0.0, 1.0)
+    assert SynthesisConfig.load_dict({"sampling": {"steps": 7}}).sampling == SamplingSettings("dpm", 7, 4.0)
+    assert SynthesisConfig.load("cheap", ["steps=6"]).sampling == SamplingSettings("dpm", 6, 4.0, (0.0, 0.5))
+    assert SynthesisConfig.load("cheap", ["sampling.steps=6"]) == SynthesisConfig.load("cheap", ["steps=6"])
+    served = ServeConfig.load("tiny", ["default_steps=3", "default_sampler=unipc"]).sampling
+    assert served == ServeConfig.load("tiny", ["sampling.steps=3", "sampling.sampler=unipc"]).sampling
+    assert (served.steps, served.sampler, served.guidance_interval) == (3, "unipc", (0.0, 1.0))  # every step guided
+    sample = SampleConfig(model="m", mask="m.png", modality="T1", out="o", sampling={"guidance": 2.0})
+    assert sample.sampling == SamplingSettings(guidance=2.0)
+
+
+def test_every_config_allows_exactly_the_samplers_the_pipeline_has():
+    from mrgen.models.sampling import SAMPLERS, SamplingOverrides
+    from mrgen.models.scheduler import SCHEDULERS
+    from mrgen.serving.schemas import GenerateRequest
+
+    assert sorted(SAMPLERS) == sorted(SCHEDULERS)
+    for model in (SamplingOverrides, GenerateRequest):
+        assert model.model_json_schema()["properties"]["sampler"]["anyOf"][0]["enum"] == list(SAMPLERS)
+        assert model.model_json_schema()["properties"]["steps"]["anyOf"][0]["minimum"] == 1  # SamplingSettings' bound

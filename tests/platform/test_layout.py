@@ -29,6 +29,35 @@ def test_import_datasets_from_repo_root_is_not_ours():
     assert out in ("None",) or not out.startswith(str(REPO / "datasets")), out
 
 
+# what each folder may import of the package: platform <- datasets <- models <- jobs, serving; only cli reaches both
+LAYERS = {"platform": {"platform"}, "datasets": {"platform", "datasets"}, "models": {"platform", "datasets", "models"},
+          "jobs": {"platform", "datasets", "models", "jobs"}, "serving": {"platform", "datasets", "models", "serving"},
+          "cli": set(ROOTS)}
+
+
+def test_layers_import_one_way():
+    """No import, at the top or inside a function, against the layering (jobs and serving never import each other),
+    and no Ray or DeepSpeed in models (pure PyTorch)."""
+    import ast
+
+    broken = []
+    for root, allowed in LAYERS.items():
+        for path in (REPO / root).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom):
+                    names = [node.module or ""]
+                elif isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                else:
+                    continue
+                for name in names:
+                    parts = name.split(".")
+                    if (parts[0] == "mrgen" and len(parts) > 1 and parts[1] not in allowed
+                            or root == "models" and parts[0] in ("ray", "deepspeed")):
+                        broken.append(f"{path.relative_to(REPO)}: {name}")
+    assert not broken, broken
+
+
 def test_every_source_folder_is_installed():
     import importlib
 

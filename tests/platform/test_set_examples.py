@@ -28,6 +28,7 @@ COMMANDS = {
     "db build": ("mrgen.datasets.config:DBConfig", None),
     "db annotate-regions": ("mrgen.datasets.config:DBConfig", None),
     "eval": ("mrgen.jobs.evaluate.config:EvaluateConfig", None),
+    "filter calibrate": ("mrgen.jobs.filter.config:CalibrateConfig", None),
     "export": ("mrgen.jobs.export.config:ExportConfig", None),
     "generate": ("mrgen.serving.client:GenerateConfig", None),
     "bench": ("mrgen.jobs.bench.config:BenchConfig", None),

@@ -82,4 +82,4 @@ def test_app_args_need_a_model():
     args = GeneratorAppArgs(model="m", config={"preset": "tiny", "batching": {"max_batch_size": 1}},
                             overrides=["limits.max_steps=7"])
     config = args.resolve()
-    assert config.batching.max_batch_size == 1 and config.limits.max_steps == 7 and config.default_steps == 2
+    assert config.batching.max_batch_size == 1 and config.limits.max_steps == 7 and config.sampling.steps == 2

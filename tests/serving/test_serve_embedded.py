@@ -26,6 +26,7 @@ def _shipped() -> Thresholds:
 
 
 def test_shipped_thresholds_are_what_the_recorded_command_made():
+    from mrgen.cli.filter import calibrate_config
     from mrgen.cli.main import build_parser
 
     calibration = load_calibration(THRESHOLDS)
@@ -38,8 +39,9 @@ def test_shipped_thresholds_are_what_the_recorded_command_made():
     assert record["db_digest"] == manifest["training"]["db_digest"]  # the DB the bundle trained on
     command = next(c for c in record["commands"] if c.startswith("mrgen filter calibrate")).split()
     args = build_parser().parse_args(command[1:])  # the recorded command is today's CLI, the demo's settings
-    assert (args.scorer, args.quantile, args.limit, args.dataset, args.split) == ("medsam", 0.25, 48,
-                                                                                  ["phantom-src"], "train")
+    config = calibrate_config(args)
+    assert (config.filter.kind, config.quantile, config.limit, config.dataset, config.split) == \
+        ("medsam", 0.25, 48, ["phantom-src"], "train")
     assert command[command.index("--out") + 1].endswith(f"tiny-phantom/{FILTER_THRESHOLDS}")
 
 
@@ -51,14 +53,14 @@ def test_embedded_service_config_filters_unless_told_not_to(serve_bundle):
         return serve_config(build_parser().parse_args(["serve", *flags])).resolved().filter
 
     default = resolved("--model", EMBEDDED)
-    assert default.enabled and default.kind == "medsam" and default.thresholds() == _shipped()
+    assert default.enabled and default.kind == "medsam" and default.thresholds.thresholds() == _shipped()
     assert default.thresholds_file == THRESHOLDS and default.adaptive
     assert not resolved("--model", EMBEDDED, "--filter", "none").enabled
     assert not resolved("--model", EMBEDDED, "--set", "filter.kind=none").enabled
     assert not resolved("--model", EMBEDDED, "--filter", "none", "--thresholds", THRESHOLDS).enabled
     assert not resolved("--model", serve_bundle).enabled  # a bundle without a calibration: no filter
     given = resolved("--model", serve_bundle, "--thresholds", THRESHOLDS)  # its scorer comes with the file
-    assert given.kind == "medsam" and given.thresholds() == _shipped()
+    assert given.kind == "medsam" and given.thresholds.thresholds() == _shipped()
 
 
 def _scores(start: int, passing: list[bool]) -> list[CandidateScores]:
@@ -74,11 +76,12 @@ def _scores(start: int, passing: list[bool]) -> list[CandidateScores]:
     ([False, False, False, False, True], 1, 4, 2),
 ])
 def test_waves_stop_once_keep_pass(verdicts, keep, per_wave, waves):
+    from mrgen.models.sampling import SamplingSettings
     from mrgen.serving.schemas import GenerationJob, GenerationResult
     from mrgen.serving.waves import generate_in_waves
 
     job = GenerationJob(prompt="p", mask=np.zeros((8, 8), np.uint8), seeds=[100 + i for i in range(len(verdicts))],
-                        steps=1, guidance=1.0, sampler="ddim")
+                        sampling=SamplingSettings("ddim", 1, 1.0))
     sampled: list[list[int]] = []
 
     async def generate(wave: GenerationJob) -> GenerationResult:

@@ -34,13 +34,17 @@ def test_parse_request_builds_the_job():
     config = ServeConfig.load("tiny")
     parsed = parse_request(_request(region="upper abdominal region"), config, size_multiple=16)
     assert parsed.organs == ["liver", "spleen"]  # from the mask, in id order; bladder is absent
-    assert parsed.job.seeds == [40, 41, 42] and parsed.job.steps == config.default_steps
+    assert parsed.job.seeds == [40, 41, 42] and parsed.job.sampling == config.sampling
     assert parsed.job.prompt.startswith("T2-weighted fat sat; ") and "upper abdominal region" in parsed.job.prompt
     assert parsed.job.mask.dtype == np.uint8 and parsed.job.mask.shape == (32, 32)
     named = parse_request(_request(organs=["liver"]), config, size_multiple=16)
     assert named.organs == ["liver"]
     random_seeds = parse_request(_request(seed=None), config, size_multiple=16).job.seeds
     assert random_seeds[1] == random_seeds[0] + 1
+    # a request's sampling settings replace the service's (serve.sampling) one by one
+    asked = parse_request(_request(sampler="ddpm", guidance_interval=[0, 0.5]), config, size_multiple=16).job.sampling
+    assert (asked.sampler, asked.guidance_interval) == ("ddpm", (0.0, 0.5))
+    assert (asked.steps, asked.guidance) == (config.sampling.steps, config.sampling.guidance)
 
 
 def test_palette_and_16_bit_masks():

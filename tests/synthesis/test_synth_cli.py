@@ -1,9 +1,11 @@
 """The `mrgen synthesize / export / eval fid|clip` flags reach the library's config and arguments."""
 from __future__ import annotations
 
-from mrgen.cli.common import load_config
 from mrgen.cli.main import build_parser
+from mrgen.cli.synthesize import synthesis_config
 from mrgen.jobs.synthesis.config import SynthesisConfig
+from mrgen.models.sampling import SamplingSettings
+from mrgen.models.scorers import FilterSettings
 
 
 def test_synthesize_flags_override_the_preset():
@@ -14,18 +16,46 @@ def test_synthesize_flags_override_the_preset():
         "--guidance", "7.0", "--filter", "sam2", "--sam2-checkpoint", "s3://b/sam2.pt", "--sam2-config",
         "configs/sam2.1/sam2.1_hiera_l.yaml", "--seed", "5", "--rule", "official", "--adaptive", "--config", "paper",
         "--set", "wave_size=5"])
-    flags = {"model": args.model, "source": args.source, "out": args.out, "target_modalities": args.target_modalities,
-             "candidates": args.candidates, "sampler": args.sampler, "steps": args.steps, "seed": args.seed,
-             "scorer.checkpoint": args.sam2_checkpoint, "scorer.config_name": args.sam2_config, "rule": args.rule,
-             "adaptive": args.adaptive, "scorer.random": args.sam2_random}
-    config = load_config(SynthesisConfig, args, flags)
+    config = synthesis_config(args)
     assert config.target_modalities == ["T1 in-phase", "T1 out-of-phase"]
-    assert (config.sampler, config.steps, config.seed, config.rule, config.adaptive) == ("dpm", 20, 5, "official", True)
-    assert config.scorer.checkpoint == "s3://b/sam2.pt" and config.scorer.image_size == 1024
-    assert not config.scorer.random
+    assert (config.sampling.sampler, config.sampling.steps, config.seed, config.filter.rule, config.adaptive) == \
+        ("dpm", 20, 5, "official", True)
+    assert config.filter.scorer.checkpoint == "s3://b/sam2.pt" and config.filter.scorer.image_size == 1024
+    assert not config.filter.scorer.random and config.filter.scorer.embed_batch == 4  # the paper preset's, kept
     assert config.wave_size == 5 and config.generator.num_gpus == 1  # paper preset: a GPU per generator actor
-    assert (config.thresholds.organ_iou, config.thresholds.organ_conf, config.thresholds.mean_iou,
-            config.thresholds.mean_conf, config.thresholds.relax_by) == (0.70, 0.80, 0.80, 0.90, 0.10)
+    t = config.filter.thresholds
+    assert (t.organ_iou, t.organ_conf, t.mean_iou, t.mean_conf, t.relax_by) == (0.70, 0.80, 0.80, 0.90, 0.10)
+
+
+def test_one_set_of_filter_flags_with_the_older_spellings():
+    """synthesize, serve and filter calibrate take the same filter flags into the same `filter` section; the
+    --sam2-* and calibrate's --scorer / --checkpoint spellings set the same keys as --scorer-*."""
+    from mrgen.cli.common import load_config
+    from mrgen.cli.filter import filter_flags
+    from mrgen.cli.serve import serve_config
+    from mrgen.jobs.filter.config import CalibrateConfig
+
+    new = ["--filter", "medsam", "--scorer-checkpoint", "w.pth", "--scorer-config", "large", "--scorer-random",
+           "--scorer-image-size", "512", "--scorer-prompt", "box", "--scorer-multimask", "--scorer-embed-batch", "3",
+           "--rule", "official"]
+    old = ["--scorer", "medsam", "--checkpoint", "w.pth", "--sam2-config", "large", "--sam2-random",
+           "--sam2-image-size", "512", "--sam2-prompt", "box", "--sam2-multimask", "--scorer-embed-batch", "3",
+           "--rule", "official"]
+    io = ["--model", "m", "--source", "s", "--out", "o"]
+    sections = [synthesis_config(build_parser().parse_args(["synthesize", *io, *flags])).filter
+                for flags in (new, old)]
+    calibrate = build_parser().parse_args(["filter", "calibrate", "--db", "d", "--out", "o", *old])
+    sections.append(load_config(CalibrateConfig, calibrate, filter_flags(calibrate, FilterSettings,
+                                                                          omit=("thresholds_file",))).filter)
+    served = serve_config(build_parser().parse_args(["serve", *new, "--thresholds", "t.json"])).filter
+    assert served.thresholds_file == "t.json"
+    sections.append(FilterSettings.model_validate(served.model_dump(exclude={"candidates", "adaptive", "wave_size",
+                                                                              "thresholds_file"})))
+    assert all(s == sections[0] for s in sections), sections
+    scorer = sections[0].scorer
+    assert (sections[0].kind, sections[0].rule, scorer.checkpoint, scorer.config_name, scorer.random,
+            scorer.image_size, scorer.prompt, scorer.multimask, scorer.embed_batch) == \
+        ("medsam", "official", "w.pth", "large", True, 512, "box", True, 3)
 
 
 def test_cheaper_sampling_flags_reach_the_config(monkeypatch):
@@ -39,7 +69,7 @@ def test_cheaper_sampling_flags_reach_the_config(monkeypatch):
         "0.375", "--early-reject-below", "0.2"])
     args.func(args)
     config = seen["config"]
-    assert (config.sampler, config.steps, config.guidance_interval) == ("unipc", 8, (0.0, 0.5))
+    assert config.sampling == SamplingSettings("unipc", 8, guidance_interval=(0.0, 0.5))
     assert (config.adaptive, config.early_reject_at, config.early_reject_below) == (True, 0.375, 0.2)
 
 
@@ -73,17 +103,11 @@ def test_release_flags_reach_the_config(tmp_path):
         "--sam2-checkpoint", "sam2_hiera_large.pt",
         "--sam2-prompt", "mask", "--sam2-multimask", "--attributes", str(file),
         "--organ-weights", '{"liver": 0.3, "right kidney": 0.5}'])
-    from mrgen.cli.common import attribute_table, json_object
-
-    config = load_config(SynthesisConfig, args, {
-        "model": args.model, "rule": args.rule, "scorer.config_name": args.sam2_config,
-        "scorer.checkpoint": args.sam2_checkpoint, "scorer.prompt": args.sam2_prompt,
-        "scorer.multimask": args.sam2_multimask, "modality_attributes": attribute_table(args.attributes),
-        "organ_weights": json_object(args.organ_weights, "--organ-weights")})
-    assert config.scorer.sam2_config() == "configs/sam2/sam2_hiera_l.yaml"
-    assert config.scorer.model_id("sam2").endswith(":sam2_hiera_large.pt:mask+multimask")
+    config = synthesis_config(args)
+    assert config.filter.scorer.sam2_config() == "configs/sam2/sam2_hiera_l.yaml"
+    assert config.filter.scorer.model_id("sam2").endswith(":sam2_hiera_large.pt:mask+multimask")
     assert config.modality_attributes == {"T1 in-phase Abdomen MRI": "fat high signal"}
-    assert config.organ_weights == {"liver": 0.3, "right kidney": 0.5} and config.rule == "official"
+    assert config.organ_weights == {"liver": 0.3, "right kidney": 0.5} and config.filter.rule == "official"
     assert ScorerSettings(config_name="2.0-tiny").sam2_config() == "configs/sam2/sam2_hiera_t.yaml"
 
 

@@ -1,10 +1,12 @@
 """Cheaper synthesis without Ray: the config of UniPC, guidance intervals and early rejection, the audit's cost
 columns (denoiser rows, x̂₀ mean IoU, stopped_early), audits written before them, and resuming a run pinned
-before they existed. The end-to-end run with early rejection is in test_synth_pipeline.py."""
+before they existed; the writer's flushes (a shard and an audit part each) and the commit's index of shards. The
+end-to-end run with early rejection is in test_synth_pipeline.py."""
 from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -12,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from mrgen.jobs.synthesis.config import SynthesisConfig
-from mrgen.jobs.synthesis.run import SynthesisInputError, _summarise, check_same_settings
-from mrgen.jobs.synthesis.stages.writer import AUDIT_DIR, AUDIT_SCHEMA, WriterUDF, read_audit
+from mrgen.jobs.synthesis.run import SynthesisInputError, _summarise, check_same_settings, commit
+from mrgen.jobs.synthesis.stages.writer import (AUDIT_DIR, AUDIT_SCHEMA, PART_SHARD, RecordsUDF, WriterUDF,
+                                               finished_masks, read_audit, read_part)
 from mrgen.models.selection import STOPPED_EARLY
 from mrgen.platform.config import ConfigError
 
@@ -71,9 +74,16 @@ def _batch(n_tried: int, stopped: list[int], early: list[float | None] | None = 
     return batch
 
 
-def _writer(out: str) -> WriterUDF:
-    return WriterUDF(out, bundle_hash="b", filter_model="medsam", scores_meaningful=True, rule="paper",
-                     preview_keys=["k1"])
+class _writer:
+    """The records stage then the writer on one batch (one flush), as the pipeline chains them."""
+
+    def __init__(self, out: str):
+        self.records = RecordsUDF(bundle_hash="b", filter_model="medsam", scores_meaningful=True, rule="paper",
+                                  preview_keys=["k1"])
+        self.writer = WriterUDF(out)
+
+    def __call__(self, batch):
+        return self.writer(self.records(batch))
 
 
 def test_stopped_candidates_get_audit_rows_and_finished_ones_keep_their_images(tmp_path):
@@ -221,15 +231,50 @@ def test_a_bundles_own_calibration_replaces_the_paper_thresholds_for_its_filter(
         return apply_thresholds_file(SynthesisConfig().with_overrides({"model": embedded_bundle(), **overrides}))
 
     config = resolved(filter="medsam")
-    assert config.thresholds == own and config.thresholds_file == shipped
-    assert resolved(filter="sam2").thresholds.organ_iou == 0.70  # calibrated for another scorer: not used
-    assert resolved(filter="medsam", **{"thresholds.organ_iou": 0.9}).thresholds.organ_iou == 0.9
+    assert config.filter.thresholds == own and config.filter.thresholds_file == shipped
+    assert resolved(filter="sam2").filter.thresholds.organ_iou == 0.70  # calibrated for another scorer: not used
+    assert resolved(filter="medsam", **{"thresholds.organ_iou": 0.9}).filter.thresholds.organ_iou == 0.9
     other = tmp_path / "calibration.json"
     data = json.loads(open(shipped).read())
     data["thresholds"]["organ_iou"] = 0.33
     other.write_text(json.dumps(data))
-    assert resolved(filter="medsam", thresholds_file=str(other)).thresholds.organ_iou == 0.33
+    assert resolved(filter="medsam", thresholds_file=str(other)).filter.thresholds.organ_iou == 0.33
     bare = tmp_path / "bundle"  # a bundle without a calibration: the paper's thresholds
     shutil.copytree(embedded_bundle(), bare, ignore=shutil.ignore_patterns(FILTER_THRESHOLDS))
     assert apply_thresholds_file(SynthesisConfig().with_overrides(
-        {"model": str(bare), "filter": "medsam"})).thresholds.organ_iou == 0.70
+        {"model": str(bare), "filter": "medsam"})).filter.thresholds.organ_iou == 0.70
+
+
+def _flush(out: str, *keys: str) -> dict:
+    """One flush of masks ``keys`` (each as _batch's mask, keyed and placed in its own source slice)."""
+    batches = []
+    for i, key in enumerate(keys):
+        batch = _batch(2, stopped=[])
+        batch["mask_key"][0], batch["source_slice_id"][0], batch["slice_index"][0] = key, f"src/vol/{i:04d}", i
+        batches.append(_writer(out).records(batch))
+    merged = {c: np.concatenate([b[c] for b in batches]) for c in batches[0]}
+    return WriterUDF(out)(merged)
+
+
+def test_a_flush_is_one_shard_and_one_part_and_the_index_lists_shards(tmp_path):
+    """Two flushes of several masks: one shard and one audit part each, named by their masks; the commit builds the
+    index from the parts' footers (the shards' rows, volumes and stats, not their masks) and removes an orphan
+    shard; a part written before the writer recorded its shard (no footer entry) still commits, by opening it."""
+    out = str(tmp_path)
+    first, second = _flush(out, "k1", "k2", "k3"), _flush(out, "k4", "k5")
+    assert len(set(first["shard"])) == len(set(second["shard"])) == 1 and first["shard"][0] != second["shard"][0]
+    assert sorted(p.name for p in (tmp_path / "v1").iterdir()) == sorted(
+        Path(s).name for s in (first["shard"][0], second["shard"][0]))
+    assert len(list((tmp_path / AUDIT_DIR).iterdir())) == 2
+    assert finished_masks(out) == {"k1", "k2", "k3", "k4", "k5"}
+    old = next(p for p in (tmp_path / AUDIT_DIR).iterdir() if read_part(out, f"{AUDIT_DIR}/{p.name}").shard ==
+               second["shard"][0])
+    table = pq.read_table(old)
+    pq.write_table(table.replace_schema_metadata({PART_SHARD: second["shard"][0].encode()}), old)
+    (tmp_path / "v1" / "part-orphan.parquet").write_bytes((tmp_path / first["shard"][0]).read_bytes())
+    committed = commit(out, {})
+    assert committed["masks_finished"] == 5 and committed["duplicate_masks"] == [] and committed["shards"] == 2
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert sorted(s["rows"] for s in index["shards"]) == [2, 3]
+    assert all(s["volumes"] == ["src-mrgen/vol-t2"] for s in index["shards"]) and "k1" not in json.dumps(index)
+    assert not (tmp_path / "v1" / "part-orphan.parquet").exists() and committed["rows"] == 5

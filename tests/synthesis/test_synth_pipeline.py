@@ -40,7 +40,7 @@ def _config(bundle: str, db: str, out: str, *extra: str) -> SynthesisConfig:
         f"model={bundle}", f"source={db}", f"out={out}", f"target_modalities=['{TARGET_MODALITY}']",
         "source_datasets=['phantom-src']", f"max_masks={MASKS}", f"candidates={CANDIDATES}", f"keep={KEEP}", "steps=2",
         "scorer.random=true", "scorer.image_size=256", "thresholds.organ_iou=0", "thresholds.organ_conf=0",
-        "thresholds.mean_iou=0", "thresholds.mean_conf=0", "masks_per_shard=4", *extra])
+        "thresholds.mean_iou=0", "thresholds.mean_conf=0", f"output.shard_rows={4 * KEEP}", *extra])
 
 
 def _check_each_mask_once(out: str) -> None:

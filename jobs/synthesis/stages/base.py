@@ -102,6 +102,7 @@ class StageSpec:
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per worker
     pool: tuple[int, int] | None = None
     block_rows: int | None = None  # tasks only: blocks of this many rows out (one batch of the next actor stage)
+    gather_blocks: bool = False    # with block_rows: blocks of exactly that many rows, gathered across tasks
 
     @property
     def name(self) -> str:
@@ -117,22 +118,28 @@ class StageSpec:
         if self.resources:
             common["resources"] = dict(self.resources)
         if self.pool is not None:
-            return ds.map_batches(self.udf, fn_constructor_kwargs=self.ctor_kwargs,
-                                  compute=ray.data.ActorPoolStrategy(min_size=self.pool[0], max_size=self.pool[1]),
-                                  **common)
+            # A pool starts at its largest size; an actor that does not fit waits for a node (a joining one, or one a
+            # cluster autoscaler adds for it) and idle ones are released down to the smallest. Grown on demand, a
+            # pool whose actor exceeds Ray Data's per-operator CPU share never grew: the elastic bench's 0.5-CPU
+            # generator got 0.06-0.44 CPU of budget on 3 CPUs and stayed off a joining node (issue 34).
+            strategy = ray.data.ActorPoolStrategy(min_size=self.pool[0], max_size=self.pool[1],
+                                                  initial_size=self.pool[1])
+            return ds.map_batches(self.udf, fn_constructor_kwargs=self.ctor_kwargs, compute=strategy, **common)
         ds = ds.map_batches(_run_in_task, fn_kwargs={"udf_cls": self.udf, "kwargs": self.ctor_kwargs}, **common)
-        return split_blocks(ds, self.block_rows, common) if self.block_rows else ds
+        return split_blocks(ds, self.block_rows, common, self.gather_blocks) if self.block_rows else ds
 
 
-def split_blocks(ds, rows: int, remote_args: dict[str, Any]):
-    """``ds`` with blocks of at most ``rows`` rows, split inside the tasks that made them.
+def split_blocks(ds, rows: int, remote_args: dict[str, Any], gather: bool = False):
+    """``ds`` with blocks of at most ``rows`` rows, split inside the tasks that made them (``gather``: of exactly
+    ``rows`` rows but the last, small blocks gathered across tasks in the object store: Ray Data's strict streaming
+    repartition, a separate operator).
 
     An actor task takes a whole block: blocks of many masks would keep a pool at one busy actor (no reason to grow
     onto a joining node) and make a lost node redo all of their masks. Ray's streaming repartition fuses into the
     upstream map only when their remote args match, and ``Dataset.repartition`` gives it the default 1 CPU, which
     a small node's remaining fraction cannot hold: its remote args are set to the map's (Ray is pinned).
     """
-    ds = ds.repartition(target_num_rows_per_block=rows)
+    ds = ds.repartition(target_num_rows_per_block=rows, strict=gather)
     args = {k: remote_args[k] for k in ("num_cpus", "num_gpus", "resources") if k in remote_args}
     object.__setattr__(ds._logical_plan.dag, "ray_remote_args", args)
     return ds

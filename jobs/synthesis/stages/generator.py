@@ -91,9 +91,8 @@ class CandidateSampler:
         # runs differed): encoding each prompt alone makes a candidate independent of the masks an actor saw before
         for prompt in ("", *prompts):
             self.pipeline.bundle.text_encoder.encode([prompt])
-        return self.pipeline.sample(prompts, masks, num_candidates=len(indices), seeds=seeds,
-                                    batch_size=self.batch_size, organ_maps=organ_maps, early_stop=early_stop,
-                                    **self.sampling.kwargs())
+        return self.pipeline.sample(prompts, masks, len(indices), self.sampling, seeds=seeds,
+                                    batch_size=self.batch_size, organ_maps=organ_maps, early_stop=early_stop)
 
 
 class GeneratorUDF(StageUDF):

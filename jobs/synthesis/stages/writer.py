@@ -1,28 +1,36 @@
-"""Writer stage and the output layout of a synthesis run.
+"""Writer stages and the output layout of a synthesis run.
 
-    OUT/v1/part-<key>.parquet     kept candidates as MRGen-DB rows (schema + SYNTH_COLUMNS)
-    OUT/audit/part-<key>.parquet  every candidate of the same masks with its scores, fate and cost (AUDIT_SCHEMA);
-                                  skipped masks get one row with their reason; a candidate stopped early (adaptive
-                                  early rejection) gets one with fate stopped_early and no scores
-    OUT/index.json                written by the driver at the end, from the audit parts
+    OUT/v1/part-<key>.parquet     kept candidates as MRGen-DB rows (schema + SYNTH_COLUMNS): one shard per flush
+    OUT/audit/part-<key>.parquet  every candidate of the same flush's masks with its scores, fate and cost
+                                  (AUDIT_SCHEMA); skipped masks get one row with their reason; a candidate stopped
+                                  early (adaptive early rejection) gets one with fate stopped_early and no scores
+    OUT/index.json                written by the driver at the end, from the audit parts: it lists the shards
 
-``<key>`` hashes the masks of the batch. The shard is written first and the audit part last: an audit part is
-the record that its masks are finished, so a rerun skips them, and an actor or task retried after a crash
-rewrites the same two objects instead of adding copies. A shard without its audit part is an orphan and is
-never listed in the index.
+Two stages write. ``records`` (tasks, a few masks a call) turns each mask's candidates into its kept rows and its
+audit records, packed (Arrow IPC) into one row per mask, so that only what will be written waits for a flush.
+Ray Data's strict streaming repartition gathers ``masks_per_flush`` of those rows into one block (held in the
+object store, not the driver; the stream's tail is the last, smaller block), and ``writer`` publishes each block:
+its shard first, its audit part last, both named by ``<key>``, a hash of the block's masks. An audit part is the
+record that its masks are finished, so a rerun skips them (reading the parts' mask_key column); a task retried
+after a crash rewrites the same two objects instead of adding copies; a crash loses only the blocks not yet
+published. A shard without its audit part is an orphan: never listed in the index, removed by the commit.
 """
 from __future__ import annotations
 
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from mrgen.datasets.schema import Column, encode_image
-from mrgen.datasets.store import ShardWriter
+from mrgen.datasets.schema import Column, arrow_schema, encode_image
+from mrgen.datasets.store import ShardInfo, ShardWriter, volume_key
 from mrgen.jobs.synthesis.keys import group_key, modality_slug
 from mrgen.jobs.synthesis.stages.base import StageUDF, column, optional_text
 from mrgen.jobs.synthesis.stages.generator import decode_candidates
@@ -61,8 +69,14 @@ AUDIT_SCHEMA = pa.schema([
 AUDIT_DIR = "audit"
 SUMMARY_COLUMNS = ("mask_key", "source_slice_id", "modality", "skip_reason", "n_candidates", "n_kept", "relaxed",
                    "n_strict", "n_stopped", "denoiser_rows", "shard", "preview")
-# Optional batch columns the writer reads (JSON lists, by candidate index): denoiser_rows (generator and adaptive
-# stages), early_mean_iou and stopped_early (adaptive stage; the latter lists the indices stopped early).
+# Optional batch columns the records stage reads (JSON lists, by candidate index): denoiser_rows (generator and
+# adaptive stages), early_mean_iou and stopped_early (adaptive stage; the latter lists the indices stopped early).
+SLICE_SCHEMA = arrow_schema(SYNTH_COLUMNS)
+PACKED = {"slice_rows": "the mask's kept rows, Arrow IPC of SLICE_SCHEMA (empty: none kept)",
+          "audit_rows": "the mask's audit records, Arrow IPC of AUDIT_SCHEMA"}
+# footer metadata of an audit part: its shard's file ('' when nothing was kept) and ShardInfo (JSON), so the commit
+# builds the index from the parts' footers without opening the shards
+PART_SHARD, PART_SHARD_INFO = b"mrgen.shard", b"mrgen.shard_info"
 
 
 def _nan_to_none(x: float) -> float | None:
@@ -80,58 +94,56 @@ def _cost_lists(batch: dict[str, np.ndarray], i: int, n: int) -> tuple[list, lis
     return spent, early, set(listed("stopped_early", "[]"))
 
 
-class WriterUDF(StageUDF):
-    NAME = "writer"
+def _pack(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
+    if not rows:
+        return b""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema) as stream:
+        stream.write_table(pa.Table.from_pylist(rows, schema=schema))
+    return sink.getvalue().to_pybytes()
+
+
+def _unpack(blobs: np.ndarray, schema: pa.Schema) -> pa.Table:
+    tables = [pa.ipc.open_stream(bytes(b)).read_all() for b in blobs if len(b)]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+class RecordsUDF(StageUDF):
+    """Each mask's kept rows (MRGen-DB rows) and audit records, packed; its summary beside them. The candidates'
+    images go no further: a flush waits on the packed records only."""
+
+    NAME = "records"
     REQUIRED = {"mask_key": "unit of work", "candidates": "float32 candidate images (raw bytes)",
                 "n_candidates": "finished candidates in the row (its images)",
                 "seeds": "JSON list of seeds of every candidate tried (finished or stopped early)",
                 "fates": "JSON index → fate",
                 "relaxed": "kept under relaxed thresholds", "skip_reason": "non-empty: skipped",
                 "source_slice_id": "source slice", "modality": "target modality"}
-    ONE_TO_ONE = False
+    ONE_TO_ONE = False  # one row per mask, but only the summary and the packed records go on
 
-    def __init__(self, out: str, bundle_hash: str, filter_model: str, scores_meaningful: bool, rule: str,
+    def __init__(self, bundle_hash: str, filter_model: str, scores_meaningful: bool, rule: str,
                  dataset_suffix: str = "-mrgen", preview_keys: list[str] | tuple[str, ...] = ()):
-        self.out, self.bundle_hash, self.filter_model = out, bundle_hash, filter_model
+        self.bundle_hash, self.filter_model = bundle_hash, filter_model
         self.scores_meaningful, self.rule, self.suffix = scores_meaningful, rule, dataset_suffix
         self.preview_keys = set(preview_keys)
 
     def process(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        n = len(batch["mask_key"])
-        keys = sorted(str(k) for k in batch["mask_key"])
-        gkey = group_key(keys)
-        slices, audit, summary = [], [], {c: [] for c in SUMMARY_COLUMNS}
-        for i in range(n):
+        out: dict[str, list] = {c: [] for c in (*SUMMARY_COLUMNS, *PACKED) if c != "shard"}
+        for i in range(len(batch["mask_key"])):
             rows, audit_rows, preview = self._mask_rows(batch, i)
             candidates = [r for r in audit_rows if r["candidate_index"] >= 0]
-            slices.extend(rows)
-            audit.extend(audit_rows)
-            summary["mask_key"].append(str(batch["mask_key"][i]))
-            summary["source_slice_id"].append(str(batch["source_slice_id"][i]))
-            summary["modality"].append(str(batch["modality"][i]))
-            summary["skip_reason"].append(str(batch["skip_reason"][i]))
-            summary["n_candidates"].append(int(batch["n_candidates"][i]))
-            summary["n_kept"].append(len(rows))
-            summary["relaxed"].append(bool(batch["relaxed"][i]) and bool(rows))
-            summary["n_strict"].append(int(batch["n_strict"][i]) if "n_strict" in batch else 0)
-            summary["n_stopped"].append(sum(r["fate"] == STOPPED_EARLY for r in candidates))
-            summary["denoiser_rows"].append(sum(r["denoiser_rows"] or 0 for r in candidates))
-            summary["preview"].append(preview)
-        shard = ""
-        if slices:
-            writer = ShardWriter(self.out, version=1, extra=SYNTH_COLUMNS)
-            table = pa.Table.from_pylist(slices, schema=writer.schema)
-            shard = writer.write(table, keys).file
-        for row in audit:
-            row["shard"] = shard
-        audit_table = pa.Table.from_pylist(audit, schema=AUDIT_SCHEMA)
-        meta = {b"mrgen.masks": json.dumps(keys).encode(), b"mrgen.shard": shard.encode()}
-        audit_table = audit_table.replace_schema_metadata(meta)
-        buf = io.BytesIO()
-        pq.write_table(audit_table, buf, compression="zstd")
-        storage.write_bytes(storage.join(self.out, AUDIT_DIR, f"part-{gkey}.parquet"), buf.getvalue())
-        summary["shard"] = [shard] * n
-        return {c: column(v) for c, v in summary.items()}
+            for name in ("mask_key", "source_slice_id", "modality", "skip_reason"):
+                out[name].append(str(batch[name][i]))
+            out["n_candidates"].append(int(batch["n_candidates"][i]))
+            out["n_kept"].append(len(rows))
+            out["relaxed"].append(bool(batch["relaxed"][i]) and bool(rows))
+            out["n_strict"].append(int(batch["n_strict"][i]) if "n_strict" in batch else 0)
+            out["n_stopped"].append(sum(r["fate"] == STOPPED_EARLY for r in candidates))
+            out["denoiser_rows"].append(sum(r["denoiser_rows"] or 0 for r in candidates))
+            out["preview"].append(preview)
+            out["slice_rows"].append(_pack(rows, SLICE_SCHEMA))
+            out["audit_rows"].append(_pack(audit_rows, AUDIT_SCHEMA))
+        return {c: column(v) for c, v in out.items()}
 
     def _mask_rows(self, batch: dict[str, np.ndarray], i: int) -> tuple[list[dict], list[dict], bytes]:
         key, sid, modality = str(batch["mask_key"][i]), str(batch["source_slice_id"][i]), str(batch["modality"][i])
@@ -209,41 +221,103 @@ class WriterUDF(StageUDF):
         return rows, audit_rows, preview
 
 
+class WriterUDF(StageUDF):
+    """Publishes one flush: the kept rows of its masks as one shard, then their audit records as one part."""
+
+    NAME = "writer"
+    REQUIRED = {**{c: "the mask's summary (records stage)" for c in SUMMARY_COLUMNS if c != "shard"}, **PACKED}
+    ONE_TO_ONE = False  # the summaries go on, the packed records do not
+
+    def __init__(self, out: str):
+        self.out = out
+
+    def process(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        keys = sorted(str(k) for k in batch["mask_key"])
+        key = group_key(keys)
+        slices = _unpack(batch["slice_rows"], SLICE_SCHEMA)
+        info = None
+        if slices.num_rows:
+            volumes = sorted({volume_key(d, v) for d, v in zip(slices["dataset"].to_pylist(),
+                                                                slices["volume_id"].to_pylist())})
+            info = ShardWriter(self.out, version=1, extra=SYNTH_COLUMNS).write(slices, volumes, key=key)
+        shard = info.file if info else ""
+        audit = _unpack(batch["audit_rows"], AUDIT_SCHEMA)
+        audit = audit.set_column(AUDIT_SCHEMA.get_field_index("shard"), AUDIT_SCHEMA.field("shard"),
+                                 pa.array([shard] * audit.num_rows, pa.string()))
+        meta = {PART_SHARD: shard.encode()}
+        if info:
+            meta[PART_SHARD_INFO] = json.dumps(info.to_json()).encode()
+        buf = io.BytesIO()
+        pq.write_table(audit.replace_schema_metadata(meta), buf, compression="zstd")
+        storage.write_bytes(storage.join(self.out, AUDIT_DIR, f"part-{key}.parquet"), buf.getvalue())
+        summary = {c: batch[c] for c in SUMMARY_COLUMNS if c != "shard"}
+        summary["shard"] = [shard] * len(keys)
+        return {c: column(v) for c, v in summary.items()}
+
+
 # ---------------------------------------------------------------- run state from the audit parts
+
+@dataclass
+class AuditPart:
+    file: str                     # relative to OUT
+    shard: str                    # its shard's file ('' when nothing was kept)
+    shard_info: ShardInfo | None  # None: nothing kept, or a part from before the writer recorded it
+    masks: pa.Array               # its mask keys, each once
+
+
+def part_files(out: str) -> list[str]:
+    """The audit parts of ``out`` (paths relative to it)."""
+    return [f"{AUDIT_DIR}/{n}" for n in storage.listdir(storage.join(out, AUDIT_DIR))
+            if n.startswith("part-") and n.endswith(".parquet")]
+
+
+def read_part(out: str, file: str) -> AuditPart:
+    """One part's footer and its mask_key column."""
+    fs, path = storage.arrow_filesystem(storage.join(out, *file.split("/")))
+    with fs.open_input_file(path) as f:
+        parquet = pq.ParquetFile(f)
+        meta = parquet.schema_arrow.metadata or {}
+        masks = pc.unique(parquet.read(columns=["mask_key"]).column(0))
+    info = meta.get(PART_SHARD_INFO)
+    return AuditPart(file, meta.get(PART_SHARD, b"").decode(), ShardInfo(**json.loads(info)) if info else None,
+                     masks)
+
+
+def read_parts(out: str) -> list[AuditPart]:
+    """Every audit part (footers and mask ids; read in parallel: on object storage each is a request)."""
+    files = part_files(out)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(lambda f: read_part(out, f), files))
+
 
 def audit_parts(out: str) -> list[dict[str, Any]]:
     """Every finished group: audit file, its masks and its shard ('' when nothing was kept)."""
-    parts = []
-    folder = storage.join(out, AUDIT_DIR)
-    for name in storage.listdir(folder):
-        if not (name.startswith("part-") and name.endswith(".parquet")):
-            continue
-        fs, path = storage.filesystem(storage.join(folder, name))
-        with fs.open(path, "rb") as f:
-            meta = pq.ParquetFile(f).schema_arrow.metadata or {}
-        parts.append({"file": f"{AUDIT_DIR}/{name}", "masks": json.loads(meta.get(b"mrgen.masks", b"[]")),
-                      "shard": meta.get(b"mrgen.shard", b"").decode()})
-    return parts
+    return [{"file": p.file, "masks": p.masks.to_pylist(), "shard": p.shard} for p in read_parts(out)]
+
+
+def audit_dataset(out: str) -> pads.Dataset | None:
+    """The audit parts as one pyarrow dataset of AUDIT_SCHEMA (a column a part lacks, written before the column
+    existed, e.g. ``denoiser_rows``, is null in its rows); None when there are none."""
+    files = part_files(out)
+    if not files:
+        return None
+    fs, _ = storage.arrow_filesystem(out)
+    paths = [storage.arrow_filesystem(storage.join(out, *f.split("/")))[1] for f in files]
+    return pads.dataset(paths, schema=AUDIT_SCHEMA, format="parquet", filesystem=fs)
 
 
 def finished_masks(out: str) -> set[str]:
-    return {k for part in audit_parts(out) for k in part["masks"]}
+    """Masks with a published audit part (their mask_key column alone is read)."""
+    data = audit_dataset(out)
+    if data is None:
+        return set()
+    return set(pc.unique(data.to_table(columns=["mask_key"]).column(0)).to_pylist())
 
 
-def read_audit(out: str) -> pa.Table:
-    """Every audit part of ``out`` as one table of AUDIT_SCHEMA; a column a part lacks (written before the column
-    existed, e.g. ``denoiser_rows``) is null in its rows."""
-    folder = storage.join(out, AUDIT_DIR)
-    tables = []
-    for name in storage.listdir(folder):
-        if name.startswith("part-") and name.endswith(".parquet"):
-            fs, path = storage.arrow_filesystem(storage.join(folder, name))
-            tables.append(conform_audit(pq.read_table(path, filesystem=fs)))
-    return pa.concat_tables(tables) if tables else AUDIT_SCHEMA.empty_table()
-
-
-def conform_audit(table: pa.Table) -> pa.Table:
-    """``table`` with AUDIT_SCHEMA's columns in its order, missing ones null, and no metadata."""
-    columns = [table.column(f.name).cast(f.type) if f.name in table.column_names
-               else pa.nulls(table.num_rows, f.type) for f in AUDIT_SCHEMA]
-    return pa.Table.from_arrays(columns, schema=AUDIT_SCHEMA)
+def read_audit(out: str, columns: list[str] | None = None) -> pa.Table:
+    """Every audit part of ``out`` as one table of AUDIT_SCHEMA (or its ``columns``)."""
+    data = audit_dataset(out)
+    if data is None:
+        empty = AUDIT_SCHEMA.empty_table()
+        return empty.select(columns) if columns else empty
+    return data.to_table(columns=columns)
