@@ -119,33 +119,38 @@ def _address_file_kept():
                 f.write(before)
 
 
-def actor_nodes() -> dict[str, set[str]]:
-    """Live actors' class name → ids of the nodes they run on (from the GCS actor table: no dashboard needed)."""
+def actor_nodes(states: tuple[str, ...] = ("ALIVE",)) -> dict[str, set[str]]:
+    """Actors' class name → ids of the nodes they run on, for actors in ``states`` (from the GCS actor table: no
+    dashboard needed); ``PENDING_CREATION`` with a worker's port: placed, its constructor (model load) running."""
     import ray
 
     out: dict[str, set[str]] = {}
     for actor in ray._private.state.actors().values():
-        if actor["State"] == "ALIVE":
-            out.setdefault(actor["ActorClassName"], set()).add(actor["Address"]["NodeID"])
+        address = actor.get("Address") or {}
+        if actor["State"] in states and address.get("Port"):
+            out.setdefault(actor["ActorClassName"], set()).add(address["NodeID"])
     return out
 
 
 class ActorWatch(Sampler):
     """Every node each actor class was seen alive on while the context was open (sampled every 0.5 s), and when
-    it was first seen there."""
+    each class was first placed on a node and first alive there."""
 
     interval_s = 0.5
 
     def __init__(self):
         self.seen: dict[str, set[str]] = {}
-        self.first_seen: dict[tuple[str, str], float] = {}  # (class, node) → time.monotonic()
+        self.first: dict[str, dict[tuple[str, str], float]] = {"placed": {}, "alive": {}}  # (class, node) → time
 
     def sample(self) -> None:
         now = time.monotonic()
+        for name, nodes in actor_nodes(("PENDING_CREATION", "ALIVE")).items():
+            for node in nodes:
+                self.first["placed"].setdefault((name, node), now)
         for name, nodes in actor_nodes().items():
             self.seen.setdefault(name, set()).update(nodes)
             for node in nodes:
-                self.first_seen.setdefault((name, node), now)
+                self.first["alive"].setdefault((name, node), now)
 
 
 class Background:
@@ -235,10 +240,11 @@ def node_joins(cluster: LocalCluster, settings: list[str], then_dies: bool = Fal
         def grew() -> dict[str, bool]:
             return {name: node.node_id in watch.seen.get(cls, set()) for name, cls in POOLS}
 
-        def grew_after_s() -> dict[str, float | None]:
-            """Seconds from the node's start to each pool's first actor alive there (model loaded)."""
-            return {name: round(watch.first_seen[cls, node.node_id] - joined_at, 1)
-                    if (cls, node.node_id) in watch.first_seen else None for name, cls in POOLS}
+        def after_s(event: str) -> dict[str, float | None]:
+            """Seconds from the node's start until each pool's first actor was placed there / alive (model loaded)."""
+            first = watch.first[event]
+            return {name: round(first[cls, node.node_id] - joined_at, 1) if (cls, node.node_id) in first else None
+                    for name, cls in POOLS}
 
         def generator_there_now() -> bool:
             # the watch remembers every node a pool reached; the kill needs a generator alive there at that moment
@@ -253,7 +259,8 @@ def node_joins(cluster: LocalCluster, settings: list[str], then_dies: bool = Fal
             cluster.kill(node)
         _, seconds = job.result()
     return {"wall_s": round(seconds, 1), "masks_done_at_join": done_at_join, "pools_grew_onto_new_node": grew(),
-            "pools_on_new_node_after_s": grew_after_s(), **killed}
+            "pools_placed_on_new_node_after_s": after_s("placed"), "pools_alive_on_new_node_after_s": after_s("alive"),
+            **killed}
 
 
 def node_dies(cluster: LocalCluster, settings: list[str], after_masks: int = 4) -> dict[str, Any]:
