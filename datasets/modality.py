@@ -47,9 +47,8 @@ MODALITY_TABLE: dict[str, str] = {
 # Other spellings that mean exactly a canonical name (compared after normalisation).
 ALIASES: dict[str, tuple[str, ...]] = {
     "T1": ("t1 weighted", "t1wi", "t1 se", "t1 tse"),
-    "T1 in-phase": ("t1 inphase", "t1 ip", "in phase", "inphase", "t1 dual in phase", "t1dual inphase"),
-    "T1 out-of-phase": ("t1 outofphase", "t1 opposed phase", "t1 oop", "out of phase", "opposed phase", "t1 op",
-                        "outphase", "t1 outphase", "t1dual outphase"),
+    "T1 in-phase": ("t1 inphase", "t1 ip", "in phase", "inphase", "t1 dual in phase"),
+    "T1 out-of-phase": ("t1 outofphase", "t1 opposed phase", "t1 oop", "out of phase", "opposed phase", "t1 op"),
     "T1 fat-sat": ("t1 fs", "t1 fatsat", "t1 fat suppressed", "t1 fat saturated", "t1 spir", "t1 vibe"),
     "T1 C+": ("t1c+", "t1 c", "t1 post contrast", "t1 contrast", "t1 gd", "t1 gad", "t1c", "t1gd"),
     "T2": ("t2 weighted", "t2wi", "t2 tse", "t2 fse", "t2 se"),
@@ -122,7 +121,8 @@ KEYWORD_RULES: tuple[tuple[str, Callable[[str], bool]], ...] = (
     ("ADC", _has("adc", "apparent diffusion")),
     ("DWI", lambda t: _has("dwi", "diffusion", "trace")(t) or re.search(r"(?:^| )b ?\d{2,4}(?:$| )", t) is not None),
     ("STIR", _has("stir", "tirm")),
-    ("T1 out-of-phase", _has("out of phase", "outofphase", "out phase", "opposed", "opposed phase", "oop", "opp")),
+    ("T1 out-of-phase", _has("out of phase", "outofphase", "outphase", "out phase", "opposed", "opposed phase", "oop",
+                             "opp")),
     ("T1 in-phase", _has("in phase", "inphase", "ip")),
     ("T2 HASTE", _has("haste", "ssfse", "single shot")),
     ("T2 SPIR", lambda t: _T2(t) and _FATSAT(t)),

@@ -30,7 +30,7 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "duodenum": (),
     "bladder": ("urinary bladder",),
     "prostate": (),
-    "prostate or uterus": ("prostate uterus", "prostate or uterus"),
+    "prostate or uterus": ("prostate uterus",),
     "prostate peripheral zone": ("pz", "peripheral zone"),
     "prostate transition zone": ("tz", "transition zone"),
     "liver tumor": ("liver tumour", "liver lesion"),

@@ -205,7 +205,6 @@ class _ShardBuffer:
     def add(self, volume: str, table: pa.Table) -> None:
         self.tables.append(table)
         self.volumes.append(volume)
-        self.report.volumes.append(volume)
         if sum(t.num_rows for t in self.tables) >= self.shard_rows:
             self.flush()
 
@@ -214,6 +213,7 @@ class _ShardBuffer:
             return
         table = pa.concat_tables(self.tables)
         self.writer.write(table, list(self.volumes))
+        self.report.volumes.extend(self.volumes)
         self.report.built_volumes += len(self.volumes)
         self.report.rows += table.num_rows
         self.report.shards_written += 1
@@ -241,8 +241,6 @@ def build_db(manifest_path: str | Path, out_uri: str, config: DBConfig, layout: 
         except layouts.LayoutError as exc:
             raise BuildError(str(exc)) from None
         rows, problems, report.layout, report.warnings = found.rows, found.problems, found.layout, found.warnings
-        for warning in found.warnings:
-            print(f"warning: {warning}", file=sys.stderr, flush=True)
     elif layout or split_by or modality:
         raise BuildError(f"{manifest_path}: --layout, --split-by and --modality apply to a dataset folder, not a "
                          "manifest")

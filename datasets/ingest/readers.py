@@ -290,7 +290,7 @@ def _assemble(frames, ds, path: Path, files: list[Path]) -> Volume:
         steps = np.diff(np.sort(heights))
         if len(steps) and np.median(steps) > 0:
             slice_sp = float(np.median(steps))
-        _check_gaps(np.sort(heights), files, path)
+        _check_gaps(steps, files, path)
     stack = np.stack([f[0].astype(np.float32) * f[2][0] + f[2][1] for f in frames])  # [s, r, c]
     affine = np.eye(4)
     affine[:3, 0], affine[:3, 1], affine[:3, 2] = row_cos * col_sp, col_cos * row_sp, normal * slice_sp
@@ -300,14 +300,14 @@ def _assemble(frames, ds, path: Path, files: list[Path]) -> Volume:
     return Volume(array, spacing, files, ornt=ornt if len(files) == len(frames) else None)
 
 
-def _check_gaps(heights: np.ndarray, files: list[Path], path: Path) -> None:
-    """A step along the slice normal over 1.5x the median step is a missing slice (files in height order)."""
-    steps = np.diff(heights)
+def _check_gaps(steps: np.ndarray, files: list[Path], path: Path) -> None:
+    """A step along the slice normal over 1.5x the median step is a missing slice (``steps`` between the slices'
+    heights and ``files`` in height order)."""
     if len(steps) < 2 or np.median(steps) <= 0:
         return
     usual = float(np.median(steps))
     for i in np.flatnonzero(steps > 1.5 * usual):
-        names = (files[i].name, files[i + 1].name) if len(files) == len(heights) else (f"slice {i}", f"slice {i + 1}")
+        names = (files[i].name, files[i + 1].name) if len(files) == len(steps) + 1 else (f"slice {i}", f"slice {i + 1}")
         raise ReadError(f"series {path.name}: gap of {steps[i]:.2f} mm between {names[0]} and {names[1]} (the "
                         f"series' spacing is {usual:.2f} mm): a slice is missing")
 

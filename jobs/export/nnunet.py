@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
+from mrgen.datasets.organs import canonical_organ
 from mrgen.datasets.schema import decode_image, decode_mask, decode_organ_map
 from mrgen.datasets.store import load_index, row_filter_expression, select_shards, shard_uris
 from mrgen.platform import storage
@@ -58,8 +59,8 @@ def _case_slug(text: str) -> str:
 
 
 def _label_names(rows: Sequence[dict[str, Any]], labels: Sequence[str] | None) -> dict[str, int]:
-    if labels:
-        return {name: i + 1 for i, name in enumerate(labels)}
+    if labels:  # in the vocabulary's spelling, as `mrgen db build` writes organ maps ("Liver" → "liver")
+        return {canonical_organ(name): i + 1 for i, name in enumerate(labels)}
     first_id: dict[str, int] = {}
     for row in rows:
         for oid, name in decode_organ_map(row["organ_map"]).items():
@@ -77,7 +78,7 @@ def _remap(row: dict[str, Any], label_ids: dict[str, int]) -> np.ndarray:
             continue
         if int(oid) not in organ_map:
             raise ExportError(f"row {row['slice_id']}: mask id {int(oid)} is not in its organ_map {organ_map}")
-        lut[oid] = label_ids.get(organ_map[int(oid)], 0)
+        lut[oid] = label_ids.get(canonical_organ(organ_map[int(oid)]), 0)
     return lut[mask]
 
 

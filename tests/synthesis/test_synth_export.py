@@ -68,3 +68,16 @@ def test_export_errors(tiny_db, tmp_path):
     with pytest.raises(ExportError, match="no masked slices"):
         export_nnunet(str(tmp_path), 5, "x", real=tiny_db, real_split="val")
     assert not any(tmp_path.glob("Dataset005*"))
+
+
+def test_labels_match_organ_maps_in_any_spelling():
+    """`--labels Liver,Spleen` selects the organs a built DB names "liver" / "spleen" (and older DBs "Liver")."""
+    from mrgen.datasets.schema import encode_mask, encode_organ_map
+    from mrgen.jobs.export.nnunet import _label_names, _remap
+
+    mask = np.array([[0, 1], [2, 3]], np.uint8)
+    for organ_map in ({1: "liver", 2: "spleen", 3: "right kidney"}, {1: "Liver", 2: "SPLEEN", 3: "kidney_right"}):
+        row = {"height": 2, "width": 2, "mask": encode_mask(mask), "organ_map": encode_organ_map(organ_map),
+               "slice_id": "s"}
+        label_ids = _label_names([row], ["Liver", "Spleen"])
+        assert _remap(row, label_ids).tolist() == [[0, 1], [2, 0]]

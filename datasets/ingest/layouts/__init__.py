@@ -43,11 +43,14 @@ def discover(root: str | Path, layout: str | None = None, split: str | None = No
     if not found.rows and not found.problems:
         raise LayoutError(f"{root}: no cases found in the {name} layout")
     first: dict[str, str] = {}
+    kept = []
     for row in found.rows:  # a volume found twice (e.g. one study id in CHAOS's train and test sets) is a problem
         if row.key in first:
             found.problem(row.image, found.cases[row.key], f"volume {row.volume_id} also found in {first[row.key]}")
-        first.setdefault(row.key, row.image)
-    found.rows = [row for row in found.rows if first[row.key] == row.image]
+            continue
+        first[row.key] = row.image
+        kept.append(row)
+    found.rows = kept
     if seed_fraction:
         split_by(found, *seed_fraction)
     return found

@@ -52,3 +52,22 @@ def test_prostate_channels_splits_and_missing_files(tmp_path):
     # channel 1 is ADC: mirrored along j (rows) in the file, so its slices are the T2's upside down
     np.testing.assert_allclose(decode_image(adc_rows[1]["image"], 16, 16)[::-1],
                                decode_image(t2[1]["image"], 16, 16), atol=0.06)
+
+
+def test_a_case_listed_twice_is_built_once_and_reported(tmp_path):
+    root = tmp_path / "Task05_Prostate"
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).mkdir(parents=True)
+    image, label = ras_case(seed=4)
+    affine = np.diag([0.6, 0.6, 3.6, 1.0])
+    nib.save(nib.Nifti1Image(image, affine), str(root / "imagesTr" / "prostate_00.nii.gz"))
+    nib.save(nib.Nifti1Image(label, affine), str(root / "labelsTr" / "prostate_00.nii.gz"))
+    entry = {"image": "./imagesTr/prostate_00.nii.gz", "label": "./labelsTr/prostate_00.nii.gz"}
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "PROSTATE", "modality": {"0": "T2"}, "labels": {"0": "background", "1": "PZ"},
+        "training": [entry, entry], "test": []}))
+
+    found = layouts.discover(root)
+    assert [r.volume_id for r in found.rows] == ["prostate_00"]
+    assert [p.reason for p in found.problems] == ["case prostate_00: volume prostate_00 also found in "
+                                                  f"{found.rows[0].image}"]
