@@ -21,8 +21,8 @@ from mrgen.cli.common import EXIT_CONFIG, CliError, add_config_flags, add_settin
 from mrgen.jobs.bench.config import BenchConfig
 from mrgen.platform.storage import write_text
 
-# Each cli module is imported at the CLI's start-up: a benchmark's run and resolve functions import its module (most
-# import torch, Ray or diffusers).
+# `mrgen bench` is imported whenever a bench command runs, its --help too: a benchmark's run and resolve functions
+# import its module (most import torch, Ray or diffusers).
 
 
 @dataclass(frozen=True)

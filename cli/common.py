@@ -70,15 +70,6 @@ def load_config(cls: type[ConfigBase], args: argparse.Namespace, flags: dict | N
         raise CliError(str(exc), exit_code) from None
 
 
-def run_job(command: str, job, config, input_error: type[Exception]):
-    """``job(config)``; when it raises ``input_error`` (an input it cannot use) the command exits with 2,
-    printing ``mrgen COMMAND: reason``."""
-    try:
-        return job(config)
-    except input_error as exc:
-        raise CliError(str(exc), command=f"mrgen {command}") from None
-
-
 _json_sinks: list = []  # the real stdout while a command whose stdout is JSON runs
 
 
@@ -134,24 +125,22 @@ def print_json(data, **kwargs) -> None:
 
 def json_object(text: str | None, flag: str) -> dict:
     """A flag holding a JSON object, or the name of a file holding one (``{}`` when not given)."""
-    if not text:
-        return {}
-    path = Path(text)
     try:
-        data = json.loads(path.read_text() if path.is_file() else text)
-    except json.JSONDecodeError as exc:
-        raise CliError(f"{flag} is neither a JSON object nor a JSON file: {exc}", EXIT_CONFIG) from None
-    if not isinstance(data, dict):
-        raise CliError(f"{flag} must be a JSON object such as {{\"1\": \"liver\"}}", EXIT_CONFIG)
-    return data
+        return _json_dict(text) if text else {}
+    except argparse.ArgumentTypeError as exc:
+        raise CliError(f"{flag} {exc}", EXIT_CONFIG) from None
 
 
 def _json_dict(text: str) -> dict:
     """argparse type of a dict-valued setting: a JSON object, or a file holding one."""
+    path = Path(text)
     try:
-        return json_object(text, "the flag")
-    except CliError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("the flag ")) from None
+        data = json.loads(path.read_text() if path.is_file() else text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"is neither a JSON object nor a JSON file: {exc}") from None
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object such as {\"1\": \"liver\"}")
+    return data
 
 
 def attribute_table(path: str | None) -> dict | None:
@@ -168,7 +157,7 @@ def add_settings_flags(parser: argparse.ArgumentParser, settings: type,
                        flags: Mapping[str, Sequence[str]] | None = None) -> None:
     """A flag per field of the pydantic ``settings`` class (``--batch-size`` for ``batch_size``), its help the
     field's description and its default None, so that a flag not given leaves the config's value. A field that is
-    itself a settings class (pydantic model or dataclass, e.g. ``sampling: SamplingSettings``) gets a flag per
+    itself a settings class (pydantic model or pydantic dataclass, e.g. ``sampling: SamplingSettings``) gets a flag per
     field of its own, named by that field alone (``--steps`` sets ``sampling.steps``). ``flags``, when given, names
     the fields that get one instead (dotted key → its flag, then older spellings that still work).
     :func:`settings_flags` reads them back."""
@@ -181,7 +170,6 @@ def add_settings_flags(parser: argparse.ArgumentParser, settings: type,
             continue
         names = list(flags[key]) if flags is not None else ["--" + key.rsplit(".", 1)[-1].replace("_", "-")]
         kind, choices, nargs = _flag_type(leaf.annotation)
-        choices = leaf.choices or choices
         if kind is bool:
             parser.add_argument(*names, dest=key, action=argparse.BooleanOptionalAction, default=None,
                                 help=leaf.description)
@@ -202,18 +190,12 @@ def settings_flags(args: argparse.Namespace, settings: type, prefix: str = "",
 class _Leaf:
     annotation: typing.Any
     description: str | None
-    choices: tuple | None = None
 
 
 def _leaf_fields(settings: type, prefix: str = ""):
     """(dotted key, :class:`_Leaf`) of every non-settings field of ``settings``, nested settings flattened."""
-    pydantic_fields = getattr(settings, "__pydantic_fields__", None)  # pydantic models and pydantic dataclasses
-    if pydantic_fields is not None:
-        fields = {name: _Leaf(f.annotation, f.description) for name, f in pydantic_fields.items()}
-    else:
-        hints = typing.get_type_hints(settings)
-        fields = {f.name: _Leaf(hints[f.name], f.metadata.get("description"), f.metadata.get("choices"))
-                  for f in dataclasses.fields(settings)}
+    # pydantic models and pydantic dataclasses
+    fields = {name: _Leaf(f.annotation, f.description) for name, f in settings.__pydantic_fields__.items()}
     for name, leaf in fields.items():
         if isinstance(leaf.annotation, type) and (dataclasses.is_dataclass(leaf.annotation)
                                                    or issubclass(leaf.annotation, pydantic.BaseModel)):

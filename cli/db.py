@@ -5,9 +5,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from mrgen.cli.common import add_config_flags, load_config
+from mrgen.cli.common import EXIT_CONFIG, CliError, add_config_flags, input_errors, load_config
 from mrgen.cli.db_annotate import add_annotate_parser
 from mrgen.cli.db_build import add_build_parser
 
@@ -66,11 +65,8 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from mrgen.datasets.store import NotADatabaseError, load_index
 
-    try:
+    with input_errors(NotADatabaseError):
         index = load_index(args.uri)
-    except NotADatabaseError as exc:
-        print(f"mrgen db info: {exc}", file=sys.stderr)
-        return 2
     print(index.summary())
     return 0
 
@@ -81,14 +77,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     filters = {"dataset": args.dataset, "modality": args.modality, "split": args.split,
                "has_mask": True if args.has_mask else None}
-    try:
+    with input_errors(NotADatabaseError):
         table = read_table(args.uri, **{k: v for k, v in filters.items() if v is not None})
-    except NotADatabaseError as exc:
-        print(f"mrgen db show: {exc}", file=sys.stderr)
-        return 2
     if table.num_rows == 0:
-        print(f"mrgen db show: no slices match {filters}", file=sys.stderr)
-        return 1
+        raise CliError(f"no slices match {filters}", EXIT_CONFIG)
     table = table.sort_by([("slice_id", "ascending")])
     picks = sorted({round(i * (table.num_rows - 1) / max(args.n - 1, 1)) for i in range(min(args.n, table.num_rows))})
     rows = table.take(picks).to_pylist()

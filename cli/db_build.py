@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from mrgen.cli.common import add_config_flags
+from mrgen.cli.common import add_config_flags, input_errors, load_config
 
 EXIT_OK, EXIT_ERROR, EXIT_SKIPPED = 0, 2, 3
 
@@ -60,20 +59,12 @@ def run_build(args: argparse.Namespace) -> int:
     from mrgen.datasets.ingest.build import BuildError, build_db
     from mrgen.datasets.ingest.manifest import ManifestError
     from mrgen.platform.cluster import RayConfig, init_ray
-    from mrgen.platform.config import ConfigError
 
-    try:
-        config = DBConfig.load(args.config, args.overrides).with_overrides(
-            {"strict": args.strict, "resolution": args.resolution, "shard_rows": args.shard_rows})
-    except ConfigError as exc:
-        print(f"mrgen db build: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    config = load_config(DBConfig, args, {"strict": args.strict, "resolution": args.resolution,
+                                          "shard_rows": args.shard_rows}, exit_code=EXIT_ERROR)
     if args.ray_address:
         init_ray(RayConfig(address=args.ray_address))
-    try:
+    with input_errors(BuildError, ManifestError):
         report = build_db(args.manifest, args.out, config, layout=args.layout, split_by=args.split_by,
                           modality=args.modality)
-    except (BuildError, ManifestError) as exc:
-        print(f"mrgen db build: {exc}", file=sys.stderr)
-        return EXIT_ERROR
     return EXIT_SKIPPED if report.skipped else EXIT_OK

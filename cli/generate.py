@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-from mrgen.cli.common import add_config_flags, add_settings_flags, json_object, load_config, settings_flags
+from mrgen.cli.common import (CliError, add_config_flags, add_settings_flags, json_object, load_config,
+                              settings_flags)
 
 
 def register(subparsers) -> None:
@@ -34,15 +34,13 @@ def handle(args: argparse.Namespace) -> int:
 
     config = load_config(GenerateConfig, args, settings_flags(args, GenerateConfig))
     if not Path(args.mask).is_file():
-        print(f"mrgen generate: --mask {args.mask}: no such file", file=sys.stderr)
-        return 2
+        raise CliError(f"--mask {args.mask}: no such file")
     with GeneratorClient(args.url, token=args.token, timeout_s=config.timeout) as client:
         try:
             organ_map = json_object(args.organ_map, "--organ-map")
             result = client.generate(args.mask, args.modality, organ_map, **config.request_options())
         except GenerationError as exc:
-            print(f"mrgen generate: the service answered {exc}", file=sys.stderr)
-            return 1
+            raise CliError(f"the service answered {exc}", 1) from None
     paths = write_generation(result, args.out)
     kept = "" if result.kept is None else f", kept {result.kept} of {result.generated} generated"
     print(f"wrote {len(paths)} images and generation.json to {args.out} (bundle {result.bundle_id[:12]}{kept})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mrgen.cli.common import add_settings_flags, json_object, run_job, settings_flags
+from mrgen.cli.common import EXIT_CONFIG, CliError, add_settings_flags, input_errors, json_object, settings_flags
 from mrgen.models.sampling import SamplingSettings
 
 
@@ -47,7 +47,7 @@ def handle(args: argparse.Namespace) -> int:
                                          "organ_weights": json_object(args.organ_weights, "--organ-weights")},
                                         source="mrgen sample flags")
     except ConfigError as exc:
-        raise SystemExit(f"mrgen sample: {exc}") from None
+        raise CliError(str(exc), EXIT_CONFIG) from None
     return sample_entry(config)
 
 
@@ -55,9 +55,8 @@ def sample_entry(config) -> int:
     """Run the job and print where its files went: 0, or 2 with the reason when an input is unusable."""
     from mrgen.jobs.sample.run import RECORD, SampleInputError, run_sample
 
-    record = run_job("sample", run_sample, config, SampleInputError)
-    if record is None:
-        return 2
+    with input_errors(SampleInputError):
+        record = run_sample(config)
     print(f"wrote {len(record['files'])} candidates and {RECORD} to {Path(config.out)} "
           f"(bundle {record['bundle_id'][:12]}; prompt {record['prompt']!r})", flush=True)
     return 0

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mrgen.cli.common import (add_config_flags, add_console_flags, add_settings_flags, attribute_table,
-                              command_console, json_object, load_config, settings_flags)
+from mrgen.cli.common import (CliError, add_config_flags, add_console_flags, add_settings_flags, attribute_table,
+                              command_console, input_errors, json_object, load_config, settings_flags)
 from mrgen.cli.filter import add_filter_flags, filter_flags
 from mrgen.models.sampling import SamplingSettings
+from mrgen.platform.config import ConfigError
 from mrgen.serving.config import ServeConfig, ServeFilterSettings
 
 
@@ -67,16 +68,11 @@ def handle(args: argparse.Namespace) -> int:
             print(f"wrote {args.print_config}", file=sys.stderr)
         return 0
     if not config.model:
-        print("mrgen serve: --model URI is required (or serve.model in the config)", file=sys.stderr)
-        return 2
-    from mrgen.platform.config import ConfigError
+        raise CliError("--model URI is required (or serve.model in the config)")
     from mrgen.serving.server import run_service
 
-    try:
+    with input_errors(ConfigError):
         config.resolved()  # a thresholds file the filter cannot use is refused here, before Ray starts
-    except ConfigError as exc:
-        print(f"mrgen serve: {exc}", file=sys.stderr)
-        return 2
     with command_console(args, "serve"):
         run_service(config, ray_address=args.ray_address)
     return 0

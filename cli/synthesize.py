@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from mrgen.cli.common import (add_config_flags, add_settings_flags, attribute_table, json_object, load_config, run_job,
-                              settings_flags)
+from mrgen.cli.common import (add_config_flags, add_settings_flags, attribute_table, input_errors, json_object,
+                              load_config, settings_flags)
 from mrgen.cli.filter import add_filter_flags, filter_flags
 from mrgen.models.sampling import SamplingSettings
 from mrgen.models.scorers import FilterSettings
@@ -61,9 +61,8 @@ def synthesize_entry(config) -> int:
     """Run the job and print its summary: 0, or 2 with the reason when an input is unusable."""
     from mrgen.jobs.synthesis.run import SynthesisInputError, run_synthesis
 
-    report = run_job("synthesize", run_synthesis, config, SynthesisInputError)
-    if report is None:
-        return 2
+    with input_errors(SynthesisInputError):
+        report = run_synthesis(config)
     t = report["totals"]
     print(f"synthesized into {report['out']}: {t['masks']} masks ({t['masks_skipped']} skipped), "
           f"{t['candidates_generated']} candidates"

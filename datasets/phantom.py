@@ -288,7 +288,8 @@ def volume_table(config: PhantomConfig, spec: VolumeSpec) -> pa.Table:
 
 def shard_plan(config: PhantomConfig) -> list[list[VolumeSpec]]:
     """Volumes grouped by (dataset, split, modality, has_mask), chunked to ``shard_rows`` rows and ``shard_bytes``
-    bytes of pixels (a body's rescans stay together: a task renders its anatomy once)."""
+    bytes of pixels. A body's rescans are consecutive, so a task renders each body's anatomy once, or twice where a
+    shard boundary falls inside its rescans."""
     groups: dict[tuple, list[VolumeSpec]] = {}
     for spec in plan_volumes(config):
         groups.setdefault((spec.dataset, spec.split, spec.modality, spec.with_mask), []).append(spec)

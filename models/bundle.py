@@ -225,10 +225,20 @@ class ModelBundle:
 
 def read_manifest(uri: str) -> dict[str, Any]:
     """The ``MANIFEST`` of the saved bundle at ``uri`` (``embedded`` too); BundleError naming it when there is none."""
-    manifest_uri = storage.join(resolve_model_uri(uri), MANIFEST)
-    if not storage.exists(manifest_uri):
+    manifest = _saved_manifest(uri)
+    if manifest is None:
         raise BundleError(f"model bundle {uri}: no {MANIFEST} (only saved bundles have one)")
-    return storage.read_json(manifest_uri)
+    return manifest
+
+
+def _saved_manifest(uri: str) -> dict[str, Any] | None:
+    manifest_uri = storage.join(resolve_model_uri(uri), MANIFEST)
+    return storage.read_json(manifest_uri) if storage.exists(manifest_uri) else None
+
+
+def _write_manifest(uri: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    storage.write_text(storage.join(resolve_model_uri(uri), MANIFEST), json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest
 
 
 def db_record(uri: str) -> dict[str, str]:
@@ -260,8 +270,8 @@ def describe_bundle(uri: str, organ_weights: dict[str, float] | None = None,
     the fields its layout implies (the official release's conventions, ``models/official.py``). ``organ_weights``:
     the release's per-dataset organ weights (refused for our bundles)."""
     name = name or uri
-    if storage.exists(storage.join(uri, MANIFEST)):
-        manifest = read_manifest(uri)
+    manifest = _saved_manifest(uri)
+    if manifest is not None:
         if "bundle_hash" not in manifest and "parts" in manifest:
             manifest["bundle_hash"] = _hash_of_parts(manifest["parts"])
     else:
@@ -393,10 +403,9 @@ def _hash_of_parts(parts: dict[str, Any]) -> str:
 def bundle_hash(uri: str) -> str:
     """sha256 over the manifest's part hashes; for a folder without a manifest, over every file's content."""
     uri = resolve_model_uri(uri)
-    if storage.exists(storage.join(uri, MANIFEST)):
-        manifest = read_manifest(uri)
-        if "parts" in manifest:
-            return _hash_of_parts(manifest["parts"])
+    manifest = _saved_manifest(uri) or {}
+    if "parts" in manifest:
+        return _hash_of_parts(manifest["parts"])
     fs, path = storage.filesystem(uri)
     files = sorted(fs.find(path))
     if not files:
@@ -414,17 +423,17 @@ def bundle_hash(uri: str) -> str:
 
 def update_manifest(uri: str, **fields: Any) -> dict[str, Any]:
     """Add ``fields`` to a saved bundle's manifest (e.g. an evaluation of it); its parts and hash are unchanged."""
-    manifest = {**read_manifest(uri), **fields}
-    storage.write_text(storage.join(resolve_model_uri(uri), MANIFEST), json.dumps(manifest, indent=2, sort_keys=True))
-    return manifest
+    return _write_manifest(uri, {**read_manifest(uri), **fields})
 
 
 def record_evaluation(uri: str, split: str, scores: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """``scores`` (metric → its result, which names the ``db`` it ran on) as the manifest's ``evaluation.SPLIT``, each
     DB recorded as :func:`db_record` names it."""
-    portable = {metric: {**result, **db_record(result["db"])} if "db" in result else result
+    records = {db: db_record(db) for db in {result["db"] for result in scores.values() if "db" in result}}
+    portable = {metric: {**result, **records[result["db"]]} if "db" in result else result
                 for metric, result in scores.items()}
-    return update_manifest(uri, evaluation={**read_manifest(uri).get("evaluation", {}), split: portable})
+    manifest = read_manifest(uri)
+    return _write_manifest(uri, {**manifest, "evaluation": {**manifest.get("evaluation", {}), split: portable}})
 
 
 def build_random_bundle(name: str = "tiny", seed: int = 0,

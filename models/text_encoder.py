@@ -13,14 +13,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-# open_clip imports timm, whose import warns that torch.jit.interface is deprecated: a line in the user's console
-# about code that is not ours
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)
-    import open_clip
-    from open_clip.factory import _get_hf_config
-    from open_clip.model import _build_text_tower
-    from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -28,6 +20,16 @@ from torch import nn
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
 LOCAL_DIR = "local-dir:"
+
+
+def _open_clip():
+    """open_clip, imported where a text tower is built: importing it (and timm with it) costs ~1 s that every
+    importer of the bundle module would pay otherwise, and timm's import warns that torch.jit.interface is
+    deprecated, a line in the user's console about code that is not ours."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import open_clip
+    return open_clip
 HF_HUB = "hf-hub:"
 CACHE_LIMIT = 8192
 
@@ -88,7 +90,8 @@ class TextEncoder(PromptEncoder):
         if tower is None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                tower = _build_text_tower(model_cfg["embed_dim"], text_cfg, model_cfg.get("quick_gelu", False))
+                tower = _open_clip().model._build_text_tower(model_cfg["embed_dim"], text_cfg,
+                                                             model_cfg.get("quick_gelu", False))
         tower.output_tokens = True
         self.text = tower
         self.tokenizer = tokenizer or _tokenizer(text_cfg, local_dir)
@@ -170,10 +173,11 @@ class TextEncoder(PromptEncoder):
 def _tokenizer(text_cfg: dict[str, Any], local_dir: Path | None):
     context_length = text_cfg.get("context_length", 77)
     kwargs = dict(text_cfg.get("tokenizer_kwargs", {}))
+    tokenizer = _open_clip().tokenizer
     if text_cfg.get("hf_tokenizer_name"):
-        return HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=context_length,
+        return tokenizer.HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=context_length,
                            tokenizer_mode=text_cfg.get("tokenizer_mode"), **kwargs)
-    return SimpleTokenizer(context_length=context_length, **kwargs)
+    return tokenizer.SimpleTokenizer(context_length=context_length, **kwargs)
 
 
 def _resolve_local(model_cfg: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -197,6 +201,7 @@ def _load_text_weights(encoder: TextEncoder, file: Path) -> None:
 
 def _from_open_clip(cls: type[TextEncoder], name: str) -> TextEncoder:
     """A full open_clip model (hub or local folder); only its text tower is kept."""
+    open_clip = _open_clip()
     try:
         model = open_clip.create_model(name, force_custom_text=True, device="cpu")
     except Exception as exc:
@@ -204,7 +209,7 @@ def _from_open_clip(cls: type[TextEncoder], name: str) -> TextEncoder:
     if name.startswith(LOCAL_DIR):
         model_cfg = json.loads((Path(name[len(LOCAL_DIR):]) / CONFIG_NAME).read_text())["model_cfg"]
     else:
-        model_cfg = _get_hf_config(name[len(HF_HUB):])["model_cfg"]
+        model_cfg = open_clip.factory._get_hf_config(name[len(HF_HUB):])["model_cfg"]
     model_cfg = dict(model_cfg, custom_text=True)
     return cls(model_cfg, tower=model.text, tokenizer=open_clip.get_tokenizer(name), source=name)
 

@@ -52,15 +52,16 @@ def adaptive_bench_configs(masks: int = 16, candidates: int = 8, keep: int = 2, 
     embedded generator's sampling and LiteMedSAM at the thresholds calibrated into ``work``/calibration.json."""
     configs: dict[str, ConfigBase] = {} if db else {"phantom": PhantomConfig.load("small")}
     db = db or f"{work}/db"
-    sampling = [f"{k}={list(v) if isinstance(v, tuple) else v}"  # the embedded generator's (a tuple as a YAML list)
+    # the embedded generator's sampling (a tuple as a YAML list)
+    sampling = [f"sampling.{k}={list(v) if isinstance(v, tuple) else v}"
                 for k, v in SAMPLING_PRESETS["default"].kwargs().items()]
     for name, adaptive in (("probe", False), ("all_candidates", False), ("adaptive", True)):
         configs[name] = SynthesisConfig.load("tiny", [
             f"model={EMBEDDED}", f"source={db}", f"out={work}/{name}", f"target_modalities=['{TARGET_MODALITY}']",
             f"source_datasets=['{SOURCE_DATASET}']", f"candidates={candidates}", f"keep={keep}", *sampling,
-            f"max_masks={masks}", "mask_selection=spread", "filter=medsam",
-            f"thresholds_file={work}/calibration.json", f"adaptive={str(adaptive).lower()}", f"wave_size={wave_size}",
-            "contact_sheet_masks=0"])
+            f"max_masks={masks}", "mask_selection=spread", "filter.kind=medsam",
+            f"filter.thresholds_file={work}/calibration.json", f"adaptive={str(adaptive).lower()}",
+            f"wave_size={wave_size}", "contact_sheet_masks=0"])
     return configs
 
 

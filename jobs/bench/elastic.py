@@ -119,16 +119,21 @@ def _address_file_kept():
                 f.write(before)
 
 
-def actor_nodes(states: tuple[str, ...] = ("ALIVE",)) -> dict[str, set[str]]:
-    """Actors' class name → ids of the nodes they run on, for actors in ``states`` (from the GCS actor table: no
-    dashboard needed); ``PENDING_CREATION`` with a worker's port: placed, its constructor (model load) running."""
+def placed_actors() -> list[tuple[str, str, str]]:
+    """(class name, node id, state) of every actor placed on a node (from the GCS actor table: no dashboard needed);
+    ``PENDING_CREATION`` with a worker's port: placed, its constructor (model load) running."""
     import ray
 
+    return [(a["ActorClassName"], a["Address"]["NodeID"], a["State"]) for a in ray._private.state.actors().values()
+            if (a.get("Address") or {}).get("Port")]
+
+
+def actor_nodes() -> dict[str, set[str]]:
+    """Live actors' class name → ids of the nodes they run on."""
     out: dict[str, set[str]] = {}
-    for actor in ray._private.state.actors().values():
-        address = actor.get("Address") or {}
-        if actor["State"] in states and address.get("Port"):
-            out.setdefault(actor["ActorClassName"], set()).add(address["NodeID"])
+    for name, node, state in placed_actors():
+        if state == "ALIVE":
+            out.setdefault(name, set()).add(node)
     return out
 
 
@@ -144,12 +149,11 @@ class ActorWatch(Sampler):
 
     def sample(self) -> None:
         now = time.monotonic()
-        for name, nodes in actor_nodes(("PENDING_CREATION", "ALIVE")).items():
-            for node in nodes:
+        for name, node, state in placed_actors():
+            if state in ("PENDING_CREATION", "ALIVE"):
                 self.first["placed"].setdefault((name, node), now)
-        for name, nodes in actor_nodes().items():
-            self.seen.setdefault(name, set()).update(nodes)
-            for node in nodes:
+            if state == "ALIVE":
+                self.seen.setdefault(name, set()).add(node)
                 self.first["alive"].setdefault((name, node), now)
 
 
@@ -190,9 +194,10 @@ def synth_settings(bundle: str, db: str, out: str, masks: int = 32) -> list[str]
     """Overrides of the tiny preset for every scenario: 2 modalities × ``masks`` phantom masks, random SAM2 at 256,
     thresholds 0 (an untrained SAM2 passes nothing else), autoscaling pools of 1-2 actors, one of each per node."""
     return [f"model={bundle}", f"source={db}", f"out={out}", f"target_modalities=['{TARGET_MODALITY}','T1 in-phase']",
-            "source_datasets=['phantom-src']", f"max_masks={masks}", "candidates=3", "keep=1", "steps=10",
-            "scorer.random=true", "scorer.image_size=256", "thresholds.organ_iou=0", "thresholds.organ_conf=0",
-            "thresholds.mean_iou=0", "thresholds.mean_conf=0", "output.shard_rows=4", "contact_sheet_masks=0",
+            "source_datasets=['phantom-src']", f"max_masks={masks}", "candidates=3", "keep=1", "sampling.steps=10",
+            "filter.scorer.random=true", "filter.scorer.image_size=256", "filter.thresholds.organ_iou=0",
+            "filter.thresholds.organ_conf=0", "filter.thresholds.mean_iou=0", "filter.thresholds.mean_conf=0",
+            "output.shard_rows=4", "contact_sheet_masks=0",
             f"generator.num_cpus={GENERATOR_CPUS}", f"filter_stage.num_cpus={FILTER_CPUS}", "generator.pool_max=2",
             "filter_stage.pool_max=2", "generator.resources.generator_slot=1", "filter_stage.resources.filter_slot=1"]
 
@@ -277,15 +282,21 @@ def node_dies(cluster: LocalCluster, settings: list[str], after_masks: int = 4) 
     return {"wall_s": round(seconds, 1), "masks_done_at_kill": done_at_kill, "generators_on_killed_node": on_node}
 
 
+def synthesize_command(cluster: LocalCluster, settings: list[str]) -> list[str]:
+    """`mrgen synthesize` (tiny preset, ``--set`` each of ``settings``) as a driver joining ``cluster``."""
+    return [sys.executable, "-m", "mrgen.cli", "synthesize", "--config", "tiny", "--ray-address", cluster.address,
+            *[a for s in settings for a in ("--set", s)]]
+
+
 def driver_dies(cluster: LocalCluster, settings: list[str], after_masks: int = 4) -> dict[str, Any]:
     """`mrgen synthesize` as a subprocess joined to the cluster, SIGKILLed mid-run; then the same command again."""
+    from mrgen.jobs.synthesis.run import load_report
     from mrgen.jobs.synthesis.stages.writer import audit_parts
     from mrgen.platform import storage
 
     cluster.workers(1)
     out = out_of(settings)
-    command = [sys.executable, "-m", "mrgen.cli", "synthesize", "--config", "tiny", "--ray-address", cluster.address,
-               *[a for s in settings for a in ("--set", s)]]
+    command = synthesize_command(cluster, settings)
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     start = time.perf_counter()
     first = subprocess.Popen(command, **quiet)
@@ -302,7 +313,7 @@ def driver_dies(cluster: LocalCluster, settings: list[str], after_masks: int = 4
     rerun_s = time.perf_counter() - start
     if rerun.returncode:
         raise RuntimeError(f"the rerun of `mrgen synthesize` exited with {rerun.returncode}")
-    report = json.loads(storage.read_text(storage.join(out, "report.json")))
+    report = load_report(out)
     kept = sum(storage.exists(storage.join(out, f)) and storage.read_bytes(storage.join(out, f)) == data
                for f, data in before.items())
     return {"wall_s": round(killed_after + rerun_s, 1), "killed_after_s": round(killed_after, 1),
@@ -345,7 +356,7 @@ def outcome(out: str, reference: str) -> dict[str, Any]:
             "half_written": leftovers(out)}
 
 
-def _attempt(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def attempt(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """A scenario's figures, or its error (the other scenarios still run)."""
     try:
         return fn()
@@ -393,7 +404,7 @@ def run_elastic_bench(masks: int = 32, train_steps: int = 60, train_out: str | N
     runs = {name: synth_settings(bundle, db, str(work / name), masks) for name in SCENARIOS}
     with LocalCluster() as cluster:
         base = undisturbed(cluster, runs["undisturbed"], workers=1)
-        scenarios = {name: _attempt(lambda fn=fn, name=name: fn(cluster, runs[name])) for name, fn in
+        scenarios = {name: attempt(lambda fn=fn, name=name: fn(cluster, runs[name])) for name, fn in
                      (("node_joins", node_joins), ("node_dies", node_dies), ("driver_dies", driver_dies))}
     reference = out_of(runs["undisturbed"])
     figures: dict[str, Any] = {"synthesis": {"undisturbed": base}}

@@ -419,8 +419,8 @@ def pipeline_configs(bundle_uri: str, db: str, work: str, masks: int = PIPELINE_
         configs[f"pipeline.{kind}"] = SynthesisConfig.load("paper", [
             f"model={bundle_uri}", f"source={db}", f"out={work}/pipeline-{kind}",
             f"target_modalities=['{TARGET_MODALITY}']", f"source_datasets=['{SOURCE_DATASET}']",
-            f"max_masks={masks}", "mask_selection=spread", f"candidates={candidates}", f"filter={kind}",
-            "scorer.random=true", "scorer.config_name=large", "scorer.image_size=1024",
+            f"max_masks={masks}", "mask_selection=spread", f"candidates={candidates}", f"filter.kind={kind}",
+            "filter.scorer.random=true", "filter.scorer.config_name=large", "filter.scorer.image_size=1024",
             "generator.num_gpus=0.5", "generator.pool_max=1", "filter_stage.num_gpus=0.5", "filter_stage.pool_max=1",
             "light.batch_size=1", "output.shard_rows=1", "contact_sheet_masks=0"])
     return configs

@@ -72,13 +72,23 @@ class PeakRSS(Sampler):
         self.peak, self._me = 0.0, psutil.Process()
 
     def sample(self) -> None:
-        total = 0
-        for p in [self._me, *self._me.children(recursive=True)]:
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
-        self.peak = max(self.peak, total / 2**20)
+        self.peak = max(self.peak, tree_rss_mib(self._me.pid))
+
+
+def tree_rss_mib(pid: int) -> float:
+    """RSS (MiB) of a process and every process under it (shared object-store pages count in each that maps them)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 2**20
 
 
 def _work_rows(db: str, masks: int, modality: str, resolution: int) -> list[dict[str, Any]]:
@@ -145,7 +155,8 @@ def synth_bench_configs(candidates: int = 4, steps: int = 4, sam2_size: int = 25
         configs[name] = SynthesisConfig.load("tiny", [
             f"model={work}/bundle", f"source={db}", f"out={work}/{name}", f"target_modalities=['{TARGET_MODALITY}']",
             "source_datasets=['phantom-src']", f"candidates={candidates}", f"keep={min(2, candidates)}",
-            f"steps={steps}", f"scorer.image_size={sam2_size}", "scorer.random=true", "contact_sheet_masks=0"])
+            f"sampling.steps={steps}", f"filter.scorer.image_size={sam2_size}", "filter.scorer.random=true",
+            "contact_sheet_masks=0"])
     return configs
 
 

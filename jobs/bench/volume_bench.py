@@ -24,7 +24,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -32,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_MODALITY, PhantomConfig
-from mrgen.jobs.bench.elastic import FILTER, GENERATOR, POOLS, LocalCluster, outcome, out_of, wait_until
-from mrgen.jobs.bench.synth_bench import Sampler
+from mrgen.jobs.bench.elastic import (FILTER, GENERATOR, POOLS, LocalCluster, attempt, out_of, outcome,
+                                      placed_actors, synthesize_command, wait_until)
+from mrgen.jobs.bench.synth_bench import Sampler, tree_rss_mib
 from mrgen.jobs.synthesis.config import SynthesisConfig
+from mrgen.jobs.synthesis.run import load_report
 from mrgen.jobs.synthesis.stages.writer import part_files, read_part
-from mrgen.platform import storage
 from mrgen.platform.config import ConfigBase
 from mrgen.platform.progress import Progress
 
@@ -60,8 +60,8 @@ def synth_settings(work: str, name: str, masks: int, modalities: int, steps: int
     """`--set` overrides of the tiny preset for one run. Each image is sampled alone (``gen_batch_size`` 1): batched,
     its float rounding would depend on which masks share its batch, and a resumed run would not be bit-identical.
     Without the filter each node holds one generator (a slot per node, elastic's SLOTS; ``slots=False`` on a cluster
-    without them) and the pool starts full; with it both pools start at one actor and may grow to one per node plus
-    one (a node joining)."""
+    without them) and the pool starts full; with it both pools ask for their most actors at the start (one per node
+    plus one: what does not fit waits for a node to join, then is placed there)."""
     slices = math.ceil(masks / modalities)
     labels = "[" + ",".join(f"'{m}'" for m in MODALITIES[:modalities]) + "]"
     common = [f"model={work}/bundle", f"source={work}/db", f"out={work}/{name}", f"target_modalities={labels}",
@@ -141,24 +141,6 @@ class Published(Sampler):
         return (b[1] - a[1]) / (b[0] - a[0]) if b[0] > a[0] else None
 
 
-def tree_rss_mib(pid: int) -> float:
-    """RSS of a process and every process under it (shared object-store pages count in each that maps them)."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total / MB
-
-
 def raylet_pid(node) -> int:
     from ray._private import ray_constants
 
@@ -197,14 +179,11 @@ class PoolWatch(Sampler):
         self.first: dict[str, dict[str, float]] = {}
 
     def sample(self) -> None:
-        import ray
-
         now = time.monotonic() - self.start
         counts: dict[tuple[str, str], int] = {}
-        for actor in ray._private.state.actors().values():
-            if actor["State"] == "ALIVE":
-                key = (actor["ActorClassName"], actor["Address"]["NodeID"])
-                counts[key] = counts.get(key, 0) + 1
+        for cls, node, state in placed_actors():
+            if state == "ALIVE":
+                counts[cls, node] = counts.get((cls, node), 0) + 1
         for (cls, node), n in counts.items():
             most = self.most.setdefault(cls, {})
             most[node] = max(most.get(node, 0), n)
@@ -218,14 +197,9 @@ class PoolWatch(Sampler):
 # ---------------------------------------------------------------- the runs
 
 
-def _command(cluster: LocalCluster, settings: list[str]) -> list[str]:
-    return [sys.executable, "-m", "mrgen.cli", "synthesize", "--config", "tiny", "--ray-address", cluster.address,
-            *[a for s in settings for a in ("--set", s)]]
-
-
 def _start(cluster: LocalCluster, settings: list[str], log: Path) -> subprocess.Popen:
     with open(log, "ab") as f:
-        return subprocess.Popen(_command(cluster, settings), stdout=f, stderr=subprocess.STDOUT)
+        return subprocess.Popen(synthesize_command(cluster, settings), stdout=f, stderr=subprocess.STDOUT)
 
 
 def _finish(proc: subprocess.Popen, what: str, log: Path) -> None:
@@ -259,7 +233,7 @@ def full_run(cluster: LocalCluster, settings: list[str], masks: int, at: int, lo
         rss.driver = proc.pid
         _finish(proc, "full run", logs / "full.log")
         wall = time.time() - published.start
-    report = json.loads(storage.read_text(storage.join(out, "report.json")))
+    report = load_report(out)
     files = _files(out)
     first = published.points[0][1] if published.points else 0
     at_start, at_end = published.rate(first, at), published.rate(published.count - at, published.count)
@@ -300,7 +274,7 @@ def resume_run(cluster: LocalCluster, settings: list[str], reference: str, masks
         _finish(second, "resumed run", log)
         rerun_wall = time.time() - published.start - rerun_start
     new = sorted(t for file, (t, _) in published.parts.items() if file not in before)
-    report = json.loads(storage.read_text(storage.join(out, "report.json")))
+    report = load_report(out)
     return {**outcome(out, reference), "driver_killed": first.returncode == -signal.SIGKILL,
             "masks_published_at_kill": at_kill, "rerun_wall_s": round(rerun_wall, 1),
             "rerun_first_part_s": round(new[0] - rerun_start, 1) if new else None,
@@ -322,7 +296,7 @@ def join_run(cluster: LocalCluster, settings: list[str], workers: int, logs: Pat
     labels[node.node_id] = "joined"
     to_join = {pool: _round(pools.first.get(cls, {}).get(node.node_id, math.nan) - joined, 1) for pool, cls in POOLS}
     cluster.workers(workers)
-    report = json.loads(storage.read_text(storage.join(out_of(settings), "report.json")))
+    report = load_report(out_of(settings))
     return {"masks": report["masks_finished"], "masks_per_s": round(report["masks_finished"] / wall, 2),
             "wall_s": round(wall, 1), "joined_after_s": round(joined, 1), "actors_per_node": pools.per_node(labels),
             "seconds_to_first_actor_on_joined_node": to_join}
@@ -346,13 +320,6 @@ def _goals(full: dict[str, Any], resume: dict[str, Any], join: dict[str, Any]) -
                 "pools_on_joining_node_s": (to_join, bool(to_join) and all(t is not None and t <= 60
                                                                             for t in to_join.values()))}
     return {name: [value, GOALS[name], "met" if ok else "not met"] for name, (value, ok) in measured.items()}
-
-
-def _attempt(fn) -> dict[str, Any]:
-    try:
-        return fn()
-    except Exception as exc:  # the other runs still report
-        return {"error": f"{type(exc).__name__}: {exc}"[:1000]}
 
 
 def run_volume_bench(masks: int = 10_000, at: int = 1_000, modalities: int = 4, workers: int = 2, steps: int = 2,
@@ -384,12 +351,12 @@ def run_volume_bench(masks: int = 10_000, at: int = 1_000, modalities: int = 4, 
                                "generator_batch": generator_batch, "db_build_s": round(db_s, 1), "logs": str(logs)}
     with LocalCluster() as cluster:
         cluster.workers(workers)
-        figures["full"] = _attempt(lambda: full_run(cluster, runs["full"], masks, at, logs))
+        figures["full"] = attempt(lambda: full_run(cluster, runs["full"], masks, at, logs))
         progress.update(1, run="full")
-        figures["resume"] = _attempt(lambda: resume_run(cluster, runs["resume"], out_of(runs["full"]), masks,
+        figures["resume"] = attempt(lambda: resume_run(cluster, runs["resume"], out_of(runs["full"]), masks,
                                                         kill_at, logs))
         progress.update(1, run="resume")
-        figures["join"] = _attempt(lambda: join_run(cluster, runs["join"], workers, logs))
+        figures["join"] = attempt(lambda: join_run(cluster, runs["join"], workers, logs))
         progress.update(1, run="join")
     figures["goals"] = _goals(figures["full"], figures["resume"], figures["join"]) if "error" not in figures["full"] \
         else {}

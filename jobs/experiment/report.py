@@ -174,11 +174,10 @@ def _fit_lines(fits: dict[str, dict[str, Any]], trained_on: dict[str, str], data
             dice_table(fits, trained_on), ""]
 
 
-def trained_amounts(exp, manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Steps each generator stage ran (as its bundle's manifest records them) and iterations each segmenter ran
-    (fewer than configured under a budget)."""
-    bundle_manifest = _optional(read_manifest, exp.bundle, MANIFEST) or {}
-    stages = (bundle_manifest.get("training") or {}).get("stages", {})
+def trained_amounts(generator: dict[str, Any], manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Steps each generator stage ran (as its bundle's manifest ``generator`` records them) and iterations each
+    segmenter ran (fewer than configured under a budget)."""
+    stages = (generator.get("training") or {}).get("stages", {})
     steps = {stage: {"steps": stages[stage].get("steps"), "max_steps": stages[stage].get("max_steps"),
                      "fine_tuned_runs": [run.get("steps") for run in training_chain(stages[stage])[1:]]}
              for stage in STAGES if stage in stages}  # pipeline order (manifests keep their keys sorted)
@@ -302,7 +301,7 @@ def report_json(exp, got: Outputs) -> dict[str, Any]:
         "synthesis_unfiltered": {k: got.unfiltered.get(k) for k in ("totals", "rows")} if got.unfiltered else None,
         "step_seconds": exp.results.get("step_seconds", {}),
         "budget": {"minutes": exp.config.minutes, **exp.results.get("budget", {}),
-                   "trained": trained_amounts(exp, got.segmenters)},
+                   "trained": trained_amounts(got.generator, got.segmenters)},
         "paper": {"source_only": 10.5, "mrgen": 44.7, "note": "Table 3 averages, DSC %"},
     }
 

@@ -20,7 +20,7 @@ import pyarrow.dataset as pads
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from mrgen.datasets.store import (ShardWriter, existing_shards, load_index, read_slices, read_table,
-                                  row_filter_expression, select_shards, shard_paths, spread)
+                                  row_filter_expression, row_filters, select_shards, shard_paths, spread)
 from mrgen.jobs.synthesis.config import SynthesisConfig
 from mrgen.jobs.synthesis.contact import load_preview, write_contact_sheet
 from mrgen.jobs.synthesis.keys import mask_key
@@ -159,7 +159,7 @@ def source_masks(config: SynthesisConfig) -> pa.Table:
     fs, paths = shard_paths(config.source, shards)
     columns = {"slice_id": pc.field("slice_id"), "shows_organ": pc.list_value_length(pc.field("organs")) > 0}
     table = pads.dataset(paths, filesystem=fs, format="parquet").to_table(
-        columns=columns, filter=row_filter_expression(**filters))
+        columns=columns, filter=row_filter_expression(**row_filters(shards, **filters)))
     return table.sort_by("slice_id")
 
 

@@ -1,21 +1,18 @@
 """`mrgen db build` exit codes: 0 all built, 3 some skipped, 2 usage / config / strict errors."""
 from __future__ import annotations
 
-import argparse
 import json
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from mrgen.cli.db_build import EXIT_ERROR, EXIT_OK, EXIT_SKIPPED, add_build_parser
+from mrgen.cli.db_build import EXIT_ERROR, EXIT_OK, EXIT_SKIPPED
+from mrgen.cli.main import main
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mrgen db")
-    add_build_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(["db", *argv])
 
 
 @pytest.fixture()

@@ -79,7 +79,7 @@ def test_report_budget_line_counts_the_runs_a_warm_started_stage_fine_tuned(tmp_
     import json
 
     from mrgen.jobs.experiment.report import _budget_lines, trained_amounts
-    from mrgen.models.bundle import MANIFEST
+    from mrgen.models.bundle import MANIFEST, read_manifest
 
     first = {"steps": 100, "max_steps": 100}
     chain = {"steps": 30, "max_steps": 40, "warm_start_from": {"steps": 20, "max_steps": 20, "warm_start_from": first}}
@@ -87,7 +87,7 @@ def test_report_budget_line_counts_the_runs_a_warm_started_stage_fine_tuned(tmp_
     (tmp_path / MANIFEST).write_text(json.dumps({"training": {"stages": stages}}))
     exp = SimpleNamespace(bundle=str(tmp_path), config=SimpleNamespace(minutes=None, generator="embedded"),
                           trains_generator=False)
-    trained = trained_amounts(exp, {})
+    trained = trained_amounts(read_manifest(str(tmp_path)), {})
     assert list(trained["generator"]) == ["unet", "controlnet"]  # pipeline order
     line = _budget_lines(exp, trained)[0]
     assert "unet 50 of 50, controlnet 30 of 40 (fine-tuning earlier runs of 20 + 100 steps)" in line, line

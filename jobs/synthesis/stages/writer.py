@@ -314,10 +314,7 @@ def finished_masks(out: str) -> set[str]:
     return set(pc.unique(data.to_table(columns=["mask_key"]).column(0)).to_pylist())
 
 
-def read_audit(out: str, columns: list[str] | None = None) -> pa.Table:
-    """Every audit part of ``out`` as one table of AUDIT_SCHEMA (or its ``columns``)."""
+def read_audit(out: str) -> pa.Table:
+    """Every audit part of ``out`` as one table of AUDIT_SCHEMA."""
     data = audit_dataset(out)
-    if data is None:
-        empty = AUDIT_SCHEMA.empty_table()
-        return empty.select(columns) if columns else empty
-    return data.to_table(columns=columns)
+    return AUDIT_SCHEMA.empty_table() if data is None else data.to_table()
