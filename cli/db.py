@@ -9,6 +9,7 @@ import argparse
 from mrgen.cli.common import EXIT_CONFIG, CliError, add_config_flags, input_errors, load_config
 from mrgen.cli.db_annotate import add_annotate_parser
 from mrgen.cli.db_build import add_build_parser
+# each cli module is imported at the CLI's start-up: its handlers import the job modules they run
 
 
 def register(subparsers) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from mrgen.cli.common import add_config_flags, input_errors, load_config
+# each cli module is imported at the CLI's start-up: its handlers import the job modules they run
 
 EXIT_OK, EXIT_ERROR, EXIT_SKIPPED = 0, 2, 3
 

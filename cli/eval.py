@@ -14,6 +14,7 @@ from mrgen.jobs.evaluate.config import EvaluateConfig
 from mrgen.jobs.evaluate.mask import evaluate_mask_dependence, evaluate_mask_following
 from mrgen.models.scorers import ScorerSettings, build_scorer
 from mrgen.platform.cluster import RayConfig, init_ray
+# each cli module is imported at the CLI's start-up: its handlers import the job modules they run
 
 
 def evaluate_config(args: argparse.Namespace, metric: str):

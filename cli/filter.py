@@ -7,6 +7,7 @@ import argparse
 from mrgen.cli.common import add_config_flags, add_settings_flags, input_errors, load_config, settings_flags
 from mrgen.jobs.filter.config import CalibrateConfig
 from mrgen.models.scorers import FilterSettings
+# each cli module is imported at the CLI's start-up: its handlers import the job modules they run
 
 # The one set of filter flags: a key of the config's `filter` section → its flag, then older spellings that still work
 # (`mrgen synthesize` took --sam2-* for either scorer, `mrgen filter calibrate` --scorer and --checkpoint)

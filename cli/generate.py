@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mrgen.cli.common import (CliError, add_config_flags, add_settings_flags, json_object, load_config,
                               settings_flags)
+# each cli module is imported at the CLI's start-up: its handlers import the job modules they run
 
 
 def register(subparsers) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from mrgen.cli.common import EXIT_CONFIG, CliError, add_settings_flags, input_errors, json_object, settings_flags
 from mrgen.models.sampling import SamplingSettings
+# each cli module is imported at the CLI's start-up: its handlers import the job modules they run
 
 
 def register(subparsers) -> None:

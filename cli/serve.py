@@ -15,6 +15,7 @@ from mrgen.cli.filter import add_filter_flags, filter_flags
 from mrgen.models.sampling import SamplingSettings
 from mrgen.platform.config import ConfigError
 from mrgen.serving.config import ServeConfig, ServeFilterSettings
+# each cli module is imported at the CLI's start-up: its handlers import the job modules they run
 
 
 def register(subparsers) -> None:

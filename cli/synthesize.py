@@ -8,6 +8,7 @@ from mrgen.cli.common import (add_config_flags, add_settings_flags, attribute_ta
 from mrgen.cli.filter import add_filter_flags, filter_flags
 from mrgen.models.sampling import SamplingSettings
 from mrgen.models.scorers import FilterSettings
+# each cli module is imported at the CLI's start-up: its handlers import the job modules they run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -21,11 +21,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray.data
+from huggingface_hub import hf_hub_download
+from PIL import Image
 
 from mrgen.datasets.prompt import build_prompt
 from mrgen.datasets.schema import COLUMN_NAMES, REGIONS, Column, decode_image
 from mrgen.datasets.store import ShardWriter, load_index, read_slices, shard_uris
 from mrgen.platform import storage
+from mrgen.platform.cluster import init_ray
 from mrgen.platform.progress import Progress
 
 # Appendix B.1: (region, organs) pairs, in the order of schema.REGIONS.
@@ -61,8 +65,6 @@ def check_model_name(name: str | None) -> str:
                                    "expected)")
         return name
     if name.startswith("hf-hub:"):
-        from huggingface_hub import hf_hub_download
-
         try:
             hf_hub_download(name[len("hf-hub:"):], "open_clip_config.json")
         except Exception as exc:  # noqa: BLE001 - offline, unreachable or unknown repo all end here
@@ -93,8 +95,6 @@ class RegionClassifier:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Softmax over the six regions for float [0, 1] slices [B, H, W]."""
-        from PIL import Image
-
         pixels = self.torch.stack([
             self.preprocess(Image.fromarray(np.round(np.clip(im, 0, 1) * 255).astype(np.uint8)).convert("RGB"))
             for im in images])
@@ -134,8 +134,6 @@ class AnnotateReport:
 def classify_slices(uri: str, model: str, threshold: float, actors: int = 1, batch_size: int = 32,
                     cpus_per_actor: float = 0.25) -> dict[str, tuple[int, float]]:
     """slice_id → (region index or -1, confidence), computed in a Ray Data actor pool."""
-    import ray.data
-
     dataset = read_slices(uri, columns=["slice_id", "height", "width", "image"])
     dataset = dataset.map_batches(
         RegionClassifier, fn_constructor_kwargs={"model_name": model, "threshold": threshold},
@@ -175,8 +173,6 @@ def _extra_columns(schema: pa.Schema) -> tuple[Column, ...]:
 def annotate_regions(uri: str, model: str | None, threshold: float = 0.40, actors: int = 1,
                      batch_size: int = 32, cpus_per_actor: float = 0.25) -> AnnotateReport:
     """Label every slice's region and publish the DB as a new version (see the module docstring)."""
-    from mrgen.platform.cluster import init_ray
-
     started = time.monotonic()
     model = check_model_name(model)
     index = load_index(uri)

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import binary_erosion
 
+from mrgen.datasets.schema import decode_image, decode_mask
 from mrgen.platform import storage
 
 # Distinct colours for organ ids 1..10 (liver, spleen, right kidney, left kidney, bladder, prostate, ...).
@@ -119,8 +120,6 @@ def contact_sheet(items: Sequence[Mapping[str, Any]], out_uri: str | None = None
 
 def items_from_rows(rows: Sequence[Mapping[str, Any]], caption: str = "prompt") -> list[dict[str, Any]]:
     """Contact-sheet items from MRGen-DB rows (dicts with image/mask bytes, height, width, prompt, slice_id)."""
-    from mrgen.datasets.schema import decode_image, decode_mask
-
     items = []
     for row in rows:
         h, w = int(row["height"]), int(row["width"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+# storage (fsspec) where an attributes file is read: the CLI imports this module at its start-up
 
 MODALITY_TABLE_VERSION = 1
 

@@ -46,6 +46,7 @@ from mrgen.datasets.store import DBIndex, ShardInfo, ShardWriter, shard_groups, 
 from mrgen.platform import storage
 from mrgen.platform.config import ConfigBase, preset
 from mrgen.platform.progress import Progress
+# Ray where a DB is built: the CLI imports the phantom's config at its start-up
 
 __all__ = ["ORGAN_IDS", "SOURCE_MODALITY", "TARGET_MODALITY", "PhantomConfig", "build_phantom_db", "plan_volumes",
            "render_volume"]

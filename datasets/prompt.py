@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mrgen.datasets.modality import attributes_for
+
 PROMPT_TEMPLATE_VERSION = 1
 SEPARATOR = "; "
 
@@ -70,8 +72,6 @@ class PromptRecipe:
 
     def attributes(self, label: str) -> str:
         """The attribute text of a modality label; raises ``UnknownModalityError`` naming it."""
-        from mrgen.datasets.modality import attributes_for
-
         return attributes_for(label, dict(self.table) or None, exact=self.template == "official")
 
     def render(self, modality: str, attributes: str | None, region: str | None, organs: Sequence[str],

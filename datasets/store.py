@@ -22,10 +22,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mrgen.datasets.schema import INDEX_COLUMNS, SCHEMA_VERSION, Column, SchemaError, arrow_schema, validate_slice_table
+from mrgen.datasets.schema import (INDEX_COLUMNS, SCHEMA_VERSION, Column, SchemaError, arrow_schema, decode_organ_map,
+                                   validate_slice_table)
 from mrgen.platform import storage
+# Ray Data where a DB is streamed: most users of this module (db info, the writers, the workers) never need it
 
 INDEX_FILE = "index.json"
 
@@ -144,7 +147,7 @@ class ShardWriter:
         table = table.select(list(self.schema.names)).cast(self.schema)
         validate_slice_table(table, where=f"shard of {volumes[:3]}")
         key = key or hashlib.sha1("\n".join(volumes).encode()).hexdigest()[:16]
-        rel = f"v{self.version}/part-{key}.parquet"
+        rel = f"v{self.version}/{part_name(key)}"
         meta = dict(table.schema.metadata or {})
         meta[b"mrgen.volumes"] = json.dumps(volumes).encode()
         table = table.replace_schema_metadata(meta)
@@ -177,12 +180,22 @@ def shard_groups(sizes: Sequence[tuple[int, int]], max_rows: int, max_bytes: int
     return groups
 
 
+def part_name(key: str) -> str:
+    """The file name of a shard (or an audit part) keyed ``key``."""
+    return f"part-{key}.parquet"
+
+
+def is_part_name(name: str) -> bool:
+    """Whether ``name`` is a finished shard's (or audit part's) file name, not a write's leftover."""
+    return name.startswith("part-") and name.endswith(".parquet")
+
+
 def existing_shards(uri: str, version: int = 1) -> list[ShardInfo]:
     """Shards present under ``v<version>/`` (from their footers), whether or not an index lists them."""
     folder = storage.join(uri, f"v{version}")
     shards = []
     for name in storage.listdir(folder):
-        if not (name.startswith("part-") and name.endswith(".parquet")):
+        if not is_part_name(name):
             continue
         fs, path = storage.filesystem(storage.join(folder, name))
         with fs.open(path, "rb") as f:
@@ -242,8 +255,6 @@ def _filter_expression(filters: dict[str, Any], field, is_in: str):
 
 def row_filter_expression(**filters: Any):
     """The same filters as a pyarrow compute expression, to drop non-matching rows inside selected shards."""
-    import pyarrow.compute as pc
-
     return _filter_expression(filters, pc.field, "isin")
 
 
@@ -281,9 +292,6 @@ def spread(n: int, count: int) -> np.ndarray:
 
 def meta_digest(meta: dict[str, Any]) -> str:
     """sha256 of a DB's index ``meta`` (canonical JSON): for a phantom DB, a digest of the config it was built from."""
-    import hashlib
-    import json
-
     return hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -293,8 +301,6 @@ def db_digest(uri: str) -> str:
 
 def organ_first_ids(uri: str, **filters: Any) -> dict[str, int]:
     """Each organ name in the organ maps of the matching masked slices → its smallest id there ({} when none)."""
-    from mrgen.datasets.schema import decode_organ_map
-
     first_id: dict[str, int] = {}
     filters = {**filters, "has_mask": True}
     for text in set(read_table(uri, ["organ_map"], **filters).column("organ_map").to_pylist()):

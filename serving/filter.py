@@ -12,18 +12,16 @@ import dataclasses
 import math
 
 import numpy as np
+import torch
 from ray.serve.metrics import Counter
 
+from mrgen.models.scorers import build_scorer
 from mrgen.models.selection import KEPT_FATES, CandidateScores, select, strict_passes
+from mrgen.serving.config import ServeFilterSettings
 
 
 class Filter:
     def __init__(self, settings: dict, torch_threads: int = 1, use_gpu: bool = False):
-        import torch
-
-        from mrgen.models.scorers import build_scorer
-        from mrgen.serving.config import ServeFilterSettings
-
         torch.set_num_threads(torch_threads)
         cfg = ServeFilterSettings.model_validate(settings)
         self.rule = cfg.rule

@@ -12,9 +12,13 @@ import time
 from collections import defaultdict
 
 import numpy as np
+import torch
 from ray import serve
 from ray.serve.metrics import Counter, Gauge, Histogram
 
+from mrgen.models.acceleration import inference_dtype
+from mrgen.models.bundle import ModelBundle, bundle_hash
+from mrgen.models.pipeline import MRGenPipeline
 from mrgen.serving.schemas import GenerationJob, GenerationResult
 
 BATCH_SIZE_BOUNDARIES = [1, 2, 3, 4, 6, 8, 12, 16, 32]
@@ -25,12 +29,6 @@ class GeneratorReplica:
 
     def __init__(self, model_uri: str, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.05,
                  torch_threads: int = 1, use_gpu: bool = False, organ_weights: dict[str, float] | None = None):
-        import torch
-
-        from mrgen.models.acceleration import inference_dtype
-        from mrgen.models.bundle import ModelBundle, bundle_hash
-        from mrgen.models.pipeline import MRGenPipeline
-
         torch.set_num_threads(torch_threads)
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.model_uri = model_uri

@@ -10,6 +10,7 @@ import asyncio
 import ipaddress
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -19,6 +20,15 @@ from urllib.parse import urlparse
 
 import httpx
 import numpy as np
+from ray import serve
+
+from mrgen.models.bundle import build_random_bundle
+from mrgen.platform.cluster import RayConfig, init_ray
+from mrgen.serving.app import build_app_from_config
+from mrgen.serving.client import request_body
+from mrgen.serving.config import ServeConfig
+from mrgen.serving.inputs import parse_request
+from mrgen.serving.schemas import GenerateRequest
 
 LOOPBACK_NAMES = {"localhost"}
 
@@ -145,11 +155,6 @@ def benchmark_configs(model: str | None = None, clients: int = 8, duration_s: fl
     """What :func:`benchmark` deploys, by name, without deploying anything: the service configs ``batching on`` and
     ``batching off``; raises if the load cannot run (clients, durations) or if the service would refuse the
     benchmark's request (``n``, ``steps``, ``size`` against its limits)."""
-    from mrgen.serving.client import request_body
-    from mrgen.serving.config import ServeConfig
-    from mrgen.serving.inputs import parse_request
-    from mrgen.serving.schemas import GenerateRequest
-
     check_load(clients, duration_s)
     check_load(clients, warmup_s)
     base = ServeConfig.load(config).with_overrides({
@@ -173,20 +178,10 @@ def benchmark(model: str | None = None, clients: int = 8, duration_s: float = 20
               overrides: dict | None = None) -> dict:
     """Batching on vs off (max batch 1) on this machine, one Serve instance, printed and returned;
     ``overrides``: ServeConfig keys (dotted) set on top of the ``config`` preset."""
-    import tempfile
-
-    from ray import serve
-
-    from mrgen.platform.cluster import RayConfig, init_ray
-    from mrgen.serving.app import build_app_from_config
-    from mrgen.serving.client import request_body
-
     tmp = None if model else tempfile.TemporaryDirectory(prefix="mrgen-serve-bench-")
     configs = benchmark_configs(model or f"{tmp.name}/bundle", clients, duration_s, n, steps, max_batch_size, warmup_s,
                                 config, size, overrides)  # a bad setting fails before anything is built or started
     if tmp is not None:
-        from mrgen.models.bundle import build_random_bundle
-
         model = f"{tmp.name}/bundle"
         print(f"bench serve: no --model, using a random tiny bundle at {model}", flush=True)
         build_random_bundle("tiny").save(model)

@@ -1,10 +1,20 @@
 """Running the service (`mrgen serve`) and writing it as a Serve config file for `serve deploy` / `serve run`."""
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from typing import Any
 
+import ray
 import yaml
+from ray import serve
 
+from mrgen.models.bundle import resolve_model_uri
+from mrgen.platform import storage
+from mrgen.platform.cluster import RayConfig, init_ray
+from mrgen.platform.console import say
+from mrgen.serving.app import build_app_from_config
 from mrgen.serving.config import ServeConfig
 
 IMPORT_PATH = "mrgen.serving.app:build_app"
@@ -36,14 +46,6 @@ def deploy_config_yaml(config: ServeConfig) -> str:
 def run_service(config: ServeConfig, ray_address: str | None = None, block: bool = True) -> str:
     """Start Serve on ``config.host:port``, deploy the app, and (``block``) wait until Ctrl-C. Returns the URL. Says
     on the running command's console (`platform.console`) the model, the filter in force and the URL."""
-    from ray import serve
-
-    from mrgen.models.bundle import resolve_model_uri
-    from mrgen.platform import storage
-    from mrgen.platform.cluster import RayConfig, init_ray
-    from mrgen.platform.console import say
-    from mrgen.serving.app import build_app_from_config
-
     if not config.model:
         raise ValueError("no model bundle: pass --model URI or set serve.model")
     # replicas run in other directories: a relative path means one relative to where `mrgen serve` was started
@@ -72,10 +74,6 @@ SHUTDOWN_TIMEOUT_S = 10.0  # Serve's own shutdown waits for every replica's grac
 def wait_for_signal() -> int:
     """Block until SIGINT or SIGTERM (Ctrl-C, `kill`, a container stop); returns the signal number. A second
     signal while shutting down ends the process at once."""
-    import os
-    import signal
-    import threading
-
     received = threading.Event()
     got: list[int] = []
 
@@ -94,13 +92,6 @@ def wait_for_signal() -> int:
 
 def stop_service(started_ray: bool) -> None:
     """Shut Serve down (in-flight requests get up to ``SHUTDOWN_TIMEOUT_S``), then the local Ray it started."""
-    import threading
-
-    import ray
-    from ray import serve
-
-    from mrgen.platform.console import say
-
     done = threading.Event()
 
     def shutdown() -> None:

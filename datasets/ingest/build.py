@@ -34,21 +34,24 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import ray.data
+import torch
 
 from mrgen.datasets.config import DBConfig
 from mrgen.datasets.ingest import layouts
 from mrgen.datasets.ingest.cases import VolumeError, read_files
 from mrgen.datasets.ingest.manifest import ManifestRow, read_manifest
-from mrgen.datasets.ingest.release_list import (ReleaseRow, is_release_list, prepare_release_slice, read_grey,
-                                                read_release_list)
 from mrgen.datasets.ingest.preprocess import PreprocessError, preprocess_volume
 from mrgen.datasets.ingest.readers import ReadError, source_sha256
+from mrgen.datasets.ingest.release_list import (ReleaseRow, is_release_list, prepare_release_slice, read_grey,
+                                                read_release_list)
 from mrgen.datasets.modality import UnknownModalityError, attributes_for
 from mrgen.datasets.organs import canonical_organ_map
 from mrgen.datasets.prompt import build_prompt
 from mrgen.datasets.schema import SOURCE_COLUMNS, arrow_schema, encode_image, encode_mask, encode_organ_map, slice_id
 from mrgen.datasets.store import ShardWriter, existing_shards, try_load_index
 from mrgen.platform import storage
+from mrgen.platform.cluster import init_ray
 from mrgen.platform.progress import Progress
 
 REPORT_FILE = "build_report.json"
@@ -173,8 +176,6 @@ def _slice_table(row: ManifestRow | ReleaseRow, attributes: str, prepared, sha25
 
 def _ingest_item(item: dict[str, Any]) -> dict[str, Any]:
     """Ray Data map function: a manifest row (JSON) → its slice table as Arrow IPC bytes, or an error."""
-    import torch
-
     torch.set_num_threads(1)
     release = item.get("kind") == "release"
     row = (ReleaseRow if release else ManifestRow).from_json(json.loads(item["row"]))
@@ -226,10 +227,6 @@ def build_db(manifest_path: str | Path, out_uri: str, config: DBConfig, layout: 
     docstring). For a folder: ``layout`` forces one (default: recognised), ``split_by`` ("SEED:FRACTION") puts a
     seeded share of its train cases in test, ``modality`` labels the volumes whose sequence the layout does not
     name in the modality table's terms."""
-    import ray.data
-
-    from mrgen.platform.cluster import init_ray
-
     started = time.monotonic()
     out_uri = storage.absolute(out_uri)  # volumes are read and written by Ray tasks in other directories
     report = BuildReport(manifest=str(manifest_path), out=out_uri)

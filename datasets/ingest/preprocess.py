@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 
 class PreprocessError(ValueError):
@@ -77,9 +79,6 @@ def pad_to_square(x: np.ndarray) -> np.ndarray:
 
 
 def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
-
     if images.shape[1:] == tuple(size):
         return np.ascontiguousarray(images, dtype=np.float32)
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
@@ -88,9 +87,6 @@ def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
-
     if masks.shape[1:] == tuple(size):
         return np.ascontiguousarray(masks, dtype=np.uint8)
     x = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8))[:, None]

@@ -21,12 +21,15 @@ files (natural name order) as inferior → superior, with a nominal 1 mm spacing
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+# each format's reader library (nibabel, SimpleITK, pydicom, nnU-Net's image I/O) where that format is read
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -191,9 +194,6 @@ def _read_nifti(path: Path, label: bool, channel: int | None = None) -> Volume:
 
 def _check_gzip(path: Path) -> None:
     """Name truncation / corruption of a .gz file plainly (nibabel's own message does not)."""
-    import gzip
-    import zlib
-
     if not path.name.lower().endswith(".gz"):
         return
     try:

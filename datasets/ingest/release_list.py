@@ -26,9 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+from skimage.transform import resize
 
 from mrgen.datasets.ingest.manifest import ManifestRow, RowProblem, default_volume_id
 from mrgen.datasets.ingest.preprocess import PreparedVolume, pad_to_square
+from mrgen.datasets.ingest.readers import ReadError
 from mrgen.datasets.schema import REGIONS, SPLITS
 
 MASK_FIELDS = tuple(f"mask{i}_path" for i in range(4))
@@ -150,8 +153,6 @@ def _resolve(path: str, root: Path) -> str:
 
 def release_preprocess(pixels: np.ndarray, resolution: int) -> np.ndarray:
     """8-bit grey [H, W] → float [R, R] in [0, 1]: min-max, zero-pad to a square, anti-aliased resize."""
-    from skimage.transform import resize  # scikit-image (installed with nnunetv2), as the release resizes
-
     x = pixels.astype(np.float32)
     x = pad_to_square((x - x.min()) / (x.max() - x.min() + 1e-6))
     x = resize(x, (resolution, resolution), preserve_range=True, anti_aliasing=True, mode="reflect")
@@ -171,10 +172,6 @@ def prepare_release_slice(image: np.ndarray, masks: list[np.ndarray | None], res
 
 def read_grey(path: str) -> np.ndarray:
     """A slice or mask file as 8-bit grey [H, W] (``convert("L")``, as the release reads both)."""
-    from PIL import Image
-
-    from mrgen.datasets.ingest.readers import ReadError
-
     if not Path(path).is_file():
         raise ReadError(f"file not found: {path}")
     try:

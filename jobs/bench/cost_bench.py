@@ -31,17 +31,36 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import tempfile
 import time
 from collections import defaultdict
 from typing import Any
 
-from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_DATASET, TARGET_MODALITY, PhantomConfig
+import numpy as np
+import torch
+
+from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_DATASET, TARGET_MODALITY, PhantomConfig, build_phantom_db
+from mrgen.datasets.schema import decode_organ_map
+from mrgen.datasets.store import read_table
+from mrgen.jobs.evaluate.segmenter import load_dice_report, submit_evaluation, write_dice_report
+from mrgen.jobs.experiment.compare import interval_text, intervals
+from mrgen.jobs.experiment.draws import rank_key
+from mrgen.jobs.segment.config import SegmentConfig
+from mrgen.jobs.segment.train import TrainSource, is_trained, submit_training
 from mrgen.jobs.synthesis.config import SynthesisConfig
-from mrgen.models.bundle import EMBEDDED, FILTER_THRESHOLDS
+from mrgen.jobs.synthesis.run import run_synthesis
+from mrgen.jobs.synthesis.stages.writer import read_audit
+from mrgen.models import flops as counted
+from mrgen.models.bundle import EMBEDDED, FILTER_THRESHOLDS, ModelBundle, embedded_bundle
+from mrgen.models.metrics.bootstrap import paired_difference, seed_average
+from mrgen.models.pipeline import MRGenPipeline
+from mrgen.models.scorers import ScorerSettings, build_scorer
 from mrgen.models.selection import KEPT_FATES, STOPPED_EARLY, STRICT_FATES
 from mrgen.platform import storage
+from mrgen.platform.cluster import RayConfig, init_ray, ray_stopped_after, wait_for
 from mrgen.platform.config import ConfigBase, flatten
+from mrgen.platform.console import Console, say
 
 # The recipes: SynthesisConfig overrides of the embedded default's synthesis (tiny preset, LiteMedSAM).
 DEFAULT_RECIPES = ("R0", "R1", "R1-early", "R2")
@@ -78,8 +97,6 @@ def cost_bench_configs(masks: int = 48, recipes: tuple[str, ...] = DEFAULT_RECIP
                        db: str | None = None, work: str = "<temp dir>", **_: Any) -> dict[str, ConfigBase]:
     """What :func:`run_cost_bench` builds, by name, without building anything: ``phantom`` (without ``db``),
     ``synthesis.<recipe>``, ``probe.<recipe>`` for a recipe that rejects early, and ``segment``."""
-    from mrgen.jobs.segment.config import SegmentConfig
-
     if baseline not in recipes:
         raise ValueError(f"baseline {baseline!r} is not among the recipes {list(recipes)}")
     unknown = sorted(set(recipe_overrides or {}) - set(recipes))
@@ -143,8 +160,6 @@ def equal_count_sets(kept: dict[str, list[dict[str, Any]]]) -> dict[str, list[st
     """Recipe → slice ids: for each mask every recipe kept something of, its top k kept candidates by filter score
     (mean IoU, then mean confidence, then the lower index), k the fewest any recipe kept for that mask.
     ``kept``: recipe → its synthetic DB's rows (mask_key, candidate_index, slice_id, mean_iou, mean_conf)."""
-    from mrgen.jobs.experiment.draws import rank_key
-
     by_mask = {name: defaultdict(list) for name in kept}
     for name, rows in kept.items():
         for row in rows:
@@ -209,16 +224,6 @@ def unit_costs(db: str) -> tuple[dict[str, float], dict[str, float]]:
     """(FLOPs, seconds) of one denoiser row, one decode and one filter call: FLOPs counted on the embedded bundle,
     LiteMedSAM, the paper-scale generator and SAM2-Large; seconds timed here on one thread, as a synthesis actor
     runs, on a real source mask."""
-    import numpy as np
-    import torch
-
-    from mrgen.datasets.schema import decode_organ_map
-    from mrgen.datasets.store import read_table
-    from mrgen.models import flops as counted
-    from mrgen.models.bundle import ModelBundle, embedded_bundle
-    from mrgen.models.pipeline import MRGenPipeline
-    from mrgen.models.scorers import ScorerSettings, build_scorer
-
     bundle = ModelBundle.load(embedded_bundle())
     scorer = build_scorer("medsam", ScorerSettings())
     filter_flops, paper = counted.scorer_flops(scorer, organs=1), counted.paper_scale_flops(organs=1)
@@ -257,16 +262,11 @@ def unit_costs(db: str) -> tuple[dict[str, float], dict[str, float]]:
 # ---------------------------------------------------------------- the run
 
 def _say(text: str) -> None:
-    from mrgen.platform.console import say
-
     say(f"[cost] {text}")
 
 
 def _synthesize(config: SynthesisConfig, what: str) -> tuple[list[dict[str, Any]], float]:
     """(audit rows, wall seconds of this call) of one synthesis run, resumed where it stopped."""
-    from mrgen.jobs.synthesis.run import run_synthesis
-    from mrgen.jobs.synthesis.stages.writer import read_audit
-
     start = time.perf_counter()
     report = run_synthesis(config)
     seconds = time.perf_counter() - start
@@ -279,11 +279,6 @@ def _synthesize(config: SynthesisConfig, what: str) -> tuple[list[dict[str, Any]
 def _segment_and_evaluate(configs: dict[str, ConfigBase], sets: dict[str, list[str]], synthetic: dict[str, str],
                           db: str, work: str, seeds: int) -> dict[str, Any]:
     """Recipe → per-volume Dice on the target test volumes (averaged over segmenter seeds)."""
-    from mrgen.jobs.evaluate.segmenter import load_dice_report, submit_evaluation, write_dice_report
-    from mrgen.jobs.segment.train import TrainSource, is_trained, submit_training
-    from mrgen.models.metrics.bootstrap import seed_average
-    from mrgen.platform.cluster import wait_for
-
     # a run's name carries a digest of its training set: a rerun with other recipes or masks draws other sets and
     # must not reuse a segmenter trained on the old ones
     digest = {name: hashlib.sha256("\n".join(ids).encode()).hexdigest()[:8] for name, ids in sets.items()}
@@ -316,11 +311,6 @@ def run_cost_bench(masks: int = 48, recipes: tuple[str, ...] = DEFAULT_RECIPES, 
                    ) -> dict[str, Any]:
     """Run (or resume, in ``out``) the benchmark; the console shows its steps and the table, everything the jobs
     print goes to ``out``/logs/cost.log."""
-    import os
-
-    from mrgen.platform.cluster import ray_stopped_after
-    from mrgen.platform.console import Console
-
     work = storage.absolute(out or tempfile.mkdtemp(prefix="mrgen-cost-bench-"))
     configs = cost_bench_configs(masks, tuple(recipes), baseline, recipe_overrides, probe_masks, probe_candidates,
                                  segment_epochs, segmenter_seeds, seed, db, work)  # fails before anything runs
@@ -335,13 +325,6 @@ def run_cost_bench(masks: int = 48, recipes: tuple[str, ...] = DEFAULT_RECIPES, 
 
 def _run(configs: dict[str, ConfigBase], work: str, db: str | None, recipes, baseline: str, recipe_overrides,
          probe_masks: int, max_passes_lost: float, segmenter_seeds: int, masks: int) -> dict[str, Any]:
-    from mrgen.datasets.phantom import build_phantom_db
-    from mrgen.datasets.store import read_table
-    from mrgen.jobs.experiment.compare import interval_text, intervals
-    from mrgen.models.bundle import embedded_bundle
-    from mrgen.models.metrics.bootstrap import paired_difference
-    from mrgen.platform.cluster import RayConfig, init_ray
-
     init_ray(RayConfig(num_cpus=2, object_store_memory_mb=512, no_progress_timeout_s=900))
     if db is None:
         db = f"{work}/db"

@@ -20,20 +20,27 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+import psutil
+import pyarrow.dataset as pads
 
 from mrgen.datasets.config import DBConfig
-from mrgen.datasets.phantom import PhantomConfig
+from mrgen.datasets.ingest.build import build_db
+from mrgen.datasets.phantom import PhantomConfig, build_phantom_db
+from mrgen.datasets.schema import decode_batch
+from mrgen.datasets.store import load_index, read_slices, row_filter_expression, row_filters, select_shards, shard_paths
 from mrgen.jobs.bench.synth_bench import PeakRSS
+from mrgen.platform import storage
+from mrgen.platform.cluster import init_ray
 from mrgen.platform.config import ConfigBase
+# boto3 and moto (the test extras) where the S3 case runs
 
 BUCKET = "mrgen-bench"
 
 
 def write_phantom_niftis(folder: Path, volumes: int, slices: int, size: int, seed: int = 0) -> Path:
     """Phantom-sized abdominal-like volumes (body ellipse, two organs, noise) as .nii.gz, half with masks."""
-    import nibabel as nib
-
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     y, x, z = np.mgrid[-1:1:size * 1j, -1:1:size * 1j, -1:1:slices * 1j]
@@ -62,12 +69,6 @@ def stream(reader: str, uri: str, batch_size: int, prune: bool = True, **filters
     platform's reader) or by a bare ``pyarrow.dataset`` over the same shards (``"pyarrow"``, the baseline).
     ``prune=False`` (pyarrow only): every shard, the filter applied to rows, as a reader without the index would
     (Parquet's row-group statistics then skip most of what does not match)."""
-    import pyarrow.dataset as pads
-
-    from mrgen.datasets.schema import decode_batch
-    from mrgen.datasets.store import (load_index, read_slices, row_filter_expression, row_filters, select_shards,
-                                      shard_paths)
-
     if reader == "ray":
         # prefetching as the trainer's reader does (jobs/train/data.py BatchStream)
         batches = read_slices(uri, **filters).iter_batches(batch_size=batch_size, batch_format="numpy",
@@ -150,11 +151,6 @@ def run_db_bench(volumes: int = 8, slices: int = 64, size: int = 128, resolution
                  subset_split: str = "train", db: str | None = None, workdir: str | None = None) -> dict[str, Any]:
     """Measure and print ingest and read throughput, then the figures of ``db`` at volume (default: the tiny phantom
     in ``rescans`` acquisitions, built here); returns the figures."""
-    from mrgen.datasets.ingest.build import build_db
-    from mrgen.datasets.phantom import build_phantom_db
-    from mrgen.platform import storage
-    from mrgen.platform.cluster import init_ray
-
     configs = db_bench_configs(resolution, shard_rows, rescans, db)  # a bad setting fails before moto and Ray start
     config = configs["db"]
     root = Path(workdir or tempfile.mkdtemp(prefix="mrgen-db-bench-"))
@@ -214,8 +210,6 @@ def _rates(readers: dict[str, Callable[..., Iterator[int]]], uri: str, batch_siz
            **filters: Any) -> dict[str, tuple[float, int, int]]:
     """Each reader's best slices/s, its slice count and the bytes this process read from files in its last pass
     (pyarrow reads here; Ray Data's reads run in its workers), the readers taking turns (a drift favours none)."""
-    import psutil
-
     me, best = psutil.Process(), {name: (0.0, 0, 0) for name in readers}
     for _ in range(repeats):
         for name, read in readers.items():
@@ -244,8 +238,6 @@ def volume_figures(uri: str, batch_size: int, repeats: int, **subset: Any) -> di
     """`mrgen db info` seconds (a new process, as a user runs it); the reader's peak memory streaming the whole DB
     with Ray Data, at a tenth of it and at its end; Ray Data vs pyarrow slices/s on the ``subset`` (filters) and on
     the whole DB; the subset read with the index's pruning vs every shard opened."""
-    from mrgen.datasets.store import load_index, select_shards
-
     start = time.perf_counter()
     info = subprocess.run([sys.executable, "-m", "mrgen.cli", "db", "info", uri], capture_output=True, text=True)
     info_s = time.perf_counter() - start

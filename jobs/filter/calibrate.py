@@ -18,7 +18,7 @@ import numpy as np
 from mrgen.datasets.schema import decode_batch, decode_organ_map
 from mrgen.datasets.store import read_table, spread
 from mrgen.models.scorers import ScorerSettings, build_scorer
-from mrgen.models.selection import FilterCalibration, ThresholdConfig
+from mrgen.models.selection import CandidateScores, FilterCalibration, ThresholdConfig
 from mrgen.platform import storage
 from mrgen.platform.progress import Progress
 
@@ -34,8 +34,6 @@ def _summary(values: list[float]) -> dict[str, float]:
 def calibrate(db: str, scorer: str = "medsam", settings: ScorerSettings | None = None, quantile: float = 0.25,
               limit: int | None = 200, rule: str = "paper", **filters: Any) -> FilterCalibration:
     """Score up to ``limit`` masked slices of ``db`` (evenly spread, slice-id order) against their own masks."""
-    from mrgen.models.selection import CandidateScores
-
     if not 0 < quantile < 1:
         raise ValueError(f"quantile must lie in (0, 1), got {quantile}")
     settings = settings or ScorerSettings()

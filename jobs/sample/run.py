@@ -13,8 +13,14 @@ import json
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
+from mrgen.datasets.modality import UnknownModalityError, read_attributes_file
+from mrgen.datasets.prompt import PromptRecipe
 from mrgen.jobs.sample.config import SampleConfig
+from mrgen.models.bundle import BundleError, ModelBundle, resolve_model_uri
+from mrgen.models.condition import UnknownOrganError
+from mrgen.models.pipeline import MRGenPipeline
 from mrgen.platform import storage
 
 RECORD = "candidates.json"
@@ -26,8 +32,6 @@ class SampleInputError(ValueError):
 
 def read_mask(path: str) -> np.ndarray:
     """A PNG of organ ids → uint8 [H, W]."""
-    from PIL import Image, UnidentifiedImageError
-
     if not storage.exists(path):
         raise SampleInputError(f"--mask {path}: no such file")
     try:
@@ -57,9 +61,6 @@ def parse_organ_map(organ_map: dict[str, str], mask: np.ndarray) -> dict[int, st
 def build_prompt_for(config: SampleConfig, manifest: dict[str, Any], organ_map: dict[int, str],
                      mask: np.ndarray) -> str:
     """``--prompt`` verbatim, else the bundle's template with its attributes, region, organs and labels."""
-    from mrgen.datasets.modality import UnknownModalityError, read_attributes_file
-    from mrgen.datasets.prompt import PromptRecipe
-
     if config.prompt is not None:
         return config.prompt
     try:
@@ -76,8 +77,6 @@ def build_prompt_for(config: SampleConfig, manifest: dict[str, Any], organ_map: 
 
 def to_png(image: np.ndarray) -> bytes:
     """float [H, W] in [0, 1] → 8-bit grey PNG (round(x·255), as diffusers' ``numpy_to_pil``)."""
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.fromarray(np.clip(np.rint(np.asarray(image, np.float32) * 255.0), 0, 255).astype(np.uint8)).save(
         buffer, format="PNG")
@@ -85,10 +84,6 @@ def to_png(image: np.ndarray) -> bytes:
 
 
 def run_sample(config: SampleConfig) -> dict[str, Any]:
-    from mrgen.models.bundle import BundleError, ModelBundle, resolve_model_uri
-    from mrgen.models.condition import UnknownOrganError
-    from mrgen.models.pipeline import MRGenPipeline
-
     mask = read_mask(config.mask)
     organ_map = parse_organ_map(config.organ_map, mask)
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mrgen.jobs.segment.config import SegmentConfig
+# torch where it is used: nnU-Net's environment is set before torch or nnU-Net load
 
 
 def prepare_process(workdir: Path, config: SegmentConfig) -> dict[str, Path]:

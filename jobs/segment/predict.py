@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+# nnU-Net and torch where they are used, after nnunet_env.prepare_process set the environment they read
 
 PER_IMAGE_NORMALIZATIONS = {"ZScoreNormalization", "RescaleTo01Normalization"}
 PNG_SPACING = {"spacing": (999, 1, 1)}  # what nnU-Net's NaturalImage2DIO reports for every PNG

@@ -17,19 +17,26 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import ray.data
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from mrgen.datasets.store import (ShardWriter, existing_shards, load_index, read_slices, read_table,
-                                  row_filter_expression, row_filters, select_shards, shard_paths, spread)
+from mrgen.datasets.modality import UnknownModalityError
+from mrgen.datasets.prompt import PromptRecipe
+from mrgen.datasets.store import (ShardWriter, existing_shards, is_part_name, load_index, organ_first_ids, read_slices,
+                                  read_table, row_filter_expression, row_filters, select_shards, shard_paths, spread)
 from mrgen.jobs.synthesis.config import SynthesisConfig
 from mrgen.jobs.synthesis.contact import load_preview, write_contact_sheet
 from mrgen.jobs.synthesis.keys import mask_key
 from mrgen.jobs.synthesis.processor import RunContext, SynthesisProcessor
 from mrgen.jobs.synthesis.stages.prepare import SOURCE_COLUMNS
-from mrgen.jobs.synthesis.stages.writer import (AUDIT_DIR, AUDIT_SCHEMA, SYNTH_COLUMNS, audit_dataset,
-                                               finished_masks, read_parts)
-from mrgen.models.selection import KEPT_FATES, STOPPED_EARLY, STRICT_FATES
+from mrgen.jobs.synthesis.stages.writer import (AUDIT_DIR, AUDIT_SCHEMA, SYNTH_COLUMNS, audit_dataset, finished_masks,
+                                                read_parts)
+from mrgen.models.bundle import BundleError, bundle_hash, bundle_thresholds_file, describe_bundle, resolve_model_uri
+from mrgen.models.condition import MaskCondition
+from mrgen.models.official import release_text_dirs
+from mrgen.models.selection import KEPT_FATES, STOPPED_EARLY, STRICT_FATES, ThresholdConfig, load_calibration
 from mrgen.platform import storage
+from mrgen.platform.cluster import init_ray
 from mrgen.platform.progress import Progress
 
 
@@ -44,9 +51,6 @@ BUNDLE_PARTS = {"vae": "config.json", "unet": "config.json", "controlnet": "conf
 def check_bundle(uri: str, organ_weights: dict[str, float] | None = None) -> tuple[str, int, dict[str, Any]]:
     """(bundle hash, resolution, manifest) of a bundle that has every part synthesis needs; else a clear error.
     An official release folder (recognised by its layout) names its text encoder and tokenizer folders its way."""
-    from mrgen.models.bundle import BundleError, bundle_hash, describe_bundle
-    from mrgen.models.official import release_text_dirs
-
     if not storage.exists(uri):
         raise SynthesisInputError(f"--model {uri}: no such model bundle")
     parts = dict(BUNDLE_PARTS)
@@ -71,8 +75,6 @@ def check_bundle(uri: str, organ_weights: dict[str, float] | None = None) -> tup
 def check_fit(config: SynthesisConfig, resolution: int, condition) -> None:
     """Refuse a bundle that can use none of the selected masks: another slice size, or none of their organs in its
     vocabulary (a mask that fits only in part is skipped with its reason in the audit table)."""
-    from mrgen.datasets.store import organ_first_ids
-
     filters = _source_filters(config)
     sizes = set(pc.unique(read_table(config.source, columns=["height"], **filters).column("height")).to_pylist())
     if resolution not in sizes:
@@ -87,9 +89,6 @@ def check_fit(config: SynthesisConfig, resolution: int, condition) -> None:
 def resolve_modalities(config: SynthesisConfig, manifest: dict[str, Any] | None = None) -> dict[str, str]:
     """Target label → attribute text, as the bundle's prompt recipe finds it (official release: exactly, in the
     attributes file given)."""
-    from mrgen.datasets.modality import UnknownModalityError
-    from mrgen.datasets.prompt import PromptRecipe
-
     recipe = PromptRecipe.for_bundle(manifest or {}, config.modality_attributes)
     out = {}
     for label in config.target_modalities:
@@ -122,13 +121,9 @@ def apply_thresholds_file(config: SynthesisConfig) -> SynthesisConfig:
     """``thresholds_file`` (from `mrgen filter calibrate`) → ``thresholds``, after checking it is the filter's. Without
     one, thresholds left at the paper's defaults become those of the bundle's own calibration for the same filter
     (``filter_thresholds.json``: the embedded bundle ships LiteMedSAM's), and ``thresholds_file`` names it."""
-    from mrgen.models.selection import ThresholdConfig, load_calibration
-
     section = config.filter
     file = section.thresholds_file
     if not file and section.enabled and section.thresholds == ThresholdConfig():
-        from mrgen.models.bundle import bundle_thresholds_file
-
         shipped = bundle_thresholds_file(config.model)
         with contextlib.suppress(OSError, ValueError):  # a bundle's unreadable calibration: the paper's thresholds
             if shipped and load_calibration(shipped).scorer == section.kind:
@@ -194,7 +189,7 @@ def commit(out: str, meta: dict[str, Any]) -> dict[str, Any]:
     duplicates = counts.field("values").filter(pc.greater(counts.field("counts"), 1)).to_pylist()
     listed = {p.shard: p.shard_info for p in parts if p.shard}
     for name in storage.listdir(storage.join(out, "v1")):
-        if name.startswith("part-") and name.endswith(".parquet") and f"v1/{name}" not in listed:
+        if is_part_name(name) and f"v1/{name}" not in listed:
             storage.remove(storage.join(out, "v1", name))
     if None in listed.values():  # parts written before the writer recorded its shard in the footer: open the shards
         found = {s.file: s for s in existing_shards(out, version=1)}
@@ -326,12 +321,10 @@ def run_synthesis(config: SynthesisConfig) -> dict[str, Any]:
         config.require_io()
     except ValueError as exc:
         raise SynthesisInputError(str(exc)) from None
-    from mrgen.models.bundle import resolve_model_uri
 
     config = config.model_copy(update={"model": resolve_model_uri(config.model)})
     config = config.model_copy(update={k: storage.absolute(getattr(config, k)) for k in ("model", "source", "out")})
     config = apply_thresholds_file(config)
-    from mrgen.models.condition import MaskCondition
 
     bundle_id, resolution, manifest = check_bundle(config.model, config.organ_weights or None)
     attributes = resolve_modalities(config, manifest)
@@ -340,13 +333,11 @@ def run_synthesis(config: SynthesisConfig) -> dict[str, Any]:
     wanted = wanted_slices(config)
     check_fit(config, resolution, condition)
 
-    from mrgen.platform.cluster import init_ray
 
     # a loaded machine can take minutes to start a worker that imports torch + SAM2; Ray's default 60 s
     # registration timeout then kills and restarts actors in a loop (only used when this starts Ray)
     os.environ.setdefault("RAY_worker_register_timeout_seconds", "600")
     init_ray(config.ray)
-    import ray.data
 
     # read by the datasets built below (each copies the driver's context when created)
     data_context = ray.data.DataContext.get_current()

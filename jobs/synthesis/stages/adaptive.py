@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from mrgen.jobs.synthesis.stages.base import StageUDF
+from mrgen.jobs.synthesis.stages.filter import load_scorer, score_row, scores_to_json
 from mrgen.jobs.synthesis.stages.generator import (CandidateSampler, GeneratorUDF, _FaultKnob, decode_row_mask,
                                                    encode_candidates, row_organ_maps)
-from mrgen.jobs.synthesis.stages.filter import load_scorer, score_row, scores_to_json
+from mrgen.models.pipeline import EarlyStop
 from mrgen.models.sampling import SamplingSettings
 from mrgen.models.scorers import ScorerSettings
 from mrgen.models.selection import CandidateScores, Thresholds, strict_passes
@@ -103,7 +104,6 @@ class AdaptiveUDF(StageUDF):
         finished candidate would be, its mean IoU recorded in ``early``, those below the cut stopped."""
         if self.early_reject_at is None:
             return None
-        from mrgen.models.pipeline import EarlyStop
 
         def judge(images: np.ndarray, rows: np.ndarray) -> np.ndarray:
             keep = np.ones(len(rows), bool)

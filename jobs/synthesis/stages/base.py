@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+import ray.data
 
 
 class StageInputError(KeyError):
@@ -109,8 +110,6 @@ class StageSpec:
         return self.udf.NAME
 
     def apply(self, ds):
-        import ray.data
-
         common: dict[str, Any] = dict(batch_size=self.batch_size, batch_format="numpy", num_cpus=self.num_cpus,
                                       zero_copy_batch=False)
         if self.num_gpus:

@@ -7,11 +7,12 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
+import torch
 
 from mrgen.datasets.schema import decode_organ_map
 from mrgen.jobs.synthesis.stages.base import StageUDF
 from mrgen.jobs.synthesis.stages.generator import decode_candidates, decode_row_mask, pick_device
-from mrgen.models.scorers import ScorerSettings
+from mrgen.models.scorers import ScorerSettings, build_scorer
 from mrgen.models.selection import CandidateScores, OrganScore
 
 
@@ -24,10 +25,6 @@ def scores_from_json(text: str) -> list[CandidateScores]:
 
 
 def load_scorer(kind: str, scorer: ScorerSettings, torch_threads: int = 1):
-    import torch
-
-    from mrgen.models.scorers import build_scorer
-
     torch.set_num_threads(torch_threads)
     return build_scorer(kind, scorer, device=pick_device())
 

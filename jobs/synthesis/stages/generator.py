@@ -11,10 +11,14 @@ import os
 from typing import Any
 
 import numpy as np
+import torch
 
 from mrgen.datasets.schema import decode_organ_map
 from mrgen.jobs.synthesis.keys import candidate_seed
 from mrgen.jobs.synthesis.stages.base import StageUDF
+from mrgen.models.acceleration import inference_dtype
+from mrgen.models.bundle import ModelBundle
+from mrgen.models.pipeline import MRGenPipeline
 from mrgen.models.sampling import SamplingSettings
 
 
@@ -38,8 +42,6 @@ def row_organ_maps(batch: dict[str, np.ndarray], rows: list[int]) -> list[dict[i
 
 def pick_device() -> str:
     """The GPU Ray assigned to this actor (num_gpus > 0), else the CPU."""
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -62,12 +64,6 @@ class CandidateSampler:
 
     def __init__(self, bundle_uri: str, sampling: SamplingSettings, run_seed: int, batch_size: int | None,
                  torch_threads: int, organ_weights: dict[str, float] | None = None):
-        import torch
-
-        from mrgen.models.acceleration import inference_dtype
-        from mrgen.models.bundle import ModelBundle
-        from mrgen.models.pipeline import MRGenPipeline
-
         torch.set_num_threads(torch_threads)
         device = pick_device()
         self.pipeline = MRGenPipeline(ModelBundle.load(bundle_uri, device=device, dtype=inference_dtype(device),

@@ -30,7 +30,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from mrgen.datasets.schema import Column, arrow_schema, encode_image
-from mrgen.datasets.store import ShardInfo, ShardWriter, volume_key
+from mrgen.datasets.store import ShardInfo, ShardWriter, is_part_name, part_name, volume_key
 from mrgen.jobs.synthesis.keys import group_key, modality_slug
 from mrgen.jobs.synthesis.stages.base import StageUDF, column, optional_text
 from mrgen.jobs.synthesis.stages.generator import decode_candidates
@@ -249,7 +249,7 @@ class WriterUDF(StageUDF):
             meta[PART_SHARD_INFO] = json.dumps(info.to_json()).encode()
         buf = io.BytesIO()
         pq.write_table(audit.replace_schema_metadata(meta), buf, compression="zstd")
-        storage.write_bytes(storage.join(self.out, AUDIT_DIR, f"part-{key}.parquet"), buf.getvalue())
+        storage.write_bytes(storage.join(self.out, AUDIT_DIR, part_name(key)), buf.getvalue())
         summary = {c: batch[c] for c in SUMMARY_COLUMNS if c != "shard"}
         summary["shard"] = [shard] * len(keys)
         return {c: column(v) for c, v in summary.items()}
@@ -268,7 +268,7 @@ class AuditPart:
 def part_files(out: str) -> list[str]:
     """The audit parts of ``out`` (paths relative to it)."""
     return [f"{AUDIT_DIR}/{n}" for n in storage.listdir(storage.join(out, AUDIT_DIR))
-            if n.startswith("part-") and n.endswith(".parquet")]
+            if is_part_name(n)]
 
 
 def read_part(out: str, file: str) -> AuditPart:
