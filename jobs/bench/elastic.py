@@ -141,23 +141,37 @@ def actor_nodes() -> dict[str, set[str]]:
 
 
 class ActorWatch(Sampler):
-    """Every node each actor class was seen alive on while the context was open (sampled every 0.5 s), and when
-    each class was first placed on a node and first alive there."""
+    """While the context is open (sampled every 0.5 s): the most actors of each class seen alive on each node at
+    once, and when each class was first placed on a node and first alive there (``time.monotonic()``)."""
 
     interval_s = 0.5
 
     def __init__(self):
-        self.seen: dict[str, set[str]] = {}
+        self.most: dict[str, dict[str, int]] = {}  # class → node → most alive at once
         self.first: dict[str, dict[tuple[str, str], float]] = {"placed": {}, "alive": {}}  # (class, node) → time
 
     def sample(self) -> None:
         now = time.monotonic()
+        alive: dict[tuple[str, str], int] = {}
         for name, node, state in placed_actors():
             if state in ("PENDING_CREATION", "ALIVE"):
                 self.first["placed"].setdefault((name, node), now)
             if state == "ALIVE":
-                self.seen.setdefault(name, set()).add(node)
+                alive[name, node] = alive.get((name, node), 0) + 1
                 self.first["alive"].setdefault((name, node), now)
+        for (name, node), n in alive.items():
+            most = self.most.setdefault(name, {})
+            most[node] = max(most.get(node, 0), n)
+
+    @property
+    def seen(self) -> dict[str, set[str]]:
+        """Class → every node it was seen alive on."""
+        return {name: set(nodes) for name, nodes in self.most.items()}
+
+    def per_node(self, labels: dict[str, str]) -> dict[str, dict[str, int]]:
+        """Pool → node label → the most of its actors seen alive there at once."""
+        return {pool: {labels.get(node, node[:8]): n for node, n in self.most.get(cls, {}).items()}
+                for pool, cls in POOLS}
 
 
 class Background:

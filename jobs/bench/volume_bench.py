@@ -33,7 +33,7 @@ from typing import Any
 from ray._private import ray_constants
 
 from mrgen.datasets.phantom import SOURCE_DATASET, TARGET_MODALITY, PhantomConfig, build_phantom_db
-from mrgen.jobs.bench.elastic import (FILTER, GENERATOR, POOLS, LocalCluster, attempt, out_of, outcome, placed_actors,
+from mrgen.jobs.bench.elastic import (FILTER, GENERATOR, POOLS, ActorWatch, LocalCluster, attempt, out_of, outcome,
                                       synthesize_command, wait_until)
 from mrgen.jobs.bench.synth_bench import Sampler, tree_rss_mib
 from mrgen.jobs.synthesis.config import SynthesisConfig
@@ -169,32 +169,6 @@ class ClusterRSS(Sampler):
         return round(max(values), 1) if values else None
 
 
-class PoolWatch(Sampler):
-    """Per pool, the most actors seen alive on each node and when one was first seen there."""
-
-    interval_s = 0.5
-
-    def __init__(self):
-        self.start = time.monotonic()
-        self.most: dict[str, dict[str, int]] = {}
-        self.first: dict[str, dict[str, float]] = {}
-
-    def sample(self) -> None:
-        now = time.monotonic() - self.start
-        counts: dict[tuple[str, str], int] = {}
-        for cls, node, state in placed_actors():
-            if state == "ALIVE":
-                counts[cls, node] = counts.get((cls, node), 0) + 1
-        for (cls, node), n in counts.items():
-            most = self.most.setdefault(cls, {})
-            most[node] = max(most.get(node, 0), n)
-            self.first.setdefault(cls, {}).setdefault(node, now)
-
-    def per_node(self, labels: dict[str, str]) -> dict[str, dict[str, int]]:
-        return {pool: {labels.get(node, node[:8]): n for node, n in self.most.get(cls, {}).items()}
-                for pool, cls in POOLS}
-
-
 # ---------------------------------------------------------------- the runs
 
 
@@ -229,7 +203,7 @@ def full_run(cluster: LocalCluster, settings: list[str], masks: int, at: int, lo
     nodes = _nodes(cluster)
     labels = _labels(nodes)
     rss = ClusterRSS({label: raylet_pid(n) for label, n in nodes.items()})
-    with Published(out, "full", masks) as published, rss, PoolWatch() as pools:
+    with Published(out, "full", masks) as published, rss, ActorWatch() as pools:
         proc = _start(cluster, settings, logs / "full.log")
         rss.driver = proc.pid
         _finish(proc, "full run", logs / "full.log")
@@ -287,20 +261,22 @@ def join_run(cluster: LocalCluster, settings: list[str], workers: int, logs: Pat
     cluster.workers(workers)
     labels = _labels(_nodes(cluster))
     log = logs / "join.log"
-    with PoolWatch() as pools:
+    start = time.monotonic()
+    with ActorWatch() as pools:
         proc = _start(cluster, settings, log)
         wait_until(lambda: proc.poll() is not None or {GENERATOR, FILTER} <= set(pools.most), 900, "both pools")
         node = cluster.add()
-        joined = time.monotonic() - pools.start
+        joined = time.monotonic()
         _finish(proc, "join run", log)
-        wall = time.monotonic() - pools.start
+        wall = time.monotonic() - start
     labels[node.node_id] = "joined"
-    to_join = {pool: _round(pools.first.get(cls, {}).get(node.node_id, math.nan) - joined, 1) for pool, cls in POOLS}
+    alive = pools.first["alive"]
+    to_join = {pool: _round(alive.get((cls, node.node_id), math.nan) - joined, 1) for pool, cls in POOLS}
     cluster.workers(workers)
     report = load_report(out_of(settings))
     return {"masks": report["masks_finished"], "masks_per_s": round(report["masks_finished"] / wall, 2),
-            "wall_s": round(wall, 1), "joined_after_s": round(joined, 1), "actors_per_node": pools.per_node(labels),
-            "seconds_to_first_actor_on_joined_node": to_join}
+            "wall_s": round(wall, 1), "joined_after_s": round(joined - start, 1),
+            "actors_per_node": pools.per_node(labels), "seconds_to_first_actor_on_joined_node": to_join}
 
 
 def _round(x: float | None, digits: int = 2) -> float | None:

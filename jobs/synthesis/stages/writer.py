@@ -267,8 +267,7 @@ class AuditPart:
 
 def part_files(out: str) -> list[str]:
     """The audit parts of ``out`` (paths relative to it)."""
-    return [f"{AUDIT_DIR}/{n}" for n in storage.listdir(storage.join(out, AUDIT_DIR))
-            if is_part_name(n)]
+    return [f"{AUDIT_DIR}/{n}" for n in storage.listdir(storage.join(out, AUDIT_DIR)) if is_part_name(n)]
 
 
 def read_part(out: str, file: str) -> AuditPart:
