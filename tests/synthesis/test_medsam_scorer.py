@@ -57,6 +57,18 @@ def test_batching_candidates_changes_no_score(scorer, slices):
         assert [o.iou for o in x.organs] == pytest.approx([o.iou for o in y.organs], abs=1e-5)
 
 
+def test_bfloat16_scores_follow_float32(scorer, slices):
+    """The default bfloat16 autocast scores as float32 does, within bf16's rounding; the outputs say which ran."""
+    exact = MedSamScorer(ScorerSettings(precision="float32"))
+    assert scorer.model_id.endswith(":box:bf16") and exact.model_id.endswith(":box")
+    diffs = []
+    for image, mask, organ_map in slices:
+        images = np.stack([image, np.roll(image, (17, 23), axis=(0, 1))])
+        for a, b in zip(scorer.score(images, mask, organ_map), exact.score(images, mask, organ_map)):
+            diffs += [a.mean_iou() - b.mean_iou(), a.mean_conf() - b.mean_conf()]
+    assert 0 < np.abs(diffs).max() < 0.1 and np.abs(diffs).mean() < 0.03, diffs
+
+
 def test_checkpoint_path_and_refusals(scorer, tmp_path):
     ckpt = tmp_path / "lite.pth"
     torch.save(scorer.model.state_dict(), ckpt)
