@@ -47,8 +47,8 @@ class ScorerSettings(ConfigBase):
                                 "run on GPUs; on a CPU with native bf16 (avx512_bf16, AMX) LiteMedSAM takes 0.75 s "
                                 "a candidate instead of 1.9 s, IoU within 0.03 of float32; float32 on older CPUs")
     embed_batch: int = Field(1, ge=1, description="candidates embedded per image-encoder call (on a CPU one at a "
-                                                 "time is fastest: LiteMedSAM 1.9 s each, 2.6 s in fours; GPU "
-                                                 "presets batch)")
+                                                 "time is fastest: LiteMedSAM in float32 1.9 s each, 2.6 s in "
+                                                 "fours; GPU presets batch)")
 
     @model_validator(mode="after")
     def _check(self) -> ScorerSettings:

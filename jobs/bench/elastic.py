@@ -208,11 +208,13 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, poll_
 
 
 def synth_settings(bundle: str, db: str, out: str, masks: int = 32) -> list[str]:
-    """Overrides of the tiny preset for every scenario: 2 modalities × ``masks`` phantom masks, random SAM2 at 256,
-    thresholds 0 (an untrained SAM2 passes nothing else), autoscaling pools of 1-2 actors, one of each per node."""
+    """Overrides of the tiny preset for every scenario: 2 modalities × ``masks`` phantom masks, random SAM2 at 256 in
+    float32 (its first bfloat16 calls on a new node took ~80 s here, past the job's end), thresholds 0 (an untrained
+    SAM2 passes nothing else), autoscaling pools of 1-2 actors, one of each per node."""
     return [f"model={bundle}", f"source={db}", f"out={out}", f"target_modalities=['{TARGET_MODALITY}','T1 in-phase']",
             "source_datasets=['phantom-src']", f"max_masks={masks}", "candidates=3", "keep=1", "sampling.steps=10",
-            "filter.scorer.random=true", "filter.scorer.image_size=256", "filter.thresholds.organ_iou=0",
+            "filter.scorer.random=true", "filter.scorer.image_size=256", "filter.scorer.precision=float32",
+            "filter.thresholds.organ_iou=0",
             "filter.thresholds.organ_conf=0", "filter.thresholds.mean_iou=0", "filter.thresholds.mean_conf=0",
             "output.shard_rows=4", "contact_sheet_masks=0",
             f"generator.num_cpus={GENERATOR_CPUS}", f"filter_stage.num_cpus={FILTER_CPUS}", "generator.pool_max=2",

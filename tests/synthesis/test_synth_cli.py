@@ -105,7 +105,8 @@ def test_release_flags_reach_the_config(tmp_path):
         "--organ-weights", '{"liver": 0.3, "right kidney": 0.5}'])
     config = synthesis_config(args)
     assert config.filter.scorer.sam2_config() == "configs/sam2/sam2_hiera_l.yaml"
-    assert config.filter.scorer.model_id("sam2").endswith(":sam2_hiera_large.pt:mask+multimask")
+    # bf16: the release scores under torch.autocast("cuda", dtype=torch.bfloat16) (synthesize_*_filter_multi.py)
+    assert config.filter.scorer.model_id("sam2").endswith(":sam2_hiera_large.pt:mask+multimask:bf16")
     assert config.modality_attributes == {"T1 in-phase Abdomen MRI": "fat high signal"}
     assert config.organ_weights == {"liver": 0.3, "right kidney": 0.5} and config.filter.rule == "official"
     assert ScorerSettings(config_name="2.0-tiny").sam2_config() == "configs/sam2/sam2_hiera_t.yaml"
