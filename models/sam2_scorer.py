@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mrgen.models.scorer_base import (ScorerLoadError, ScorerSettings, candidate_scores, local_checkpoint, organ_boxes,
-                                      organ_ious, organ_targets)
+from mrgen.models.scorer_base import (ScorerLoadError, ScorerSettings, local_checkpoint, organ_boxes, organ_targets,
+                                      score_chunks)
 from mrgen.models.selection import CandidateScores, OrganScore
 # sam2 and hydra where a SAM2 is built: models.flops reads this module without them
 
@@ -147,32 +147,20 @@ class Sam2Scorer:
         recorded as absent (IoU and confidence 0) and the selection rule decides what that means.
         """
         mask = np.asarray(mask)
-        names, ids_by_name, scored_ids = organ_targets(mask, organ_map, organs)
-        results: list[CandidateScores] = []
+        found = organ_targets(mask, organ_map, organs)
+        scored_ids = found[2]
         hw = tuple(mask.shape)
         targets, prompt_masks, prompt_boxes = self._organ_prompts(mask,
                                                                   scored_ids) if scored_ids else (None, None, None)
-        for start in range(0, len(images), self.settings.embed_batch):
-            chunk = images[start:start + self.settings.embed_batch]
-            with self.settings.autocast(self.predictor.device):
-                if scored_ids:
-                    self.predictor.set_image_batch([to_sam_image(im) for im in chunk])
-                for j in range(len(chunk)):
-                    ious, confs = (), ()
-                    if scored_ids:
-                        pred, confs = self._decode(j, prompt_masks, prompt_boxes, hw)
-                        ious = organ_ious(pred, targets)
-                    results.append(candidate_scores(start_index + start + j, names, ids_by_name, scored_ids, ious,
-                                                    confs))
-        return results
+        return score_chunks(images, self.settings, self.predictor.device, found, targets, start_index,
+                            lambda chunk: self.predictor.set_image_batch([to_sam_image(im) for im in chunk]),
+                            lambda _, j: self._decode(j, prompt_masks, prompt_boxes, hw))
 
     def score_reference(self, image: np.ndarray, mask: np.ndarray, organ_map: Mapping[int, str]) -> CandidateScores:
         """The straightforward algorithm (benchmark baseline): ``set_image`` and ``predict`` once per organ."""
         present_ids = [int(i) for i in np.unique(mask) if i != 0]
         organ_scores = []
         for oid in present_ids:
-            with self.settings.autocast(self.predictor.device):
-                self.predictor.set_image(to_sam_image(image))
             target = torch.from_numpy(mask == oid)
             _, masks, _ = self._organ_prompts(mask, [oid])
             box = None
@@ -180,6 +168,7 @@ class Sam2Scorer:
                 ys, xs = np.nonzero(mask == oid)
                 box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32)
             with self.settings.autocast(self.predictor.device):
+                self.predictor.set_image(to_sam_image(image))
                 pred, conf, _ = self.predictor.predict(mask_input=masks[0].cpu().numpy() if masks is not None
                                                        else None, box=box, multimask_output=self.settings.multimask)
             best = int(np.argmax(conf))

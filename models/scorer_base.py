@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
-from typing import Literal, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -147,3 +147,26 @@ def candidate_scores(index: int, names: Sequence[str], ids_by_name: Mapping[str,
     per_organ = {oid: (float(ious[k]), float(confs[k])) for k, oid in enumerate(scored_ids)}
     return CandidateScores(index=index, organs=[OrganScore(name, *per_organ[ids_by_name[name]]) if name in ids_by_name
                                                 else OrganScore(name, 0.0, 0.0, present=False) for name in names])
+
+
+def score_chunks(images: Sequence[np.ndarray], settings: ScorerSettings, device: str, found: tuple, targets,
+                 start_index: int, embed: Callable[[Sequence[np.ndarray]], Any],
+                 decode: Callable[[Any, int], tuple]) -> list[CandidateScores]:
+    """The scoring loop both scorers run: ``embed`` a chunk of ``settings.embed_batch`` candidates, then ``decode``
+    (what ``embed`` returned, the candidate's place in the chunk) → (predicted organ masks, confidences) for every
+    organ prompt at once, IoU against ``targets`` (``[K,H,W]`` bool); ``found`` is what :func:`organ_targets` said
+    of the mask. All under the scorer's autocast; nothing is run when the mask has no organ to prompt."""
+    names, ids_by_name, scored_ids = found
+    results = []
+    for start in range(0, len(images), settings.embed_batch):
+        chunk = images[start:start + settings.embed_batch]
+        with settings.autocast(device):
+            embedded = embed(chunk) if scored_ids else None
+            for j in range(len(chunk)):
+                ious, confs = (), ()
+                if scored_ids:
+                    predicted, confs = decode(embedded, j)
+                    ious = organ_ious(predicted, targets)
+                results.append(candidate_scores(start_index + start + j, names, ids_by_name, scored_ids, ious,
+                                                confs))
+    return results

@@ -219,6 +219,16 @@ def write_text(uri: str, text: str, settings: StorageSettings | None = None) -> 
     write_bytes(uri, text.encode(), settings)
 
 
+def write_parquet(uri: str, table, settings: StorageSettings | None = None, **options: Any) -> int:
+    """``table`` (a pyarrow Table) as one Parquet file at ``uri``, atomically; ``options`` go to
+    ``pyarrow.parquet.write_table`` (compression, row_group_size, ...). Returns the file's size in bytes."""
+    import pyarrow.parquet as pq
+
+    with atomic_write(uri, "wb", settings) as f:
+        pq.write_table(table, f, **options)
+        return f.tell()
+
+
 def upload_dir(local_dir: str | Path, uri: str, settings: StorageSettings | None = None) -> None:
     """Copy a local folder to ``uri`` (a folder); each file is written atomically."""
     local_dir = Path(local_dir)

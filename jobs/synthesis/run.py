@@ -177,7 +177,7 @@ def wanted_slices(config: SynthesisConfig) -> list[str]:
 
 def read_masks(config: SynthesisConfig):
     """Lazy dataset of the source slices with masks (shards pruned by the index, rows filtered by Ray Data)."""
-    return read_slices(config.source, columns=SOURCE_COLUMNS, ray_remote_args={"num_cpus": config.light.num_cpus},
+    return read_slices(config.source, columns=SOURCE_COLUMNS, num_cpus=config.light.num_cpus,
                        **_source_filters(config))
 
 
@@ -252,11 +252,6 @@ def _totals(counts: collections.Counter, skipped: dict[str, str]) -> dict[str, A
             "denoiser_rows": spent, "denoiser_rows_per_kept": spent / kept if kept and spent is not None else None,
             "masks_relaxed": counts["masks_relaxed"],
             "masks_nothing_kept": counts["masks"] - len(skipped) - counts["masks_kept"], "skipped": skipped}
-
-
-def _summarise(audit: pa.Table) -> dict[str, Any]:
-    """The totals of one audit table."""
-    return _totals(*_tally(audit))
 
 
 def audit_totals(out: str) -> dict[str, Any]:

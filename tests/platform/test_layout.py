@@ -58,6 +58,15 @@ def test_layers_import_one_way():
     assert not broken, broken
 
 
+def test_task_stages_start_without_torch():
+    """The synthesis stages that run as Ray tasks and only pack and publish rows import no torch or diffusers: every
+    fresh worker on a node imports its stage's module, and the generator's costs seconds and a GB."""
+    code = ("import sys; import mrgen.jobs.synthesis.stages.writer, mrgen.jobs.synthesis.stages.selection; "
+            "print(sorted({'torch', 'diffusers'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", out
+
+
 def test_every_source_folder_is_installed():
     import importlib
 

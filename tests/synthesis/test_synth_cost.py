@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mrgen.jobs.synthesis.config import SynthesisConfig
-from mrgen.jobs.synthesis.run import SynthesisInputError, _summarise, check_same_settings, commit
+from mrgen.jobs.synthesis.run import SynthesisInputError, audit_totals, check_same_settings, commit
 from mrgen.jobs.synthesis.stages.writer import (AUDIT_DIR, AUDIT_SCHEMA, PART_SHARD, RecordsUDF, WriterUDF,
                                                finished_masks, read_audit, read_part)
 from mrgen.models.selection import STOPPED_EARLY
@@ -102,7 +102,7 @@ def test_stopped_candidates_get_audit_rows_and_finished_ones_keep_their_images(t
     assert [r["candidate_index"] for r in kept] == [0] and kept[0]["slice_id"].endswith("-c00")
     preview = np.load(io.BytesIO(summary["preview"][0]))
     assert preview["indices"].tolist() == [0, 2] and preview["images"][1].max() == pytest.approx(0.2)
-    totals = _summarise(read_audit(out))
+    totals = audit_totals(out)
     assert (totals["candidates_generated"], totals["candidates_stopped_early"], totals["candidates_kept"]) == (2, 2, 1)
     assert totals["denoiser_rows"] == 24 and totals["denoiser_rows_per_kept"] == 24.0
     assert totals["strict_pass_rate"] == 1.0 and totals["candidates_per_kept"] == 2.0
@@ -123,7 +123,7 @@ def test_audits_from_before_the_cost_columns_still_read(tmp_path):
     assert audit.schema == AUDIT_SCHEMA and audit.num_rows == 3
     by_mask = {(r["mask_key"], r["candidate_index"]): r["denoiser_rows"] for r in audit.to_pylist()}
     assert by_mask == {("k0", 0): None, ("k1", 0): 8, ("k1", 1): 8}
-    totals = _summarise(audit)
+    totals = audit_totals(out)  # part by part, as a run's commit counts
     assert totals["candidates_generated"] == 3 and totals["candidates_stopped_early"] == 0
     assert totals["denoiser_rows"] is None and totals["denoiser_rows_per_kept"] is None
 
@@ -187,7 +187,7 @@ def test_adaptive_stage_stops_candidates_and_keeps_the_others_images(bundle_uri,
     score land on its own mask and index, a stopped one has no image, and a finished one is the image the same
     candidate has without early rejection."""
     from mrgen.jobs.synthesis.stages import adaptive
-    from mrgen.jobs.synthesis.stages.generator import decode_candidates
+    from mrgen.jobs.synthesis.stages.codec import decode_candidates
     from mrgen.models.sampling import SamplingSettings
     from mrgen.models.scorers import ScorerSettings
     from mrgen.models.selection import Thresholds

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from mrgen.jobs.synthesis.stages.base import StageUDF
-from mrgen.jobs.synthesis.stages.filter import load_scorer, score_row, scores_to_json
-from mrgen.jobs.synthesis.stages.generator import (CandidateSampler, GeneratorUDF, _FaultKnob, decode_row_mask,
-                                                   encode_candidates, row_organ_maps)
+from mrgen.jobs.synthesis.stages.codec import decode_row_mask, encode_candidates, scores_to_json
+from mrgen.jobs.synthesis.stages.filter import load_scorer, score_row
+from mrgen.jobs.synthesis.stages.generator import CandidateSampler, GeneratorUDF, _FaultKnob, row_organ_maps
 from mrgen.models.pipeline import EarlyStop
 from mrgen.models.sampling import SamplingSettings
 from mrgen.models.scorers import ScorerSettings

@@ -3,7 +3,6 @@ embedding, all organs prompted on it."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -11,17 +10,10 @@ import torch
 
 from mrgen.datasets.schema import decode_organ_map
 from mrgen.jobs.synthesis.stages.base import StageUDF
-from mrgen.jobs.synthesis.stages.generator import decode_candidates, decode_row_mask, pick_device
+from mrgen.jobs.synthesis.stages.codec import decode_candidates, decode_row_mask, scores_to_json
+from mrgen.jobs.synthesis.stages.generator import pick_device
 from mrgen.models.scorers import ScorerSettings, build_scorer
-from mrgen.models.selection import CandidateScores, OrganScore
-
-
-def scores_to_json(scores: list[CandidateScores]) -> str:
-    return json.dumps([{"index": c.index, "organs": [asdict(o) for o in c.organs]} for c in scores])
-
-
-def scores_from_json(text: str) -> list[CandidateScores]:
-    return [CandidateScores(index=c["index"], organs=[OrganScore(**o) for o in c["organs"]]) for c in json.loads(text)]
+from mrgen.models.selection import CandidateScores
 
 
 def load_scorer(kind: str, scorer: ScorerSettings, torch_threads: int = 1):

@@ -16,23 +16,11 @@ import torch
 from mrgen.datasets.schema import decode_organ_map
 from mrgen.jobs.synthesis.keys import candidate_seed
 from mrgen.jobs.synthesis.stages.base import StageUDF
+from mrgen.jobs.synthesis.stages.codec import decode_row_mask, encode_candidates
 from mrgen.models.acceleration import inference_dtype
 from mrgen.models.bundle import ModelBundle
 from mrgen.models.pipeline import MRGenPipeline
 from mrgen.models.sampling import SamplingSettings
-
-
-def encode_candidates(images: np.ndarray) -> bytes:
-    return np.ascontiguousarray(images, dtype="<f4").tobytes()
-
-
-def decode_candidates(data: bytes, n: int, h: int, w: int) -> np.ndarray:
-    return np.frombuffer(data, dtype="<f4").reshape(n, h, w) if n else np.zeros((0, h, w), np.float32)
-
-
-def decode_row_mask(batch: dict[str, np.ndarray], i: int) -> np.ndarray:
-    h, w = int(batch["height"][i]), int(batch["width"][i])
-    return np.frombuffer(batch["mask"][i], dtype=np.uint8).reshape(h, w)
 
 
 def row_organ_maps(batch: dict[str, np.ndarray], rows: list[int]) -> list[dict[int, str]]:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from mrgen.jobs.synthesis.stages.base import StageUDF
-from mrgen.jobs.synthesis.stages.filter import scores_from_json
+from mrgen.jobs.synthesis.stages.codec import scores_from_json
 from mrgen.models.selection import Thresholds, select, select_unfiltered, strict_passes
 
 

@@ -33,8 +33,7 @@ from mrgen.datasets.schema import Column, arrow_schema, encode_image
 from mrgen.datasets.store import ShardInfo, ShardWriter, is_part_name, part_name, volume_key
 from mrgen.jobs.synthesis.keys import group_key, modality_slug
 from mrgen.jobs.synthesis.stages.base import StageUDF, column, optional_text
-from mrgen.jobs.synthesis.stages.generator import decode_candidates
-from mrgen.jobs.synthesis.stages.filter import scores_from_json
+from mrgen.jobs.synthesis.stages.codec import decode_candidates, scores_from_json
 from mrgen.models.selection import KEPT_FATES, STOPPED_EARLY
 from mrgen.platform import storage
 
@@ -247,9 +246,8 @@ class WriterUDF(StageUDF):
         meta = {PART_SHARD: shard.encode()}
         if info:
             meta[PART_SHARD_INFO] = json.dumps(info.to_json()).encode()
-        buf = io.BytesIO()
-        pq.write_table(audit.replace_schema_metadata(meta), buf, compression="zstd")
-        storage.write_bytes(storage.join(self.out, AUDIT_DIR, part_name(key)), buf.getvalue())
+        storage.write_parquet(storage.join(self.out, AUDIT_DIR, part_name(key)), audit.replace_schema_metadata(meta),
+                              compression="zstd")
         summary = {c: batch[c] for c in SUMMARY_COLUMNS if c != "shard"}
         summary["shard"] = [shard] * len(keys)
         return {c: column(v) for c, v in summary.items()}
