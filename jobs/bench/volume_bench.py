@@ -63,8 +63,11 @@ def synth_settings(work: str, name: str, masks: int, modalities: int, steps: int
     """`--set` overrides of the tiny preset for one run. Each image is sampled alone (``gen_batch_size`` 1): batched,
     its float rounding would depend on which masks share its batch, and a resumed run would not be bit-identical.
     Without the filter each node holds one generator (a slot per node, elastic's SLOTS; ``slots=False`` on a cluster
-    without them) and the pool starts full; with it both pools ask for their most actors at the start (one per node
-    plus one: what does not fit waits for a node to join, then is placed there)."""
+    without them) and the pool starts full; with it both pools ask for their most actors at the start (``pool_min``
+    = ``pool_max`` = one per node plus one: what does not fit waits for a node to join, then is placed there, as a
+    pool sized for a cluster that an autoscaler is still growing). With an autoscaling range instead, a pool grows
+    only while it is busy: here LiteMedSAM bounds the rate and a generator at 2 steps idles, so its pool rightly
+    stayed off the new node (bench elastic, where both are busy, shows both pools growing onto one)."""
     slices = math.ceil(masks / modalities)
     labels = "[" + ",".join(f"'{m}'" for m in MODALITIES[:modalities]) + "]"
     common = [f"model={work}/bundle", f"source={work}/db", f"out={work}/{name}", f"target_modalities={labels}",
@@ -74,7 +77,8 @@ def synth_settings(work: str, name: str, masks: int, modalities: int, steps: int
               *(["generator.resources.generator_slot=1"] if slots else [])]
     if not medsam:
         return [*common, "filter.kind=none", f"generator.pool_min={nodes}", f"generator.pool_max={nodes}"]
-    return [*common, "filter.kind=medsam", f"generator.pool_max={nodes + 1}", f"filter_stage.pool_max={nodes + 1}",
+    return [*common, "filter.kind=medsam", f"generator.pool_min={nodes + 1}", f"generator.pool_max={nodes + 1}",
+            f"filter_stage.pool_min={nodes + 1}", f"filter_stage.pool_max={nodes + 1}",
             f"filter_stage.batch_size={generator_batch}", "filter_stage.num_cpus=0.25",
             *(["filter_stage.resources.filter_slot=1"] if slots else [])]
 

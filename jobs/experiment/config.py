@@ -13,9 +13,9 @@ from mrgen.jobs.train.config import STAGES
 from mrgen.models.sampling import SAMPLING_PRESETS
 from mrgen.platform.config import ConfigBase, preset
 
-# Measured in the default run on the slowest machine seen (2.4x slower than the fastest): a generator stage's
-# start-up (Ray Train, data, bundle) ~60 s; synthesis of 213 usable masks x 2 candidates 297 s (LiteMedSAM in
-# bfloat16; in float32 128 x 2 took 317-339 s);
+# Measured in default runs (the machines seen differ 2.4x in speed): a generator stage's start-up (Ray Train, data,
+# bundle) ~60 s on the slowest; synthesis of 213 usable masks x 2 candidates 297 s on 2026-12-07's machine (LiteMedSAM
+# in bfloat16; in float32 128 x 2 took 317-339 s on the slowest);
 # evaluation of four reports 33-41 s; FID of the filtered and unfiltered sets and the source against 192 real target
 # images 108-121 s (~590 images through Inception, the source's twice; with KID now 256 target images and the source's
 # features once: ~580 images, KID's kernels well under a second).
