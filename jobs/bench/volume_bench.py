@@ -65,9 +65,10 @@ def synth_settings(work: str, name: str, masks: int, modalities: int, steps: int
     Without the filter each node holds one generator (a slot per node, elastic's SLOTS; ``slots=False`` on a cluster
     without them) and the pool starts full; with it both pools ask for their most actors at the start (``pool_min``
     = ``pool_max`` = one per node plus one: what does not fit waits for a node to join, then is placed there, as a
-    pool sized for a cluster that an autoscaler is still growing). With an autoscaling range instead, a pool grows
-    only while it is busy: here LiteMedSAM bounds the rate and a generator at 2 steps idles, so its pool rightly
-    stayed off the new node (bench elastic, where both are busy, shows both pools growing onto one)."""
+    pool sized for a cluster that an autoscaler is still growing). With a range (``pool_min`` 1), idle actors, a
+    pending one among them, are released down to ``pool_min``: here LiteMedSAM bounds the rate and a generator at 2
+    steps idles, so its pool released its waiting actor and stayed off the new node (bench elastic, where both
+    pools are busy, shows both growing onto one)."""
     slices = math.ceil(masks / modalities)
     labels = "[" + ",".join(f"'{m}'" for m in MODALITIES[:modalities]) + "]"
     common = [f"model={work}/bundle", f"source={work}/db", f"out={work}/{name}", f"target_modalities={labels}",
