@@ -88,6 +88,9 @@ class VolumeBench(ConfigBase):
     shard_rows: int = Field(256, ge=1, description="synthesis output.shard_rows (kept slices per shard; keep 1)")
     generator_batch: int = Field(8, ge=1, description="masks per generator (and filter) call")
     medsam_masks: int = Field(240, ge=1, description="masks of the medsam run, where a node joins part-way")
+    join_steps: int = Field(40, ge=1, description="sampling steps of the medsam run: enough that generating lasts "
+                                                  "past the join (at 2 steps the generator had finished before an "
+                                                  "actor could start on the new node)")
     kill_at: float = Field(0.5, gt=0, lt=1, description="the resumed run's driver is killed at this share published")
 
 

@@ -13,8 +13,9 @@ none. Runs:
 * ``resume``: the same run into another folder, its driver SIGKILLed once ``kill_at`` of the masks are published,
   then the same command again: seconds until the rerun publishes its first part, masks lost / duplicated against
   ``full``, kept candidates bit-identical.
-* ``join``: ``medsam_masks`` masks with the medsam filter, pools of 1 to one-per-node-plus-one; a worker node is
-  added once both pools run: actors per node of each pool, seconds until each pool has an actor on the new node.
+* ``join``: ``medsam_masks`` masks with the medsam filter at ``join_steps`` steps, each pool asking for one actor per
+  node plus one; a worker node is added once both pools run: actors per node of each pool, seconds until each pool
+  has an actor on the new node.
 """
 from __future__ import annotations
 
@@ -85,23 +86,24 @@ def synth_settings(work: str, name: str, masks: int, modalities: int, steps: int
 
 
 def run_settings(work: str, masks: int, modalities: int, workers: int, steps: int, shard_rows: int,
-                 generator_batch: int, medsam_masks: int) -> dict[str, list[str]]:
+                 generator_batch: int, medsam_masks: int, join_steps: int) -> dict[str, list[str]]:
     """Each run's `mrgen synthesize` overrides, by run name."""
-    return {name: synth_settings(work, name, n, modalities, steps, shard_rows, generator_batch, workers + 1,
+    return {name: synth_settings(work, name, n, modalities, run_steps, shard_rows, generator_batch, workers + 1,
                                  medsam=name == "join")
-            for name, n in (("full", masks), ("resume", masks), ("join", medsam_masks))}
+            for name, n, run_steps in (("full", masks, steps), ("resume", masks, steps),
+                                       ("join", medsam_masks, join_steps))}
 
 
 def volume_bench_configs(masks: int = 10_000, at: int = 1_000, modalities: int = 4, workers: int = 2,
                          steps: int = 2, shard_rows: int = 256, generator_batch: int = 8, medsam_masks: int = 240,
-                         kill_at: float = 0.5, work: str = "<temp dir>") -> dict[str, ConfigBase]:
+                         join_steps: int = 40, kill_at: float = 0.5, work: str = "<temp dir>") -> dict[str, ConfigBase]:
     """What :func:`run_volume_bench` builds, by name, without building anything: ``phantom`` and one synthesis
     config per run (``synthesis.<run>``: the settings its `mrgen synthesize` subprocess gets as flags)."""
     if not 0 < at < masks:
         raise ValueError(f"at ({at}) must be between 0 and masks ({masks})")
     if modalities > len(MODALITIES):
         raise ValueError(f"modalities ({modalities}): at most {len(MODALITIES)} ({', '.join(MODALITIES)})")
-    runs = run_settings(work, masks, modalities, workers, steps, shard_rows, generator_batch, medsam_masks)
+    runs = run_settings(work, masks, modalities, workers, steps, shard_rows, generator_batch, medsam_masks, join_steps)
     return {"phantom": phantom_config(masks, modalities),
             **{f"synthesis.{name}": SynthesisConfig.load("tiny", settings) for name, settings in runs.items()}}
 
@@ -305,8 +307,8 @@ def _goals(full: dict[str, Any], resume: dict[str, Any], join: dict[str, Any]) -
 
 
 def run_volume_bench(masks: int = 10_000, at: int = 1_000, modalities: int = 4, workers: int = 2, steps: int = 2,
-                     shard_rows: int = 256, generator_batch: int = 8, medsam_masks: int = 240, kill_at: float = 0.5,
-                     work: str | None = None) -> dict[str, Any]:
+                     shard_rows: int = 256, generator_batch: int = 8, medsam_masks: int = 240, join_steps: int = 40,
+                     kill_at: float = 0.5, work: str | None = None) -> dict[str, Any]:
     """Every run on one cluster (head + ``workers``) in ``work`` (default: a temporary folder, removed after);
     prints the figures and the goals."""
     keep = work is not None
@@ -314,7 +316,7 @@ def run_volume_bench(masks: int = 10_000, at: int = 1_000, modalities: int = 4, 
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     settings = dict(masks=masks, modalities=modalities, workers=workers, steps=steps, shard_rows=shard_rows,
-                    generator_batch=generator_batch, medsam_masks=medsam_masks)
+                    generator_batch=generator_batch, medsam_masks=medsam_masks, join_steps=join_steps)
     configs = volume_bench_configs(**settings, at=at, kill_at=kill_at, work=str(root))  # bad settings fail first
     runs = run_settings(str(root), **settings)
     for name in runs:  # a rerun of the bench starts each run afresh
@@ -326,7 +328,7 @@ def run_volume_bench(masks: int = 10_000, at: int = 1_000, modalities: int = 4, 
         build_random_bundle("tiny").save(str(root / "bundle"))
     progress = Progress("bench volume", total=3)
     figures: dict[str, Any] = {"masks": masks, "at": at, "modalities": modalities, "nodes": f"head + {workers}",
-                               "steps": steps, "candidates": 1, "shard_rows": shard_rows,
+                               "steps": steps, "join_steps": join_steps, "candidates": 1, "shard_rows": shard_rows,
                                "generator_batch": generator_batch, "db_build_s": round(db_s, 1), "logs": str(logs)}
     with LocalCluster() as cluster:
         cluster.workers(workers)
