@@ -20,10 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
+# torch where masks are encoded (_id_masks, MaskCondition.encode / empty): the synthesis prepare tasks and the
+# serving client only read vocabularies, and a fresh Ray worker spends seconds importing it
 
 MASK_ENCODINGS = ("ratio", "linear")
 
@@ -53,6 +57,8 @@ def mask_to_condition(mask: np.ndarray | torch.Tensor, num_ids: int = 255, encod
 
 
 def _id_masks(mask: np.ndarray | torch.Tensor, num_ids: int = 255) -> torch.Tensor:
+    import torch
+
     m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
     if m.ndim == 4 and m.shape[1] == 1:
         m = m[:, 0]
@@ -145,6 +151,8 @@ class MaskCondition:
                organ_maps: Mapping[int, str] | Sequence[Mapping[int, str] | None] | None = None) -> torch.Tensor:
         """``[B, H, W]`` id masks → ``[B, C, H, W]`` float32 (``C`` = :attr:`channels`); ``organ_maps``: one per
         mask or one for all."""
+        import torch
+
         if self.organs is None:
             return mask_to_condition(masks, encoding=self.encoding)
         ids = _id_masks(masks)
@@ -159,6 +167,8 @@ class MaskCondition:
 
     def empty(self, batch: int, size: int) -> torch.Tensor:
         """The condition of slices without a mask (all background)."""
+        import torch
+
         if self.encoding == "onehot":
             return torch.zeros(batch, self.channels, size, size)
         return torch.full((batch, 1, size, size), self.background if self.organs is not None else 0.0)

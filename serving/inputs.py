@@ -17,10 +17,9 @@ from PIL import Image, UnidentifiedImageError
 from mrgen.datasets.modality import UnknownModalityError
 from mrgen.datasets.prompt import PromptRecipe
 from mrgen.datasets.schema import REGIONS
+from mrgen.models.condition import MaskCondition
 from mrgen.serving.config import ServeConfig
 from mrgen.serving.schemas import GenerateRequest, GenerationJob
-# models.condition (torch) where a request meets a bundle's vocabulary: the client, and so `mrgen generate --help`,
-# imports this module for its mask encoder
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -126,8 +125,6 @@ def parse_request(request: GenerateRequest, config: ServeConfig, size_multiple: 
     missing = [i for i in present if i not in organ_map]
     if missing:
         raise BadRequest("mask", f"organ ids {missing} are not in organ_map (known ids: {sorted(organ_map)})")
-    from mrgen.models.condition import MaskCondition
-
     vocabulary = MaskCondition.from_manifest(condition or {})
     unknown = vocabulary.unknown([organ_map[i] for i in present])
     if unknown:

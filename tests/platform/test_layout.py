@@ -59,9 +59,11 @@ def test_layers_import_one_way():
 
 
 def test_task_stages_start_without_torch():
-    """The synthesis stages that run as Ray tasks and only pack and publish rows import no torch or diffusers: every
-    fresh worker on a node imports its stage's module, and the generator's costs seconds and a GB."""
-    code = ("import sys; import mrgen.jobs.synthesis.stages.writer, mrgen.jobs.synthesis.stages.selection; "
+    """The synthesis stages that run as Ray tasks (prepare, selection, records, writer) import no torch or diffusers:
+    every fresh worker on a node imports its stage's module, and the generator's costs seconds and a GB. Nor does
+    the serving client's input check (it reads a bundle's organ vocabulary)."""
+    code = ("import sys; import mrgen.jobs.synthesis.stages.prepare, mrgen.jobs.synthesis.stages.writer, "
+            "mrgen.jobs.synthesis.stages.selection, mrgen.serving.inputs; "
             "print(sorted({'torch', 'diffusers'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", out
