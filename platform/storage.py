@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import fsspec
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from pydantic import Field
 
 from mrgen.platform.config import ConfigBase
@@ -219,11 +221,9 @@ def write_text(uri: str, text: str, settings: StorageSettings | None = None) -> 
     write_bytes(uri, text.encode(), settings)
 
 
-def write_parquet(uri: str, table, settings: StorageSettings | None = None, **options: Any) -> int:
+def write_parquet(uri: str, table: pa.Table, settings: StorageSettings | None = None, **options: Any) -> int:
     """``table`` (a pyarrow Table) as one Parquet file at ``uri``, atomically; ``options`` go to
     ``pyarrow.parquet.write_table`` (compression, row_group_size, ...). Returns the file's size in bytes."""
-    import pyarrow.parquet as pq
-
     with atomic_write(uri, "wb", settings) as f:
         pq.write_table(table, f, **options)
         return f.tell()

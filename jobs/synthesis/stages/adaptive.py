@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from mrgen.datasets.schema import encode_image
 from mrgen.jobs.synthesis.stages.base import StageUDF
-from mrgen.jobs.synthesis.stages.codec import decode_row_mask, encode_candidates, scores_to_json
+from mrgen.jobs.synthesis.stages.codec import decode_row_mask, scores_to_json
 from mrgen.jobs.synthesis.stages.filter import load_scorer, score_row
 from mrgen.jobs.synthesis.stages.generator import CandidateSampler, GeneratorUDF, _FaultKnob, row_organ_maps
 from mrgen.models.pipeline import EarlyStop
@@ -40,7 +41,7 @@ class _MaskCandidates:
     stopped: list[int] = field(default_factory=list)             # indices stopped early
 
     def columns(self) -> dict[str, Any]:
-        return {"candidates": encode_candidates(np.concatenate(self.images)) if self.images else b"",
+        return {"candidates": encode_image(np.concatenate(self.images)) if self.images else b"",
                 "n_candidates": len(self.seeds) - len(self.stopped), "seeds": json.dumps(self.seeds),
                 "scores": scores_to_json(self.scores), "denoiser_rows": json.dumps(self.rows),
                 "early_mean_iou": json.dumps(self.early), "stopped_early": json.dumps(self.stopped)}

@@ -1,7 +1,7 @@
-"""How a mask's candidates and scores travel in a row between stages: the images as raw float32 bytes, the scores as
-JSON. numpy and json only, so the task stages that pack and publish rows (``records``, ``writer``, ``selection``)
-start without importing torch or diffusers: a fresh Ray worker on a busy node took 8 s and 1 GB to import the
-generator's module for two of its functions."""
+"""How a mask's candidates and scores travel in a row between stages: the images stacked as MRGen-DB encodes one
+(``schema.encode_image``: raw float32 bytes), the scores as JSON. numpy and json only, so the task stages that pack
+and publish rows (``records``, ``writer``, ``selection``) start without importing torch or diffusers: a fresh Ray
+worker on a busy node took 8 s and 1 GB to import the generator's module for two of its functions."""
 from __future__ import annotations
 
 import json
@@ -9,11 +9,8 @@ from dataclasses import asdict
 
 import numpy as np
 
+from mrgen.datasets.schema import decode_mask
 from mrgen.models.selection import CandidateScores, OrganScore
-
-
-def encode_candidates(images: np.ndarray) -> bytes:
-    return np.ascontiguousarray(images, dtype="<f4").tobytes()
 
 
 def decode_candidates(data: bytes, n: int, h: int, w: int) -> np.ndarray:
@@ -21,8 +18,7 @@ def decode_candidates(data: bytes, n: int, h: int, w: int) -> np.ndarray:
 
 
 def decode_row_mask(batch: dict[str, np.ndarray], i: int) -> np.ndarray:
-    h, w = int(batch["height"][i]), int(batch["width"][i])
-    return np.frombuffer(batch["mask"][i], dtype=np.uint8).reshape(h, w)
+    return decode_mask(batch["mask"][i], int(batch["height"][i]), int(batch["width"][i]))
 
 
 def scores_to_json(scores: list[CandidateScores]) -> str:

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mrgen.datasets.schema import decode_organ_map
+from mrgen.datasets.schema import decode_organ_map, encode_image
 from mrgen.jobs.synthesis.keys import candidate_seed
 from mrgen.jobs.synthesis.stages.base import StageUDF
-from mrgen.jobs.synthesis.stages.codec import decode_row_mask, encode_candidates
+from mrgen.jobs.synthesis.stages.codec import decode_row_mask
 from mrgen.models.acceleration import inference_dtype
 from mrgen.models.bundle import ModelBundle
 from mrgen.models.pipeline import MRGenPipeline
@@ -105,7 +105,7 @@ class GeneratorUDF(StageUDF):
                                      [s for per_mask in seeds for s in per_mask], row_organ_maps(batch, todo))
             for k, i in enumerate(todo):
                 own = slice(k * self.candidates, (k + 1) * self.candidates)
-                blobs[i] = encode_candidates(result.images[own])
+                blobs[i] = encode_image(result.images[own])
                 counts[i] = self.candidates
                 seeds_json[i] = json.dumps(seeds[k])
                 rows_json[i] = json.dumps(result.denoiser_rows[own].tolist())
