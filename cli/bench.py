@@ -81,7 +81,7 @@ def _serve_inputs(parser: argparse.ArgumentParser) -> None:
 
 def _serve_options(settings, args: argparse.Namespace) -> dict[str, Any]:
     return dict(model=args.model, clients=settings.clients, duration_s=settings.duration, n=settings.n,
-                steps=settings.steps, max_batch_size=settings.max_batch_size)
+                steps=settings.steps, max_batch_size=settings.max_batch_size, rounds=settings.rounds)
 
 
 def _serve_run(settings, args: argparse.Namespace) -> dict[str, Any]:

@@ -43,6 +43,9 @@ def handle(args: argparse.Namespace) -> int:
         except GenerationError as exc:
             raise CliError(f"the service answered {exc}", 1) from None
     paths = write_generation(result, args.out)
-    kept = "" if result.kept is None else f", kept {result.kept} of {result.generated} generated"
+    kept = ""
+    if result.kept is not None:
+        stopped = f", {result.stopped_early} stopped early" if result.stopped_early else ""
+        kept = f", kept {result.kept} of {result.generated} generated{stopped}"
     print(f"wrote {len(paths)} images and generation.json to {args.out} (bundle {result.bundle_id[:12]}{kept})")
     return 0

@@ -96,6 +96,12 @@ def guided_step(step: int, steps: int, interval: tuple[float, float]) -> bool:
     return lo <= step / steps < hi
 
 
+EARLY_REJECT_AT_HELP = ("at this fraction of the steps, score each candidate's predicted clean image x̂₀ with the "
+                        "filter and stop those below early_reject_below (None: off)")
+EARLY_REJECT_BELOW_HELP = ("a candidate whose x̂₀ mean IoU (over organs, as the rule counts them) is below this stops "
+                           "at early_reject_at (0.0: x̂₀ is scored, nothing stops)")
+
+
 def early_stop_step(at: float, steps: int) -> int:
     """The step index ``k = round(at * steps)`` where early rejection looks at x̂₀; a ValueError unless
     1 <= k < steps (step 0's x̂₀ is mostly noise, the last step's is the image itself)."""

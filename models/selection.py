@@ -143,6 +143,11 @@ class CandidateScores:
     def mean_conf(self, rule: str = "paper") -> float:
         return _mean(self.values(rule, "conf"))
 
+    def probe_iou(self, rule: str = "paper") -> float:
+        """Early rejection's figure for a predicted clean image: its mean IoU, 0 where no organ is found."""
+        value = self.mean_iou(rule)
+        return 0.0 if math.isnan(value) else float(value)
+
     def passes(self, t: Thresholds, rule: str = "paper") -> bool:
         ious, confs = self.values(rule, "iou"), self.values(rule, "conf")
         if not ious or not confs:

@@ -56,6 +56,12 @@ def build_app_from_config(config: ServeConfig) -> Application:
     config = config.resolved()  # the filter as it runs (kind auto: the bundle's own calibration), one for all replicas
     res = config.resources
     env = _runtime_env(config)
+    quality_filter = None
+    if config.filter.enabled:
+        quality_filter = serve.deployment(Filter, name="Filter").options(
+            num_replicas=1, max_ongoing_requests=4,
+            ray_actor_options={"num_cpus": res.filter_cpus, "num_gpus": res.filter_gpus, **env},
+        ).bind(config.filter.model_dump(), res.torch_threads, res.filter_gpus > 0)
     generator = serve.deployment(GeneratorReplica, name="Generator").options(
         autoscaling_config=config.autoscaling.to_ray(),
         max_ongoing_requests=config.max_ongoing_requests,
@@ -63,13 +69,8 @@ def build_app_from_config(config: ServeConfig) -> Application:
         ray_actor_options={"num_cpus": res.generator_cpus, "num_gpus": res.generator_gpus, **env},
         graceful_shutdown_timeout_s=config.request_timeout_s,
     ).bind(config.model, config.batching.max_batch_size, config.batching.batch_wait_timeout_s,
-           res.torch_threads, res.generator_gpus > 0, config.organ_weights or None)
-    quality_filter = None
-    if config.filter.enabled:
-        quality_filter = serve.deployment(Filter, name="Filter").options(
-            num_replicas=1, max_ongoing_requests=4,
-            ray_actor_options={"num_cpus": res.filter_cpus, "num_gpus": res.filter_gpus, **env},
-        ).bind(config.filter.model_dump(), res.torch_threads, res.filter_gpus > 0)
+           res.torch_threads, res.generator_gpus > 0, config.organ_weights or None,
+           quality_filter if config.filter.early_reject_at is not None else None)
     ingress = serve.deployment(Ingress, name="Ingress").options(
         num_replicas=1, max_ongoing_requests=max(64, 4 * config.max_ongoing_requests),
         ray_actor_options={"num_cpus": res.ingress_cpus, **env},

@@ -76,6 +76,11 @@ class Generation:
         return self.raw["generated"]
 
     @property
+    def stopped_early(self) -> int:
+        """Candidates the filter stopped mid-sampling (no image)."""
+        return self.raw.get("stopped_early", 0)
+
+    @property
     def kept(self) -> int | None:
         """Candidates the filter kept (None: no keep asked)."""
         return self.raw.get("kept")
@@ -160,7 +165,8 @@ def write_generation(generation: Generation, out_dir: str | os.PathLike) -> list
                "candidates": [{"file": p.name, "seed": item.seed, "score": item.score,
                                "organ_scores": item.organ_scores, "fate": item.fate}
                               for p, item in zip(paths, generation.images)],
-               "generated": generation.generated, "kept": generation.kept, "filter": generation.raw.get("filter")}
+               "generated": generation.generated, "stopped_early": generation.stopped_early, "kept": generation.kept,
+               "filter": generation.raw.get("filter")}
     storage.write_bytes(str(out / "generation.json"), json.dumps(summary, indent=2).encode())
     return paths
 

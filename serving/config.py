@@ -7,10 +7,13 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from mrgen.models.sampling import PAPER_SAMPLING, SAMPLING_PRESETS, SamplingSettings
+from mrgen.models.sampling import (
+    EARLY_REJECT_AT_HELP, EARLY_REJECT_BELOW_HELP, PAPER_SAMPLING, SAMPLING_PRESETS, SamplingSettings, early_stop_step,
+)
 from mrgen.models.scorers import FilterSettings
 from mrgen.models.selection import ThresholdConfig, load_calibration
 from mrgen.platform.config import ConfigBase, ConfigError, preset
+from mrgen.serving.schemas import EarlyReject
 
 
 class AutoscalingSettings(ConfigBase):
@@ -83,6 +86,29 @@ class ServeFilterSettings(FilterSettings):
                                              "and stop once `keep` pass the strict thresholds (false: all n at once)")
     wave_size: int | None = Field(None, ge=1, description="candidates per wave (None: the request's keep, the fewest "
                                                           "that can satisfy it)")
+    early_reject_at: float | None = Field(None, gt=0, lt=1, description=f"requests with keep: {EARLY_REJECT_AT_HELP}; "
+                                                                        "a request whose steps leave no step between "
+                                                                        "the first and the last samples to the end")
+    early_reject_below: float = Field(0.0, ge=0, le=1, description=EARLY_REJECT_BELOW_HELP)
+
+    @model_validator(mode="after")
+    def _early_rejection(self) -> ServeFilterSettings:
+        if self.early_reject_below and self.early_reject_at is None:
+            raise ValueError(f"early_reject_below ({self.early_reject_below}) needs early_reject_at (the fraction of "
+                             "the steps where x̂₀ is scored)")
+        if self.early_reject_at is not None and self.kind == "none":
+            raise ValueError(f"early_reject_at ({self.early_reject_at}) needs a filter (kind auto, sam2 or medsam)")
+        return self
+
+    def early_rejection(self, steps: int) -> EarlyReject | None:
+        """How a request with keep sampled in ``steps`` steps is judged mid-sampling (None: it is not)."""
+        if self.early_reject_at is None:
+            return None
+        try:
+            early_stop_step(self.early_reject_at, steps)
+        except ValueError:
+            return None
+        return EarlyReject(self.early_reject_at, self.early_reject_below)
 
     def resolved(self, model: str | None = None) -> ServeFilterSettings:
         """These settings as the service runs them: ``auto`` made the scorer of ``thresholds_file`` or of the bundle
@@ -114,9 +140,12 @@ class ServeFilterSettings(FilterSettings):
         waves = (f"in waves of {self.wave_size or 'their keep'} until keep pass strictly" if self.adaptive
                  else "all n at once")
         t = self.thresholds
+        early = (f"; x̂₀ scored at {self.early_reject_at:g} of the steps, candidates below mean IoU "
+                 f"{self.early_reject_below:g} stopped there" if self.early_reject_at is not None else "")
         return [f"filter {self.kind} ({self.rule} rule) at organ IoU {t.organ_iou:g}, organ conf "
                 f"{t.organ_conf:g}, mean IoU {t.mean_iou:g}, mean conf {t.mean_conf:g}{source}",
-                f"requests with keep: candidates generated {waves}, at most n ({self.candidates} when not given)"]
+                f"requests with keep: candidates generated {waves}, at most n ({self.candidates} when not "
+                f"given){early}"]
 
 
 class ServeConfig(ConfigBase):

@@ -44,6 +44,10 @@ class Filter:
         scores = self.scorer.score(images, mask, organ_map, organs, start_index=start_index)
         return {"scores": scores, "strict": strict_passes(scores, self.rule, self.thresholds)}
 
+    def probe(self, images: np.ndarray, mask: np.ndarray, organ_map: dict[int, str], organs: list[str]) -> list[float]:
+        """Early rejection's verdict on predicted clean images x̂₀: each one's mean IoU (0 where no organ is found)."""
+        return [c.probe_iou(self.rule) for c in self.scorer.score(images, mask, organ_map, organs)]
+
     def select(self, scores: list[CandidateScores], keep: int) -> dict:
         """{"kept": [candidate index, best first], "relaxed": bool, "scores": [per candidate], "filter": model id}."""
         selection = select(scores, keep=keep, rule=self.rule, thresholds=self.thresholds, relax_by=self.relax_by)

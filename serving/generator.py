@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,24 +19,65 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 
 from mrgen.models.acceleration import inference_dtype
 from mrgen.models.bundle import ModelBundle, bundle_hash
-from mrgen.models.pipeline import MRGenPipeline
+from mrgen.models.pipeline import EarlyStop, MRGenPipeline
 from mrgen.serving.schemas import GenerationJob, GenerationResult
 
 BATCH_SIZE_BOUNDARIES = [1, 2, 3, 4, 6, 8, 12, 16, 32]
+
+
+def replica_pipeline(model_uri: str, use_gpu: bool = False,
+                     organ_weights: dict[str, float] | None = None) -> MRGenPipeline:
+    """The pipeline a replica samples with: the bundle on the replica's device (a GPU where it was given one and
+    torch sees it) in that device's inference dtype."""
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    return MRGenPipeline(ModelBundle.load(model_uri, device=device, dtype=inference_dtype(device),
+                                          organ_weights=organ_weights))
+
+
+def sample_jobs(pipeline: MRGenPipeline, group: list[GenerationJob],
+                probe: Callable[[GenerationJob, np.ndarray], Sequence[float]] | None = None,
+                ) -> list[tuple[np.ndarray, list[int]]]:
+    """Every candidate of ``group`` (jobs of one ``batch_key``) in one pipeline call: per job, its finished images
+    (float32 [m, H, W]) and their seeds. ``probe(job, x̂₀ images)``: the filter's mean IoU of each, which stops the
+    candidates of a job with ``early_reject`` below its cut (None: every candidate finishes)."""
+    prompts = [job.prompt for job in group for _ in job.seeds]
+    masks = np.stack([job.mask for job in group for _ in job.seeds])
+    seeds = [seed for job in group for seed in job.seeds]
+    organ_maps = [job.organ_map for job in group for _ in job.seeds]
+    owner = np.array([j for j, job in enumerate(group) for _ in job.seeds])
+    early_stop = None
+    if probe is not None and group[0].early_reject is not None:  # the batch key: every job is judged at one step
+        def judge(images: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            go_on = np.ones(len(rows), bool)
+            for j in np.unique(owner[rows]):
+                mine = np.flatnonzero(owner[rows] == j)
+                go_on[mine] = np.asarray(probe(group[j], images[mine])) >= group[j].early_reject.below
+            return go_on
+
+        early_stop = EarlyStop(group[0].early_reject.at, judge)
+    result = pipeline.sample(prompts, masks, 1, group[0].sampling, seeds=seeds, organ_maps=organ_maps,
+                             early_stop=early_stop)
+    images = np.asarray(result.images, dtype=np.float32)
+    out, taken = [], 0
+    for j, job in enumerate(group):
+        finished = result.finished[owner == j]
+        out.append((images[taken:taken + finished.sum()], [s for s, ok in zip(job.seeds, finished) if ok]))
+        taken += int(finished.sum())
+    return out
 
 
 class GeneratorReplica:
     """Wraps `MRGenPipeline` (built once in `__init__`, like nnU-Net's predictor) behind a batched call."""
 
     def __init__(self, model_uri: str, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.05,
-                 torch_threads: int = 1, use_gpu: bool = False, organ_weights: dict[str, float] | None = None):
+                 torch_threads: int = 1, use_gpu: bool = False, organ_weights: dict[str, float] | None = None,
+                 quality_filter=None):
         torch.set_num_threads(torch_threads)
-        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.model_uri = model_uri
-        self.bundle = ModelBundle.load(model_uri, device=device, dtype=inference_dtype(device),
-                                       organ_weights=organ_weights)
+        self.pipeline = replica_pipeline(model_uri, use_gpu, organ_weights)
+        self.bundle = self.pipeline.bundle
         self.bundle_id = bundle_hash(model_uri)
-        self.pipeline = MRGenPipeline(self.bundle)
+        self.filter = quality_filter  # the Filter deployment's handle: early rejection asks it about x̂₀
         self._batched.set_max_batch_size(max_batch_size)
         self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.max_batch_size = max_batch_size
@@ -79,24 +121,17 @@ class GeneratorReplica:
         return results
 
     def _sample(self, group: list[GenerationJob]) -> list[GenerationResult]:
-        first = group[0]
-        prompts = [job.prompt for job in group for _ in job.seeds]
-        masks = np.stack([job.mask for job in group for _ in job.seeds])
-        seeds = [seed for job in group for seed in job.seeds]
-        organ_maps = [job.organ_map for job in group for _ in job.seeds]
         start = time.perf_counter()
-        images = self.pipeline.generate(prompts, masks, 1, first.sampling, seeds=seeds, organ_maps=organ_maps)
+        per_job = sample_jobs(self.pipeline, group, self._probe if self.filter is not None else None)
         self._seconds.observe(time.perf_counter() - start)
         self._batch_size.observe(len(group))
-        self._candidates.inc(len(seeds))
-        images = np.asarray(images, dtype=np.float32)
-        out, offset = [], 0
-        for job in group:
-            n = len(job.seeds)
-            out.append(GenerationResult(images=images[offset:offset + n], seeds=list(job.seeds),
-                                        batch_size=len(group), bundle_id=self.bundle_id))
-            offset += n
-        return out
+        self._candidates.inc(sum(len(job.seeds) for job in group))
+        return [GenerationResult(images=images, seeds=seeds, batch_size=len(group), bundle_id=self.bundle_id,
+                                 stopped=len(job.seeds) - len(seeds)) for job, (images, seeds) in zip(group, per_job)]
+
+    def _probe(self, job: GenerationJob, images: np.ndarray) -> list[float]:
+        # called in the sampling thread, off the replica's event loop: a blocking call on the handle is allowed here
+        return self.filter.probe.remote(images, job.mask, job.organ_map, job.organs).result()
 
 
 def _size_multiple(bundle) -> int:

@@ -13,8 +13,8 @@ LATENCY = metrics.histogram("mrgen_serve_request_seconds", "HTTP request latency
                             ("route", "status"), buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))
 BATCH_SIZE = metrics.histogram("mrgen_serve_batch_size", "requests in the sampling batch of each generate request",
                                buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
-CANDIDATES = metrics.counter("mrgen_serve_candidates_total", "candidates generated, kept by the filter (requests "
-                             "with keep), and returned", ("stage",))
+CANDIDATES = metrics.counter("mrgen_serve_candidates_total", "candidates generated, stopped early, kept by the filter "
+                             "(requests with keep), and returned", ("stage",))
 INFLIGHT = metrics.gauge("mrgen_serve_inflight_requests", "generate requests in flight in this ingress replica")
 
 
@@ -24,9 +24,10 @@ def record_request(path: str, status: int, seconds: float) -> None:
     LATENCY.labels(route, str(status)).observe(seconds)
 
 
-def record_generation(batch_size: int, generated: int) -> None:
+def record_generation(batch_size: int, generated: int, stopped: int = 0) -> None:
     BATCH_SIZE.observe(batch_size)
     CANDIDATES.labels("generated").inc(generated)
+    CANDIDATES.labels("stopped_early").inc(stopped)
 
 
 def record_kept(kept: int) -> None:

@@ -190,14 +190,15 @@ class Ingress:
         http_metrics.record_returned(len(candidates))
         return GenerateResponse(bundle_id=result.bundle_id, prompt=parsed.job.prompt,
                                 modality_attributes=parsed.attributes, organs=parsed.organs,
-                                candidates=candidates, generated=len(result.seeds),
+                                candidates=candidates, generated=len(result.seeds) + result.stopped,
+                                stopped_early=result.stopped,
                                 kept=None if picked is None else len(candidates),
                                 filter=None if picked is None else picked["filter"],
                                 batch_size=result.batch_size, seconds=round(time.perf_counter() - start, 4))
 
     async def _sample(self, job: GenerationJob) -> GenerationResult:
         result = await self.generator.generate.remote(job)
-        http_metrics.record_generation(result.batch_size, len(result.seeds))
+        http_metrics.record_generation(result.batch_size, len(result.seeds) + result.stopped, result.stopped)
         return result
 
     async def _filtered(self, job: GenerationJob, keep: int, organs: list[str]) -> tuple[GenerationResult, dict]:

@@ -140,7 +140,8 @@ def parse_request(request: GenerateRequest, config: ServeConfig, size_multiple: 
     prompt = recipe.render(request.modality.strip(), attributes, request.region, organs, labels)
     seed = request.seed if request.seed is not None else secrets.randbelow(2**31 - 64)
     job = GenerationJob(prompt=prompt, mask=mask, seeds=[seed + i for i in range(n)], sampling=sampling,
-                        organ_map={i: organ_map[i] for i in present})
+                        organ_map={i: organ_map[i] for i in present}, organs=list(organs),
+                        early_reject=config.filter.early_rejection(sampling.steps) if request.keep else None)
     return ParsedRequest(job=job, attributes=attributes, organs=list(organs), keep=request.keep)
 
 

@@ -1,8 +1,13 @@
 """A bounded load generator for the generation service, and the batching benchmark (`mrgen bench serve`).
 
 `run_load` drives N concurrent closed-loop clients against a loopback URL for a fixed duration and reports
-throughput, latency percentiles and errors. `benchmark` starts the service twice in one process (batching on,
-then off = max batch 1; same bundle, replicas and clients) and prints both runs and their ratio.
+throughput, latency percentiles and errors. `benchmark` deploys the service twice side by side in one process
+(batching on, and off = max batch 1; same bundle, replicas and clients), loads each in turn for a few rounds (the
+order alternating, so that a drift of the machine falls on both) and prints both and their ratio with its interval
+over rounds, and the ceiling
+that the generator alone sets on it: images/s of the replica's pipeline at one request a call against a full batch,
+in the same process before the service starts (on a CPU a compute-bound model gains little from batching, and no
+service can gain more than its model does).
 """
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import asyncio
 import ipaddress
 import os
 import socket
+import statistics
 import tempfile
 import threading
 import time
@@ -20,15 +26,18 @@ from urllib.parse import urlparse
 
 import httpx
 import numpy as np
+import torch
 from ray import serve
 
 from mrgen.models.bundle import build_random_bundle
+from mrgen.models.metrics.bootstrap import ratio_interval
 from mrgen.platform.cluster import RayConfig, init_ray
 from mrgen.serving.app import build_app_from_config
 from mrgen.serving.client import request_body
 from mrgen.serving.config import ServeConfig
+from mrgen.serving.generator import replica_pipeline, sample_jobs
 from mrgen.serving.inputs import parse_request
-from mrgen.serving.schemas import GenerateRequest
+from mrgen.serving.schemas import GenerateRequest, GenerationJob
 
 LOOPBACK_NAMES = {"localhost"}
 
@@ -62,6 +71,17 @@ class LoadResult:
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_s, q)) if self.latencies_s else float("nan")
+
+    @classmethod
+    def merge(cls, runs: list[LoadResult]) -> LoadResult:
+        """Several runs of one service as one: their requests pooled over their summed duration."""
+        merged = cls(label=runs[0].label, clients=runs[0].clients, duration_s=sum(r.duration_s for r in runs))
+        for r in runs:
+            merged.latencies_s += r.latencies_s
+            merged.errors += r.errors
+            merged.batch_sizes += r.batch_sizes
+            merged.images += r.images
+        return merged
 
     def summary(self) -> dict:
         return {"label": self.label, "clients": self.clients, "seconds": round(self.duration_s, 2),
@@ -151,12 +171,14 @@ def _bench_mask(size: int) -> np.ndarray:
 
 def benchmark_configs(model: str | None = None, clients: int = 8, duration_s: float = 20.0, n: int = 1,
                       steps: int = 4, max_batch_size: int = 8, warmup_s: float = 3.0, config: str = "tiny",
-                      size: int = 64, overrides: dict | None = None) -> dict[str, Any]:
+                      size: int = 64, overrides: dict | None = None, rounds: int = 3) -> dict[str, Any]:
     """What :func:`benchmark` deploys, by name, without deploying anything: the service configs ``batching on`` and
     ``batching off``; raises if the load cannot run (clients, durations) or if the service would refuse the
     benchmark's request (``n``, ``steps``, ``size`` against its limits)."""
     check_load(clients, duration_s)
     check_load(clients, warmup_s)
+    if rounds < 1:
+        raise LoadError(f"rounds must be at least 1, got {rounds}")
     base = ServeConfig.load(config).with_overrides({
         "model": model, "autoscaling.min_replicas": 1, "autoscaling.max_replicas": 1,
         "max_ongoing_requests": max(max_batch_size, clients), "limits.max_steps": max(steps, 1),
@@ -164,54 +186,101 @@ def benchmark_configs(model: str | None = None, clients: int = 8, duration_s: fl
         **(overrides or {})})
     configs = {label: base.with_overrides({"batching.max_batch_size": batch})
                for label, batch in (("batching on", max_batch_size), ("batching off", 1))}
+    bench_job(base, n, steps, size)
+    return configs
+
+
+def bench_job(config: ServeConfig, n: int, steps: int, size: int) -> GenerationJob:
+    """The generator's job for the benchmark's request; LoadError if the service would refuse it."""
     request = GenerateRequest(**request_body(_bench_mask(size), "T2 SPIR", {1: "liver", 2: "spleen"}, n=n,
                                              steps=steps), seed=0)
     try:
-        parse_request(request, base)
+        return parse_request(request, config).job
     except ValueError as exc:  # BadRequest: every request of the run would fail
         raise LoadError(f"the service would refuse the benchmark's request: {exc}") from None
-    return configs
+
+
+def batching_ceiling(model: str, config: ServeConfig, job: GenerationJob, repeats: int = 3) -> dict[str, Any]:
+    """The generator alone (no Ray, no HTTP) as a replica of ``config`` runs it: images/s at one request a call and
+    at ``batching.max_batch_size`` (median of ``repeats`` calls after a warm-up call each), and their ratio, the
+    most that batching can give this model on this machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.resources.torch_threads)
+    try:
+        pipeline = replica_pipeline(model, config.resources.generator_gpus > 0, config.organ_weights or None)
+        rates = {}
+        for batch in sorted({1, config.batching.max_batch_size}):
+            group = [job] * batch
+            sample_jobs(pipeline, group)
+            seconds = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                sample_jobs(pipeline, group)
+                seconds.append(time.perf_counter() - start)
+            rates[batch] = batch * len(job.seeds) / statistics.median(seconds)
+    finally:
+        torch.set_num_threads(threads)
+        pipeline = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the replica loads its own copy
+    full = config.batching.max_batch_size
+    return {"images_per_s_batch_1": round(rates[1], 3), f"images_per_s_batch_{full}": round(rates[full], 3),
+            "ratio": round(rates[full] / rates[1], 3)}
 
 
 def benchmark(model: str | None = None, clients: int = 8, duration_s: float = 20.0, n: int = 1, steps: int = 4,
               max_batch_size: int = 8, warmup_s: float = 3.0, config: str = "tiny", size: int = 64,
-              overrides: dict | None = None) -> dict:
+              overrides: dict | None = None, rounds: int = 3) -> dict:
     """Batching on vs off (max batch 1) on this machine, one Serve instance, printed and returned;
     ``overrides``: ServeConfig keys (dotted) set on top of the ``config`` preset."""
     tmp = None if model else tempfile.TemporaryDirectory(prefix="mrgen-serve-bench-")
     configs = benchmark_configs(model or f"{tmp.name}/bundle", clients, duration_s, n, steps, max_batch_size, warmup_s,
-                                config, size, overrides)  # a bad setting fails before anything is built or started
+                                config, size, overrides, rounds)  # a bad setting fails before anything is built
     if tmp is not None:
         model = f"{tmp.name}/bundle"
         print(f"bench serve: no --model, using a random tiny bundle at {model}", flush=True)
         build_random_bundle("tiny").save(model)
+    ceiling = batching_ceiling(model, configs["batching on"], bench_job(configs["batching on"], n, steps, size))
+    print(f"bench serve: the generator alone (no service): batch {max_batch_size} / batch 1 = ×{ceiling['ratio']:.2f} "
+          f"images/s, the most batching can give here", flush=True)
     os.environ.setdefault("MRGEN_RAY_LOG_TO_DRIVER", "0")  # replica access logs would drown the figures
     init_ray(RayConfig())
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    url = f"http://127.0.0.1:{port}"
     body = request_body(_bench_mask(size), "T2 SPIR", {1: "liver", 2: "spleen"}, n=n, steps=steps)
-    results = {}
+    urls = {label: f"http://127.0.0.1:{port}/{_slug(label)}" for label in configs}
+    runs: dict[str, list[LoadResult]] = {label: [] for label in configs}
     try:
         for label, cfg in configs.items():
             print(f"bench serve: deploying with max_batch_size={cfg.batching.max_batch_size} ...", flush=True)
-            serve.run(build_app_from_config(cfg), name="mrgen-bench", route_prefix="/")
-            run_load(url, body, clients, warmup_s, label="warmup")
-            results[label] = run_load(url, body, clients, duration_s, label=label)
-            print(results[label].line(), flush=True)
+            serve.run(build_app_from_config(cfg), name=f"mrgen-bench-{_slug(label)}", route_prefix=f"/{_slug(label)}")
+            run_load(urls[label], body, clients, warmup_s, label="warmup")
+        for r in range(rounds):
+            for label in (list(configs) if r % 2 == 0 else list(configs)[::-1]):
+                runs[label].append(run_load(urls[label], body, clients, duration_s, label=label))
+                print(f"round {r + 1}/{rounds}  {runs[label][-1].line()}", flush=True)
     finally:
-        serve.delete("mrgen-bench")
+        for label in configs:
+            serve.delete(f"mrgen-bench-{_slug(label)}")
         serve.shutdown()
         if tmp is not None:
             tmp.cleanup()
-    on, off = results["batching on"], results["batching off"]
+    on, off = (LoadResult.merge(runs[label]) for label in ("batching on", "batching off"))
     ratio = on.throughput / off.throughput if off.throughput else float("inf")
     p99_ratio = on.percentile(99) / off.percentile(99) if off.latencies_s else float("nan")
-    print(f"batching on / off: throughput ×{ratio:.2f}, p99 ×{p99_ratio:.2f}; errors "
-          f"{on.error_count + off.error_count} "
-          f"({clients} clients, {duration_s:.0f} s each, n={n}, steps={steps}, max batch {max_batch_size})", flush=True)
-    return {"on": on.summary(), "off": off.summary(), "throughput_ratio": round(ratio, 3),
-            "p99_ratio": round(p99_ratio, 3)}
+    span = ratio_interval([r.throughput for r in runs["batching on"]], [r.throughput for r in runs["batching off"]],
+                          statistic=np.mean)
+    print(f"batching on / off: throughput ×{ratio:.2f} (95 % interval over {rounds} rounds [{span['low']:.2f}, "
+          f"{span['high']:.2f}]), p99 ×{p99_ratio:.2f}; the generator alone ×{ceiling['ratio']:.2f}; errors "
+          f"{on.error_count + off.error_count} ({clients} clients, {rounds} x {duration_s:.0f} s each, n={n}, "
+          f"steps={steps}, max batch {max_batch_size})", flush=True)
+    return {"on": on.summary(), "off": off.summary(), "rounds": rounds, "throughput_ratio": round(ratio, 3),
+            "throughput_ratio_interval_95": [round(span["low"], 3), round(span["high"], 3)],
+            "p99_ratio": round(p99_ratio, 3), "generator_alone": ceiling}
+
+
+def _slug(label: str) -> str:
+    return label.split()[-1]  # "batching on" → "on"
 
 
 def _free_port() -> int:

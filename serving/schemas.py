@@ -69,12 +69,24 @@ class GenerateResponse(BaseModel):
     modality_attributes: str
     organs: list[str]
     candidates: list[Candidate]
-    generated: int = Field(..., description="candidates sampled (before filtering; with keep, the waves that ran)")
+    generated: int = Field(..., description="candidates sampled (before filtering; with keep, the waves that ran), "
+                                            "those stopped early included")
+    stopped_early: int = Field(0, description="candidates the filter stopped mid-sampling (requests with keep, "
+                                              "serve.filter.early_reject_at): no image")
     kept: int | None = Field(None, description="candidates the filter kept, the ones returned (when keep was "
                                                "requested)")
     filter: str | None = Field(None, description="filter model id when keep was requested")
     batch_size: int = Field(..., description="requests sampled together with this one")
     seconds: float
+
+
+@dataclass(frozen=True)
+class EarlyReject:
+    """Early rejection of a job's candidates: at ``at`` of the steps each x̂₀ is scored by the filter and those whose
+    mean IoU is below ``below`` stop there (serve.filter.early_reject_at / early_reject_below)."""
+
+    at: float
+    below: float
 
 
 @dataclass
@@ -86,15 +98,19 @@ class GenerationJob:
     seeds: list[int]
     sampling: SamplingSettings
     organ_map: dict[int, str] = field(default_factory=dict)  # id → name: the generator conditions on names
+    organs: list[str] = field(default_factory=list)  # the organs the filter scores (the prompt's)
+    early_reject: EarlyReject | None = None          # judged mid-sampling by the filter (requests with keep)
 
     @property
     def batch_key(self) -> tuple:
-        return self.sampling, self.mask.shape
+        # one pipeline call has one probe step: jobs judged at another fraction (or not at all) get their own
+        return self.sampling, self.mask.shape, self.early_reject.at if self.early_reject else None
 
 
 @dataclass
 class GenerationResult:
-    images: np.ndarray  # float32 [n, H, W] in [0, 1]
-    seeds: list[int]
+    images: np.ndarray  # float32 [n, H, W] in [0, 1]: the finished candidates
+    seeds: list[int]    # theirs
     batch_size: int
     bundle_id: str
+    stopped: int = 0    # candidates stopped early (their seeds used up, no image)

@@ -49,6 +49,8 @@ class ServeBench(ConfigBase):
                        description="sampling steps per request (default: the demo generator's; at 4 the proxy and "
                                    "ingress, not sampling, dominate a request)")
     max_batch_size: int = Field(8, ge=1, description="max batch of the 'batching on' run")
+    rounds: int = Field(3, ge=1, description="rounds of load, each on both services in turn (the order alternating): "
+                                             "the ratio's interval is over rounds")
 
 
 class AdaptiveBench(ConfigBase):

@@ -232,7 +232,7 @@ def endpoint_options(tiny: bool) -> dict[str, Any]:
     """The keyword arguments (but ``model``) the ``endpoint`` section gives ``serving.loadgen.benchmark`` (the CLI
     calls it: jobs do not reach serving)."""
     if tiny:
-        return {"clients": 2, "duration_s": 1.0, "steps": 2, "warmup_s": 0.5}
+        return {"clients": 2, "duration_s": 1.0, "steps": 2, "warmup_s": 0.5, "rounds": 2}
     # one GPU replica, no SAM2 filter (no checkpoint here): the generator's batching is what is measured
     return {"clients": 8, "duration_s": 20.0, "steps": 50, "warmup_s": 5.0, "config": "paper", "size": 512,
             "overrides": {"filter.kind": "none", "limits.max_image_size": 512}}

@@ -5,7 +5,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mrgen.models.sampling import SAMPLING_PRESETS, SamplingSettings, early_stop_step
+from mrgen.models.sampling import (
+    EARLY_REJECT_AT_HELP, EARLY_REJECT_BELOW_HELP, SAMPLING_PRESETS, SamplingSettings, early_stop_step,
+)
 from mrgen.models.scorers import FilterSettings
 from mrgen.platform.cluster import RayConfig
 from mrgen.platform.config import ConfigBase, preset
@@ -95,14 +97,9 @@ class SynthesisConfig(ConfigBase):
     official_top_k: int = Field(5, ge=1, description="official rule: candidates ranked by mean IoU considered")
     adaptive: bool = Field(False, description="generate in waves; stop a mask once `keep` candidates pass strictly")
     wave_size: int = Field(4, ge=1, description="candidates per wave (adaptive)")
-    early_reject_at: float | None = Field(None, gt=0, lt=1,
-                                          description="adaptive: at this fraction of the steps, score each "
-                                                      "candidate's predicted clean image x̂₀ with the filter and stop "
-                                                      "those below early_reject_below (None: off)")
-    early_reject_below: float = Field(0.0, ge=0, le=1,
-                                      description="a candidate whose x̂₀ mean IoU (over organs, as the rule counts "
-                                                  "them) is below this stops at early_reject_at (0.0: x̂₀ is scored "
-                                                  "and recorded, nothing stops: a probe run to calibrate the cut)")
+    early_reject_at: float | None = Field(None, gt=0, lt=1, description=f"adaptive: {EARLY_REJECT_AT_HELP}")
+    early_reject_below: float = Field(0.0, ge=0, le=1, description=f"{EARLY_REJECT_BELOW_HELP}: a probe run to "
+                                                                    "calibrate the cut")
 
     generator: StageResources = Field(default_factory=StageResources, description="generator stage resources")
     filter_stage: StageResources = Field(default_factory=StageResources, description="filter stage resources")

@@ -1,4 +1,5 @@
-"""Bootstrap intervals over test volumes for the paper's Dice figures (``scipy.stats.bootstrap``, percentile).
+"""Bootstrap intervals (``scipy.stats.bootstrap``, percentile): over test volumes for the paper's Dice figures, and
+over repeated measurements for a benchmark's ratio of two rates.
 
 A segmenter's score is :class:`~mrgen.models.metrics.dice.DiceReport`'s: per organ averaged over volumes, then over
 organs, NaN ("not scored") left out. Volumes are the unit that is resampled: every organ of a drawn volume comes
@@ -105,3 +106,22 @@ def seed_average(runs: Sequence[PerVolume]) -> dict[str, dict[str, float | None]
             stacked = np.array([[np.nan if (d := r[vol].get(o)) is None else d for o in organs] for r in runs], float)
             out[vol] = {o: None if np.isnan(m) else float(m) for o, m in zip(organs, np.nanmean(stacked, axis=0))}
     return out
+
+
+def ratio_interval(a: Sequence[float], b: Sequence[float], statistic=np.median,
+                   seed: int = 0) -> dict[str, float | None]:
+    """``statistic(a) / statistic(b)`` with its 95 % bootstrap interval, ``a`` and ``b`` resampled independently
+    (two runs' repeated measurements, e.g. samples/s per logging interval): ``{value, low, high, n_a, n_b}``."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if not len(x) or not len(y):
+        raise ValueError(f"a ratio needs measurements on both sides, got {len(x)} and {len(y)}")
+
+    def ratio(p: np.ndarray, q: np.ndarray, axis: int = -1) -> np.ndarray:
+        return statistic(p, axis=axis) / statistic(q, axis=axis)
+
+    value = float(ratio(x, y))
+    if len(x) < 2 or len(y) < 2 or (np.ptp(x) == 0 and np.ptp(y) == 0):
+        low = high = value  # nothing to resample
+    else:
+        low, high = _interval((x, y), ratio, seed, paired=False)
+    return {**_summary(value, low, high), "n_a": len(x), "n_b": len(y)}

@@ -49,6 +49,12 @@ def test_tiny_cpu_mode_endpoint(tmp_path, ray_session):
     figures = _tiny_cpu(tmp_path, "endpoint")
     for run in ("on", "off"):
         assert figures["endpoint"][run]["requests_ok"] > 0 and figures["endpoint"][run]["errors"] == 0, figures
+    # the generator alone, as a replica runs it, at one request a call and at a full batch: the ratio's ceiling
+    alone = figures["endpoint"]["generator_alone"]
+    one, full = alone["images_per_s_batch_1"], alone["images_per_s_batch_8"]
+    assert one > 0 and full > 0 and abs(alone["ratio"] - full / one) < 0.01, alone
+    low, high = figures["endpoint"]["throughput_ratio_interval_95"]
+    assert 0 < low <= high, figures["endpoint"]
 
 
 def test_tiny_cpu_mode_generator_efficiency(tmp_path, ray_session):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mrgen.models.metrics.bootstrap import dice_intervals, paired_difference, seed_average
+from mrgen.models.metrics.bootstrap import dice_intervals, paired_difference, ratio_interval, seed_average
 from mrgen.models.metrics.dice import DiceReport
 
 ORGANS = ["liver", "spleen", "prostate"]
@@ -56,3 +56,15 @@ def test_paired_needs_the_same_volumes_and_pooling_averages_seeds():
     pooled = seed_average([a, b])
     assert pooled["vol001"]["liver"] == pytest.approx((a["vol001"]["liver"] + b["vol001"]["liver"]) / 2)
     assert pooled["vol000"]["prostate"] is None
+
+
+def test_ratio_interval_brackets_the_true_ratio_and_narrows_with_measurements():
+    rng = np.random.default_rng(0)
+    few = ratio_interval(rng.normal(90, 5, 6), rng.normal(100, 5, 6))
+    many = ratio_interval(rng.normal(90, 5, 200), rng.normal(100, 5, 200))
+    for r in (few, many):
+        assert r["low"] < 0.9 < r["high"] and r["low"] <= r["value"] <= r["high"]
+    assert many["high"] - many["low"] < (few["high"] - few["low"]) / 2 and many["high"] < 1
+    assert ratio_interval([3.0], [2.0]) == {"value": 1.5, "low": 1.5, "high": 1.5, "n_a": 1, "n_b": 1}
+    with pytest.raises(ValueError, match="both sides"):
+        ratio_interval([], [1.0])

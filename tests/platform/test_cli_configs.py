@@ -53,7 +53,7 @@ def test_defaults_are_the_former_argparse_defaults():
     assert b.db.model_dump() == dict(volumes=8, slices=64, size=128, resolution=64, batch_size=64, repeats=2,
                                     rescans=4, subset_dataset="phantom-src", subset_split="train")
     assert b.train.model_dump() == dict(steps=40, batch_size=8)
-    assert b.serve.model_dump() == dict(clients=8, duration=20.0, n=1, steps=20, max_batch_size=8)
+    assert b.serve.model_dump() == dict(clients=8, duration=20.0, n=1, steps=20, max_batch_size=8, rounds=3)
     assert b.adaptive.model_dump() == dict(masks=16, candidates=8, keep=2, wave_size=2)
     assert b.synth.model_dump() == dict(masks=2, scale=10, candidates=4, steps=4, sam2_size=256)
     assert b.elastic.model_dump() == dict(masks=32, train_steps=60)

@@ -44,7 +44,9 @@ def service(serve_port, serve_bundle):
     app = build_app(GeneratorAppArgs(**{**args, "model": serve_bundle, "overrides": [
         f"auth_token={TOKEN}", "autoscaling.min_replicas=1", "autoscaling.max_replicas=1",
         "batching.batch_wait_timeout_s=0.3", "limits.max_body_bytes=200000",
-        "filter.kind=sam2", "filter.organ_iou=0", "filter.organ_conf=0", "filter.mean_iou=0", "filter.mean_conf=0"]}))
+        "filter.kind=sam2", "filter.organ_iou=0", "filter.organ_conf=0", "filter.mean_iou=0", "filter.mean_conf=0",
+        # early rejection at a fifth of the steps: none at the tests' 2 steps (step 0), step 1 of 5
+        "filter.early_reject_at=0.2", "filter.early_reject_below=0.5"]}))
     serve.run(app, name="mrgen-test", route_prefix="/")
     url = f"http://127.0.0.1:{serve_port}"
     yield url
@@ -149,6 +151,23 @@ def test_keep_filters_with_sam2(http):
     empty = http.post("/v1/generate", json=_body(mask=_png(np.zeros((64, 64), np.uint8)), n=3, keep=2))
     assert empty.status_code == 200, empty.text
     assert empty.json()["generated"] == 3 and empty.json()["kept"] == 0 and empty.json()["candidates"] == []
+
+
+def test_early_rejection_stops_candidates_the_filter_finds_nothing_in(http):
+    """At 5 steps the filter scores each candidate's x̂₀ at step 1: a mask without organs scores 0 against the cut
+    0.5, so every candidate stops there, none is scored as finished, and the answer says so."""
+    empty = _body(mask=_png(np.zeros((64, 64), np.uint8)), n=3, keep=2)
+    response = http.post("/v1/generate", json={**empty, "steps": 5})
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert (data["generated"], data["stopped_early"], data["kept"], data["candidates"]) == (3, 3, 0, [])
+    # at 2 steps there is no step to judge at: the same request samples every candidate to the end
+    full = http.post("/v1/generate", json=empty).json()
+    assert (full["generated"], full["stopped_early"], full["kept"]) == (3, 0, 0)
+    exposition = http.get("/metrics").text
+    stopped = [line for line in exposition.splitlines()
+               if line.startswith("mrgen_serve_candidates_total") and 'stage="stopped_early"' in line]
+    assert stopped and float(stopped[0].split()[-1]) >= 3, stopped
 
 
 def test_auth_required(service):

@@ -104,6 +104,34 @@ def test_waves_stop_once_keep_pass(verdicts, keep, per_wave, waves):
     assert passed >= keep or len(result.seeds) == len(verdicts)
 
 
+def test_waves_skip_candidates_stopped_early():
+    """Candidates the generator stopped early have no image: they are not scored, scores index the finished ones,
+    and a wave that lost every candidate is followed by the next."""
+    from mrgen.models.sampling import SamplingSettings
+    from mrgen.serving.schemas import GenerationJob, GenerationResult
+    from mrgen.serving.waves import generate_in_waves
+
+    stops = {100, 101, 103}  # the whole first wave, and one of the second
+    job = GenerationJob(prompt="p", mask=np.zeros((8, 8), np.uint8), seeds=[100, 101, 102, 103, 104, 105],
+                        sampling=SamplingSettings("ddim", 1, 1.0))
+    starts: list[int] = []
+
+    async def generate(wave: GenerationJob) -> GenerationResult:
+        seeds = [s for s in wave.seeds if s not in stops]
+        images = np.stack([np.full((8, 8), s, np.float32) for s in seeds]) if seeds else np.zeros((0, 8, 8))
+        return GenerationResult(images=images, seeds=seeds, batch_size=1, bundle_id="b",
+                                stopped=len(wave.seeds) - len(seeds))
+
+    async def score(images: np.ndarray, start: int) -> dict:
+        starts.append(start)
+        scores = _scores(start, [True] * len(images))
+        return {"scores": scores, "strict": len(scores)}
+
+    result = asyncio.run(generate_in_waves(job, 2, 2, generate, score))
+    assert (result.waves, result.stopped, result.seeds, starts) == (3, 3, [102, 104, 105], [0, 1])
+    assert [c.index for c in result.scores] == [0, 1, 2] and result.images[:, 0, 0].tolist() == result.seeds
+
+
 def test_keep_without_n_gets_the_filter_budget():
     from mrgen.serving.client import request_body
     from mrgen.serving.config import ServeConfig

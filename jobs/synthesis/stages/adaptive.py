@@ -12,7 +12,6 @@ counted). A candidate that goes on is the image it would have been without the p
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,8 +110,7 @@ class AdaptiveUDF(StageUDF):
             for k in sorted({int(r) // per_mask for r in rows}):
                 positions = [p for p, r in enumerate(rows) if int(r) // per_mask == k]
                 for p, scores in zip(positions, score_row(self.scorer, batch, active[k], images[positions])):
-                    mean_iou = scores.mean_iou(self.rule)
-                    mean_iou = 0.0 if math.isnan(mean_iou) else float(mean_iou)  # no organ found: IoU 0
+                    mean_iou = scores.probe_iou(self.rule)
                     early[int(rows[p])] = mean_iou
                     keep[p] = mean_iou >= self.early_reject_below
             return keep
