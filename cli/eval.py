@@ -80,7 +80,8 @@ def add_mask_parser(eval_subparsers) -> argparse.ArgumentParser:
 
 
 def run_mask(args: argparse.Namespace) -> int:
-    from mrgen.models.bundle import ModelBundle, record_evaluation
+    from mrgen.models.bundle import ModelBundle
+    from mrgen.models.manifest import record_evaluation
 
     config = evaluate_config(args, "mask")
     filters = {"dataset": args.dataset} if args.dataset else {}

@@ -27,7 +27,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from mrgen.models.autoencoder import build_autoencoder, decode_latents
-from mrgen.models.bundle import ModelBundle, new_manifest
+from mrgen.models.bundle import ModelBundle
+from mrgen.models.manifest import new_manifest
 from mrgen.models.configs import model_config
 from mrgen.models.mask_controller import MaskController
 from mrgen.models.medsam_scorer import SIZE as MEDSAM_SIZE

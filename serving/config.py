@@ -117,7 +117,7 @@ class ServeFilterSettings(FilterSettings):
             return self
         file = self.thresholds_file
         if self.kind == "auto" and not file and model:
-            from mrgen.models.bundle import bundle_thresholds_file  # torch and diffusers: not at the CLI's start
+            from mrgen.models.manifest import bundle_thresholds_file  # pyarrow: not at the CLI's start
 
             file = bundle_thresholds_file(model)
         if not file:

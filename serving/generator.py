@@ -18,7 +18,8 @@ from ray import serve
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 from mrgen.models.acceleration import inference_dtype
-from mrgen.models.bundle import ModelBundle, bundle_hash
+from mrgen.models.bundle import ModelBundle
+from mrgen.models.manifest import bundle_hash
 from mrgen.models.pipeline import EarlyStop, MRGenPipeline
 from mrgen.serving.schemas import GenerationJob, GenerationResult
 

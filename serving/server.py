@@ -10,7 +10,7 @@ import ray
 import yaml
 from ray import serve
 
-from mrgen.models.bundle import resolve_model_uri
+from mrgen.models.manifest import resolve_model_uri
 from mrgen.platform import storage
 from mrgen.platform.cluster import RayConfig, init_ray
 from mrgen.platform.console import say

@@ -24,7 +24,7 @@ from mrgen.jobs.filter.calibrate import calibrate, write_calibration
 from mrgen.jobs.synthesis.config import SynthesisConfig
 from mrgen.jobs.synthesis.run import run_synthesis
 from mrgen.jobs.synthesis.stages.generator import CandidateSampler
-from mrgen.models.bundle import EMBEDDED, embedded_bundle
+from mrgen.models.manifest import EMBEDDED, embedded_bundle
 from mrgen.models.sampling import SAMPLING_PRESETS
 from mrgen.platform.cluster import RayConfig, init_ray
 from mrgen.platform.config import ConfigBase

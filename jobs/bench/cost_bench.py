@@ -52,7 +52,8 @@ from mrgen.jobs.synthesis.config import SynthesisConfig
 from mrgen.jobs.synthesis.run import run_synthesis
 from mrgen.jobs.synthesis.stages.writer import read_audit
 from mrgen.models import flops as counted
-from mrgen.models.bundle import EMBEDDED, FILTER_THRESHOLDS, ModelBundle, embedded_bundle
+from mrgen.models.bundle import ModelBundle
+from mrgen.models.manifest import EMBEDDED, FILTER_THRESHOLDS, embedded_bundle
 from mrgen.models.metrics.bootstrap import paired_difference, seed_average
 from mrgen.models.pipeline import MRGenPipeline
 from mrgen.models.scorers import ScorerSettings, build_scorer

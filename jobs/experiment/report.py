@@ -29,7 +29,7 @@ from mrgen.jobs.segment.train import MANIFEST as SEGMENTER_MANIFEST, SegmenterMa
 from mrgen.jobs.synthesis.run import REPORT as SYNTHESIS_REPORT, load_report as load_synthesis_report
 from mrgen.jobs.train.config import STAGES
 from mrgen.jobs.train.run import training_chain
-from mrgen.models.bundle import MANIFEST, read_manifest
+from mrgen.models.manifest import MANIFEST, read_manifest
 from mrgen.models.selection import FilterCalibration, load_calibration
 from mrgen.platform import storage
 

@@ -56,7 +56,8 @@ from mrgen.jobs.synthesis.run import REPORT, run_synthesis
 from mrgen.jobs.synthesis.stages.writer import read_audit
 from mrgen.jobs.train.config import STAGES, TrainConfig
 from mrgen.jobs.train.run import is_finished, run_all
-from mrgen.models.bundle import ModelBundle, resolve_model_uri
+from mrgen.models.bundle import ModelBundle
+from mrgen.models.manifest import resolve_model_uri
 from mrgen.platform import storage
 from mrgen.platform.budget import TimeBudget
 from mrgen.platform.cluster import RayConfig, init_ray, ray_stopped_after, wait_for

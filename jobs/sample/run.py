@@ -18,7 +18,8 @@ from PIL import Image, UnidentifiedImageError
 from mrgen.datasets.modality import UnknownModalityError, read_attributes_file
 from mrgen.datasets.prompt import PromptRecipe
 from mrgen.jobs.sample.config import SampleConfig
-from mrgen.models.bundle import BundleError, ModelBundle, resolve_model_uri
+from mrgen.models.bundle import ModelBundle
+from mrgen.models.manifest import BundleError, resolve_model_uri
 from mrgen.models.condition import UnknownOrganError
 from mrgen.models.pipeline import MRGenPipeline
 from mrgen.platform import storage

@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mrgen.jobs.synthesis.config import StageResources, SynthesisConfig
-from mrgen.jobs.synthesis.stages.adaptive import AdaptiveUDF
-from mrgen.jobs.synthesis.stages.base import StageSpec
-from mrgen.jobs.synthesis.stages.generator import GeneratorUDF
+from mrgen.jobs.synthesis.stages.base import StageSpec, deferred
 from mrgen.jobs.synthesis.stages.prepare import PrepareUDF
-from mrgen.jobs.synthesis.stages.filter import FilterUDF
 from mrgen.jobs.synthesis.stages.selection import SelectionUDF
 from mrgen.jobs.synthesis.stages.writer import RecordsUDF, WriterUDF
+
+# the actor stages load the generator or the filter: their modules are imported in the actors (torch, diffusers)
+GeneratorUDF = deferred("mrgen.jobs.synthesis.stages.generator", "GeneratorUDF", "generator")
+AdaptiveUDF = deferred("mrgen.jobs.synthesis.stages.adaptive", "AdaptiveUDF", "adaptive_generate_filter")
+FilterUDF = deferred("mrgen.jobs.synthesis.stages.filter", "FilterUDF", "filter")
 
 
 @dataclass

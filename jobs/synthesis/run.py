@@ -31,7 +31,7 @@ from mrgen.jobs.synthesis.processor import RunContext, SynthesisProcessor
 from mrgen.jobs.synthesis.stages.prepare import SOURCE_COLUMNS
 from mrgen.jobs.synthesis.stages.writer import (AUDIT_DIR, AUDIT_SCHEMA, SYNTH_COLUMNS, audit_dataset, finished_masks,
                                                 read_parts)
-from mrgen.models.bundle import BundleError, bundle_hash, bundle_thresholds_file, describe_bundle, resolve_model_uri
+from mrgen.models.manifest import BundleError, bundle_hash, bundle_thresholds_file, describe_bundle, resolve_model_uri
 from mrgen.models.condition import MaskCondition
 from mrgen.models.official import release_text_dirs
 from mrgen.models.selection import KEPT_FATES, STOPPED_EARLY, STRICT_FATES, ThresholdConfig, load_calibration

@@ -31,7 +31,8 @@ from mrgen.jobs.train.data import build_dataset, decode, read_slices
 from mrgen.jobs.train.loop import train_loop_per_worker
 from mrgen.jobs.train.progress import watch_progress
 from mrgen.models.autoencoder import measure_latent_scaling
-from mrgen.models.bundle import DB_NAME, MANIFEST, ModelBundle, db_record, new_manifest
+from mrgen.models.bundle import ModelBundle
+from mrgen.models.manifest import DB_NAME, MANIFEST, db_record, new_manifest
 from mrgen.models.condition import MaskCondition
 from mrgen.models.text_encoder import TextEncoder
 from mrgen.platform import storage

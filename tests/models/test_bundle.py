@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mrgen.models.bundle import MANIFEST, BundleError, ModelBundle, build_random_bundle, bundle_hash
+from mrgen.models.bundle import ModelBundle, build_random_bundle
+from mrgen.models.manifest import MANIFEST, BundleError, bundle_hash
 from mrgen.models.pipeline import MRGenPipeline
 from mrgen.models.text_encoder import TextEncoder
 from mrgen.platform import storage
@@ -234,7 +235,7 @@ def test_a_db_is_recorded_by_the_command_that_makes_it(bundle, tmp_path):
     from mrgen.cli.main import build_parser
     from mrgen.datasets.phantom import PhantomConfig, build_phantom_db, phantom_meta
     from mrgen.datasets.store import db_digest, meta_digest
-    from mrgen.models.bundle import DB_NAME, db_record, read_manifest, record_evaluation
+    from mrgen.models.manifest import DB_NAME, db_record, read_manifest, record_evaluation
     from mrgen.platform.provenance import command_line
 
     config = PhantomConfig.load("tiny", ["seed=3", "volumes=2", 'pool_modalities=["T1 MRI"]'])

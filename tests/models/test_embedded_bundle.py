@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from mrgen.jobs.train.run import training_chain
-from mrgen.models.bundle import EMBEDDED, MANIFEST, ModelBundle, embedded_bundle
+from mrgen.models.bundle import ModelBundle
+from mrgen.models.manifest import EMBEDDED, MANIFEST, embedded_bundle
 
 torch.set_num_threads(1)
 GAIN_FLOOR = 0.003  # held-out gain 1 − own/other mask loss: the previous bundle, which recited its training masks,

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mrgen.datasets.prompt import PromptRecipe
-from mrgen.models.bundle import BundleError, ModelBundle, build_random_bundle, describe_bundle
+from mrgen.models.bundle import ModelBundle, build_random_bundle
+from mrgen.models.manifest import BundleError, describe_bundle
 from mrgen.models.condition import MaskCondition
 from mrgen.models.release_text import ReleaseTextEncoder
 from mrgen.models.scheduler import build_scheduler

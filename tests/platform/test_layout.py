@@ -61,12 +61,32 @@ def test_layers_import_one_way():
 def test_task_stages_start_without_torch():
     """The synthesis stages that run as Ray tasks (prepare, selection, records, writer) import no torch or diffusers:
     every fresh worker on a node imports its stage's module, and the generator's costs seconds and a GB. Nor does
-    the serving client's input check (it reads a bundle's organ vocabulary)."""
+    the synthesis driver (its actor stages import their modules in the actors: a resumed run's driver started 6 s
+    later with them), or the serving client's input check (it reads a bundle's organ vocabulary)."""
     code = ("import sys; import mrgen.jobs.synthesis.stages.prepare, mrgen.jobs.synthesis.stages.writer, "
-            "mrgen.jobs.synthesis.stages.selection, mrgen.serving.inputs; "
+            "mrgen.jobs.synthesis.stages.selection, mrgen.jobs.synthesis.run, mrgen.serving.inputs; "
             "print(sorted({'torch', 'diffusers'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", out
+
+
+def test_deferred_actor_stages_stand_for_their_classes():
+    """The synthesis driver maps stand-ins of its actor stages: each carries the name (Ray's actor names and the
+    elastic bench's counts) and stage NAME of the class it stands for, and travels by value (nothing for a worker to
+    import before the actor runs)."""
+    import importlib
+    import pickle
+
+    import cloudpickle
+
+    from mrgen.jobs.synthesis import processor
+
+    for module, name in (("generator", "GeneratorUDF"), ("adaptive", "AdaptiveUDF"), ("filter", "FilterUDF")):
+        stand_in = getattr(processor, name)
+        real = getattr(importlib.import_module(f"mrgen.jobs.synthesis.stages.{module}"), name)
+        assert stand_in is not real and (stand_in.__name__, stand_in.NAME) == (real.__name__, real.NAME)
+        assert pickle.loads(cloudpickle.dumps(stand_in)).NAME == real.NAME
+        assert not hasattr(importlib.import_module(stand_in.__module__), name)  # not importable by name: by value
 
 
 def test_every_source_folder_is_installed():

@@ -79,7 +79,7 @@ def test_report_budget_line_counts_the_runs_a_warm_started_stage_fine_tuned(tmp_
     import json
 
     from mrgen.jobs.experiment.report import _budget_lines, trained_amounts
-    from mrgen.models.bundle import MANIFEST, read_manifest
+    from mrgen.models.manifest import MANIFEST, read_manifest
 
     first = {"steps": 100, "max_steps": 100}
     chain = {"steps": 30, "max_steps": 40, "warm_start_from": {"steps": 20, "max_steps": 20, "warm_start_from": first}}

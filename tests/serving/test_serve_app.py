@@ -74,7 +74,7 @@ def _decode(b64: str) -> np.ndarray:
 
 
 def test_generate_end_to_end(service, serve_bundle):
-    from mrgen.models.bundle import bundle_hash
+    from mrgen.models.manifest import bundle_hash
     from mrgen.serving.client import GeneratorClient
 
     with GeneratorClient(service, token=TOKEN) as client:

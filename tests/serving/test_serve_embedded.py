@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mrgen.models.bundle import EMBEDDED, FILTER_THRESHOLDS, MANIFEST, embedded_bundle
+from mrgen.models.manifest import EMBEDDED, FILTER_THRESHOLDS, MANIFEST, embedded_bundle
 from mrgen.models.scorer_base import ScorerSettings
 from mrgen.models.selection import CandidateScores, OrganScore, Thresholds, load_calibration
 

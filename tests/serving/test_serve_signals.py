@@ -43,7 +43,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, log, timeout_s: float) -> None
 
 
 def test_embedded_serve_console_and_sigint(tmp_path):
-    from mrgen.models.bundle import FILTER_THRESHOLDS, embedded_bundle
+    from mrgen.models.manifest import FILTER_THRESHOLDS, embedded_bundle
     from mrgen.models.selection import load_calibration
 
     port = free_port()

@@ -220,7 +220,7 @@ def test_a_bundles_own_calibration_replaces_the_paper_thresholds_for_its_filter(
     import shutil
 
     from mrgen.jobs.synthesis.run import apply_thresholds_file
-    from mrgen.models.bundle import FILTER_THRESHOLDS, embedded_bundle
+    from mrgen.models.manifest import FILTER_THRESHOLDS, embedded_bundle
     from mrgen.models.selection import calibrated_thresholds
 
     shipped = f"{embedded_bundle()}/{FILTER_THRESHOLDS}"

@@ -6,6 +6,7 @@ rejects outputs that drop or double rows. Batches stay columnar numpy (images as
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -84,6 +85,21 @@ def column(values: Any) -> np.ndarray:
     if all(isinstance(v, (float, np.floating)) for v in values):
         return arr.astype(np.float64)
     return arr
+
+
+def deferred(module: str, name: str, stage: str) -> type:
+    """A stand-in for the actor stage ``module.name`` that imports its module in the actor, not in the driver: the
+    driver maps stages whose modules load torch and diffusers (seconds on every start) without loading them. Not
+    importable by name, the class travels by value (cloudpickle); Ray names the stage's actors after it, as after
+    the class it stands for; ``stage``: that class's ``NAME``."""
+    def __init__(self, **kwargs: Any) -> None:
+        self.udf = getattr(importlib.import_module(module), name)(**kwargs)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.udf(batch)
+
+    return type(name, (), {"__init__": __init__, "__call__": __call__, "NAME": stage, "__module__": __name__,
+                           "__qualname__": name, "__doc__": f"{module}.{name}, imported in the actor"})
 
 
 def _run_in_task(batch: dict[str, np.ndarray], udf_cls: type[StageUDF],
