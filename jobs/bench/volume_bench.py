@@ -219,15 +219,20 @@ def full_run(cluster: LocalCluster, settings: list[str], masks: int, at: int, lo
     files = _files(out)
     first = published.points[0][1] if published.points else 0
     at_start, at_end = published.rate(first, at), published.rate(published.count - at, published.count)
-    reached = published.time_of(at)
-    rss_start = rss.driver_peak(published.start + reached if reached is not None else None)
-    rss_end = rss.driver_peak()
+    def peak_until(masks: int) -> float | None:
+        reached = published.time_of(masks)
+        return rss.driver_peak(published.start + reached) if reached is not None else None
+
+    rss_start, rss_end = peak_until(at), rss.driver_peak()
     return {"masks": published.count, "wall_s": round(wall, 1), "parts": len(published.points),
             "first_part_s": round(published.points[0][0], 1) if published.points else None,
             "masks_per_s": {f"first_part_to_{at}": _round(at_start), f"last_{at}": _round(at_end),
                             "ratio_end_over_start": _round(at_end / at_start if at_start and at_end else None, 3)},
-            "driver_peak_rss_mib": {f"until_{at}": rss_start, "whole_run": rss_end,
+            # half and the last part show the curve's shape (a plateau or a climb); the whole run adds the commit
+            "driver_peak_rss_mib": {f"until_{at}": rss_start, "until_half": peak_until(published.count // 2),
+                                    "until_last_part": peak_until(published.count), "whole_run": rss_end,
                                     "ratio": _round(rss_end / rss_start if rss_start and rss_end else None, 3)},
+            "published_s_masks": [[round(t, 1), n] for t, n in published.points],
             "node_peak_rss_mib": {k: round(v, 1) for k, v in rss.node_peak.items()},
             **files, "data_files_per_1000_masks": round(1000 * files["data_files"] / max(1, published.count), 2),
             "all_files_per_1000_masks": round(1000 * files["all_files"] / max(1, published.count), 2),

@@ -103,7 +103,11 @@ class SynthesisConfig(ConfigBase):
 
     generator: StageResources = Field(default_factory=StageResources, description="generator stage resources")
     filter_stage: StageResources = Field(default_factory=StageResources, description="filter stage resources")
-    light: StageResources = Field(default_factory=StageResources, description="prepare / selection / writer tasks")
+    light: StageResources = Field(
+        default_factory=lambda: StageResources(batch_size=32),
+        description="prepare / selection / records / writer tasks; batch_size: masks per selection and records task "
+                    "(a task per generator batch of a few masks spent more on being a task than on its masks: the "
+                    "records of a resumed 10,000-mask run fell 800 masks behind the generator, one task at a time)")
     pool_upscale_util: float = Field(1.0, gt=0, description="an actor pool grows (up to pool_max, where resources "
                                                             "are free, e.g. on a node that joined) once its tasks in "
                                                             "flight per actor reach this. 1.0: every busy pool; "
