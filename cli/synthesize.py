@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from mrgen.cli.common import (add_config_flags, add_settings_flags, attribute_table, input_errors, json_object,
-                              load_config, settings_flags)
+from mrgen.cli.common import (add_config_flags, add_console_flags, add_settings_flags, attribute_table,
+                              command_console, input_errors, json_object, load_config, settings_flags)
 from mrgen.cli.filter import add_filter_flags, filter_flags
 from mrgen.models.sampling import SamplingSettings
 from mrgen.models.scorers import FilterSettings
@@ -36,11 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="... and stop the candidates whose mean IoU there is below this (default 0: stop none)")
     p.add_argument("--max-masks", type=int, help="use only the first N masks")
     add_config_flags(p, example="candidates=8")
+    add_console_flags(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    return synthesize_entry(synthesis_config(args))
+    return synthesize_entry(synthesis_config(args), args)
 
 
 def synthesis_config(args: argparse.Namespace):
@@ -58,11 +59,12 @@ def synthesis_config(args: argparse.Namespace):
     return load_config(SynthesisConfig, args, flags)
 
 
-def synthesize_entry(config) -> int:
-    """Run the job and print its summary: 0, or 2 with the reason when an input is unusable."""
+def synthesize_entry(config, args: argparse.Namespace) -> int:
+    """Run the job (its progress on the console, Ray's and Ray Data's output in the log) and print its summary: 0, or
+    2 with the reason when an input is unusable."""
     from mrgen.jobs.synthesis.run import SynthesisInputError, run_synthesis
 
-    with input_errors(SynthesisInputError):
+    with input_errors(SynthesisInputError), command_console(args, "synthesize"):
         report = run_synthesis(config)
     t = report["totals"]
     print(f"synthesized into {report['out']}: {t['masks']} masks ({t['masks_skipped']} skipped), "

@@ -298,9 +298,10 @@ def node_dies(cluster: LocalCluster, settings: list[str], after_masks: int = 4) 
 
 
 def synthesize_command(cluster: LocalCluster, settings: list[str]) -> list[str]:
-    """`mrgen synthesize` (tiny preset, ``--set`` each of ``settings``) as a driver joining ``cluster``."""
+    """`mrgen synthesize` (tiny preset, ``--set`` each of ``settings``) as a driver joining ``cluster``; ``--verbose``:
+    Ray's output stays on the driver's own output, which the caller keeps (a log of its own, or nowhere)."""
     return [sys.executable, "-m", "mrgen.cli", "synthesize", "--config", "tiny", "--ray-address", cluster.address,
-            *[a for s in settings for a in ("--set", s)]]
+            "--verbose", *[a for s in settings for a in ("--set", s)]]
 
 
 def driver_dies(cluster: LocalCluster, settings: list[str], after_masks: int = 4) -> dict[str, Any]:

@@ -62,7 +62,7 @@ def test_cheaper_sampling_flags_reach_the_config(monkeypatch):
     from mrgen.cli import synthesize
 
     seen = {}
-    monkeypatch.setattr(synthesize, "synthesize_entry", lambda config: seen.setdefault("config", config) and 0)
+    monkeypatch.setattr(synthesize, "synthesize_entry", lambda config, args: seen.setdefault("config", config) and 0)
     args = build_parser().parse_args([
         "synthesize", "--model", "m", "--source", "s", "--out", "o", "--target-modality", "T2", "--sampler", "unipc",
         "--steps", "8", "--guidance-interval", "0", "0.5", "--filter", "medsam", "--adaptive", "--early-reject-at",
@@ -126,3 +126,26 @@ def test_a_capped_spread_selection_takes_masks_that_show_an_organ(tiny_db):
     assert len(picked) == 4 and not set(picked) & empty
     uncapped = wanted_slices(SynthesisConfig.load("tiny", where))
     assert len(uncapped) == len(rows)  # without a cap every mask goes on, and prepare says why it skips one
+
+
+def test_synthesize_console_shows_progress_and_keeps_ray_in_the_log(tiny_db, tmp_path):
+    """`mrgen synthesize` as a person runs it (a process of its own): the terminal shows the line naming the log, the
+    progress bar and the summary; Ray's and Ray Data's output (the executor's plan, its progress lines, Ray core's
+    actor warnings) goes to the log."""
+    import os
+    import subprocess
+    import sys
+
+    from mrgen.datasets.phantom import TARGET_MODALITY
+
+    log = tmp_path / "synthesize.log"
+    done = subprocess.run([sys.executable, "-m", "mrgen.cli", "synthesize", "--model", "embedded", "--source", tiny_db,
+                           "--out", str(tmp_path / "synth"), "--target-modality", TARGET_MODALITY, "--filter", "none",
+                           "--candidates", "1", "--keep", "1", "--steps", "2", "--max-masks", "2", "--config", "tiny",
+                           "--log", str(log)], env={**os.environ, "MRGEN_RAY_LOG_TO_DRIVER": "1"},
+                          capture_output=True, text=True, timeout=600)
+    printed = done.stdout + done.stderr
+    assert done.returncode == 0, printed[-2000:]
+    assert f"mrgen synthesize (logs: {log};" in printed and "synthesized into" in printed, printed
+    assert "streaming_executor" not in printed and "core_worker" not in printed, printed
+    assert "Starting execution of Dataset" in log.read_text()
