@@ -102,6 +102,13 @@ EARLY_REJECT_BELOW_HELP = ("a candidate whose x̂₀ mean IoU (over organs, as t
                            "at early_reject_at (0.0: x̂₀ is scored, nothing stops)")
 
 
+def check_early_reject_cut(at: float | None, below: float) -> None:
+    """ValueError when a cut is given without the fraction of the steps it is applied at."""
+    if below and at is None:
+        raise ValueError(f"early_reject_below ({below}) needs early_reject_at (the fraction of the steps where x̂₀ is "
+                         "scored)")
+
+
 def early_stop_step(at: float, steps: int) -> int:
     """The step index ``k = round(at * steps)`` where early rejection looks at x̂₀; a ValueError unless
     1 <= k < steps (step 0's x̂₀ is mostly noise, the last step's is the image itself)."""

@@ -8,7 +8,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from mrgen.models.sampling import (
-    EARLY_REJECT_AT_HELP, EARLY_REJECT_BELOW_HELP, PAPER_SAMPLING, SAMPLING_PRESETS, SamplingSettings, early_stop_step,
+    EARLY_REJECT_AT_HELP, EARLY_REJECT_BELOW_HELP, PAPER_SAMPLING, SAMPLING_PRESETS, SamplingSettings,
+    check_early_reject_cut, early_stop_step,
 )
 from mrgen.models.scorers import FilterSettings
 from mrgen.models.selection import ThresholdConfig, load_calibration
@@ -93,9 +94,7 @@ class ServeFilterSettings(FilterSettings):
 
     @model_validator(mode="after")
     def _early_rejection(self) -> ServeFilterSettings:
-        if self.early_reject_below and self.early_reject_at is None:
-            raise ValueError(f"early_reject_below ({self.early_reject_below}) needs early_reject_at (the fraction of "
-                             "the steps where x̂₀ is scored)")
+        check_early_reject_cut(self.early_reject_at, self.early_reject_below)
         if self.early_reject_at is not None and self.kind == "none":
             raise ValueError(f"early_reject_at ({self.early_reject_at}) needs a filter (kind auto, sam2 or medsam)")
         return self

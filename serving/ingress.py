@@ -190,7 +190,7 @@ class Ingress:
         http_metrics.record_returned(len(candidates))
         return GenerateResponse(bundle_id=result.bundle_id, prompt=parsed.job.prompt,
                                 modality_attributes=parsed.attributes, organs=parsed.organs,
-                                candidates=candidates, generated=len(result.seeds) + result.stopped,
+                                candidates=candidates, generated=result.generated,
                                 stopped_early=result.stopped,
                                 kept=None if picked is None else len(candidates),
                                 filter=None if picked is None else picked["filter"],
@@ -198,7 +198,7 @@ class Ingress:
 
     async def _sample(self, job: GenerationJob) -> GenerationResult:
         result = await self.generator.generate.remote(job)
-        http_metrics.record_generation(result.batch_size, len(result.seeds) + result.stopped, result.stopped)
+        http_metrics.record_generation(result.batch_size, result.generated, result.stopped)
         return result
 
     async def _filtered(self, job: GenerationJob, keep: int, organs: list[str]) -> tuple[GenerationResult, dict]:

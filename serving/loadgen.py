@@ -4,10 +4,9 @@
 throughput, latency percentiles and errors. `benchmark` deploys the service twice side by side in one process
 (batching on, and off = max batch 1; same bundle, replicas and clients), loads each in turn for a few rounds (the
 order alternating, so that a drift of the machine falls on both) and prints both and their ratio with its interval
-over rounds, and the ceiling
-that the generator alone sets on it: images/s of the replica's pipeline at one request a call against a full batch,
-in the same process before the service starts (on a CPU a compute-bound model gains little from batching, and no
-service can gain more than its model does).
+over rounds, and the ceiling that the generator alone sets on it: images/s of the replica's pipeline at one request
+a call against a full batch, in the same process before the service starts (on a CPU a compute-bound model gains
+little from batching, and no service can gain more than its model does).
 """
 from __future__ import annotations
 

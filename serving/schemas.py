@@ -114,3 +114,8 @@ class GenerationResult:
     batch_size: int
     bundle_id: str
     stopped: int = 0    # candidates stopped early (their seeds used up, no image)
+
+    @property
+    def generated(self) -> int:
+        """Candidates sampled, those stopped early included."""
+        return len(self.seeds) + self.stopped

@@ -108,13 +108,13 @@ def run_train_bench(db_uri: str | None = None, steps: int = 40, batch_size: int 
     figures = {
         "model": "tiny UNet (stage 2)", "batch_size": batch_size, "steps": steps, "workers": 1,
         "bare_samples_per_s": round(bare, 2), "ray_deepspeed_samples_per_s": round(ray_rate, 2),
-        "ratio_vs_bare": round(ray_rate / bare, 3),
+        "ratio_vs_bare": round(ratio["value"], 3),
         "ratio_interval_95": [round(ratio["low"], 3), round(ratio["high"], 3)], "data_wait_fraction": round(wait, 4),
         "data_wait_fraction_first_interval": round(first_wait, 4), "goal": "ratio >= 0.9, data wait < 0.05",
         "wall_s": round(result.seconds, 1),
     }
     print(f"[bench train] Ray Train + DeepSpeed: {ray_rate:.1f} samples/s (steady state, median of "
-          f"{len(steady)} intervals) = {ray_rate / bare:.2f}x the bare loop, 95 % interval "
+          f"{len(steady)} intervals) = {ratio['value']:.2f}x the bare loop, 95 % interval "
           f"[{ratio['low']:.2f}, {ratio['high']:.2f}]; data wait {wait:.1%} of step time "
           f"({first_wait:.0%} in the first interval, start-up)", flush=True)
     return figures

@@ -219,6 +219,7 @@ def full_run(cluster: LocalCluster, settings: list[str], masks: int, at: int, lo
     files = _files(out)
     first = published.points[0][1] if published.points else 0
     at_start, at_end = published.rate(first, at), published.rate(published.count - at, published.count)
+
     def peak_until(masks: int) -> float | None:
         reached = published.time_of(masks)
         return rss.driver_peak(published.start + reached) if reached is not None else None

@@ -6,7 +6,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from mrgen.models.sampling import (
-    EARLY_REJECT_AT_HELP, EARLY_REJECT_BELOW_HELP, SAMPLING_PRESETS, SamplingSettings, early_stop_step,
+    EARLY_REJECT_AT_HELP, EARLY_REJECT_BELOW_HELP, SAMPLING_PRESETS, SamplingSettings, check_early_reject_cut,
+    early_stop_step,
 )
 from mrgen.models.scorers import FilterSettings
 from mrgen.platform.cluster import RayConfig
@@ -136,9 +137,7 @@ class SynthesisConfig(ConfigBase):
                 early_stop_step(self.early_reject_at, self.sampling.steps)
             except ValueError as exc:
                 raise ValueError(f"early_reject_at: {exc} (sampling.steps={self.sampling.steps})") from None
-        elif self.early_reject_below:
-            raise ValueError(f"early_reject_below ({self.early_reject_below}) needs early_reject_at (the fraction of "
-                             "the steps where x̂₀ is scored)")
+        check_early_reject_cut(self.early_reject_at, self.early_reject_below)
         return self
 
     def require_io(self) -> None:
