@@ -15,7 +15,7 @@ import collections
 import hashlib
 import json
 import posixpath
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -320,16 +320,17 @@ def iter_rows(uri: str, columns: list[str] | None = None, **filters: Any) -> Ite
 
 
 def read_slices(uri: str, columns: list[str] | None = None, override_num_blocks: int | None = None,
-                num_cpus: float | None = None, **filters: Any):
+                num_cpus: float | None = None, shards: Collection[str] | None = None, **filters: Any):
     """A lazy Ray Dataset of the matching slices (``image``/``mask`` still bytes: see ``schema.decode_batch``).
 
-    Shards are pruned with the index before anything is read; rows inside them are filtered by Ray Data where the
-    index says that a shard also holds others.
+    Shards are pruned with the index before anything is read (and to the files ``shards`` names, when given); rows
+    inside them are filtered by Ray Data where the index says that a shard also holds others.
     """
     import ray.data
 
     index = load_index(uri)
-    shards = select_shards(index, **filters)
+    only = None if shards is None else set(shards)
+    shards = [s for s in select_shards(index, **filters) if only is None or s.file in only]
     if not shards:
         raise ValueError(f"{uri}: no shard matches {filters}; the DB holds {index.counts()}")
     fs, paths = shard_paths(uri, shards)

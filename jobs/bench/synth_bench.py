@@ -186,7 +186,7 @@ def run_synth_bench(masks: int = 2, scale: int = 10, candidates: int = 4, steps:
         config = configs[name]
         wanted = sorted({r["source_slice_id"] for r in rows_all[:n_masks]})
         original = run_module.wanted_slices
-        run_module.wanted_slices = lambda cfg: wanted  # exactly the bare loop's masks
+        run_module.wanted_slices = lambda cfg, masks=None: wanted  # exactly the bare loop's masks
         try:
             with PeakRSS() as mem:
                 start = time.perf_counter()

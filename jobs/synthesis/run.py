@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -29,8 +28,7 @@ from mrgen.jobs.synthesis.contact import load_preview, write_contact_sheet
 from mrgen.jobs.synthesis.keys import mask_key
 from mrgen.jobs.synthesis.processor import RunContext, SynthesisProcessor
 from mrgen.jobs.synthesis.stages.prepare import SOURCE_COLUMNS
-from mrgen.jobs.synthesis.stages.writer import (AUDIT_DIR, AUDIT_SCHEMA, SYNTH_COLUMNS, audit_dataset, finished_masks,
-                                                read_parts)
+from mrgen.jobs.synthesis.stages.writer import (AUDIT_DIR, SYNTH_COLUMNS, AuditPart, finished_masks, read_parts)
 from mrgen.models.manifest import BundleError, bundle_hash, bundle_thresholds_file, describe_bundle, resolve_model_uri
 from mrgen.models.condition import MaskCondition
 from mrgen.models.official import release_text_dirs
@@ -141,25 +139,37 @@ def _source_filters(config: SynthesisConfig) -> dict[str, Any]:
 
 
 def source_masks(config: SynthesisConfig) -> pa.Table:
-    """slice_id and whether its mask shows an organ, for every source slice the filters select, sorted by slice id:
-    those two columns alone, from the shards the index selects (a pyarrow dataset scan, filtered as it reads)."""
+    """slice_id, whether its mask shows an organ and its shard (``ShardInfo.file``, dictionary-encoded), for every
+    source slice the filters select, sorted by slice id: from the shards the index selects (a pyarrow dataset scan of
+    those two columns, filtered as it reads)."""
     try:
         index = load_index(config.source)
     except FileNotFoundError as exc:
         raise SynthesisInputError(f"--source: {exc}") from None
     filters = _source_filters(config)
     shards = select_shards(index, **filters)
+    schema = pa.schema([("slice_id", pa.string()), ("shows_organ", pa.bool_()),
+                        ("shard", pa.dictionary(pa.int32(), pa.string()))])
     if not shards:
-        return pa.table({"slice_id": pa.array([], pa.string()), "shows_organ": pa.array([], pa.bool_())})
+        return schema.empty_table()
     fs, paths = shard_paths(config.source, shards)
+    files = pa.array([s.file for s in shards], pa.string())
+    code = {path: i for i, path in enumerate(paths)}
     columns = {"slice_id": pc.field("slice_id"), "shows_organ": pc.list_value_length(pc.field("organs")) > 0}
-    table = pads.dataset(paths, filesystem=fs, format="parquet").to_table(
+    scanner = pads.dataset(paths, filesystem=fs, format="parquet").scanner(
         columns=columns, filter=row_filter_expression(**row_filters(shards, **filters)))
-    return table.sort_by("slice_id")
+    batches = []
+    for tagged in scanner.scan_batches():
+        batch = tagged.record_batch
+        shard = pa.DictionaryArray.from_arrays(pa.array([code[tagged.fragment.path]] * batch.num_rows, pa.int32()),
+                                               files)
+        batches.append(pa.RecordBatch.from_arrays([batch.column(0), batch.column(1), shard], schema=schema))
+    return pa.Table.from_batches(batches, schema).sort_by("slice_id")
 
 
-def wanted_slices(config: SynthesisConfig) -> list[str]:
-    masks = source_masks(config)
+def wanted_slices(config: SynthesisConfig, masks: pa.Table | None = None) -> list[str]:
+    """The source slices whose masks the run synthesises from (``masks``: :func:`source_masks`, read when None)."""
+    masks = source_masks(config) if masks is None else masks
     if not masks.num_rows:
         raise SynthesisInputError(f"--source {config.source}: no slice with a mask matches {_source_filters(config)}")
     ids = masks.column("slice_id")
@@ -175,16 +185,24 @@ def wanted_slices(config: SynthesisConfig) -> list[str]:
     return ids[:config.max_masks].to_pylist()
 
 
-def read_masks(config: SynthesisConfig):
-    """Lazy dataset of the source slices with masks (shards pruned by the index, rows filtered by Ray Data)."""
-    return read_slices(config.source, columns=SOURCE_COLUMNS, num_cpus=config.light.num_cpus,
+def shards_holding(masks: pa.Table, slices: list[str]) -> list[str]:
+    """The shards (``ShardInfo.file``) that hold ``slices``, of :func:`source_masks`' table."""
+    held = masks.column("shard").filter(pc.is_in(masks.column("slice_id"), pa.array(slices, pa.string())))
+    return sorted(pc.unique(held.cast(pa.string())).to_pylist())
+
+
+def read_masks(config: SynthesisConfig, shards: list[str] | None = None):
+    """Lazy dataset of the source slices with masks (shards pruned by the index and to ``shards`` when given, rows
+    filtered by Ray Data)."""
+    return read_slices(config.source, columns=SOURCE_COLUMNS, num_cpus=config.light.num_cpus, shards=shards,
                        **_source_filters(config))
 
 
 def commit(out: str, meta: dict[str, Any]) -> dict[str, Any]:
     """Publish the index from the audit parts (their footers and mask ids): each mask once; shards without an audit
-    part are removed. The index lists shards; the masks stay in the audit parts."""
-    parts = read_parts(out)
+    part are removed. The index lists shards; the masks stay in the audit parts. The same read gives the run's
+    totals (:func:`audit_totals`)."""
+    parts = read_parts(out, TALLY_COLUMNS, _tally)
     counts = pc.value_counts(pa.chunked_array([p.masks for p in parts], pa.string()))
     duplicates = counts.field("values").filter(pc.greater(counts.field("counts"), 1)).to_pylist()
     listed = {p.shard: p.shard_info for p in parts if p.shard}
@@ -198,7 +216,8 @@ def commit(out: str, meta: dict[str, Any]) -> dict[str, Any]:
         storage.remove_write_leftovers(storage.join(out, folder))
     infos = [info for info in listed.values() if info is not None]
     index = ShardWriter(out, version=1, extra=SYNTH_COLUMNS, keep=infos, meta=meta).commit()
-    return {"masks_finished": len(counts), "duplicate_masks": duplicates, "shards": len(infos), "rows": index.rows}
+    return {"masks_finished": len(counts), "duplicate_masks": duplicates, "shards": len(infos), "rows": index.rows,
+            "totals": _totals_of(parts)}
 
 
 def _write_metrics(out: str, counts: dict[str, int]) -> None:
@@ -254,17 +273,17 @@ def _totals(counts: collections.Counter, skipped: dict[str, str]) -> dict[str, A
             "masks_nothing_kept": counts["masks"] - len(skipped) - counts["masks_kept"], "skipped": skipped}
 
 
-def audit_totals(out: str) -> dict[str, Any]:
-    """The totals of every audit part of ``out``, part by part (the needed columns only, parts read in parallel)."""
+def _totals_of(parts: list[AuditPart]) -> dict[str, Any]:
     counts, skipped = collections.Counter(), {}
-    data = audit_dataset(out)
-    fragments = list(data.get_fragments()) if data is not None else []
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        for part_counts, part_skipped in pool.map(
-                lambda f: _tally(f.to_table(schema=AUDIT_SCHEMA, columns=TALLY_COLUMNS)), fragments):
-            counts.update(part_counts)
-            skipped.update(part_skipped)
+    for part in parts:
+        counts.update(part.summary[0])
+        skipped.update(part.summary[1])
     return _totals(counts, skipped)
+
+
+def audit_totals(out: str) -> dict[str, Any]:
+    """The totals of every audit part of ``out``, part by part (the needed columns only)."""
+    return _totals_of(read_parts(out, TALLY_COLUMNS, _tally))
 
 
 REPORT = "report.json"  # OUT/report.json: what a run did, written after its commit
@@ -325,7 +344,8 @@ def run_synthesis(config: SynthesisConfig) -> dict[str, Any]:
     attributes = resolve_modalities(config, manifest)
     condition = MaskCondition.from_manifest(manifest)
     filter_model, meaningful = filter_identity(config)
-    wanted = wanted_slices(config)
+    masks = source_masks(config)
+    wanted = wanted_slices(config, masks)
     check_fit(config, resolution, condition)
 
 
@@ -344,6 +364,11 @@ def run_synthesis(config: SynthesisConfig) -> dict[str, Any]:
     check_same_settings(config, bundle_id, filter_model)
     done = finished_masks(config.out)
     todo_keys = [mask_key(sid, m) for sid in wanted for m in attributes if mask_key(sid, m) not in done]
+    # a rerun and a capped selection read only the source shards that hold masks still to do
+    shards = shards_holding(masks, sorted({sid for sid in wanted if any(mask_key(sid, m) not in done
+                                                                         for m in attributes)}))
+    source_shards = {"read": len(shards) if todo_keys else 0, "holding_wanted": len(shards_holding(masks, wanted))}
+    del masks
     ctx = RunContext(attributes=attributes, resolution=resolution, bundle_hash=bundle_id, filter_model=filter_model,
                      scores_meaningful=meaningful, wanted=wanted, done=sorted(done),
                      # thrice the sheet's rows, spread: masks too small to use (skipped) leave no preview
@@ -354,7 +379,7 @@ def run_synthesis(config: SynthesisConfig) -> dict[str, Any]:
     counts: collections.Counter = collections.Counter()
     previews = []
     if todo_keys:
-        ds = processor(read_masks(config))
+        ds = processor(read_masks(config, shards))
         progress = Progress("synthesize", total=len(todo_keys))
         for row in ds.iter_rows():
             counts["masks_done"] += 1
@@ -380,11 +405,11 @@ def run_synthesis(config: SynthesisConfig) -> dict[str, Any]:
         previews.sort(key=lambda p: ctx.preview_keys.index(str(p["key"])))
         previews = [previews[i] for i in spread(len(previews), config.contact_sheet_masks)]
         write_contact_sheet(previews, storage.join(config.out, "contact_sheet.png"), meaningful)
-    totals = audit_totals(config.out)
+    totals = committed.pop("totals")
     expected = len(wanted) * len(attributes)
     report = {"out": config.out, "this_run": dict(counts), "already_done": len(done & {mask_key(s, m) for s in wanted
                                                                                        for m in attributes}),
-              "expected_masks": expected, "totals": totals, **committed,
+              "expected_masks": expected, "source_shards": source_shards, "totals": totals, **committed,
               "scores_meaningful": meaningful, "filter_model": filter_model, "bundle_hash": bundle_id,
               "stages": processor.describe(), "seconds": round(time.monotonic() - started, 1),
               "contact_sheet": storage.join(config.out, "contact_sheet.png") if previews else None}

@@ -56,6 +56,23 @@ def test_filters_prune_shards_and_rows(tiny_db):
         read_slices(tiny_db, dataset="no-such-dataset")
 
 
+def test_a_read_limited_to_named_shards_opens_no_other(tiny_db, tmp_path):
+    """``shards=`` (what a rerun of synthesis reads: the shards with masks still to do) narrows the index's
+    selection; the other shards are never opened, here because they are gone."""
+    import shutil
+
+    copy = tmp_path / "db"
+    shutil.copytree(tiny_db, copy)
+    masked = select_shards(load_index(str(copy)), has_mask=True)
+    assert len(masked) > 1
+    keep = masked[-1]
+    for shard in load_index(str(copy)).shards:
+        if shard.file != keep.file:
+            (copy / shard.file).unlink()
+    rows = read_slices(str(copy), columns=["slice_id", "has_mask"], shards=[keep.file], has_mask=True).take_all()
+    assert len(rows) == keep.values["has_mask"]["true"] and all(r["has_mask"] for r in rows)
+
+
 def test_stream_decodes_into_training_batches(tiny_db):
     ds = read_slices(tiny_db, columns=KEYS, dataset="phantom-src")
     shapes = []

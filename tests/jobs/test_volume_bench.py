@@ -10,24 +10,26 @@ import math
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from mrgen.datasets.store import load_index, read_table
-from mrgen.jobs.bench.volume_bench import Published, phantom_config, synth_settings
+from mrgen.jobs.bench.volume_bench import SOURCE_DATASET, Published, phantom_config, synth_settings
 from mrgen.jobs.synthesis.config import SynthesisConfig
 from mrgen.jobs.synthesis.keys import mask_key
 from mrgen.jobs.synthesis.run import run_synthesis
-from mrgen.jobs.synthesis.stages.writer import read_parts
+from mrgen.jobs.synthesis.stages.writer import read_audit, read_parts
 
 pytestmark = pytest.mark.slow
 
 MASKS, FIRST, MODALITIES, SHARD_ROWS = 500, 200, 4, 100  # keep 1: a flush is 100 masks
 
 
-def _config(work: Path, masks: int) -> SynthesisConfig:
-    return SynthesisConfig.load("tiny", synth_settings(str(work), "run", masks, MODALITIES, steps=1,
-                                                       shard_rows=SHARD_ROWS, generator_batch=20, nodes=1,
-                                                       slots=False))
+def _config(work: Path, masks: int, *extra: str) -> SynthesisConfig:
+    return SynthesisConfig.load("tiny", [*synth_settings(str(work), "run", masks, MODALITIES, steps=1,
+                                                         shard_rows=SHARD_ROWS, generator_batch=20, nodes=1,
+                                                         slots=False), *extra])
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +38,21 @@ def runs(ray_session, tmp_path_factory):
     from mrgen.models.bundle import build_random_bundle
 
     work = tmp_path_factory.mktemp("volume")
-    build_phantom_db(str(work / "db"), phantom_config(MASKS, MODALITIES), use_ray=False)
+    # small source shards: a rerun has some whose masks are all done
+    build_phantom_db(str(work / "db"), phantom_config(MASKS, MODALITIES).model_copy(update={"shard_rows": 40}),
+                     use_ray=False)
     build_random_bundle("tiny").save(str(work / "bundle"))
     out = work / "run"
-    first = run_synthesis(_config(work, FIRST))  # a mask limit: the first FIRST / MODALITIES source slices
+    # a mask limit: the first FIRST / MODALITIES source slices, as a driver killed part-way leaves the first shards
+    first = run_synthesis(_config(work, FIRST, "mask_selection=first"))
     first_parts = {p.file: (out / p.file).read_bytes() for p in read_parts(str(out))}
+    first_masks = {k for p in read_parts(str(out)) for k in p.masks.to_pylist()}
     (out / "index.json").unlink()  # the driver died before its commit
     orphan = out / "v1" / "part-0rphan.parquet"  # a shard whose audit part was never written
     shutil.copy(next((out / "v1").iterdir()), orphan)
     second = run_synthesis(_config(work, MASKS))
-    return {"out": out, "first": first, "second": second, "first_parts": first_parts, "orphan": orphan,
+    return {"out": out, "first": first, "second": second, "first_parts": first_parts,
+            "first_masks": first_masks, "orphan": orphan,
             "db": str(work / "db")}
 
 
@@ -55,6 +62,29 @@ def test_rerun_skips_the_masks_its_audit_parts_record(runs):
     assert second["already_done"] == FIRST and second["this_run"]["masks_done"] == MASKS - FIRST
     out = runs["out"]
     assert {f: (out / f).read_bytes() for f in runs["first_parts"]} == runs["first_parts"], "finished parts rewritten"
+
+
+def test_runs_read_only_the_source_shards_with_masks_to_do(runs):
+    """The capped first run and the rerun open only the source shards holding masks they still have to make (a
+    rerun after a killed driver, whose finished masks fill whole shards, is `mrgen bench volume`'s resume)."""
+    import pyarrow.parquet as pq
+
+    first_slices = set(read_audit(str(runs["out"])).filter(pc.is_in(
+        pc.field("mask_key"), pa.array(sorted(runs["first_masks"]))))["source_slice_id"].to_pylist())
+    holding = {}
+    for shard in load_index(runs["db"]).shards:
+        rows = pq.read_table(Path(runs["db"]) / shard.file, columns=["slice_id", "dataset", "has_mask"]).to_pylist()
+        ids = {r["slice_id"] for r in rows if r["has_mask"] and r["dataset"] == SOURCE_DATASET}
+        if ids:
+            holding[shard.file] = ids
+    assert len(holding) > 2  # several source shards, or there is nothing to skip
+    first = runs["first"]["source_shards"]
+    assert first["read"] == first["holding_wanted"] == sum(bool(ids & first_slices) for ids in holding.values())
+    assert first["read"] < len(holding)
+    # the rerun wants every mask; a slice not done (the capped run took those showing an organ) keeps its shard
+    second = runs["second"]["source_shards"]
+    assert second["holding_wanted"] == len(holding)
+    assert second["read"] == sum(bool(ids - first_slices) for ids in holding.values())
 
 
 def test_no_mask_lost_or_written_twice(runs):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -261,6 +262,7 @@ class AuditPart:
     shard: str                    # its shard's file ('' when nothing was kept)
     shard_info: ShardInfo | None  # None: nothing kept, or a part from before the writer recorded it
     masks: pa.Array               # its mask keys, each once
+    summary: Any = None           # what read_parts' ``summarize`` made of the part's columns
 
 
 def part_files(out: str) -> list[str]:
@@ -268,23 +270,37 @@ def part_files(out: str) -> list[str]:
     return [f"{AUDIT_DIR}/{n}" for n in storage.listdir(storage.join(out, AUDIT_DIR)) if is_part_name(n)]
 
 
-def read_part(out: str, file: str) -> AuditPart:
-    """One part's footer and its mask_key column."""
+def read_part(out: str, file: str, columns: Sequence[str] = ("mask_key",),
+              summarize: Callable[[pa.Table], Any] | None = None) -> AuditPart:
+    """One part's footer and its ``columns`` (mask_key among them), summarised by ``summarize``."""
     fs, path = storage.arrow_filesystem(storage.join(out, *file.split("/")))
     with fs.open_input_file(path) as f:
         parquet = pq.ParquetFile(f)
         meta = parquet.schema_arrow.metadata or {}
-        masks = pc.unique(parquet.read(columns=["mask_key"]).column(0))
+        wanted = list(dict.fromkeys(["mask_key", *columns]))
+        table = parquet.read(columns=[c for c in wanted if c in parquet.schema_arrow.names], use_threads=False)
+    for name in wanted:  # a column added after the part was written (e.g. denoiser_rows) is null in its rows
+        if name not in table.column_names:
+            field = AUDIT_SCHEMA.field(name)
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
     info = meta.get(PART_SHARD_INFO)
     return AuditPart(file, meta.get(PART_SHARD, b"").decode(), ShardInfo(**json.loads(info)) if info else None,
-                     masks)
+                     pc.unique(table["mask_key"]), summarize(table) if summarize else None)
 
 
-def read_parts(out: str) -> list[AuditPart]:
-    """Every audit part (footers and mask ids; read in parallel: on object storage each is a request)."""
+def read_parts(out: str, columns: Sequence[str] = ("mask_key",),
+               summarize: Callable[[pa.Table], Any] | None = None) -> list[AuditPart]:
+    """Every audit part (see :func:`read_part`). On object storage each part is a request, so 16 are read at once;
+    on a local disk one at a time: threads do not make page-cache reads faster, and each one leaves allocator heaps
+    in the driver (~2 MiB a thread, measured on a 10,000-mask run's commit)."""
+    def read(file: str) -> AuditPart:
+        return read_part(out, file, columns, summarize)
+
     files = part_files(out)
+    if storage.is_local(out):
+        return [read(f) for f in files]
     with ThreadPoolExecutor(max_workers=16) as pool:
-        return list(pool.map(lambda f: read_part(out, f), files))
+        return list(pool.map(read, files))
 
 
 def audit_parts(out: str) -> list[dict[str, Any]]:
