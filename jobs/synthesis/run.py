@@ -363,14 +363,25 @@ def run_synthesis(config: SynthesisConfig) -> dict[str, Any]:
     data_context.downstream_capacity_backpressure_ratio = None
     check_same_settings(config, bundle_id, filter_model)
     done = finished_masks(config.out)
-    todo_keys = [mask_key(sid, m) for sid in wanted for m in attributes if mask_key(sid, m) not in done]
+    todo_keys, todo_slices = [], []
+    for sid in wanted:
+        keys = [key for key in (mask_key(sid, m) for m in attributes) if key not in done]
+        todo_keys += keys
+        if keys:
+            todo_slices.append(sid)
     # a rerun and a capped selection read only the source shards that hold masks still to do
-    shards = shards_holding(masks, sorted({sid for sid in wanted if any(mask_key(sid, m) not in done
-                                                                         for m in attributes)}))
+    shards = shards_holding(masks, todo_slices)
     source_shards = {"read": len(shards) if todo_keys else 0, "holding_wanted": len(shards_holding(masks, wanted))}
-    del masks
+    # the prepare tasks get what they need to tell: the finished masks of the slices in the shards they read, and the
+    # wanted slices only where a cap left some out (every task unpickles both: at 10⁷ masks, hundreds of MB each)
+    read = set(masks.column("slice_id").filter(pc.is_in(masks.column("shard").cast(pa.string()),
+                                                        pa.array(shards, pa.string()))).to_pylist())
+    done_read = sorted(key for sid in wanted if sid in read for key in (mask_key(sid, m) for m in attributes)
+                       if key in done)
+    capped = len(wanted) < masks.num_rows
+    del masks, read
     ctx = RunContext(attributes=attributes, resolution=resolution, bundle_hash=bundle_id, filter_model=filter_model,
-                     scores_meaningful=meaningful, wanted=wanted, done=sorted(done),
+                     scores_meaningful=meaningful, wanted=wanted if capped else None, done=done_read,
                      # thrice the sheet's rows, spread: masks too small to use (skipped) leave no preview
                      preview_keys=[todo_keys[i] for i in spread(len(todo_keys), 3 * config.contact_sheet_masks)],
                      condition=condition.manifest_fields(),
@@ -407,8 +418,7 @@ def run_synthesis(config: SynthesisConfig) -> dict[str, Any]:
         write_contact_sheet(previews, storage.join(config.out, "contact_sheet.png"), meaningful)
     totals = committed.pop("totals")
     expected = len(wanted) * len(attributes)
-    report = {"out": config.out, "this_run": dict(counts), "already_done": len(done & {mask_key(s, m) for s in wanted
-                                                                                       for m in attributes}),
+    report = {"out": config.out, "this_run": dict(counts), "already_done": expected - len(todo_keys),
               "expected_masks": expected, "source_shards": source_shards, "totals": totals, **committed,
               "scores_meaningful": meaningful, "filter_model": filter_model, "bundle_hash": bundle_id,
               "stages": processor.describe(), "seconds": round(time.monotonic() - started, 1),

@@ -125,3 +125,27 @@ def ratio_interval(a: Sequence[float], b: Sequence[float], statistic=np.median,
     else:
         low, high = _interval((x, y), ratio, seed, paired=False)
     return {**_summary(value, low, high), "n_a": len(x), "n_b": len(y)}
+
+
+def rate_ratio_interval(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]],
+                        seed: int = 0) -> dict[str, float | None]:
+    """The rate of ``b`` over the rate of ``a``, each a window of (count, seconds) intervals whose rate is
+    sum(count) / sum(seconds), with its 95 % percentile bootstrap interval: each window's intervals resampled
+    independently (e.g. the masks a synthesis run published at each part, early and late in the run):
+    ``{value, low, high, n_a, n_b}``."""
+    x, y = np.asarray(a, dtype=np.float64).reshape(-1, 2), np.asarray(b, dtype=np.float64).reshape(-1, 2)
+    if not len(x) or not len(y):
+        raise ValueError(f"a rate ratio needs intervals on both sides, got {len(x)} and {len(y)}")
+
+    def rate(w: np.ndarray, axis: int = -1) -> np.ndarray:  # w: [count | seconds, ..., interval]
+        return w[0].sum(axis=axis) / w[1].sum(axis=axis)
+
+    def ratio(p: np.ndarray, q: np.ndarray, axis: int = -1) -> np.ndarray:
+        return rate(q, axis) / rate(p, axis)
+
+    value = float(ratio(x.T, y.T))
+    if len(x) < 2 or len(y) < 2:
+        low = high = value  # nothing to resample
+    else:
+        low, high = _interval((x.T, y.T), ratio, seed, paired=False)
+    return {**_summary(value, low, high), "n_a": len(x), "n_b": len(y)}

@@ -128,4 +128,5 @@ def test_rates_come_from_the_published_curve(tmp_path):
     assert published.time_of(250) == 30.0 and published.time_of(500) is None
     assert published.rate(400, 10**6) == 5.0  # up to the last part
     assert published.rate(350, 450) == 5.0  # from the last part at or below 350 masks
+    assert published.intervals(100, 300) == [(100, 10.0), (100, 10.0)] and published.intervals(0, 100) == []
     assert published.rate(450, 450) is None  # no time between: no rate

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mrgen.models.metrics.bootstrap import dice_intervals, paired_difference, ratio_interval, seed_average
+from mrgen.models.metrics.bootstrap import (dice_intervals, paired_difference, rate_ratio_interval, ratio_interval,
+                                            seed_average)
 from mrgen.models.metrics.dice import DiceReport
 
 ORGANS = ["liver", "spleen", "prostate"]
@@ -68,3 +69,22 @@ def test_ratio_interval_brackets_the_true_ratio_and_narrows_with_measurements():
     assert ratio_interval([3.0], [2.0]) == {"value": 1.5, "low": 1.5, "high": 1.5, "n_a": 1, "n_b": 1}
     with pytest.raises(ValueError, match="both sides"):
         ratio_interval([], [1.0])
+
+
+def test_rate_ratio_interval_weighs_intervals_by_their_seconds():
+    """Windows of (count, seconds): the rate is sum over sum, so a 16-mask part published 0.1 s after the one before
+    moves it little; intervals resampled as pairs, the result brackets the true 0.8 and narrows with more of them."""
+    rng = np.random.default_rng(0)
+
+    def window(n: int, rate: float) -> list[tuple[float, float]]:
+        return [(256.0, 256.0 / rate * s) for s in rng.lognormal(0, 0.4, n)]
+
+    few = rate_ratio_interval(window(4, 40), window(4, 32) + [(16.0, 0.1)])
+    many = rate_ratio_interval(window(200, 40), window(200, 32))
+    for r in (few, many):
+        assert r["low"] < 0.8 * 1.1 and r["high"] > 0.8 * 0.9 and r["low"] <= r["value"] <= r["high"]
+    assert many["high"] - many["low"] < (few["high"] - few["low"]) / 2 and many["high"] < 0.95
+    exact = rate_ratio_interval([(100, 10)], [(100, 5), (100, 5)])
+    assert exact["value"] == exact["low"] == exact["high"] == 2.0 and (exact["n_a"], exact["n_b"]) == (1, 2)
+    with pytest.raises(ValueError, match="both sides"):
+        rate_ratio_interval([], [(1, 1)])
